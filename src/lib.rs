@@ -1,0 +1,9 @@
+//! Lockstep: decides when each edge device may receive each disruptive
+//! operation, honouring per-block update locks, and tells lock holders why.
+//!
+//! See ARCHITECTURE.md for the map.
+
+pub mod domain;
+pub mod grpc;
+pub mod pgtemp;
+pub mod server;

@@ -1,0 +1,151 @@
+//! `lockstep serve`: assembles the gRPC server (our services, health,
+//! reflection) and runs it until SIGINT or SIGTERM.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::grpc;
+
+/// How long in-flight calls may finish after a shutdown signal.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the reflection service: {source}")]
+    Reflection {
+        #[source]
+        source: tonic_reflection::server::Error,
+    },
+    #[error("gRPC transport failed: {source}")]
+    Transport {
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+}
+
+/// A bound server, not yet serving: lets callers learn the real port when
+/// binding to port 0.
+pub struct Bound {
+    listener: TcpListener,
+    config: ServeConfig,
+}
+
+impl Bound {
+    pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Self { listener, config })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls for at
+    /// most [`DRAIN_GRACE`]; long-lived streams (agents, watchers) that are
+    /// still open then are cut, and their clients reconnect elsewhere.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|source| ServeError::Reflection { source })?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|source| ServeError::Reflection { source })?;
+        // The empty service name means "the server as a whole".
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+
+        tracing::info!(addr = %self.local_addr(), "lockstep listening");
+        let incoming = TcpListenerStream::new(self.listener);
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let mut stopped = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_concurrent_streams(Some(16))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+        let signal = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let drain_deadline = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(DRAIN_GRACE).await;
+        };
+        tokio::pin!(server, signal, drain_deadline);
+        let mut signalled = false;
+        loop {
+            tokio::select! {
+                res = &mut server => {
+                    res.map_err(|source| ServeError::Transport { source })?;
+                    break;
+                }
+                () = &mut signal, if !signalled => signalled = true,
+                () = &mut drain_deadline => {
+                    tracing::warn!(grace = ?DRAIN_GRACE, "connections still open after the drain grace period; closing them");
+                    break;
+                }
+            }
+        }
+        tracing::info!("lockstep stopped");
+        Ok(())
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
