@@ -7,3 +7,5 @@ pub mod domain;
 pub mod grpc;
 pub mod pgtemp;
 pub mod server;
+pub mod store;
+pub mod testkit;

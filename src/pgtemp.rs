@@ -298,6 +298,29 @@ impl PgCluster {
         }
     }
 
+    /// For a cluster kept in a `static` (never dropped): starts a watchdog
+    /// shell that, once this process has exited, stops the server (immediate
+    /// shutdown) and deletes the cluster directory.
+    pub fn stop_with_process(&self) -> Result<(), PgTempError> {
+        let script = r#"while kill -0 "$0" 2>/dev/null; do sleep 0.5; done
+pid=$(head -n 1 "$1/data/postmaster.pid" 2>/dev/null)
+[ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null
+sleep 1
+rm -rf "$1""#;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg(std::process::id().to_string())
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().map(drop).map_err(|source| PgTempError::Spawn {
+            command: "/bin/sh (pgtemp watchdog)".to_owned(),
+            source,
+        })
+    }
+
     /// Builds a command running `<bin_dir>/<program> args...` as the right
     /// user, from inside the cluster directory, with libpq env vars scrubbed.
     fn pg_command(&self, program: &str, args: &[OsString]) -> Command {

@@ -167,6 +167,21 @@ string_id!(
     ReleaseId, "release id", 128, "A-Z, a-z, 0-9, '-', '_', '.', ':'", id_char, alnum, "a letter or digit"
 );
 
+string_id!(
+    /// A device tag, e.g. the site it stands on (`site-north`, `region:eu`).
+    Tag, "tag", 63, "A-Z, a-z, 0-9, '-', '_', '.', ':'", id_char, alnum, "a letter or digit"
+);
+
+/// An operation's identifier, assigned by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OperationId(pub i64);
+
+impl fmt::Display for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "op-{}", self.0)
+    }
+}
+
 /// A lock's generation: bumped by the device agent on every change of the lock.
 /// Anything decided against an older generation is stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -8,9 +8,10 @@ use super::block::Dependency;
 use super::blockmap::BlockMap;
 use super::delta::{self, BlockDelta, RestartCause};
 use super::device::{DeviceState, RunningBlock};
+use super::env::EnvContext;
 use super::env::{EnvChange, EnvError};
 use super::ids::BlockName;
-use super::release::Target;
+use super::release::{Release, Target};
 
 /// Why a block is disturbed (or, for `UpdateNoRestart`, told about a release
 /// that leaves it alone). These are what a lock holder is told.
@@ -159,49 +160,9 @@ pub fn impact(op: &Operation, device: &DeviceState) -> Result<Impact, ImpactErro
     // Built in block order, so the maps at the end are bulk-built.
     let mut disturbed: Disturbed = Vec::new();
     let mut started = Vec::new();
-    let mut notices = Vec::new();
+    let notices = Vec::new();
     match op {
-        Operation::UpdateRelease { target } => {
-            let to = target.release.blocks();
-            let mut survivors: Vec<(&BlockName, [&[Dependency]; 2])> = Vec::new();
-            for side in merge_join(running, to) {
-                match side {
-                    Side::Old(name) => {
-                        disturbed.push((name.clone(), Disturbance::plain(Reason::Stop)));
-                    }
-                    Side::New(name) => started.push(name.clone()),
-                    Side::Both(name, rb, bv) => {
-                        let to_env = target.env_fingerprints.get(name);
-                        let d = match to_env {
-                            Some(fp) => delta::compare_spec(rb, bv, fp),
-                            None => BlockDelta::Restart {
-                                cause: RestartCause::Env,
-                            },
-                        };
-                        if let BlockDelta::Restart { cause } = d {
-                            disturbed.push((
-                                name.clone(),
-                                Disturbance {
-                                    reason: Reason::UpdateRestart,
-                                    handover: bv.update_strategy.allows_handover(),
-                                    because_of: None,
-                                    cause: Some(cause),
-                                },
-                            ));
-                        }
-                        // It keeps running across the update: it restarts when
-                        // a dependency does, under its old or new depends_on.
-                        survivors.push((name, [&rb.spec.depends_on, &bv.depends_on]));
-                    }
-                }
-            }
-            propagate(&mut disturbed, &survivors);
-            notices = running
-                .keys()
-                .filter(|n| find(&disturbed, n).is_none())
-                .map(|n| (n.clone(), Reason::UpdateNoRestart))
-                .collect();
-        }
+        Operation::UpdateRelease { target } => return Ok(release_impact(running, target)),
         Operation::EnvChange(change) => {
             let next = device
                 .env
@@ -260,6 +221,76 @@ pub fn impact(op: &Operation, device: &DeviceState) -> Result<Impact, ImpactErro
         notices: BlockMap::from_sorted(notices),
         started,
     })
+}
+
+/// The impact of moving `running` to `target`: changed blocks restart
+/// (`UpdateRestart`), removed ones stop, dependents restart, and every running
+/// block left alone gets an `UpdateNoRestart` notice.
+pub fn release_impact(running: &BTreeMap<BlockName, RunningBlock>, target: &Target) -> Impact {
+    let mut disturbed: Disturbed = Vec::new();
+    let mut started = Vec::new();
+    let to = target.release.blocks();
+    let mut survivors: Vec<(&BlockName, [&[Dependency]; 2])> = Vec::new();
+    for side in merge_join(running, to) {
+        match side {
+            Side::Old(name) => {
+                disturbed.push((name.clone(), Disturbance::plain(Reason::Stop)));
+            }
+            Side::New(name) => started.push(name.clone()),
+            Side::Both(name, rb, bv) => {
+                let to_env = target.env_fingerprints.get(name);
+                let d = match to_env {
+                    Some(fp) => delta::compare_spec(rb, bv, fp),
+                    None => BlockDelta::Restart {
+                        cause: RestartCause::Env,
+                    },
+                };
+                if let BlockDelta::Restart { cause } = d {
+                    disturbed.push((
+                        name.clone(),
+                        Disturbance {
+                            reason: Reason::UpdateRestart,
+                            handover: bv.update_strategy.allows_handover(),
+                            because_of: None,
+                            cause: Some(cause),
+                        },
+                    ));
+                }
+                // It keeps running across the update: it restarts when
+                // a dependency does, under its old or new depends_on.
+                survivors.push((name, [&rb.spec.depends_on, &bv.depends_on]));
+            }
+        }
+    }
+    propagate(&mut disturbed, &survivors);
+    let notices: Vec<(BlockName, Reason)> = running
+        .keys()
+        .filter(|n| find(&disturbed, n).is_none())
+        .map(|n| (n.clone(), Reason::UpdateNoRestart))
+        .collect();
+    Impact {
+        disturbed: BlockMap::from_sorted(disturbed),
+        notices: BlockMap::from_sorted(notices),
+        started,
+    }
+}
+
+/// What moving from release `from` to release `to` changes, as a pipeline
+/// sees it before rolling out: the per-block delta, and the impact with
+/// dependency propagation, both under the same operator env.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseDiff {
+    pub deltas: BTreeMap<BlockName, BlockDelta>,
+    pub impact: Impact,
+}
+
+pub fn diff_releases(from: &Arc<Release>, to: &Arc<Release>, env: &EnvContext) -> ReleaseDiff {
+    let running = from.resolve(env).as_running();
+    let target = to.resolve(env);
+    ReleaseDiff {
+        deltas: delta::delta_to_target(&running, &target),
+        impact: release_impact(&running, &target),
+    }
 }
 
 /// Disturbed blocks, kept sorted by name.

@@ -10,6 +10,7 @@ pub mod blockmap;
 pub mod delta;
 pub mod device;
 pub mod env;
+pub mod fleet;
 pub mod gate;
 pub mod ids;
 pub mod impact;
@@ -24,7 +25,17 @@ pub use device::{DeviceState, LockState, RunningBlock};
 pub use env::{
     Env, EnvChange, EnvContext, EnvError, EnvLayer, EnvLevel, EnvName, EnvScope, EnvVar,
 };
+pub use fleet::{
+    AuditEntry, DeviceRecord, DeviceReport, DeviceStatus, Fleet, IntentKind, LockReport, NewIntent,
+    ReportedBlock, StoredIntent,
+};
 pub use gate::{Decision, Force, ForceError, ReleaseRequest, decide, gate};
-pub use ids::{BlockName, DeviceId, FleetId, Generation, IdError, IntentSeq, ReleaseId, Timestamp};
-pub use impact::{Disturbance, Impact, ImpactError, Operation, Reason, impact};
+pub use ids::{
+    BlockName, DeviceId, FleetId, Generation, IdError, IntentSeq, OperationId, ReleaseId, Tag,
+    Timestamp,
+};
+pub use impact::{
+    Disturbance, Impact, ImpactError, Operation, Reason, ReleaseDiff, diff_releases, impact,
+    release_impact,
+};
 pub use release::{Release, ReleaseError, Target};

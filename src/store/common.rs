@@ -1,0 +1,935 @@
+//! The body of [`Store`](super::Store) shared by both backends. The SQL here is
+//! portable (`$N` parameters, `ON CONFLICT`, `RETURNING` work on Postgres and
+//! SQLite alike); the macro compiles it once per driver. What differs — the
+//! batched lock ingest, transaction start, connection setup — lives in
+//! `pg.rs` and `sqlite.rs`.
+
+/// Expands to `impl Store for $store` over a `pool` field of driver `$db`.
+/// The backend type must provide `begin()` (a write transaction) and
+/// `ingest_batch(&self, tx, batch, now)`.
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $backend:expr) => {
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> $crate::store::Backend {
+                $backend
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn create_fleet(&self, fleet: &Fleet) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO fleets (id, name, created_ms) VALUES ($1, $2, $3)")
+                    .bind(fleet.id.as_str())
+                    .bind(&fleet.name)
+                    .bind(fleet.created.0)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(StoreError::on_write("fleet", &fleet.id, "fleet"))?;
+                Ok(())
+            }
+
+            async fn get_fleet(&self, id: &FleetId) -> Result<Fleet, StoreError> {
+                let row = sqlx::query("SELECT id, name, created_ms FROM fleets WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "fleet",
+                        key: id.to_string(),
+                    })?;
+                fleet_from_row(&row)
+            }
+
+            async fn list_fleets(&self) -> Result<Vec<Fleet>, StoreError> {
+                let rows = sqlx::query("SELECT id, name, created_ms FROM fleets ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(fleet_from_row).collect()
+            }
+
+            async fn create_block(
+                &self,
+                name: &BlockName,
+                description: &str,
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO blocks (name, description, created_ms) VALUES ($1, $2, $3)")
+                    .bind(name.as_str())
+                    .bind(description)
+                    .bind(now.0)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(StoreError::on_write("block", name, "block"))?;
+                Ok(())
+            }
+
+            async fn create_block_version(
+                &self,
+                bv: &BlockVersion,
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
+                let cols = codec::block_version_columns(bv);
+                let key = format!("{}@{}", bv.name, bv.version);
+                sqlx::query(
+                    "INSERT INTO block_versions \
+                     (block, version, image_digest, config_json, env_json, depends_on_json, strategy_json, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(bv.name.as_str())
+                .bind(bv.version.to_string())
+                .bind(bv.image_digest.as_str())
+                .bind(&cols.config)
+                .bind(&cols.env)
+                .bind(&cols.depends_on)
+                .bind(&cols.strategy)
+                .bind(now.0)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| match StoreError::on_write("block version", &key, "block")(e) {
+                    StoreError::NotFound { .. } => StoreError::NotFound {
+                        entity: "block",
+                        key: bv.name.to_string(),
+                    },
+                    other => other,
+                })?;
+                Ok(())
+            }
+
+            async fn get_block_versions(
+                &self,
+                refs: &[(BlockName, semver::Version)],
+            ) -> Result<Vec<BlockVersion>, StoreError> {
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+                let mut out = Vec::with_capacity(refs.len());
+                for (block, version) in refs {
+                    let row = sqlx::query(BLOCK_VERSION_SELECT_ONE)
+                        .bind(block.as_str())
+                        .bind(version.to_string())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(StoreError::from_sqlx)?
+                        .ok_or_else(|| StoreError::NotFound {
+                            entity: "block version",
+                            key: format!("{block}@{version}"),
+                        })?;
+                    out.push(block_version_from_row(&row)?);
+                }
+                Ok(out)
+            }
+
+            async fn list_block_versions(
+                &self,
+                block: &BlockName,
+            ) -> Result<Vec<BlockVersion>, StoreError> {
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+                let exists = sqlx::query("SELECT 1 FROM blocks WHERE name = $1")
+                    .bind(block.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound {
+                        entity: "block",
+                        key: block.to_string(),
+                    });
+                }
+                let rows = sqlx::query(BLOCK_VERSION_SELECT_ALL)
+                    .bind(block.as_str())
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                let mut out = rows
+                    .iter()
+                    .map(block_version_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.sort_by(|a, b| a.version.cmp(&b.version));
+                Ok(out)
+            }
+
+            async fn create_release(&self, release: &Release, now: Timestamp) -> Result<(), StoreError> {
+                let mut tx = self.begin().await?;
+                let fleet = sqlx::query("SELECT 1 FROM fleets WHERE id = $1")
+                    .bind(release.fleet().as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                if fleet.is_none() {
+                    return Err(StoreError::NotFound {
+                        entity: "fleet",
+                        key: release.fleet().to_string(),
+                    });
+                }
+                sqlx::query("INSERT INTO releases (id, fleet, env_json, created_ms) VALUES ($1, $2, $3, $4)")
+                    .bind(release.id().as_str())
+                    .bind(release.fleet().as_str())
+                    .bind(codec::env_to_json(release.env()))
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::on_write("release", release.id(), "fleet"))?;
+                for bv in release.blocks().values() {
+                    let key = format!("{}@{}", bv.name, bv.version);
+                    sqlx::query("INSERT INTO release_blocks (release_id, block, version) VALUES ($1, $2, $3)")
+                        .bind(release.id().as_str())
+                        .bind(bv.name.as_str())
+                        .bind(bv.version.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| match StoreError::on_write("release block", &key, "block version")(e) {
+                            StoreError::NotFound { .. } => StoreError::NotFound {
+                                entity: "block version",
+                                key: key.clone(),
+                            },
+                            other => other,
+                        })?;
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn get_release(&self, id: &ReleaseId) -> Result<Release, StoreError> {
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+                let row = sqlx::query("SELECT id, fleet, env_json FROM releases WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "release",
+                        key: id.to_string(),
+                    })?;
+                let fleet: String = get(&row, "fleet")?;
+                let env_json: String = get(&row, "env_json")?;
+                let rows = sqlx::query(
+                    "SELECT bv.block, bv.version, bv.image_digest, bv.config_json, bv.env_json, \
+                     bv.depends_on_json, bv.strategy_json \
+                     FROM release_blocks rb JOIN block_versions bv \
+                       ON bv.block = rb.block AND bv.version = rb.version \
+                     WHERE rb.release_id = $1 ORDER BY rb.block",
+                )
+                .bind(id.as_str())
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let blocks = rows
+                    .iter()
+                    .map(|r| block_version_from_row(r).map(std::sync::Arc::new))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let fleet = FleetId::new(fleet).map_err(|e| codec::corrupt("release", id, e))?;
+                let env = codec::env_from_json("release", id.as_str(), &env_json)?;
+                Release::new(id.clone(), fleet, blocks, env)
+                    .map_err(|e| codec::corrupt("release", id, e))
+            }
+
+            async fn list_releases(
+                &self,
+                fleet: Option<&FleetId>,
+                page: &PageRequest,
+            ) -> Result<Page<ReleaseSummary>, StoreError> {
+                let limit = page.limit();
+                let rows = sqlx::query(
+                    "SELECT r.id, r.fleet, r.created_ms, \
+                       (SELECT COUNT(*) FROM release_blocks rb WHERE rb.release_id = r.id) AS blocks \
+                     FROM releases r \
+                     WHERE ($1 IS NULL OR r.fleet = $1) AND ($2 IS NULL OR r.id > $2) \
+                     ORDER BY r.id LIMIT $3",
+                )
+                .bind(fleet.map(FleetId::as_str))
+                .bind(page.token.as_deref())
+                .bind(limit + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut items = rows
+                    .iter()
+                    .map(|r| {
+                        let id: String = get(r, "id")?;
+                        let fleet: String = get(r, "fleet")?;
+                        let blocks: i64 = get(r, "blocks")?;
+                        Ok(ReleaseSummary {
+                            id: ReleaseId::new(&id).map_err(|e| codec::corrupt("release", &id, e))?,
+                            fleet: FleetId::new(fleet).map_err(|e| codec::corrupt("release", &id, e))?,
+                            blocks: usize::try_from(blocks).unwrap_or(0),
+                            created: Timestamp(get(r, "created_ms")?),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok(paginate(&mut items, limit, |r| r.id.to_string()))
+            }
+
+            async fn register_device(
+                &self,
+                device: &DeviceRecord,
+                credential_hash: &str,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin().await?;
+                let fleet = sqlx::query("SELECT 1 FROM fleets WHERE id = $1")
+                    .bind(device.fleet.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                if fleet.is_none() {
+                    return Err(StoreError::NotFound {
+                        entity: "fleet",
+                        key: device.fleet.to_string(),
+                    });
+                }
+                sqlx::query(
+                    "INSERT INTO devices (id, fleet, credential_hash, credential_revoked, status, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(device.id.as_str())
+                .bind(device.fleet.as_str())
+                .bind(credential_hash)
+                .bind(device.credential_revoked)
+                .bind(device.status.as_str())
+                .bind(device.created.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::on_write("device", &device.id, "fleet"))?;
+                for tag in &device.tags {
+                    sqlx::query("INSERT INTO device_tags (device_id, tag) VALUES ($1, $2)")
+                        .bind(device.id.as_str())
+                        .bind(tag.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn get_device(&self, id: &DeviceId) -> Result<DeviceRecord, StoreError> {
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+                let row = sqlx::query(
+                    "SELECT id, fleet, status, credential_revoked, created_ms FROM devices WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                .ok_or_else(|| StoreError::NotFound {
+                    entity: "device",
+                    key: id.to_string(),
+                })?;
+                let tags = sqlx::query("SELECT device_id, tag FROM device_tags WHERE device_id = $1 ORDER BY tag")
+                    .bind(id.as_str())
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                let mut device = device_from_row(&row)?;
+                for t in &tags {
+                    device.tags.insert(tag_from_row(t)?.1);
+                }
+                Ok(device)
+            }
+
+            async fn device_credential(&self, id: &DeviceId) -> Result<(String, bool), StoreError> {
+                let row = sqlx::query("SELECT credential_hash, credential_revoked FROM devices WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "device",
+                        key: id.to_string(),
+                    })?;
+                Ok((get(&row, "credential_hash")?, get(&row, "credential_revoked")?))
+            }
+
+            async fn revoke_device_credential(&self, id: &DeviceId) -> Result<(), StoreError> {
+                let done = sqlx::query("UPDATE devices SET credential_revoked = $2 WHERE id = $1")
+                    .bind(id.as_str())
+                    .bind(true)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound {
+                        entity: "device",
+                        key: id.to_string(),
+                    });
+                }
+                Ok(())
+            }
+
+            async fn list_devices(
+                &self,
+                filter: &DeviceFilter,
+                page: &PageRequest,
+            ) -> Result<Page<DeviceRecord>, StoreError> {
+                let limit = page.limit();
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+                let rows = sqlx::query(
+                    "SELECT d.id, d.fleet, d.status, d.credential_revoked, d.created_ms FROM devices d \
+                     WHERE ($1 IS NULL OR d.fleet = $1) \
+                       AND ($2 IS NULL OR EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.tag = $2)) \
+                       AND ($3 IS NULL OR d.status = $3) \
+                       AND ($4 IS NULL OR d.id > $4) \
+                     ORDER BY d.id LIMIT $5",
+                )
+                .bind(filter.fleet.as_ref().map(FleetId::as_str))
+                .bind(filter.tag.as_ref().map(Tag::as_str))
+                .bind(filter.status.map(DeviceStatus::as_str))
+                .bind(page.token.as_deref())
+                .bind(limit + 1)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut items = rows.iter().map(device_from_row).collect::<Result<Vec<_>, _>>()?;
+                let next = paginate(&mut items, limit, |d| d.id.to_string());
+                // Tags of the page, in one query over its id range.
+                if let (Some(first), Some(last)) = (next.items.first(), next.items.last()) {
+                    let tags = sqlx::query(
+                        "SELECT device_id, tag FROM device_tags WHERE device_id >= $1 AND device_id <= $2",
+                    )
+                    .bind(first.id.as_str())
+                    .bind(last.id.as_str())
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                    let mut by_device: std::collections::BTreeMap<DeviceId, Vec<Tag>> = Default::default();
+                    for t in &tags {
+                        let (d, tag) = tag_from_row(t)?;
+                        by_device.entry(d).or_default().push(tag);
+                    }
+                    let mut next = next;
+                    for d in &mut next.items {
+                        if let Some(ts) = by_device.remove(&d.id) {
+                            d.tags.extend(ts);
+                        }
+                    }
+                    return Ok(next);
+                }
+                Ok(next)
+            }
+
+            async fn set_device_status(&self, id: &DeviceId, status: DeviceStatus) -> Result<(), StoreError> {
+                let done = sqlx::query("UPDATE devices SET status = $2 WHERE id = $1")
+                    .bind(id.as_str())
+                    .bind(status.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound {
+                        entity: "device",
+                        key: id.to_string(),
+                    });
+                }
+                Ok(())
+            }
+
+            async fn set_env(&self, owner: &EnvOwner, vars: &[EnvVar], now: Timestamp) -> Result<(), StoreError> {
+                let mut tx = self.begin().await?;
+                ensure_owner(&mut *tx, owner).await?;
+                for var in vars {
+                    for block in scope_blocks(&var.scope) {
+                        sqlx::query(
+                            "INSERT INTO env_vars (level, owner, name, block, value, updated_ms) \
+                             VALUES ($1, $2, $3, $4, $5, $6) \
+                             ON CONFLICT (level, owner, name, block) \
+                             DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+                        )
+                        .bind(owner.level())
+                        .bind(owner.key())
+                        .bind(var.name.as_str())
+                        .bind(block)
+                        .bind(&var.value)
+                        .bind(now.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                    }
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn unset_env(&self, owner: &EnvOwner, names: &[(EnvName, EnvScope)]) -> Result<u64, StoreError> {
+                let mut tx = self.begin().await?;
+                ensure_owner(&mut *tx, owner).await?;
+                let mut removed = 0;
+                for (name, scope) in names {
+                    for block in scope_blocks(scope) {
+                        removed += sqlx::query(
+                            "DELETE FROM env_vars WHERE level = $1 AND owner = $2 AND name = $3 AND block = $4",
+                        )
+                        .bind(owner.level())
+                        .bind(owner.key())
+                        .bind(name.as_str())
+                        .bind(block)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?
+                        .rows_affected();
+                    }
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(removed)
+            }
+
+            async fn env_layer(&self, owner: &EnvOwner) -> Result<EnvLayer, StoreError> {
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+                ensure_owner(&mut *conn, owner).await?;
+                let rows = sqlx::query(
+                    "SELECT name, block, value FROM env_vars WHERE level = $1 AND owner = $2 ORDER BY name, block",
+                )
+                .bind(owner.level())
+                .bind(owner.key())
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut layer = EnvLayer::default();
+                for r in &rows {
+                    let name: String = get(r, "name")?;
+                    let block: String = get(r, "block")?;
+                    let value: String = get(r, "value")?;
+                    let key = format!("{}:{name}", owner.key());
+                    let name = EnvName::new(name).map_err(|e| codec::corrupt("env var", &key, e))?;
+                    if block.is_empty() {
+                        layer.wide.insert(name, value);
+                    } else {
+                        let block = BlockName::new(block).map_err(|e| codec::corrupt("env var", &key, e))?;
+                        layer.scoped.entry(block).or_default().insert(name, value);
+                    }
+                }
+                Ok(layer)
+            }
+
+            async fn record_device_report(&self, device: &DeviceId, report: &DeviceReport) -> Result<(), StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO device_reports (device_id, agent_version, current_release, os_version, last_intent_seq, reported_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (device_id) DO UPDATE SET agent_version = excluded.agent_version, \
+                       current_release = excluded.current_release, os_version = excluded.os_version, \
+                       last_intent_seq = excluded.last_intent_seq, reported_ms = excluded.reported_ms",
+                )
+                .bind(device.as_str())
+                .bind(&report.agent_version)
+                .bind(report.current_release.as_ref().map(ReleaseId::as_str))
+                .bind(report.os_version.as_deref())
+                .bind(codec::to_i64("intent sequence", report.last_intent_seq.0)?)
+                .bind(report.reported.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::on_write("device report", device, "device"))?;
+                sqlx::query("DELETE FROM device_blocks WHERE device_id = $1")
+                    .bind(device.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                for (block, rb) in &report.blocks {
+                    sqlx::query(
+                        "INSERT INTO device_blocks (device_id, block, version, env_fingerprint) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(device.as_str())
+                    .bind(block.as_str())
+                    .bind(rb.version.to_string())
+                    .bind(rb.env_fingerprint.to_hex())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn device_report(&self, device: &DeviceId) -> Result<Option<DeviceReport>, StoreError> {
+                let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
+                let Some(row) = sqlx::query(
+                    "SELECT agent_version, current_release, os_version, last_intent_seq, reported_ms \
+                     FROM device_reports WHERE device_id = $1",
+                )
+                .bind(device.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                else {
+                    return Ok(None);
+                };
+                let key = device.as_str();
+                let current_release: Option<String> = get(&row, "current_release")?;
+                let blocks = sqlx::query(
+                    "SELECT block, version, env_fingerprint FROM device_blocks WHERE device_id = $1 ORDER BY block",
+                )
+                .bind(device.as_str())
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut report = DeviceReport {
+                    agent_version: get(&row, "agent_version")?,
+                    current_release: current_release
+                        .map(|r| ReleaseId::new(r).map_err(|e| codec::corrupt("device report", key, e)))
+                        .transpose()?,
+                    os_version: get(&row, "os_version")?,
+                    blocks: Default::default(),
+                    last_intent_seq: IntentSeq(codec::to_u64("device report", key, get(&row, "last_intent_seq")?)?),
+                    reported: Timestamp(get(&row, "reported_ms")?),
+                };
+                for b in &blocks {
+                    let block: String = get(b, "block")?;
+                    let version: String = get(b, "version")?;
+                    let fp: String = get(b, "env_fingerprint")?;
+                    report.blocks.insert(
+                        BlockName::new(block).map_err(|e| codec::corrupt("device report", key, e))?,
+                        ReportedBlock {
+                            version: semver::Version::parse(&version)
+                                .map_err(|e| codec::corrupt("device report", key, e))?,
+                            env_fingerprint: codec::fingerprint_from_hex("device report", key, &fp)?,
+                        },
+                    );
+                }
+                Ok(Some(report))
+            }
+
+            async fn device_locks(
+                &self,
+                device: &DeviceId,
+            ) -> Result<std::collections::BTreeMap<BlockName, LockState>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT block, held, generation, since_ms FROM device_locks WHERE device_id = $1 ORDER BY block",
+                )
+                .bind(device.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let block: String = get(r, "block")?;
+                        let key = format!("{device}/{block}");
+                        Ok((
+                            BlockName::new(block).map_err(|e| codec::corrupt("lock", &key, e))?,
+                            lock_from_row(r, &key)?,
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn ingest_lock_reports(
+                &self,
+                batch: &[LockReport],
+                now: Timestamp,
+            ) -> Result<IngestOutcome, StoreError> {
+                if batch.is_empty() {
+                    return Ok(IngestOutcome::default());
+                }
+                let newest = newest_per_lock(batch);
+                let mut tx = self.begin().await?;
+                let applied = self.ingest_batch(&mut tx, &newest, now).await?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(IngestOutcome {
+                    applied,
+                    dropped: batch.len() as u64 - applied,
+                })
+            }
+
+            async fn lock_history(&self, device: &DeviceId, block: &BlockName) -> Result<Vec<LockState>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT held, generation, since_ms FROM lock_history \
+                     WHERE device_id = $1 AND block = $2 ORDER BY generation",
+                )
+                .bind(device.as_str())
+                .bind(block.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let key = format!("{device}/{block}");
+                rows.iter().map(|r| lock_from_row(r, &key)).collect()
+            }
+
+            async fn prune_lock_history(&self, before: Timestamp) -> Result<u64, StoreError> {
+                Ok(sqlx::query("DELETE FROM lock_history WHERE recorded_ms < $1")
+                    .bind(before.0)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .rows_affected())
+            }
+
+            async fn append_intents(
+                &self,
+                device: &DeviceId,
+                intents: &[NewIntent],
+                now: Timestamp,
+            ) -> Result<Vec<IntentSeq>, StoreError> {
+                if intents.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let n = intents.len() as i64;
+                let mut tx = self.begin().await?;
+                // The device row is the per-device sequence: bumping it takes
+                // the row lock, so concurrent writers for one device queue here.
+                let row = sqlx::query("UPDATE devices SET intent_seq = intent_seq + $2 WHERE id = $1 RETURNING intent_seq")
+                    .bind(device.as_str())
+                    .bind(n)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "device",
+                        key: device.to_string(),
+                    })?;
+                let last: i64 = get(&row, "intent_seq")?;
+                let mut seqs = Vec::with_capacity(intents.len());
+                for (i, intent) in intents.iter().enumerate() {
+                    let seq = last - n + 1 + i as i64;
+                    sqlx::query(
+                        "INSERT INTO intents (device_id, seq, kind, body_json, operation_id, created_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(device.as_str())
+                    .bind(seq)
+                    .bind(intent.kind.as_str())
+                    .bind(&intent.body)
+                    .bind(intent.operation.map(|o| o.0))
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::on_write("intent", format!("{device}{seq}"), "operation"))?;
+                    seqs.push(IntentSeq(codec::to_u64("intent", device.as_str(), seq)?));
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(seqs)
+            }
+
+            async fn unacked_intents(&self, device: &DeviceId) -> Result<Vec<StoredIntent>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT seq, kind, body_json, operation_id, created_ms, acked_ms FROM intents \
+                     WHERE device_id = $1 AND acked_ms IS NULL ORDER BY seq",
+                )
+                .bind(device.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let key = device.as_str();
+                        let kind: String = get(r, "kind")?;
+                        let op: Option<i64> = get(r, "operation_id")?;
+                        let acked: Option<i64> = get(r, "acked_ms")?;
+                        Ok(StoredIntent {
+                            device: device.clone(),
+                            seq: IntentSeq(codec::to_u64("intent", key, get(r, "seq")?)?),
+                            kind: IntentKind::parse(&kind)
+                                .ok_or_else(|| codec::corrupt("intent", key, format!("unknown kind {kind:?}")))?,
+                            body: get(r, "body_json")?,
+                            operation: op.map(OperationId),
+                            created: Timestamp(get(r, "created_ms")?),
+                            acked: acked.map(Timestamp),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn ack_intent(
+                &self,
+                device: &DeviceId,
+                seq: IntentSeq,
+                kind: &str,
+                body: &str,
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
+                let seq_i = codec::to_i64("intent sequence", seq.0)?;
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO intent_acks (device_id, seq, kind, body_json, received_ms) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(device.as_str())
+                .bind(seq_i)
+                .bind(kind)
+                .bind(body)
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match StoreError::on_write("intent ack", format!("{device}{seq}"), "intent")(e) {
+                    StoreError::NotFound { .. } => StoreError::NotFound {
+                        entity: "intent",
+                        key: format!("{device}{seq}"),
+                    },
+                    other => other,
+                })?;
+                sqlx::query("UPDATE intents SET acked_ms = $3 WHERE device_id = $1 AND seq = $2 AND acked_ms IS NULL")
+                    .bind(device.as_str())
+                    .bind(seq_i)
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
+                let row = sqlx::query(
+                    "INSERT INTO audit_log (at_ms, actor, action, subject, reason, details_json) \
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(entry.at.0)
+                .bind(&entry.actor)
+                .bind(&entry.action)
+                .bind(&entry.subject)
+                .bind(&entry.reason)
+                .bind(&entry.details)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                get(&row, "id")
+            }
+
+            async fn list_audit(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEntry)>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, at_ms, actor, action, subject, reason, details_json FROM audit_log \
+                     WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit.clamp(1, 10_000)))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            get(r, "id")?,
+                            AuditEntry {
+                                at: Timestamp(get(r, "at_ms")?),
+                                actor: get(r, "actor")?,
+                                action: get(r, "action")?,
+                                subject: get(r, "subject")?,
+                                reason: get(r, "reason")?,
+                                details: get(r, "details_json")?,
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+        }
+
+        const BLOCK_VERSION_COLUMNS: &str =
+            "block, version, image_digest, config_json, env_json, depends_on_json, strategy_json";
+        const BLOCK_VERSION_SELECT_ONE: &str = "SELECT block, version, image_digest, config_json, env_json, depends_on_json, strategy_json \
+             FROM block_versions WHERE block = $1 AND version = $2";
+        const BLOCK_VERSION_SELECT_ALL: &str = "SELECT block, version, image_digest, config_json, env_json, depends_on_json, strategy_json \
+             FROM block_versions WHERE block = $1";
+        const _: &str = BLOCK_VERSION_COLUMNS;
+
+        type DbRow = <$db as sqlx::Database>::Row;
+
+        fn get<'r, T>(row: &'r DbRow, col: &str) -> Result<T, StoreError>
+        where
+            T: sqlx::Decode<'r, $db> + sqlx::Type<$db>,
+        {
+            use sqlx::Row as _;
+            row.try_get(col).map_err(StoreError::from_sqlx)
+        }
+
+        fn fleet_from_row(r: &DbRow) -> Result<Fleet, StoreError> {
+            let id: String = get(r, "id")?;
+            Ok(Fleet {
+                id: FleetId::new(&id).map_err(|e| codec::corrupt("fleet", &id, e))?,
+                name: get(r, "name")?,
+                created: Timestamp(get(r, "created_ms")?),
+            })
+        }
+
+        fn block_version_from_row(r: &DbRow) -> Result<BlockVersion, StoreError> {
+            codec::block_version_from_row(codec::BlockVersionRow {
+                block: get(r, "block")?,
+                version: get(r, "version")?,
+                image_digest: get(r, "image_digest")?,
+                columns: codec::BlockVersionColumns {
+                    config: get(r, "config_json")?,
+                    env: get(r, "env_json")?,
+                    depends_on: get(r, "depends_on_json")?,
+                    strategy: get(r, "strategy_json")?,
+                },
+            })
+        }
+
+        fn device_from_row(r: &DbRow) -> Result<DeviceRecord, StoreError> {
+            let id: String = get(r, "id")?;
+            let fleet: String = get(r, "fleet")?;
+            let status: String = get(r, "status")?;
+            Ok(DeviceRecord {
+                id: DeviceId::new(&id).map_err(|e| codec::corrupt("device", &id, e))?,
+                fleet: FleetId::new(fleet).map_err(|e| codec::corrupt("device", &id, e))?,
+                tags: Default::default(),
+                status: DeviceStatus::parse(&status)
+                    .ok_or_else(|| codec::corrupt("device", &id, format!("unknown status {status:?}")))?,
+                credential_revoked: get(r, "credential_revoked")?,
+                created: Timestamp(get(r, "created_ms")?),
+            })
+        }
+
+        fn tag_from_row(r: &DbRow) -> Result<(DeviceId, Tag), StoreError> {
+            let d: String = get(r, "device_id")?;
+            let t: String = get(r, "tag")?;
+            Ok((
+                DeviceId::new(&d).map_err(|e| codec::corrupt("device tag", &d, e))?,
+                Tag::new(t).map_err(|e| codec::corrupt("device tag", &d, e))?,
+            ))
+        }
+
+        fn lock_from_row(r: &DbRow, key: &str) -> Result<LockState, StoreError> {
+            Ok(LockState {
+                held: get(r, "held")?,
+                generation: Generation(codec::to_u64("lock", key, get(r, "generation")?)?),
+                since: Timestamp(get(r, "since_ms")?),
+            })
+        }
+
+        async fn ensure_owner<'c, E>(conn: E, owner: &EnvOwner) -> Result<(), StoreError>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let (sql, entity) = match owner {
+                EnvOwner::Fleet(_) => ("SELECT 1 FROM fleets WHERE id = $1", "fleet"),
+                EnvOwner::Device(_) => ("SELECT 1 FROM devices WHERE id = $1", "device"),
+            };
+            let found = sqlx::query(sql)
+                .bind(owner.key())
+                .fetch_optional(conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+            match found {
+                Some(_) => Ok(()),
+                None => Err(StoreError::NotFound {
+                    entity,
+                    key: owner.key().to_owned(),
+                }),
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;
+
+use super::Page;
+
+/// Stored block keys for a scope: `""` for device-wide, else one per block.
+pub(crate) fn scope_blocks(scope: &crate::domain::EnvScope) -> Vec<&str> {
+    match scope {
+        crate::domain::EnvScope::Device => vec![""],
+        crate::domain::EnvScope::Blocks(bs) => bs.iter().map(|b| b.as_str()).collect(),
+    }
+}
+
+/// Trims a result fetched with `limit + 1` rows into a page and its token.
+pub(crate) fn paginate<T>(items: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more { items.last().map(key) } else { None };
+    Page {
+        items: std::mem::take(items),
+        next,
+    }
+}

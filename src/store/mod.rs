@@ -1,0 +1,365 @@
+//! Durable state. One [`Store`] interface, two implementations — Postgres for
+//! production and replicas, SQLite as the embedded default — proven equal by
+//! one conformance suite (`tests/store_conformance.rs`). Rows never leave this
+//! module: callers see domain values.
+
+mod codec;
+mod common;
+pub mod migrations;
+pub mod pg;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::domain::{
+    AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord, DeviceReport, DeviceStatus,
+    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, IntentSeq, LockReport, LockState,
+    NewIntent, Release, ReleaseId, StoredIntent, Tag, Timestamp,
+};
+
+pub use pg::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Why a store call failed. Callers map these to API errors consistently.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{entity} {key} not found")]
+    NotFound { entity: &'static str, key: String },
+    #[error("{entity} {key} already exists")]
+    AlreadyExists { entity: &'static str, key: String },
+    #[error("{message}")]
+    Invalid { message: String },
+    #[error("stored {entity} {key} is corrupt: {message}")]
+    Corrupt {
+        entity: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error(
+        "the database schema is at version {database}, newer than this binary knows ({binary}); upgrade lockstep"
+    )]
+    SchemaTooNew { database: i64, binary: i64 },
+    #[error("database unavailable: {source}")]
+    Unavailable {
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database error: {source}")]
+    Database {
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("migrating the database: {source}")]
+    Migrate {
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+impl StoreError {
+    /// Classifies a driver error: lost connections are `Unavailable` (retry
+    /// later), everything else `Database`.
+    pub(crate) fn from_sqlx(source: sqlx::Error) -> Self {
+        match &source {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable { source },
+            _ => StoreError::Database { source },
+        }
+    }
+
+    /// Like [`StoreError::from_sqlx`], but unique and foreign-key violations
+    /// become `AlreadyExists` / `NotFound` for the named entity.
+    pub(crate) fn on_write(
+        entity: &'static str,
+        key: impl ToString,
+        missing: &'static str,
+    ) -> impl FnOnce(sqlx::Error) -> StoreError {
+        let key = key.to_string();
+        move |e| match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::AlreadyExists { entity, key }
+            }
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound {
+                entity: missing,
+                key,
+            },
+            _ => StoreError::from_sqlx(e),
+        }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Who an env variable belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvOwner {
+    Fleet(FleetId),
+    Device(DeviceId),
+}
+
+impl EnvOwner {
+    pub(crate) fn level(&self) -> &'static str {
+        match self {
+            EnvOwner::Fleet(_) => "fleet",
+            EnvOwner::Device(_) => "device",
+        }
+    }
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            EnvOwner::Fleet(f) => f.as_str(),
+            EnvOwner::Device(d) => d.as_str(),
+        }
+    }
+}
+
+/// A page request: at most `size` items after the opaque `token`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    pub size: u32,
+    pub token: Option<String>,
+}
+
+impl PageRequest {
+    pub const DEFAULT_SIZE: u32 = 100;
+    pub const MAX_SIZE: u32 = 1000;
+
+    pub(crate) fn limit(&self) -> i64 {
+        let size = if self.size == 0 {
+            Self::DEFAULT_SIZE
+        } else {
+            self.size.min(Self::MAX_SIZE)
+        };
+        i64::from(size)
+    }
+}
+
+/// One page of results; `next` is the token for the following page, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Filters for listing devices; `None` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    pub fleet: Option<FleetId>,
+    pub tag: Option<Tag>,
+    pub status: Option<DeviceStatus>,
+}
+
+/// A release as listed (without its block versions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseSummary {
+    pub id: ReleaseId,
+    pub fleet: FleetId,
+    pub blocks: usize,
+    pub created: Timestamp,
+}
+
+/// What a lock-report batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Reports that moved a lock to a newer generation.
+    pub applied: u64,
+    /// Reports dropped: older or equal generation, superseded within the
+    /// batch, or for an unknown device.
+    pub dropped: u64,
+}
+
+/// Pool settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The one storage interface. Every method is one transaction.
+pub trait Store: Clone + Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Cheap round trip, for health checks.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // ---- fleets and catalog
+    fn create_fleet(&self, fleet: &Fleet) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_fleet(&self, id: &FleetId) -> impl Future<Output = Result<Fleet, StoreError>> + Send;
+    fn list_fleets(&self) -> impl Future<Output = Result<Vec<Fleet>, StoreError>> + Send;
+    fn create_block(
+        &self,
+        name: &BlockName,
+        description: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn create_block_version(
+        &self,
+        bv: &BlockVersion,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The named block versions, in the order asked; `NotFound` names the first missing.
+    fn get_block_versions(
+        &self,
+        refs: &[(BlockName, semver::Version)],
+    ) -> impl Future<Output = Result<Vec<BlockVersion>, StoreError>> + Send;
+    /// All versions of a block, oldest first.
+    fn list_block_versions(
+        &self,
+        block: &BlockName,
+    ) -> impl Future<Output = Result<Vec<BlockVersion>, StoreError>> + Send;
+    fn create_release(
+        &self,
+        release: &Release,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_release(
+        &self,
+        id: &ReleaseId,
+    ) -> impl Future<Output = Result<Release, StoreError>> + Send;
+    fn list_releases(
+        &self,
+        fleet: Option<&FleetId>,
+        page: &PageRequest,
+    ) -> impl Future<Output = Result<Page<ReleaseSummary>, StoreError>> + Send;
+
+    // ---- devices
+    fn register_device(
+        &self,
+        device: &DeviceRecord,
+        credential_hash: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn get_device(
+        &self,
+        id: &DeviceId,
+    ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+    /// The stored credential hash and whether it is revoked.
+    fn device_credential(
+        &self,
+        id: &DeviceId,
+    ) -> impl Future<Output = Result<(String, bool), StoreError>> + Send;
+    fn revoke_device_credential(
+        &self,
+        id: &DeviceId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn list_devices(
+        &self,
+        filter: &DeviceFilter,
+        page: &PageRequest,
+    ) -> impl Future<Output = Result<Page<DeviceRecord>, StoreError>> + Send;
+    fn set_device_status(
+        &self,
+        id: &DeviceId,
+        status: DeviceStatus,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // ---- env
+    /// Sets variables for a fleet or device (upsert per name and scope).
+    fn set_env(
+        &self,
+        owner: &EnvOwner,
+        vars: &[EnvVar],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Unsets variables; returns how many stored entries were removed.
+    fn unset_env(
+        &self,
+        owner: &EnvOwner,
+        names: &[(EnvName, EnvScope)],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn env_layer(
+        &self,
+        owner: &EnvOwner,
+    ) -> impl Future<Output = Result<EnvLayer, StoreError>> + Send;
+
+    // ---- what devices report
+    fn record_device_report(
+        &self,
+        device: &DeviceId,
+        report: &DeviceReport,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn device_report(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Option<DeviceReport>, StoreError>> + Send;
+    fn device_locks(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<BTreeMap<BlockName, LockState>, StoreError>> + Send;
+    /// Applies a batch of lock reports in one transaction: idempotent, and
+    /// fenced so an older generation never overwrites a newer one. Applied
+    /// changes are appended to the lock history.
+    fn ingest_lock_reports(
+        &self,
+        batch: &[LockReport],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<IngestOutcome, StoreError>> + Send;
+    /// The recorded history of one lock, oldest first.
+    fn lock_history(
+        &self,
+        device: &DeviceId,
+        block: &BlockName,
+    ) -> impl Future<Output = Result<Vec<LockState>, StoreError>> + Send;
+    /// Drops lock history recorded before `before`; returns rows removed.
+    fn prune_lock_history(
+        &self,
+        before: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    // ---- intent outbox
+    /// Appends intents to a device's outbox, assigning consecutive sequence
+    /// numbers in the same transaction (no gaps, no duplicates).
+    fn append_intents(
+        &self,
+        device: &DeviceId,
+        intents: &[NewIntent],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IntentSeq>, StoreError>> + Send;
+    /// Intents not yet acknowledged, in sequence order.
+    fn unacked_intents(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Vec<StoredIntent>, StoreError>> + Send;
+    /// Records an acknowledgement; the first one marks the intent delivered.
+    fn ack_intent(
+        &self,
+        device: &DeviceId,
+        seq: IntentSeq,
+        kind: &str,
+        body: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // ---- audit
+    fn append_audit(
+        &self,
+        entry: &AuditEntry,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Entries with id greater than `after`, oldest first.
+    fn list_audit(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(i64, AuditEntry)>, StoreError>> + Send;
+}

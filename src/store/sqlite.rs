@@ -1,0 +1,144 @@
+//! The embedded SQLite store: the default, so `lockstep serve` runs with
+//! nothing installed. WAL mode, one writer at a time (`BEGIN IMMEDIATE`), and
+//! a full fsync on commit so an acknowledged write survives a crash.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::common::{impl_store, paginate, scope_blocks};
+use super::{
+    Backend, DeviceFilter, EnvOwner, IngestOutcome, Page, PageRequest, PoolOptions, ReleaseSummary,
+    StoreError, codec, migrations,
+};
+use crate::domain::fleet::newest_per_lock;
+use crate::domain::{
+    AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord, DeviceReport, DeviceStatus,
+    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, Generation, IntentKind, IntentSeq,
+    LockReport, LockState, NewIntent, OperationId, Release, ReleaseId, ReportedBlock, StoredIntent,
+    Tag, Timestamp,
+};
+
+/// The database file inside a data directory.
+pub const DB_FILE: &str = "lockstep.db";
+
+/// A SQLite-backed [`Store`](super::Store).
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/lockstep.db`, refuses a schema
+    /// newer than this binary, and applies pending migrations.
+    pub async fn open(data_dir: &Path, opts: &PoolOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Invalid {
+            message: format!("cannot create data directory {}: {e}", data_dir.display()),
+        })?;
+        let connect = SqliteConnectOptions::new()
+            .filename(data_dir.join(DB_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|source| StoreError::Unavailable { source })?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if exists.is_some() {
+            let db: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+            let binary = migrations::latest(Backend::Sqlite);
+            if let Some(database) = db.filter(|v| *v > binary) {
+                return Err(StoreError::SchemaTooNew { database, binary });
+            }
+        }
+        migrations::migrator(Backend::Sqlite)
+            .run(&self.pool)
+            .await
+            .map_err(|source| StoreError::Migrate { source })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// A write transaction: takes the write lock up front, so concurrent
+    /// writers wait (busy timeout) instead of failing on lock upgrade.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
+    /// Row by row inside the batch's one transaction (SQLite is in-process:
+    /// the transaction, not the statement count, is the cost).
+    async fn ingest_batch(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        newest: &[&LockReport],
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut applied = 0;
+        for r in newest {
+            let generation = codec::to_i64("generation", r.state.generation.0)?;
+            let done = sqlx::query(
+                "INSERT INTO device_locks (device_id, block, held, generation, since_ms, updated_ms) \
+                 SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1) \
+                 ON CONFLICT (device_id, block) DO UPDATE SET held = excluded.held, \
+                   generation = excluded.generation, since_ms = excluded.since_ms, \
+                   updated_ms = excluded.updated_ms \
+                 WHERE device_locks.generation < excluded.generation",
+            )
+            .bind(r.device.as_str())
+            .bind(r.block.as_str())
+            .bind(r.state.held)
+            .bind(generation)
+            .bind(r.state.since.0)
+            .bind(now.0)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+            if done.rows_affected() == 1 {
+                applied += 1;
+                sqlx::query(
+                    "INSERT INTO lock_history (device_id, block, held, generation, since_ms, recorded_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(r.device.as_str())
+                .bind(r.block.as_str())
+                .bind(r.state.held)
+                .bind(generation)
+                .bind(r.state.since.0)
+                .bind(now.0)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+            }
+        }
+        Ok(applied)
+    }
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite, Backend::Sqlite);

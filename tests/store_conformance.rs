@@ -1,0 +1,956 @@
+//! One conformance suite, run against both store backends: Postgres (a
+//! throwaway cluster, or `DATABASE_URL`) and the embedded SQLite. Each test
+//! gets a fresh database.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use lockstep::domain::*;
+use lockstep::store::*;
+
+// ------------------------------------------------------------ fixtures
+
+fn b(s: &str) -> BlockName {
+    BlockName::new(s).unwrap()
+}
+fn dev(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+fn fleet_id(s: &str) -> FleetId {
+    FleetId::new(s).unwrap()
+}
+fn ts(ms: i64) -> Timestamp {
+    Timestamp(ms)
+}
+
+fn block_version(name: &str, version: &str, deps: &[&str]) -> BlockVersion {
+    BlockVersion {
+        name: b(name),
+        version: version.parse().unwrap(),
+        image_digest: ImageDigest::new(format!(
+            "sha256:{:064x}",
+            name.len() * 1000 + version.len()
+        ))
+        .unwrap(),
+        config: BlockConfig {
+            command: vec![format!("run-{name}")],
+            labels: [("tier".to_owned(), "x".to_owned())].into(),
+            ..Default::default()
+        },
+        env: [(EnvName::new("LOG").unwrap(), "info".to_owned())].into(),
+        depends_on: deps
+            .iter()
+            .map(|d| Dependency {
+                block: b(d),
+                restart: true,
+            })
+            .collect(),
+        update_strategy: UpdateStrategy::HandOver {
+            timeout: std::time::Duration::from_secs(20),
+        },
+    }
+}
+
+async fn with_fleet<S: Store>(s: &S, id: &str) {
+    s.create_fleet(&Fleet {
+        id: fleet_id(id),
+        name: format!("Fleet {id}"),
+        created: ts(1),
+    })
+    .await
+    .unwrap();
+}
+
+fn device(id: &str, fleet: &str, tags: &[&str]) -> DeviceRecord {
+    DeviceRecord {
+        id: dev(id),
+        fleet: fleet_id(fleet),
+        tags: tags.iter().map(|t| Tag::new(*t).unwrap()).collect(),
+        status: DeviceStatus::Unknown,
+        credential_revoked: false,
+        created: ts(5),
+    }
+}
+
+async fn with_catalog<S: Store>(s: &S) -> Release {
+    with_fleet(s, "f1").await;
+    for name in ["a", "b"] {
+        s.create_block(&b(name), "", ts(1)).await.unwrap();
+    }
+    let va = block_version("a", "1.0.0", &[]);
+    let vb = block_version("b", "1.0.0", &["a"]);
+    s.create_block_version(&va, ts(2)).await.unwrap();
+    s.create_block_version(&vb, ts(2)).await.unwrap();
+    let r = Release::new(
+        ReleaseId::new("r1").unwrap(),
+        fleet_id("f1"),
+        vec![Arc::new(va), Arc::new(vb)],
+        [(EnvName::new("SITE").unwrap(), "n".to_owned())].into(),
+    )
+    .unwrap();
+    s.create_release(&r, ts(3)).await.unwrap();
+    r
+}
+
+fn lock(device: &str, block: &str, held: bool, g: u64) -> LockReport {
+    LockReport {
+        device: dev(device),
+        block: b(block),
+        state: LockState {
+            held,
+            generation: Generation(g),
+            since: ts(g as i64 * 10),
+        },
+    }
+}
+
+// ------------------------------------------------------------ the suite
+
+async fn fleets_are_created_listed_and_unique<S: Store>(s: S) {
+    with_fleet(&s, "north").await;
+    with_fleet(&s, "alpha").await;
+    let err = s
+        .create_fleet(&Fleet {
+            id: fleet_id("north"),
+            name: String::new(),
+            created: ts(2),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::AlreadyExists {
+                entity: "fleet",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let ids: Vec<String> = s
+        .list_fleets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id.to_string())
+        .collect();
+    assert_eq!(ids, vec!["alpha", "north"]);
+    assert_eq!(
+        s.get_fleet(&fleet_id("north")).await.unwrap().name,
+        "Fleet north"
+    );
+    assert!(matches!(
+        s.get_fleet(&fleet_id("nope")).await.unwrap_err(),
+        StoreError::NotFound {
+            entity: "fleet",
+            ..
+        }
+    ));
+}
+
+async fn block_versions_round_trip_and_are_unique<S: Store>(s: S) {
+    s.create_block(&b("ctl"), "controller", ts(1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_block(&b("ctl"), "", ts(1)).await.unwrap_err(),
+        StoreError::AlreadyExists {
+            entity: "block",
+            ..
+        }
+    ));
+    let v10 = block_version("ctl", "1.10.0", &[]);
+    let v9 = block_version("ctl", "1.9.0", &[]);
+    s.create_block_version(&v10, ts(2)).await.unwrap();
+    s.create_block_version(&v9, ts(3)).await.unwrap();
+    let err = s.create_block_version(&v9, ts(4)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::AlreadyExists {
+                entity: "block version",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = s
+        .create_block_version(&block_version("ghost", "1.0.0", &[]), ts(4))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                entity: "block",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let versions: Vec<String> = s
+        .list_block_versions(&b("ctl"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version.to_string())
+        .collect();
+    assert_eq!(versions, vec!["1.9.0", "1.10.0"], "semver order");
+    let got = s
+        .get_block_versions(&[(b("ctl"), "1.10.0".parse().unwrap())])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![v10]);
+    let err = s
+        .get_block_versions(&[(b("ctl"), "2.0.0".parse().unwrap())])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ctl@2.0.0"), "{err}");
+}
+
+async fn releases_round_trip_and_list_in_pages<S: Store>(s: S) {
+    let r1 = with_catalog(&s).await;
+    assert_eq!(s.get_release(r1.id()).await.unwrap(), r1);
+    assert!(matches!(
+        s.create_release(&r1, ts(4)).await.unwrap_err(),
+        StoreError::AlreadyExists {
+            entity: "release",
+            ..
+        }
+    ));
+    for i in 2..=5 {
+        let r = Release::new(
+            ReleaseId::new(format!("r{i}")).unwrap(),
+            fleet_id("f1"),
+            r1.blocks().values().cloned().collect(),
+            Env::new(),
+        )
+        .unwrap();
+        s.create_release(&r, ts(10 + i)).await.unwrap();
+    }
+    let p1 = s
+        .list_releases(
+            Some(&fleet_id("f1")),
+            &PageRequest {
+                size: 2,
+                token: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p1.items
+            .iter()
+            .map(|r| r.id.to_string())
+            .collect::<Vec<_>>(),
+        vec!["r1", "r2"]
+    );
+    assert_eq!(p1.items[0].blocks, 2);
+    let p2 = s
+        .list_releases(
+            None,
+            &PageRequest {
+                size: 2,
+                token: p1.next.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p2.items
+            .iter()
+            .map(|r| r.id.to_string())
+            .collect::<Vec<_>>(),
+        vec!["r3", "r4"]
+    );
+    let p3 = s
+        .list_releases(
+            None,
+            &PageRequest {
+                size: 2,
+                token: p2.next.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(p3.items.len(), 1);
+    assert_eq!(p3.next, None);
+    let other = s
+        .list_releases(Some(&fleet_id("elsewhere")), &PageRequest::default())
+        .await
+        .unwrap();
+    assert!(other.items.is_empty());
+}
+
+async fn releases_need_their_fleet_and_block_versions<S: Store>(s: S) {
+    let r1 = with_catalog(&s).await;
+    let orphan = Release::new(
+        ReleaseId::new("r9").unwrap(),
+        fleet_id("nofleet"),
+        r1.blocks().values().cloned().collect(),
+        Env::new(),
+    )
+    .unwrap();
+    assert!(matches!(
+        s.create_release(&orphan, ts(1)).await.unwrap_err(),
+        StoreError::NotFound {
+            entity: "fleet",
+            ..
+        }
+    ));
+    let uncatalogued = Release::new(
+        ReleaseId::new("r10").unwrap(),
+        fleet_id("f1"),
+        vec![Arc::new(block_version("a", "9.9.9", &[]))],
+        Env::new(),
+    )
+    .unwrap();
+    let err = s.create_release(&uncatalogued, ts(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NotFound {
+                entity: "block version",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Nothing of the failed release was kept.
+    assert!(matches!(
+        s.get_release(&ReleaseId::new("r10").unwrap())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+}
+
+async fn devices_register_filter_and_paginate<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    with_fleet(&s, "f2").await;
+    for (id, fleet, tags) in [
+        ("d1", "f1", vec!["site-a"]),
+        ("d2", "f1", vec!["site-b", "beta"]),
+        ("d3", "f1", vec!["site-a"]),
+        ("d4", "f2", vec!["site-a"]),
+    ] {
+        s.register_device(&device(id, fleet, &tags), "hash")
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        s.register_device(&device("d1", "f1", &[]), "h")
+            .await
+            .unwrap_err(),
+        StoreError::AlreadyExists {
+            entity: "device",
+            ..
+        }
+    ));
+    assert!(matches!(
+        s.register_device(&device("d9", "nofleet", &[]), "h")
+            .await
+            .unwrap_err(),
+        StoreError::NotFound {
+            entity: "fleet",
+            ..
+        }
+    ));
+    let got = s.get_device(&dev("d2")).await.unwrap();
+    assert_eq!(got, device("d2", "f1", &["beta", "site-b"]));
+
+    let ids = |p: &Page<DeviceRecord>| p.items.iter().map(|d| d.id.to_string()).collect::<Vec<_>>();
+    let all_f1 = DeviceFilter {
+        fleet: Some(fleet_id("f1")),
+        ..Default::default()
+    };
+    let p1 = s
+        .list_devices(
+            &all_f1,
+            &PageRequest {
+                size: 2,
+                token: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&p1), vec!["d1", "d2"]);
+    assert_eq!(
+        p1.items[1].tags.len(),
+        2,
+        "tags are loaded for listed devices"
+    );
+    let p2 = s
+        .list_devices(
+            &all_f1,
+            &PageRequest {
+                size: 2,
+                token: p1.next,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&p2), vec!["d3"]);
+    assert_eq!(p2.next, None);
+
+    let site_a = DeviceFilter {
+        tag: Some(Tag::new("site-a").unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&s
+            .list_devices(&site_a, &PageRequest::default())
+            .await
+            .unwrap()),
+        vec!["d1", "d3", "d4"]
+    );
+
+    s.set_device_status(&dev("d3"), DeviceStatus::WaitingLock)
+        .await
+        .unwrap();
+    let waiting = DeviceFilter {
+        status: Some(DeviceStatus::WaitingLock),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&s
+            .list_devices(&waiting, &PageRequest::default())
+            .await
+            .unwrap()),
+        vec!["d3"]
+    );
+    assert!(matches!(
+        s.set_device_status(&dev("zz"), DeviceStatus::Done)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+}
+
+async fn device_credentials_are_stored_as_given_and_revocable<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "sha256-of-secret")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.device_credential(&dev("d1")).await.unwrap(),
+        ("sha256-of-secret".into(), false)
+    );
+    s.revoke_device_credential(&dev("d1")).await.unwrap();
+    assert!(s.device_credential(&dev("d1")).await.unwrap().1);
+    assert!(s.get_device(&dev("d1")).await.unwrap().credential_revoked);
+    assert!(matches!(
+        s.revoke_device_credential(&dev("nope")).await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+}
+
+async fn env_vars_upsert_unset_and_scope<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let fleet = EnvOwner::Fleet(fleet_id("f1"));
+    let devo = EnvOwner::Device(dev("d1"));
+    let var = |n: &str, v: &str, blocks: &[&str]| EnvVar {
+        name: EnvName::new(n).unwrap(),
+        value: v.into(),
+        scope: if blocks.is_empty() {
+            EnvScope::Device
+        } else {
+            EnvScope::Blocks(blocks.iter().map(|x| b(x)).collect())
+        },
+    };
+    s.set_env(
+        &fleet,
+        &[var("X", "1", &[]), var("Y", "2", &["a", "b"])],
+        ts(1),
+    )
+    .await
+    .unwrap();
+    s.set_env(&fleet, &[var("X", "3", &[])], ts(2))
+        .await
+        .unwrap();
+    s.set_env(&devo, &[var("Z", "4", &["a"])], ts(2))
+        .await
+        .unwrap();
+    let mut expect = EnvLayer::default();
+    expect.set(&var("X", "3", &[])).unwrap();
+    expect.set(&var("Y", "2", &["a", "b"])).unwrap();
+    assert_eq!(s.env_layer(&fleet).await.unwrap(), expect);
+    let removed = s
+        .unset_env(
+            &fleet,
+            &[(
+                EnvName::new("Y").unwrap(),
+                EnvScope::Blocks([b("a"), b("zz")].into()),
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "only a's entry existed");
+    let layer = s.env_layer(&fleet).await.unwrap();
+    assert!(!layer.scoped.contains_key(&b("a")));
+    assert_eq!(layer.scoped[&b("b")].len(), 1);
+    let dl = s.env_layer(&devo).await.unwrap();
+    assert_eq!(dl.scoped[&b("a")][&EnvName::new("Z").unwrap()], "4");
+    assert!(matches!(
+        s.set_env(&EnvOwner::Device(dev("nope")), &[var("X", "1", &[])], ts(1))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound {
+            entity: "device",
+            ..
+        }
+    ));
+    assert!(matches!(
+        s.env_layer(&EnvOwner::Fleet(fleet_id("nope")))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound {
+            entity: "fleet",
+            ..
+        }
+    ));
+}
+
+async fn device_reports_round_trip<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    assert_eq!(s.device_report(&dev("d1")).await.unwrap(), None);
+    let fp = lockstep::domain::env::fingerprint(&Env::new());
+    let mut report = DeviceReport {
+        agent_version: "0.1.0".into(),
+        current_release: Some(ReleaseId::new("r1").unwrap()),
+        os_version: Some("6.1".into()),
+        blocks: [
+            (
+                b("a"),
+                ReportedBlock {
+                    version: "1.0.0".parse().unwrap(),
+                    env_fingerprint: fp,
+                },
+            ),
+            (
+                b("b"),
+                ReportedBlock {
+                    version: "2.0.0".parse().unwrap(),
+                    env_fingerprint: fp,
+                },
+            ),
+        ]
+        .into(),
+        last_intent_seq: IntentSeq(7),
+        reported: ts(100),
+    };
+    s.record_device_report(&dev("d1"), &report).await.unwrap();
+    assert_eq!(
+        s.device_report(&dev("d1")).await.unwrap().as_ref(),
+        Some(&report)
+    );
+    // A later report replaces the block list, it does not merge.
+    report.blocks.remove(&b("b"));
+    report.os_version = None;
+    s.record_device_report(&dev("d1"), &report).await.unwrap();
+    assert_eq!(
+        s.device_report(&dev("d1")).await.unwrap(),
+        Some(report.clone())
+    );
+    assert!(matches!(
+        s.record_device_report(&dev("ghost"), &report)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound {
+            entity: "device",
+            ..
+        }
+    ));
+}
+
+async fn lock_ingest_is_fenced_idempotent_and_recorded<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    s.register_device(&device("d2", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let batch = vec![
+        lock("d1", "a", true, 3),
+        lock("d1", "a", false, 2), // older, same batch: superseded
+        lock("d1", "b", true, 1),
+        lock("d2", "a", true, 5),
+        lock("ghost", "a", true, 1), // unknown device: dropped, not an error
+    ];
+    let out = s.ingest_lock_reports(&batch, ts(1000)).await.unwrap();
+    assert_eq!(
+        out,
+        IngestOutcome {
+            applied: 3,
+            dropped: 2
+        }
+    );
+    // Resending the same batch changes nothing.
+    let again = s.ingest_lock_reports(&batch, ts(1001)).await.unwrap();
+    assert_eq!(
+        again,
+        IngestOutcome {
+            applied: 0,
+            dropped: 5
+        }
+    );
+    // An older generation never overwrites a newer one; a newer one does.
+    let out = s
+        .ingest_lock_reports(
+            &[lock("d1", "a", false, 2), lock("d1", "b", false, 4)],
+            ts(1002),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.applied, 1);
+    let locks = s.device_locks(&dev("d1")).await.unwrap();
+    assert_eq!(
+        locks[&b("a")],
+        LockState {
+            held: true,
+            generation: Generation(3),
+            since: ts(30)
+        }
+    );
+    assert_eq!(
+        locks[&b("b")],
+        LockState {
+            held: false,
+            generation: Generation(4),
+            since: ts(40)
+        }
+    );
+    let history = s.lock_history(&dev("d1"), &b("b")).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|l| (l.held, l.generation.0))
+            .collect::<Vec<_>>(),
+        vec![(true, 1), (false, 4)]
+    );
+    assert!(s.ingest_lock_reports(&[], ts(1)).await.unwrap() == IngestOutcome::default());
+}
+
+async fn lock_history_is_pruned_by_age<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    s.ingest_lock_reports(&[lock("d1", "a", true, 1)], ts(100))
+        .await
+        .unwrap();
+    s.ingest_lock_reports(&[lock("d1", "a", false, 2)], ts(200))
+        .await
+        .unwrap();
+    assert_eq!(s.prune_lock_history(ts(150)).await.unwrap(), 1);
+    let h = s.lock_history(&dev("d1"), &b("a")).await.unwrap();
+    assert_eq!(
+        h.iter().map(|l| l.generation.0).collect::<Vec<_>>(),
+        vec![2]
+    );
+    // Current state is untouched by pruning.
+    assert_eq!(
+        s.device_locks(&dev("d1")).await.unwrap()[&b("a")].generation,
+        Generation(2)
+    );
+}
+
+async fn intent_sequences_have_no_gaps_under_concurrent_writers<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..8u32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..15u32 {
+                let n = 1 + (w + i) as usize % 3;
+                let intents: Vec<NewIntent> = (0..n)
+                    .map(|k| NewIntent {
+                        kind: IntentKind::Notice,
+                        body: format!("{{\"w\":{w},\"i\":{i},\"k\":{k}}}"),
+                        operation: None,
+                    })
+                    .collect();
+                let seqs = s.append_intents(&dev("d1"), &intents, ts(1)).await.unwrap();
+                assert_eq!(seqs.len(), n);
+                assert!(
+                    seqs.windows(2).all(|p| p[1].0 == p[0].0 + 1),
+                    "one call's seqs are consecutive"
+                );
+                got.extend(seqs);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let n = all.len() as u64;
+    assert_eq!(
+        all,
+        (1..=n).map(IntentSeq).collect::<Vec<_>>(),
+        "no gaps, no duplicates"
+    );
+    let stored = s.unacked_intents(&dev("d1")).await.unwrap();
+    assert_eq!(stored.len() as u64, n);
+    assert!(stored.windows(2).all(|p| p[0].seq < p[1].seq));
+    assert!(matches!(
+        s.append_intents(
+            &dev("ghost"),
+            &[NewIntent {
+                kind: IntentKind::Cancel,
+                body: "{}".into(),
+                operation: None
+            }],
+            ts(1)
+        )
+        .await
+        .unwrap_err(),
+        StoreError::NotFound {
+            entity: "device",
+            ..
+        }
+    ));
+}
+
+async fn acknowledged_intents_leave_the_outbox<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let seqs = s
+        .append_intents(
+            &dev("d1"),
+            &[
+                NewIntent {
+                    kind: IntentKind::ReleaseRequest,
+                    body: "{\"block\":\"a\"}".into(),
+                    operation: None,
+                },
+                NewIntent {
+                    kind: IntentKind::Apply,
+                    body: "{}".into(),
+                    operation: None,
+                },
+            ],
+            ts(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs, vec![IntentSeq(1), IntentSeq(2)]);
+    s.ack_intent(&dev("d1"), IntentSeq(1), "received", "{}", ts(11))
+        .await
+        .unwrap();
+    s.ack_intent(&dev("d1"), IntentSeq(1), "released", "{}", ts(12))
+        .await
+        .unwrap();
+    let left = s.unacked_intents(&dev("d1")).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].seq, IntentSeq(2));
+    assert_eq!(left[0].kind, IntentKind::Apply);
+    assert_eq!(left[0].created, ts(10));
+    assert!(matches!(
+        s.ack_intent(&dev("d1"), IntentSeq(99), "received", "{}", ts(13))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound {
+            entity: "intent",
+            ..
+        }
+    ));
+}
+
+async fn audit_entries_append_and_list_in_order<S: Store>(s: S) {
+    let e = |n: i64| AuditEntry {
+        at: ts(n),
+        actor: "ops@example".into(),
+        action: "force".into(),
+        subject: format!("device d{n}"),
+        reason: "inverter replaced".into(),
+        details: "{}".into(),
+    };
+    let id1 = s.append_audit(&e(1)).await.unwrap();
+    let id2 = s.append_audit(&e(2)).await.unwrap();
+    assert!(id2 > id1);
+    let all = s.list_audit(0, 10).await.unwrap();
+    assert_eq!(all, vec![(id1, e(1)), (id2, e(2))]);
+    assert_eq!(s.list_audit(id1, 10).await.unwrap(), vec![(id2, e(2))]);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(lockstep::testkit::pg_store().await).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _dir) = lockstep::testkit::sqlite_store().await;
+                    super::$name(store).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    fleets_are_created_listed_and_unique,
+    block_versions_round_trip_and_are_unique,
+    releases_round_trip_and_list_in_pages,
+    releases_need_their_fleet_and_block_versions,
+    devices_register_filter_and_paginate,
+    device_credentials_are_stored_as_given_and_revocable,
+    env_vars_upsert_unset_and_scope,
+    device_reports_round_trip,
+    lock_ingest_is_fenced_idempotent_and_recorded,
+    lock_history_is_pruned_by_age,
+    intent_sequences_have_no_gaps_under_concurrent_writers,
+    acknowledged_intents_leave_the_outbox,
+    audit_entries_append_and_list_in_order,
+);
+
+// ------------------------------------------- backend-specific behaviour
+
+#[tokio::test]
+async fn sqlite_data_survives_reopening_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SqliteStore::open(dir.path(), &PoolOptions::default())
+            .await
+            .unwrap();
+        with_fleet(&s, "keep").await;
+        s.pool().close().await;
+    }
+    let s = SqliteStore::open(dir.path(), &PoolOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_fleet(&fleet_id("keep")).await.unwrap().id,
+        fleet_id("keep")
+    );
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn sqlite_schema_newer_than_the_binary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path(), &PoolOptions::default())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    s.pool().close().await;
+    let err = SqliteStore::open(dir.path(), &PoolOptions::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { database: 999, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer than this binary"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_schema_newer_than_the_binary_is_refused() {
+    let opts = lockstep::testkit::fresh_pg_database().await;
+    let s = PgStore::connect_with(opts.clone(), &PoolOptions::default())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(s.pool())
+    .await
+    .unwrap();
+    s.pool().close().await;
+    let err = PgStore::connect_with(opts, &PoolOptions::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { database: 999, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_has_every_table() {
+    let opts = lockstep::testkit::fresh_pg_database().await;
+    let s = PgStore::connect_with(opts, &PoolOptions::default())
+        .await
+        .unwrap();
+    let tables: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_all(s.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    for t in [
+        "fleets",
+        "blocks",
+        "block_versions",
+        "releases",
+        "release_blocks",
+        "devices",
+        "device_tags",
+        "device_reports",
+        "device_blocks",
+        "device_locks",
+        "lock_history",
+        "env_vars",
+        "operations",
+        "intents",
+        "intent_acks",
+        "maintenance_windows",
+        "approvals",
+        "rollouts",
+        "rollout_devices",
+        "audit_log",
+    ] {
+        assert!(tables.contains(t), "missing table {t}: {tables:?}");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_a_clear_error() {
+    let opts = PoolOptions {
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_secs(2),
+    };
+    let err = PgStore::connect("postgres://nobody@127.0.0.1:1/none", &opts)
+        .await
+        .err()
+        .expect("must fail");
+    assert!(err.is_unavailable(), "{err}");
+}
