@@ -3,6 +3,8 @@
 //!
 //! See ARCHITECTURE.md for the map.
 
+pub mod auth;
+pub mod clock;
 pub mod domain;
 pub mod grpc;
 pub mod pgtemp;

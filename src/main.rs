@@ -3,11 +3,14 @@
 //! live here; `anyhow` is used nowhere else.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use lockstep::server::{Bound, ServeConfig, shutdown_signal};
+use lockstep::store::{PgStore, PoolOptions, SqliteStore};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +37,85 @@ struct ServeArgs {
     /// Address for the gRPC API.
     #[arg(long, env = "LOCKSTEP_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Where the embedded SQLite database lives (used unless --database-url is given).
+    #[arg(long, env = "LOCKSTEP_DATA_DIR", default_value = "./lockstep-data")]
+    data_dir: PathBuf,
+    /// Postgres URL (postgres://user:pass@host/db); replaces the embedded SQLite.
+    #[arg(long, env = "LOCKSTEP_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Most database connections in the pool.
+    #[arg(long, env = "LOCKSTEP_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    db_max_connections: u32,
+    /// How long to wait for a database connection (also the start-up connect timeout).
+    #[arg(long, env = "LOCKSTEP_DB_ACQUIRE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    db_acquire_timeout: Duration,
+    /// Lock history older than this is pruned.
+    #[arg(long, env = "LOCKSTEP_LOCK_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    lock_history_retention: Duration,
+}
+
+/// `90s`, `15m`, `12h`, `30d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number followed by s, m, h or d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServeConfig {
+        listen: args.listen,
+        lock_history_retention: args.lock_history_retention,
+    };
+    let pool = PoolOptions {
+        max_connections: args.db_max_connections,
+        acquire_timeout: args.db_acquire_timeout,
+    };
+    let bound = Bound::bind(config)
+        .await
+        .context("starting lockstep serve")?;
+    match &args.database_url {
+        Some(url) => {
+            let store = PgStore::connect(url, &pool)
+                .await
+                .with_context(|| format!("opening the Postgres database at {}", redact(url)))?;
+            tracing::info!(database = %redact(url), "storage: postgres");
+            bound.serve(store, shutdown_signal()).await?;
+        }
+        None => {
+            let store = SqliteStore::open(&args.data_dir, &pool)
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening the embedded database in {}",
+                        args.data_dir.display()
+                    )
+                })?;
+            tracing::info!(data_dir = %args.data_dir.display(), "storage: embedded sqlite");
+            bound.serve(store, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
 }
 
 fn init_tracing(format: &str) {
@@ -55,14 +137,31 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
-        Command::Serve(args) => {
-            let bound = Bound::bind(ServeConfig {
-                listen: args.listen,
-            })
-            .await
-            .context("starting lockstep serve")?;
-            bound.serve(shutdown_signal()).await?;
-        }
+        Command::Serve(args) => serve(args).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
 }

@@ -298,6 +298,28 @@ impl PgCluster {
         }
     }
 
+    /// Stops the server (fast shutdown), keeping the cluster: for tests of
+    /// what happens when the database goes away. [`PgCluster::resume`]
+    /// starts it again.
+    pub fn pause(&self) -> Result<(), PgTempError> {
+        let args: Vec<OsString> = vec![
+            "stop".into(),
+            "-w".into(),
+            "-t".into(),
+            PG_CTL_TIMEOUT_SECS.into(),
+            "-m".into(),
+            "fast".into(),
+            "-D".into(),
+            self.data_dir.clone().into(),
+        ];
+        run_checked(&mut self.pg_command("pg_ctl", &args)).map(drop)
+    }
+
+    /// Starts a server stopped by [`PgCluster::pause`].
+    pub fn resume(&self) -> Result<(), PgTempError> {
+        self.pg_ctl_start()
+    }
+
     /// For a cluster kept in a `static` (never dropped): starts a watchdog
     /// shell that, once this process has exited, stops the server (immediate
     /// shutdown) and deletes the cluster directory.

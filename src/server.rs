@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::grpc;
+use crate::store::Store;
 
 /// How long in-flight calls may finish after a shutdown signal.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -38,7 +39,12 @@ pub enum ServeError {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// Lock history older than this is pruned (hourly).
+    pub lock_history_retention: Duration,
 }
+
+/// The gRPC services whose health follows the database's.
+const DB_BACKED: [&str; 2] = ["lockstep.v1.CatalogService", "lockstep.v1.DeviceService"];
 
 /// A bound server, not yet serving: lets callers learn the real port when
 /// binding to port 0.
@@ -66,7 +72,11 @@ impl Bound {
     /// Serves until `shutdown` completes, then drains in-flight calls for at
     /// most [`DRAIN_GRACE`]; long-lived streams (agents, watchers) that are
     /// still open then are cut, and their clients reconnect elsewhere.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    pub async fn serve<S: Store>(
+        self,
+        store: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
@@ -78,10 +88,21 @@ impl Bound {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|source| ServeError::Reflection { source })?;
-        // The empty service name means "the server as a whole".
+        // The empty service name means "the server as a whole": up while
+        // the process is; services that need the database follow it.
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
+        for name in DB_BACKED {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let background = tokio::spawn(watch_database(store.clone(), health.clone()));
+        let pruning = tokio::spawn(prune_lock_history(
+            store.clone(),
+            self.config.lock_history_retention,
+        ));
 
         tracing::info!(addr = %self.local_addr(), "lockstep listening");
         let incoming = TcpListenerStream::new(self.listener);
@@ -92,6 +113,12 @@ impl Bound {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(16))
             .add_service(health_service)
+            .add_service(grpc::pb::catalog_service_server::CatalogServiceServer::new(
+                grpc::catalog::Catalog::new(store.clone()),
+            ))
+            .add_service(grpc::pb::device_service_server::DeviceServiceServer::new(
+                grpc::device::Devices::new(store.clone()),
+            ))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -120,8 +147,73 @@ impl Bound {
                 }
             }
         }
+        background.abort();
+        pruning.abort();
         tracing::info!("lockstep stopped");
         Ok(())
+    }
+}
+
+/// Pings the database; while it is unreachable, marks the database-backed
+/// services NOT_SERVING and retries with exponential backoff (1 s to 30 s).
+/// Requests meanwhile fail fast with `UNAVAILABLE`; the pool reconnects by
+/// itself once the database is back.
+async fn watch_database<S: Store>(store: S, health: tonic_health::server::HealthReporter) {
+    const HEALTHY_INTERVAL: Duration = Duration::from_secs(5);
+    let mut backoff = Duration::from_secs(1);
+    let mut healthy = true;
+    loop {
+        let ok = match tokio::time::timeout(Duration::from_secs(5), store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                if healthy {
+                    tracing::error!(error = %e, "database unreachable; retrying with backoff");
+                }
+                false
+            }
+            Err(_) => {
+                if healthy {
+                    tracing::error!("database ping timed out; retrying with backoff");
+                }
+                false
+            }
+        };
+        if ok != healthy {
+            let status = if ok {
+                tracing::info!("database reachable again");
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            for name in DB_BACKED {
+                health.set_service_status(name, status).await;
+            }
+            healthy = ok;
+        }
+        let wait = if ok {
+            backoff = Duration::from_secs(1);
+            HEALTHY_INTERVAL
+        } else {
+            let w = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            w
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Hourly, drops lock history older than the retention period.
+async fn prune_lock_history<S: Store>(store: S, retention: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let before = crate::domain::Timestamp(crate::clock::now().0.saturating_sub(retention_ms));
+        match store.prune_lock_history(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned lock history"),
+            Err(e) => tracing::warn!(error = %e, "pruning lock history failed; will retry"),
+        }
     }
 }
 

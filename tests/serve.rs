@@ -8,11 +8,7 @@ use support::Server;
 use tokio_stream::StreamExt as _;
 
 async fn channel(server: &Server) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(server.url())
-        .expect("valid url")
-        .connect()
-        .await
-        .expect("connect to lockstep serve")
+    server.channel().await
 }
 
 #[tokio::test]
@@ -120,8 +116,10 @@ async fn reflection_v1alpha_lists_services() {
 fn serve_refuses_an_address_in_use_with_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(support::BIN)
-        .args(["serve", "--listen", &addr])
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());

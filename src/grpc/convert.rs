@@ -46,7 +46,8 @@ pub(crate) fn block_name(field: &str, s: &str) -> Result<BlockName, ConvertError
     BlockName::new(s).map_err(|e| ConvertError::new(field, e))
 }
 
-fn env_map(field: &str, map: BTreeMap<String, String>) -> Result<Env, ConvertError> {
+/// A wire env map as a domain env, naming `field` on a bad variable name.
+pub fn env_from_pb(field: &str, map: BTreeMap<String, String>) -> Result<Env, ConvertError> {
     map.into_iter()
         .map(|(k, v)| {
             let name = EnvName::new(k).map_err(|e| ConvertError::new(field, e))?;
@@ -180,7 +181,7 @@ impl TryFrom<pb::BlockVersion> for BlockVersion {
             .transpose()
             .map_err(|e| e.within("config"))?
             .unwrap_or_default();
-        let env = env_map("env", m.env)?;
+        let env = env_from_pb("env", m.env)?;
         let depends_on = m
             .depends_on
             .into_iter()
@@ -251,7 +252,7 @@ impl TryFrom<pb::Release> for Release {
                     .map_err(|e| e.within(format!("blocks[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let env = env_map("env", m.env)?;
+        let env = env_from_pb("env", m.env)?;
         Release::new(id, fleet, blocks, env).map_err(|e| ConvertError::new("blocks", e))
     }
 }

@@ -1,7 +1,33 @@
 //! The gRPC edge: generated protobuf types, conversions to and from the
 //! domain, and the services. Proto types never leave this module.
 
+pub mod catalog;
 pub mod convert;
+pub mod device;
+
+use crate::store::StoreError;
+
+/// Maps store errors to gRPC statuses, the same way for every service: a
+/// user's mistake is never a bare `INTERNAL`.
+pub fn status_from_store(e: StoreError) -> tonic::Status {
+    use tonic::Status;
+    match &e {
+        StoreError::NotFound { .. } => Status::not_found(e.to_string()),
+        StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        StoreError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        StoreError::Unavailable { .. } => {
+            tracing::warn!(error = %e, "database unavailable");
+            Status::unavailable("database unavailable; retry later")
+        }
+        StoreError::Corrupt { .. }
+        | StoreError::SchemaTooNew { .. }
+        | StoreError::Database { .. }
+        | StoreError::Migrate { .. } => {
+            tracing::error!(error = %e, "store error");
+            Status::internal("internal error; see the server log")
+        }
+    }
+}
 
 /// Generated from `proto/lockstep/v1/*.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

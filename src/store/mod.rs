@@ -118,6 +118,11 @@ impl EnvOwner {
             EnvOwner::Device(_) => "device",
         }
     }
+    /// `fleet:<id>` or `device:<id>`, for logs.
+    pub fn key_for_logs(&self) -> String {
+        format!("{}:{}", self.level(), self.key())
+    }
+
     pub(crate) fn key(&self) -> &str {
         match self {
             EnvOwner::Fleet(f) => f.as_str(),

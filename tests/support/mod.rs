@@ -16,16 +16,38 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// The embedded database's directory, when the server uses SQLite.
+    pub data_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
-    /// Starts `lockstep serve --listen 127.0.0.1:0 <extra>` and waits (at most
-    /// 60 s) for it to log the address it listens on.
+    /// Starts `lockstep serve` on the embedded SQLite in a fresh temporary
+    /// data directory.
     pub fn start(extra: &[&str]) -> Server {
-        let child = Command::new(BIN)
+        let dir = tempfile::tempdir().expect("temp data dir");
+        let mut args = vec!["--data-dir", dir.path().to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        let mut server = Self::spawn(&args, None);
+        server.data_dir = Some(dir);
+        server
+    }
+
+    /// Starts `lockstep serve` against a Postgres database.
+    pub fn start_pg(url: &str) -> Server {
+        Self::spawn(&["--database-url", url], None)
+    }
+
+    /// Starts `lockstep serve --listen 127.0.0.1:0 <args>` (in `cwd` if
+    /// given) and waits (at most 60 s) for it to log the address it listens on.
+    pub fn spawn(args: &[&str], cwd: Option<&std::path::Path>) -> Server {
+        let mut cmd = Command::new(BIN);
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
+        let child = cmd
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
             .env("LOCKSTEP_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -38,6 +60,7 @@ impl Server {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             log: rx,
+            data_dir: None,
         };
         let stderr = server.child.stderr.take().expect("stderr piped");
         std::thread::spawn(move || {
@@ -69,6 +92,15 @@ impl Server {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A gRPC channel to the server.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .expect("valid url")
+            .connect()
+            .await
+            .expect("connect to lockstep serve")
     }
 
     /// Sends SIGTERM and waits (at most 30 s) for the exit status.
