@@ -7,6 +7,8 @@ pub mod auth;
 pub mod clock;
 pub mod domain;
 pub mod grpc;
+pub mod ingest;
+pub mod loadgen;
 pub mod pgtemp;
 pub mod server;
 pub mod store;

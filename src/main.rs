@@ -30,6 +30,63 @@ struct Cli {
 enum Command {
     /// Run the Lockstep server.
     Serve(ServeArgs),
+    /// Tools for developers (load generation).
+    #[command(hide = true, subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// Push synthetic lock reports through the real ingest path, printing
+    /// each acknowledgement.
+    IngestLoad(IngestLoadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct IngestLoadArgs {
+    #[arg(long, env = "LOCKSTEP_DATA_DIR", default_value = "./lockstep-data")]
+    data_dir: PathBuf,
+    #[arg(long, env = "LOCKSTEP_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    #[arg(long, default_value_t = 10)]
+    blocks: usize,
+    #[arg(long, default_value_t = 3)]
+    rounds: u64,
+    /// Devices per submission.
+    #[arg(long, default_value_t = 50)]
+    chunk: usize,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 4)]
+    writers: usize,
+}
+
+async fn ingest_load(args: IngestLoadArgs) -> anyhow::Result<()> {
+    let spec = lockstep::loadgen::LoadSpec {
+        fleet: lockstep::domain::FleetId::new("load")?,
+        devices: args.devices,
+        blocks: args.blocks,
+        rounds: args.rounds,
+        chunk: args.chunk,
+        writers: args.writers,
+    };
+    let pool = PoolOptions::default();
+    match &args.database_url {
+        Some(url) => {
+            let store = PgStore::connect(url, &pool)
+                .await
+                .with_context(|| format!("opening {}", redact(url)))?;
+            lockstep::loadgen::run(store, spec).await?;
+        }
+        None => {
+            let store = SqliteStore::open(&args.data_dir, &pool)
+                .await
+                .with_context(|| format!("opening {}", args.data_dir.display()))?;
+            lockstep::loadgen::run(store, spec).await?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args).await?,
+        Command::Debug(DebugCommand::IngestLoad(args)) => ingest_load(args).await?,
     }
     Ok(())
 }

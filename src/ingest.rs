@@ -1,0 +1,223 @@
+//! The lock-report ingest path: callers (agent streams) submit reports and
+//! wait; one task gathers submissions into batches (up to `max_batch` reports
+//! or `max_wait`, whichever comes first) and commits each batch in one store
+//! transaction — group commit. A submission is acknowledged only after its
+//! batch has committed, so an acknowledged report survives a crash. The
+//! queue is bounded: when the database is slow, submitters wait.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::clock;
+use crate::domain::LockReport;
+use crate::store::Store;
+
+/// Why a submission was not committed. Lock reports are idempotent, so the
+/// caller may simply resend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("the ingest task has stopped")]
+    Closed,
+    #[error("committing lock reports failed: {message}")]
+    Store { message: String, unavailable: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Most reports per transaction.
+    pub max_batch: usize,
+    /// Longest a report waits for others to share its transaction.
+    pub max_wait: Duration,
+    /// Most submissions queued before submitters wait.
+    pub queue: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 2_000,
+            max_wait: Duration::from_millis(10),
+            queue: 1_024,
+        }
+    }
+}
+
+struct Submission {
+    reports: Vec<LockReport>,
+    done: oneshot::Sender<Result<(), IngestError>>,
+}
+
+/// A handle for submitting lock reports. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    tx: mpsc::Sender<Submission>,
+}
+
+impl Ingestor {
+    /// Starts the batching task. It ends when every `Ingestor` is dropped.
+    pub fn spawn<S: Store>(store: S, config: IngestConfig) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let task = tokio::spawn(run(store, config, rx));
+        (Self { tx }, task)
+    }
+
+    /// Submits reports and waits until they are committed (or dropped as
+    /// stale by the fence, which is also final).
+    pub async fn submit(&self, reports: Vec<LockReport>) -> Result<(), IngestError> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Submission { reports, done })
+            .await
+            .map_err(|_| IngestError::Closed)?;
+        wait.await.map_err(|_| IngestError::Closed)?
+    }
+}
+
+async fn run<S: Store>(store: S, config: IngestConfig, mut rx: mpsc::Receiver<Submission>) {
+    while let Some(first) = rx.recv().await {
+        // Gather.
+        let mut batch = first.reports;
+        let mut waiters = vec![first.done];
+        let deadline = tokio::time::Instant::now() + config.max_wait;
+        while batch.len() < config.max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(s)) => {
+                    batch.extend(s.reports);
+                    waiters.push(s.done);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // Act: one transaction for the whole batch.
+        let result = store
+            .ingest_lock_reports(&batch, clock::now())
+            .await
+            .map(|outcome| {
+                tracing::debug!(
+                    reports = batch.len(),
+                    applied = outcome.applied,
+                    dropped = outcome.dropped,
+                    "lock reports committed"
+                );
+            })
+            .map_err(|e| {
+                tracing::warn!(error = %e, reports = batch.len(), "lock report batch failed");
+                IngestError::Store {
+                    unavailable: e.is_unavailable(),
+                    message: e.to_string(),
+                }
+            });
+        for w in waiters {
+            // A submitter that gave up no longer needs the answer.
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        BlockName, DeviceId, DeviceRecord, DeviceStatus, Fleet, FleetId, Generation, LockState,
+        Timestamp,
+    };
+
+    #[tokio::test]
+    async fn concurrent_submissions_share_batches_and_are_all_committed() {
+        let (store, _dir) = crate::testkit::sqlite_store().await;
+        store
+            .create_fleet(&Fleet {
+                id: FleetId::new("f").unwrap(),
+                name: String::new(),
+                created: Timestamp(0),
+            })
+            .await
+            .unwrap();
+        for d in 0..20 {
+            store
+                .register_device(
+                    &DeviceRecord {
+                        id: DeviceId::new(format!("d{d}")).unwrap(),
+                        fleet: FleetId::new("f").unwrap(),
+                        tags: Default::default(),
+                        status: DeviceStatus::Unknown,
+                        credential_revoked: false,
+                        created: Timestamp(0),
+                    },
+                    "h",
+                )
+                .await
+                .unwrap();
+        }
+        let (ingestor, task) = Ingestor::spawn(
+            store.clone(),
+            IngestConfig {
+                max_batch: 7,
+                max_wait: Duration::from_millis(5),
+                queue: 4,
+            },
+        );
+        let mut joins = Vec::new();
+        for d in 0..20 {
+            let ing = ingestor.clone();
+            joins.push(tokio::spawn(async move {
+                for g in 1..=3u64 {
+                    ing.submit(vec![LockReport {
+                        device: DeviceId::new(format!("d{d}")).unwrap(),
+                        block: BlockName::new("a").unwrap(),
+                        state: LockState {
+                            held: g == 3,
+                            generation: Generation(g),
+                            since: Timestamp(0),
+                        },
+                    }])
+                    .await
+                    .unwrap();
+                }
+            }));
+        }
+        for j in joins {
+            j.await.unwrap();
+        }
+        for d in 0..20 {
+            let locks = store
+                .device_locks(&DeviceId::new(format!("d{d}")).unwrap())
+                .await
+                .unwrap();
+            let a = locks[&BlockName::new("a").unwrap()];
+            assert_eq!((a.held, a.generation), (true, Generation(3)));
+        }
+        drop(ingestor);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_reported_to_every_submitter() {
+        let (store, _dir) = crate::testkit::sqlite_store().await;
+        let (ingestor, _task) = Ingestor::spawn(store.clone(), IngestConfig::default());
+        store.pool().close().await;
+        let err = ingestor
+            .submit(vec![LockReport {
+                device: DeviceId::new("d").unwrap(),
+                block: BlockName::new("a").unwrap(),
+                state: LockState::UNREPORTED,
+            }])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IngestError::Store {
+                    unavailable: true,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
