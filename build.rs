@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // No `connect` constructors: they would clash with `AgentService.Connect`;
+        // clients are built with `::new(channel)`.
+        .build_transport(false)
         .btree_map(".")
         .compile_fds(fds)?;
     Ok(())

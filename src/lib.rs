@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md for the map.
 
+pub mod agent;
 pub mod auth;
 pub mod clock;
 pub mod domain;

@@ -1,0 +1,7 @@
+//! `lockstep agent`: the reference device agent. The device, not the cloud,
+//! is the authority on locks: blocks take `flock`s, the agent observes them
+//! without taking them, reports them with generations, and takes every
+//! impacted lock atomically before applying an operation.
+
+pub mod locks;
+pub mod runtime;
