@@ -789,6 +789,95 @@ async fn audit_entries_append_and_list_in_order<S: Store>(s: S) {
     assert_eq!(s.list_audit(id1, 10).await.unwrap(), vec![(id2, e(2))]);
 }
 
+async fn operations_supersede_and_steps_are_atomic_with_their_intents<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let r = |id: &str| OperationSpec::AssignRelease(ReleaseId::new(id).unwrap());
+    let force = Force::new([b("a")].into(), "site visit").unwrap();
+    let first = s
+        .create_operation(&dev("d1"), &r("r1"), None, ts(1))
+        .await
+        .unwrap();
+    let reboot = s
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, Some(&force), ts(2))
+        .await
+        .unwrap();
+    let second = s
+        .create_operation(&dev("d1"), &r("r2"), None, ts(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_operation(first.id).await.unwrap().status,
+        OpStatus::Superseded
+    );
+    assert_eq!(s.get_operation(reboot.id).await.unwrap().force, Some(force));
+    // The oldest unfinished one is current: the reboot (r1 was superseded).
+    assert_eq!(
+        s.current_operation(&dev("d1")).await.unwrap().map(|o| o.id),
+        Some(reboot.id)
+    );
+    assert_eq!(
+        s.devices_with_active_operations().await.unwrap(),
+        vec![dev("d1")]
+    );
+    let listed: Vec<OperationId> = s
+        .list_operations(&dev("d1"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(listed, vec![second.id, reboot.id, first.id]);
+
+    // A step stores status and progress and appends intents in one transaction.
+    let mut step = reboot.clone();
+    step.status = OpStatus::WaitingLock;
+    step.progress.requested.insert((b("a"), Generation(2)));
+    let intent = NewIntent {
+        kind: IntentKind::ReleaseRequest,
+        body: "{}".into(),
+        operation: Some(reboot.id),
+    };
+    let seqs = s
+        .record_step(
+            &step,
+            OpStatus::Pending,
+            std::slice::from_ref(&intent),
+            ts(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs, vec![IntentSeq(1)]);
+    let stored = s.get_operation(reboot.id).await.unwrap();
+    assert_eq!(
+        (stored.status, stored.progress.clone()),
+        (OpStatus::WaitingLock, step.progress.clone())
+    );
+    assert_eq!(
+        s.intent_info(&dev("d1"), IntentSeq(1)).await.unwrap(),
+        Some((Some(reboot.id), IntentKind::ReleaseRequest))
+    );
+    assert_eq!(s.intent_info(&dev("d1"), IntentSeq(2)).await.unwrap(), None);
+    // A stale expectation is refused and appends nothing.
+    let err = s
+        .record_step(&step, OpStatus::Pending, &[intent], ts(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(s.unacked_intents(&dev("d1")).await.unwrap().len(), 1);
+    assert!(matches!(
+        s.create_operation(&dev("ghost"), &OperationSpec::Reboot, None, ts(1))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound {
+            entity: "device",
+            ..
+        }
+    ));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -825,6 +914,7 @@ conformance!(
     intent_sequences_have_no_gaps_under_concurrent_writers,
     acknowledged_intents_leave_the_outbox,
     audit_entries_append_and_list_in_order,
+    operations_supersede_and_steps_are_atomic_with_their_intents,
 );
 
 // ------------------------------------------- backend-specific behaviour

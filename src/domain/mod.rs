@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod gate;
 pub mod ids;
 pub mod impact;
+pub mod operation;
 pub mod release;
 
 pub use block::{
@@ -37,5 +38,9 @@ pub use ids::{
 pub use impact::{
     Disturbance, Impact, ImpactError, Operation, Reason, ReleaseDiff, diff_releases, impact,
     release_impact,
+};
+pub use operation::{
+    ApplyOutcome, OpProgress, OpStatus, OperationRecord, OperationSpec, Step, after_apply,
+    next_step,
 };
 pub use release::{Release, ReleaseError, Target};

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    BlockConfig, BlockName, BlockVersion, Dependency, Env, EnvName, Fingerprint, ImageDigest,
+    BlockConfig, BlockName, BlockVersion, Dependency, Env, EnvName, Fingerprint, Force, Generation,
+    ImageDigest, IntentSeq, OpProgress, OperationSpec, Reason, ReleaseId, ReleaseRequest,
     UpdateStrategy,
 };
 
@@ -176,6 +177,150 @@ pub(crate) fn to_i64(what: &'static str, v: u64) -> Result<i64, StoreError> {
     })
 }
 
+#[derive(Serialize, Deserialize)]
+struct ForceJson {
+    blocks: Vec<String>,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestJson {
+    block: String,
+    reason: String,
+    handover: bool,
+    because_of: Option<String>,
+    generation: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct ProgressJson {
+    #[serde(default)]
+    waiting_on: Vec<RequestJson>,
+    #[serde(default)]
+    requested: Vec<(String, u64)>,
+    #[serde(default)]
+    apply_seq: Option<u64>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// (kind, argument) columns of an operation spec.
+pub(crate) fn spec_columns(spec: &OperationSpec) -> (&'static str, String) {
+    let arg = match spec {
+        OperationSpec::AssignRelease(r) => r.to_string(),
+        OperationSpec::RestartBlock(b)
+        | OperationSpec::StopBlock(b)
+        | OperationSpec::StartBlock(b) => b.to_string(),
+        OperationSpec::Reboot | OperationSpec::Shutdown => String::new(),
+        OperationSpec::OsUpdate(v) => v.clone(),
+    };
+    (spec.kind(), arg)
+}
+
+pub(crate) fn spec_from_columns(
+    key: &str,
+    kind: &str,
+    arg: &str,
+) -> Result<OperationSpec, StoreError> {
+    const E: &str = "operation";
+    let block = || BlockName::new(arg).map_err(|e| corrupt(E, key, e));
+    Ok(match kind {
+        "assign_release" => {
+            OperationSpec::AssignRelease(ReleaseId::new(arg).map_err(|e| corrupt(E, key, e))?)
+        }
+        "restart_block" => OperationSpec::RestartBlock(block()?),
+        "stop_block" => OperationSpec::StopBlock(block()?),
+        "start_block" => OperationSpec::StartBlock(block()?),
+        "reboot" => OperationSpec::Reboot,
+        "shutdown" => OperationSpec::Shutdown,
+        "os_update" => OperationSpec::OsUpdate(arg.to_owned()),
+        other => return Err(corrupt(E, key, format!("unknown kind {other:?}"))),
+    })
+}
+
+pub(crate) fn force_to_json(force: Option<&Force>) -> Option<String> {
+    force.map(|f| {
+        to_json(&ForceJson {
+            blocks: f.blocks().iter().map(ToString::to_string).collect(),
+            reason: f.reason().to_owned(),
+        })
+    })
+}
+
+pub(crate) fn force_from_json(key: &str, s: Option<&str>) -> Result<Option<Force>, StoreError> {
+    const E: &str = "operation";
+    let Some(s) = s else { return Ok(None) };
+    let f: ForceJson =
+        serde_json::from_str(s).map_err(|e| corrupt(E, key, format!("force: {e}")))?;
+    let blocks = f
+        .blocks
+        .into_iter()
+        .map(|b| BlockName::new(b).map_err(|e| corrupt(E, key, e)))
+        .collect::<Result<_, _>>()?;
+    Force::new(blocks, f.reason)
+        .map(Some)
+        .map_err(|e| corrupt(E, key, e))
+}
+
+fn reason_from_str(key: &str, s: &str) -> Result<Reason, StoreError> {
+    Reason::ALL
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| corrupt("operation", key, format!("unknown reason {s:?}")))
+}
+
+pub(crate) fn progress_to_json(p: &OpProgress) -> String {
+    to_json(&ProgressJson {
+        waiting_on: p
+            .waiting_on
+            .iter()
+            .map(|r| RequestJson {
+                block: r.block.to_string(),
+                reason: r.reason.as_str().to_owned(),
+                handover: r.handover,
+                because_of: r.because_of.as_ref().map(ToString::to_string),
+                generation: r.generation.0,
+            })
+            .collect(),
+        requested: p
+            .requested
+            .iter()
+            .map(|(b, g)| (b.to_string(), g.0))
+            .collect(),
+        apply_seq: p.apply_seq.map(|s| s.0),
+        error: p.error.clone(),
+    })
+}
+
+pub(crate) fn progress_from_json(key: &str, s: &str) -> Result<OpProgress, StoreError> {
+    const E: &str = "operation";
+    let p: ProgressJson =
+        serde_json::from_str(s).map_err(|e| corrupt(E, key, format!("progress: {e}")))?;
+    let block = |b: String| BlockName::new(b).map_err(|e| corrupt(E, key, e));
+    Ok(OpProgress {
+        waiting_on: p
+            .waiting_on
+            .into_iter()
+            .map(|r| {
+                Ok(ReleaseRequest {
+                    block: block(r.block)?,
+                    reason: reason_from_str(key, &r.reason)?,
+                    handover: r.handover,
+                    because_of: r.because_of.map(block).transpose()?,
+                    generation: Generation(r.generation),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?,
+        requested: p
+            .requested
+            .into_iter()
+            .map(|(b, g)| Ok((block(b)?, Generation(g))))
+            .collect::<Result<_, StoreError>>()?,
+        apply_seq: p.apply_seq.map(IntentSeq),
+        error: p.error,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +353,47 @@ mod tests {
             columns: block_version_columns(&bv),
         };
         assert_eq!(block_version_from_row(row).unwrap(), bv);
+    }
+
+    #[test]
+    fn operation_columns_round_trip() {
+        let b = |s: &str| BlockName::new(s).unwrap();
+        for spec in [
+            OperationSpec::AssignRelease(ReleaseId::new("r1").unwrap()),
+            OperationSpec::RestartBlock(b("a")),
+            OperationSpec::StopBlock(b("a")),
+            OperationSpec::StartBlock(b("a")),
+            OperationSpec::Reboot,
+            OperationSpec::Shutdown,
+            OperationSpec::OsUpdate("6.2".into()),
+        ] {
+            let (kind, arg) = spec_columns(&spec);
+            assert_eq!(spec_from_columns("k", kind, &arg).unwrap(), spec);
+        }
+        let force = Force::new([b("a"), b("b")].into(), "site visit").unwrap();
+        let json = force_to_json(Some(&force));
+        assert_eq!(force_from_json("k", json.as_deref()).unwrap(), Some(force));
+        assert_eq!(force_from_json("k", None).unwrap(), None);
+        let progress = OpProgress {
+            waiting_on: vec![ReleaseRequest {
+                block: b("a"),
+                reason: Reason::DependencyRestart,
+                handover: false,
+                because_of: Some(b("c")),
+                generation: Generation(4),
+            }],
+            requested: [(b("a"), Generation(4))].into(),
+            apply_seq: Some(IntentSeq(12)),
+            error: Some("x".into()),
+        };
+        assert_eq!(
+            progress_from_json("k", &progress_to_json(&progress)).unwrap(),
+            progress
+        );
+        assert_eq!(
+            progress_from_json("k", "{}").unwrap(),
+            OpProgress::default()
+        );
     }
 
     #[test]

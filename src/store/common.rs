@@ -664,41 +664,161 @@ macro_rules! impl_store {
                 if intents.is_empty() {
                     return Ok(Vec::new());
                 }
-                let n = intents.len() as i64;
                 let mut tx = self.begin().await?;
-                // The device row is the per-device sequence: bumping it takes
-                // the row lock, so concurrent writers for one device queue here.
-                let row = sqlx::query("UPDATE devices SET intent_seq = intent_seq + $2 WHERE id = $1 RETURNING intent_seq")
-                    .bind(device.as_str())
-                    .bind(n)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::from_sqlx)?
-                    .ok_or_else(|| StoreError::NotFound {
-                        entity: "device",
-                        key: device.to_string(),
-                    })?;
-                let last: i64 = get(&row, "intent_seq")?;
-                let mut seqs = Vec::with_capacity(intents.len());
-                for (i, intent) in intents.iter().enumerate() {
-                    let seq = last - n + 1 + i as i64;
+                let seqs = append_intents_tx(&mut tx, device, intents, now).await?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(seqs)
+            }
+
+            async fn create_operation(
+                &self,
+                device: &DeviceId,
+                spec: &OperationSpec,
+                force: Option<&Force>,
+                now: Timestamp,
+            ) -> Result<OperationRecord, StoreError> {
+                let (kind, arg) = codec::spec_columns(spec);
+                let progress = OpProgress::default();
+                let mut tx = self.begin().await?;
+                if matches!(spec, OperationSpec::AssignRelease(_)) {
                     sqlx::query(
-                        "INSERT INTO intents (device_id, seq, kind, body_json, operation_id, created_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        "UPDATE operations SET status = 'superseded', updated_ms = $2 \
+                         WHERE device_id = $1 AND kind = 'assign_release' AND status IN ('pending', 'waiting_lock')",
                     )
                     .bind(device.as_str())
-                    .bind(seq)
-                    .bind(intent.kind.as_str())
-                    .bind(&intent.body)
-                    .bind(intent.operation.map(|o| o.0))
                     .bind(now.0)
                     .execute(&mut *tx)
                     .await
-                    .map_err(StoreError::on_write("intent", format!("{device}{seq}"), "operation"))?;
-                    seqs.push(IntentSeq(codec::to_u64("intent", device.as_str(), seq)?));
+                    .map_err(StoreError::from_sqlx)?;
                 }
+                let row = sqlx::query(
+                    "INSERT INTO operations (device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+                )
+                .bind(device.as_str())
+                .bind(kind)
+                .bind(&arg)
+                .bind(codec::force_to_json(force))
+                .bind(OpStatus::Pending.as_str())
+                .bind(codec::progress_to_json(&progress))
+                .bind(now.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::on_write("operation", device, "device"))?;
+                let id: i64 = get(&row, "id")?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(OperationRecord {
+                    id: OperationId(id),
+                    device: device.clone(),
+                    spec: spec.clone(),
+                    force: force.cloned(),
+                    status: OpStatus::Pending,
+                    progress,
+                    created: now,
+                    updated: now,
+                })
+            }
+
+            async fn get_operation(&self, id: OperationId) -> Result<OperationRecord, StoreError> {
+                let row = sqlx::query(OPERATION_SELECT_BY_ID)
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "operation",
+                        key: id.to_string(),
+                    })?;
+                operation_from_row(&row)
+            }
+
+            async fn list_operations(&self, device: &DeviceId) -> Result<Vec<OperationRecord>, StoreError> {
+                let rows = sqlx::query(OPERATION_SELECT_BY_DEVICE)
+                    .bind(device.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(operation_from_row).collect()
+            }
+
+            async fn current_operation(&self, device: &DeviceId) -> Result<Option<OperationRecord>, StoreError> {
+                let row = sqlx::query(OPERATION_SELECT_CURRENT)
+                    .bind(device.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                row.as_ref().map(operation_from_row).transpose()
+            }
+
+            async fn devices_with_active_operations(&self) -> Result<Vec<DeviceId>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT DISTINCT device_id FROM operations \
+                     WHERE status IN ('pending', 'waiting_lock', 'applying') ORDER BY device_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let d: String = get(r, "device_id")?;
+                        DeviceId::new(&d).map_err(|e| codec::corrupt("operation", &d, e))
+                    })
+                    .collect()
+            }
+
+            async fn record_step(
+                &self,
+                op: &OperationRecord,
+                expected: OpStatus,
+                intents: &[NewIntent],
+                now: Timestamp,
+            ) -> Result<Vec<IntentSeq>, StoreError> {
+                let mut tx = self.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE operations SET status = $2, status_json = $3, updated_ms = $4 \
+                     WHERE id = $1 AND status = $5",
+                )
+                .bind(op.id.0)
+                .bind(op.status.as_str())
+                .bind(codec::progress_to_json(&op.progress))
+                .bind(now.0)
+                .bind(expected.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict {
+                        entity: "operation",
+                        key: op.id.to_string(),
+                        message: format!("it is no longer {}", expected.as_str()),
+                    });
+                }
+                let seqs = if intents.is_empty() {
+                    Vec::new()
+                } else {
+                    append_intents_tx(&mut tx, &op.device, intents, now).await?
+                };
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(seqs)
+            }
+
+            async fn intent_info(
+                &self,
+                device: &DeviceId,
+                seq: IntentSeq,
+            ) -> Result<Option<(Option<OperationId>, IntentKind)>, StoreError> {
+                let row = sqlx::query("SELECT operation_id, kind FROM intents WHERE device_id = $1 AND seq = $2")
+                    .bind(device.as_str())
+                    .bind(codec::to_i64("intent sequence", seq.0)?)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                let Some(row) = row else { return Ok(None) };
+                let op: Option<i64> = get(&row, "operation_id")?;
+                let kind: String = get(&row, "kind")?;
+                let kind = IntentKind::parse(&kind)
+                    .ok_or_else(|| codec::corrupt("intent", device.as_str(), format!("unknown kind {kind:?}")))?;
+                Ok(Some((op.map(OperationId), kind)))
             }
 
             async fn unacked_intents(&self, device: &DeviceId) -> Result<Vec<StoredIntent>, StoreError> {
@@ -813,6 +933,47 @@ macro_rules! impl_store {
             }
         }
 
+        async fn append_intents_tx(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            device: &DeviceId,
+            intents: &[NewIntent],
+            now: Timestamp,
+        ) -> Result<Vec<IntentSeq>, StoreError> {
+                let n = intents.len() as i64;
+                // The device row is the per-device sequence: bumping it takes
+                // the row lock, so concurrent writers for one device queue here.
+                let row = sqlx::query("UPDATE devices SET intent_seq = intent_seq + $2 WHERE id = $1 RETURNING intent_seq")
+                    .bind(device.as_str())
+                    .bind(n)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "device",
+                        key: device.to_string(),
+                    })?;
+                let last: i64 = get(&row, "intent_seq")?;
+                let mut seqs = Vec::with_capacity(intents.len());
+                for (i, intent) in intents.iter().enumerate() {
+                    let seq = last - n + 1 + i as i64;
+                    sqlx::query(
+                        "INSERT INTO intents (device_id, seq, kind, body_json, operation_id, created_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(device.as_str())
+                    .bind(seq)
+                    .bind(intent.kind.as_str())
+                    .bind(&intent.body)
+                    .bind(intent.operation.map(|o| o.0))
+                    .bind(now.0)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(StoreError::on_write("intent", format!("{device}{seq}"), "operation"))?;
+                    seqs.push(IntentSeq(codec::to_u64("intent", device.as_str(), seq)?));
+                }
+                Ok(seqs)
+        }
+
         const BLOCK_VERSION_COLUMNS: &str =
             "block, version, image_digest, config_json, env_json, depends_on_json, strategy_json";
         const BLOCK_VERSION_SELECT_ONE: &str = "SELECT block, version, image_digest, config_json, env_json, depends_on_json, strategy_json \
@@ -821,7 +982,36 @@ macro_rules! impl_store {
              FROM block_versions WHERE block = $1";
         const _: &str = BLOCK_VERSION_COLUMNS;
 
+        const OPERATION_COLUMNS_SQL: &str = "id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms";
+        const OPERATION_SELECT_BY_ID: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE id = $1";
+        const OPERATION_SELECT_BY_DEVICE: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE device_id = $1 ORDER BY id DESC";
+        const OPERATION_SELECT_CURRENT: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations \
+             WHERE device_id = $1 AND status IN ('pending', 'waiting_lock', 'applying') ORDER BY id LIMIT 1";
+        const _: &str = OPERATION_COLUMNS_SQL;
+
         type DbRow = <$db as sqlx::Database>::Row;
+
+        fn operation_from_row(r: &DbRow) -> Result<OperationRecord, StoreError> {
+            let id: i64 = get(r, "id")?;
+            let key = format!("op-{id}");
+            let device: String = get(r, "device_id")?;
+            let kind: String = get(r, "kind")?;
+            let arg: String = get(r, "spec_json")?;
+            let force: Option<String> = get(r, "force_json")?;
+            let status: String = get(r, "status")?;
+            let progress: String = get(r, "status_json")?;
+            Ok(OperationRecord {
+                id: OperationId(id),
+                device: DeviceId::new(device).map_err(|e| codec::corrupt("operation", &key, e))?,
+                spec: codec::spec_from_columns(&key, &kind, &arg)?,
+                force: codec::force_from_json(&key, force.as_deref())?,
+                status: OpStatus::parse(&status)
+                    .ok_or_else(|| codec::corrupt("operation", &key, format!("unknown status {status:?}")))?,
+                progress: codec::progress_from_json(&key, &progress)?,
+                created: Timestamp(get(r, "created_ms")?),
+                updated: Timestamp(get(r, "updated_ms")?),
+            })
+        }
 
         fn get<'r, T>(row: &'r DbRow, col: &str) -> Result<T, StoreError>
         where

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use crate::domain::{
     AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord, DeviceReport, DeviceStatus,
-    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, IntentSeq, LockReport, LockState,
-    NewIntent, Release, ReleaseId, StoredIntent, Tag, Timestamp,
+    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, Force, IntentKind, IntentSeq, LockReport,
+    LockState, NewIntent, OpStatus, OperationId, OperationRecord, OperationSpec, Release,
+    ReleaseId, StoredIntent, Tag, Timestamp,
 };
 
 pub use pg::PgStore;
@@ -31,6 +32,12 @@ pub enum StoreError {
     AlreadyExists { entity: &'static str, key: String },
     #[error("{message}")]
     Invalid { message: String },
+    #[error("{entity} {key} changed concurrently: {message}")]
+    Conflict {
+        entity: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("stored {entity} {key} is corrupt: {message}")]
     Corrupt {
         entity: &'static str,
@@ -355,6 +362,51 @@ pub trait Store: Clone + Send + Sync + 'static {
         body: &str,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // ---- operations
+    /// Records a new operation. A release assignment supersedes the
+    /// device's older release assignments that are not applying yet.
+    fn create_operation(
+        &self,
+        device: &DeviceId,
+        spec: &OperationSpec,
+        force: Option<&Force>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<OperationRecord, StoreError>> + Send;
+    fn get_operation(
+        &self,
+        id: OperationId,
+    ) -> impl Future<Output = Result<OperationRecord, StoreError>> + Send;
+    /// A device's operations, newest first.
+    fn list_operations(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Vec<OperationRecord>, StoreError>> + Send;
+    /// The device's oldest operation that has not finished: the one in flight.
+    fn current_operation(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Option<OperationRecord>, StoreError>> + Send;
+    /// Devices with unfinished operations (to resume after a restart).
+    fn devices_with_active_operations(
+        &self,
+    ) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
+    /// In one transaction: stores `op`'s status and progress — only if the
+    /// stored status is still `expected`, else `Conflict` — and appends
+    /// `intents` to its device's outbox. Returns the intents' sequences.
+    fn record_step(
+        &self,
+        op: &OperationRecord,
+        expected: OpStatus,
+        intents: &[NewIntent],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IntentSeq>, StoreError>> + Send;
+    /// The operation and kind of a stored intent.
+    fn intent_info(
+        &self,
+        device: &DeviceId,
+        seq: IntentSeq,
+    ) -> impl Future<Output = Result<Option<(Option<OperationId>, IntentKind)>, StoreError>> + Send;
 
     // ---- audit
     fn append_audit(

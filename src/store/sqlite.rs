@@ -17,9 +17,9 @@ use super::{
 use crate::domain::fleet::newest_per_lock;
 use crate::domain::{
     AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord, DeviceReport, DeviceStatus,
-    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, Generation, IntentKind, IntentSeq,
-    LockReport, LockState, NewIntent, OperationId, Release, ReleaseId, ReportedBlock, StoredIntent,
-    Tag, Timestamp,
+    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, Force, Generation, IntentKind, IntentSeq,
+    LockReport, LockState, NewIntent, OpProgress, OpStatus, OperationId, OperationRecord,
+    OperationSpec, Release, ReleaseId, ReportedBlock, StoredIntent, Tag, Timestamp,
 };
 
 /// The database file inside a data directory.

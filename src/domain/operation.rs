@@ -1,0 +1,407 @@
+//! Operations on a device and the scheduler's pure decisions about them:
+//! what to send next (release requests, an apply) and how an agent's answer
+//! moves the operation on. The shell gathers state, calls these, and acts.
+
+use std::collections::BTreeSet;
+
+use super::blockmap::BlockMap;
+use super::gate::{Decision, Force, ReleaseRequest};
+use super::ids::{BlockName, DeviceId, Generation, IntentSeq, OperationId, ReleaseId, Timestamp};
+use super::impact::{Disturbance, ImpactError, Reason};
+
+/// What an operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperationSpec {
+    AssignRelease(ReleaseId),
+    RestartBlock(BlockName),
+    StopBlock(BlockName),
+    StartBlock(BlockName),
+    Reboot,
+    Shutdown,
+    OsUpdate(String),
+}
+
+impl OperationSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OperationSpec::AssignRelease(_) => "assign_release",
+            OperationSpec::RestartBlock(_) => "restart_block",
+            OperationSpec::StopBlock(_) => "stop_block",
+            OperationSpec::StartBlock(_) => "start_block",
+            OperationSpec::Reboot => "reboot",
+            OperationSpec::Shutdown => "shutdown",
+            OperationSpec::OsUpdate(_) => "os_update",
+        }
+    }
+}
+
+/// Where an operation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpStatus {
+    Pending,
+    WaitingLock,
+    Applying,
+    Done,
+    Failed,
+    Cancelled,
+    Superseded,
+}
+
+impl OpStatus {
+    pub const ALL: [OpStatus; 7] = [
+        OpStatus::Pending,
+        OpStatus::WaitingLock,
+        OpStatus::Applying,
+        OpStatus::Done,
+        OpStatus::Failed,
+        OpStatus::Cancelled,
+        OpStatus::Superseded,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpStatus::Pending => "pending",
+            OpStatus::WaitingLock => "waiting_lock",
+            OpStatus::Applying => "applying",
+            OpStatus::Done => "done",
+            OpStatus::Failed => "failed",
+            OpStatus::Cancelled => "cancelled",
+            OpStatus::Superseded => "superseded",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            OpStatus::Done | OpStatus::Failed | OpStatus::Cancelled | OpStatus::Superseded
+        )
+    }
+}
+
+/// What the scheduler has done so far for an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OpProgress {
+    /// Holders the operation currently waits on.
+    pub waiting_on: Vec<ReleaseRequest>,
+    /// Release requests already sent, by block and the generation they were
+    /// decided against: each is sent once, again only if the lock changes.
+    pub requested: BTreeSet<(BlockName, Generation)>,
+    /// The apply intent in flight, if any.
+    pub apply_seq: Option<IntentSeq>,
+    pub error: Option<String>,
+}
+
+/// An operation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRecord {
+    pub id: OperationId,
+    pub device: DeviceId,
+    pub spec: OperationSpec,
+    pub force: Option<Force>,
+    pub status: OpStatus,
+    pub progress: OpProgress,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+}
+
+/// The scheduler's next step for an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to send now (offline, in flight, or finished).
+    Wait,
+    /// Ask these holders to release (the ones not yet asked at their current
+    /// generation); the operation waits on `waiting_on`.
+    RequestRelease {
+        send: Vec<ReleaseRequest>,
+        waiting_on: Vec<ReleaseRequest>,
+    },
+    /// Send the apply, fenced by the generations the decision saw.
+    Apply {
+        fence: BlockMap<Generation>,
+        disturbed: BlockMap<Disturbance>,
+        notices: BlockMap<Reason>,
+    },
+    /// The operation cannot be performed on this device.
+    Fail { error: String },
+}
+
+/// Decides the next step for `op` given the gate's decision on the device's
+/// current state and whether its agent is connected.
+pub fn next_step(
+    op: &OperationRecord,
+    decision: Result<Decision, ImpactError>,
+    online: bool,
+) -> Step {
+    if op.status.is_terminal() || op.status == OpStatus::Applying {
+        return Step::Wait;
+    }
+    let decision = match decision {
+        Ok(d) => d,
+        Err(e) => {
+            return Step::Fail {
+                error: e.to_string(),
+            };
+        }
+    };
+    if !online {
+        return Step::Wait;
+    }
+    match decision {
+        Decision::Blocked { holders, .. } => {
+            let send = holders
+                .iter()
+                .filter(|h| {
+                    !op.progress
+                        .requested
+                        .contains(&(h.block.clone(), h.generation))
+                })
+                .cloned()
+                .collect();
+            Step::RequestRelease {
+                send,
+                waiting_on: holders,
+            }
+        }
+        Decision::Proceed { impact, fence, .. } => Step::Apply {
+            fence,
+            disturbed: impact.disturbed,
+            notices: impact.notices,
+        },
+    }
+}
+
+/// An agent's answer to an apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Applied,
+    /// The atomic acquisition found these holders.
+    Blocked {
+        held_by: Vec<BlockName>,
+    },
+    /// The agent's lock generations had moved on since the decision.
+    Stale,
+    Failed {
+        error: String,
+    },
+}
+
+/// How an apply's outcome moves the operation: done, failed, or back to
+/// pending so the scheduler decides again on fresh lock state.
+pub fn after_apply(op: &OperationRecord, outcome: &ApplyOutcome) -> (OpStatus, OpProgress) {
+    let mut progress = op.progress.clone();
+    progress.apply_seq = None;
+    match outcome {
+        ApplyOutcome::Applied => {
+            progress.waiting_on.clear();
+            (OpStatus::Done, progress)
+        }
+        ApplyOutcome::Blocked { .. } | ApplyOutcome::Stale => (OpStatus::Pending, progress),
+        ApplyOutcome::Failed { error } => {
+            progress.error = Some(error.clone());
+            (OpStatus::Failed, progress)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::impact::Impact;
+
+    fn b(s: &str) -> BlockName {
+        BlockName::new(s).unwrap()
+    }
+
+    fn op(status: OpStatus) -> OperationRecord {
+        OperationRecord {
+            id: OperationId(1),
+            device: DeviceId::new("d").unwrap(),
+            spec: OperationSpec::Reboot,
+            force: None,
+            status,
+            progress: OpProgress::default(),
+            created: Timestamp(0),
+            updated: Timestamp(0),
+        }
+    }
+
+    fn rr(block: &str, g: u64) -> ReleaseRequest {
+        ReleaseRequest {
+            block: b(block),
+            reason: Reason::Reboot,
+            handover: false,
+            because_of: None,
+            generation: Generation(g),
+        }
+    }
+
+    fn blocked(holders: Vec<ReleaseRequest>) -> Result<Decision, ImpactError> {
+        Ok(Decision::Blocked {
+            impact: Impact::default(),
+            holders,
+        })
+    }
+
+    fn proceed() -> Result<Decision, ImpactError> {
+        Ok(Decision::Proceed {
+            impact: Impact::default(),
+            fence: BlockMap::new(),
+            forced: vec![],
+        })
+    }
+
+    #[test]
+    fn next_step_table() {
+        let mut asked = op(OpStatus::WaitingLock);
+        asked.progress.requested.insert((b("a"), Generation(3)));
+        let rows: Vec<(
+            &str,
+            OperationRecord,
+            Result<Decision, ImpactError>,
+            bool,
+            Step,
+        )> = vec![
+            (
+                "offline waits",
+                op(OpStatus::Pending),
+                proceed(),
+                false,
+                Step::Wait,
+            ),
+            (
+                "applying waits for the ack",
+                op(OpStatus::Applying),
+                proceed(),
+                true,
+                Step::Wait,
+            ),
+            (
+                "done stays done",
+                op(OpStatus::Done),
+                proceed(),
+                true,
+                Step::Wait,
+            ),
+            (
+                "cancelled stays",
+                op(OpStatus::Cancelled),
+                blocked(vec![rr("a", 1)]),
+                true,
+                Step::Wait,
+            ),
+            (
+                "clear: apply",
+                op(OpStatus::Pending),
+                proceed(),
+                true,
+                Step::Apply {
+                    fence: BlockMap::new(),
+                    disturbed: BlockMap::new(),
+                    notices: BlockMap::new(),
+                },
+            ),
+            (
+                "blocked: ask the holder",
+                op(OpStatus::Pending),
+                blocked(vec![rr("a", 3)]),
+                true,
+                Step::RequestRelease {
+                    send: vec![rr("a", 3)],
+                    waiting_on: vec![rr("a", 3)],
+                },
+            ),
+            (
+                "asked already at this generation: not again",
+                asked.clone(),
+                blocked(vec![rr("a", 3)]),
+                true,
+                Step::RequestRelease {
+                    send: vec![],
+                    waiting_on: vec![rr("a", 3)],
+                },
+            ),
+            (
+                "lock changed since: ask again",
+                asked.clone(),
+                blocked(vec![rr("a", 5), rr("b", 1)]),
+                true,
+                Step::RequestRelease {
+                    send: vec![rr("a", 5), rr("b", 1)],
+                    waiting_on: vec![rr("a", 5), rr("b", 1)],
+                },
+            ),
+            (
+                "impossible: fail",
+                op(OpStatus::Pending),
+                Err(ImpactError::NotRunning { block: b("x") }),
+                true,
+                Step::Fail {
+                    error: "block x is not running on the device".into(),
+                },
+            ),
+            (
+                "impossible fails even offline",
+                op(OpStatus::Pending),
+                Err(ImpactError::NotRunning { block: b("x") }),
+                false,
+                Step::Fail {
+                    error: "block x is not running on the device".into(),
+                },
+            ),
+        ];
+        for (what, op, decision, online, want) in rows {
+            assert_eq!(next_step(&op, decision, online), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn after_apply_table() {
+        let mut applying = op(OpStatus::Applying);
+        applying.progress.apply_seq = Some(IntentSeq(9));
+        applying.progress.waiting_on = vec![rr("a", 1)];
+        let rows = [
+            (ApplyOutcome::Applied, OpStatus::Done),
+            (
+                ApplyOutcome::Blocked {
+                    held_by: vec![b("a")],
+                },
+                OpStatus::Pending,
+            ),
+            (ApplyOutcome::Stale, OpStatus::Pending),
+            (
+                ApplyOutcome::Failed {
+                    error: "boom".into(),
+                },
+                OpStatus::Failed,
+            ),
+        ];
+        for (outcome, want) in rows {
+            let (status, progress) = after_apply(&applying, &outcome);
+            assert_eq!(status, want, "{outcome:?}");
+            assert_eq!(progress.apply_seq, None);
+            assert_eq!(progress.error.is_some(), want == OpStatus::Failed);
+            assert_eq!(progress.waiting_on.is_empty(), want == OpStatus::Done);
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_and_know_what_is_terminal() {
+        for s in OpStatus::ALL {
+            assert_eq!(OpStatus::parse(s.as_str()), Some(s));
+        }
+        let terminal: Vec<_> = OpStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            vec![
+                OpStatus::Done,
+                OpStatus::Failed,
+                OpStatus::Cancelled,
+                OpStatus::Superseded
+            ]
+        );
+    }
+}
