@@ -30,9 +30,156 @@ struct Cli {
 enum Command {
     /// Run the Lockstep server.
     Serve(ServeArgs),
+    /// Run the device agent beside the blocks on a device.
+    Agent(Box<AgentArgs>),
     /// Tools for developers (load generation).
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
+}
+
+/// Agent settings: flags, else `LOCKSTEP_*` env, else the `--config` JSON file
+/// (same names, snake_case), else the defaults.
+#[derive(Debug, clap::Args, Default)]
+struct AgentArgs {
+    /// A JSON file with any of the settings below (snake_case keys).
+    #[arg(long, env = "LOCKSTEP_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The server's gRPC URL, e.g. http://127.0.0.1:50051.
+    #[arg(long, env = "LOCKSTEP_SERVER")]
+    server: Option<String>,
+    /// This device's id.
+    #[arg(long, env = "LOCKSTEP_DEVICE")]
+    device: Option<String>,
+    /// File holding the device credential returned by RegisterDevice.
+    #[arg(long, env = "LOCKSTEP_CREDENTIAL_FILE")]
+    credential_file: Option<PathBuf>,
+    /// Where each block's lock directory lives (<lock-root>/<block>/updates.lock).
+    #[arg(long, env = "LOCKSTEP_LOCK_ROOT")]
+    lock_root: Option<PathBuf>,
+    /// The agent's durable state.
+    #[arg(long, env = "LOCKSTEP_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// process (blocks are local processes) or hooks (operator commands).
+    #[arg(long, env = "LOCKSTEP_RUNTIME", value_parser = ["process", "hooks"])]
+    runtime: Option<String>,
+    /// The device's initial blocks (JSON manifest).
+    #[arg(long, env = "LOCKSTEP_MANIFEST")]
+    manifest: Option<PathBuf>,
+    /// Address of the local API for blocks (loopback).
+    #[arg(long, env = "LOCKSTEP_API_LISTEN")]
+    api_listen: Option<SocketAddr>,
+    /// How often to look at the locks (e.g. 250ms, 1s).
+    #[arg(long, env = "LOCKSTEP_LOCK_POLL", value_parser = parse_duration)]
+    lock_poll: Option<Duration>,
+    #[arg(long, env = "LOCKSTEP_HOOK_REBOOT")]
+    hook_reboot: Option<String>,
+    #[arg(long, env = "LOCKSTEP_HOOK_SHUTDOWN")]
+    hook_shutdown: Option<String>,
+    #[arg(long, env = "LOCKSTEP_HOOK_OS_UPDATE")]
+    hook_os_update: Option<String>,
+    #[arg(long, env = "LOCKSTEP_HOOK_RELEASE")]
+    hook_release: Option<String>,
+    #[arg(long, env = "LOCKSTEP_HOOK_RESTART_BLOCK")]
+    hook_restart_block: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentFile {
+    server: Option<String>,
+    device: Option<String>,
+    credential_file: Option<PathBuf>,
+    lock_root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    runtime: Option<String>,
+    manifest: Option<PathBuf>,
+    api_listen: Option<SocketAddr>,
+    lock_poll: Option<String>,
+    hook_reboot: Option<String>,
+    hook_shutdown: Option<String>,
+    hook_os_update: Option<String>,
+    hook_release: Option<String>,
+    hook_restart_block: Option<String>,
+}
+
+fn agent_config(a: AgentArgs) -> anyhow::Result<lockstep::agent::run::AgentConfig> {
+    use lockstep::agent::run::{AgentConfig, RuntimeKind};
+    let file: AgentFile = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading agent config {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("parsing agent config {}", path.display()))?
+        }
+        None => AgentFile::default(),
+    };
+    let server = a
+        .server
+        .or(file.server)
+        .context("--server (or LOCKSTEP_SERVER, or \"server\" in the config file) is required")?;
+    let device = a.device.or(file.device).context("--device is required")?;
+    lockstep::domain::DeviceId::new(&device).context("--device")?;
+    let credential_file = a
+        .credential_file
+        .or(file.credential_file)
+        .context("--credential-file is required")?;
+    let credential = std::fs::read_to_string(&credential_file)
+        .with_context(|| format!("reading the credential file {}", credential_file.display()))?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(
+        !credential.is_empty(),
+        "the credential file {} is empty",
+        credential_file.display()
+    );
+    let runtime = match a.runtime.or(file.runtime).as_deref().unwrap_or("process") {
+        "process" => RuntimeKind::Process,
+        "hooks" => RuntimeKind::Hooks,
+        other => anyhow::bail!("runtime must be process or hooks, not {other:?}"),
+    };
+    let manifest = match a.manifest.or(file.manifest) {
+        Some(p) => Some(lockstep::agent::runtime::load_manifest(&p)?),
+        None => None,
+    };
+    let lock_poll = match (a.lock_poll, file.lock_poll) {
+        (Some(d), _) => d,
+        (None, Some(s)) => parse_duration(&s)
+            .map_err(anyhow::Error::msg)
+            .context("lock_poll")?,
+        (None, None) => Duration::from_millis(250),
+    };
+    let api_listen = a
+        .api_listen
+        .or(file.api_listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+    anyhow::ensure!(
+        api_listen.ip().is_loopback(),
+        "--api-listen must be a loopback address, not {api_listen}"
+    );
+    Ok(AgentConfig {
+        server,
+        device,
+        credential,
+        lock_root: a
+            .lock_root
+            .or(file.lock_root)
+            .unwrap_or_else(|| PathBuf::from("./lockstep-locks")),
+        state_dir: a
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("./lockstep-agent")),
+        runtime,
+        manifest,
+        api_listen,
+        hooks: lockstep::agent::runtime::Hooks {
+            reboot: a.hook_reboot.or(file.hook_reboot),
+            shutdown: a.hook_shutdown.or(file.hook_shutdown),
+            os_update: a.hook_os_update.or(file.hook_os_update),
+            release: a.hook_release.or(file.hook_release),
+            restart_block: a.hook_restart_block.or(file.hook_restart_block),
+        },
+        lock_poll,
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,18 +258,21 @@ struct ServeArgs {
     lock_history_retention: Duration,
 }
 
-/// `90s`, `15m`, `12h`, `30d`.
+/// `250ms`, `90s`, `15m`, `12h`, `30d`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?}: expected a number followed by s, m, h or d"))?;
+        .map_err(|_| format!("{s:?}: expected a number followed by ms, s, m, h or d"))?;
+    if unit == "ms" {
+        return Ok(Duration::from_millis(n));
+    }
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m, h or d")),
     };
     Ok(Duration::from_secs(secs))
 }
@@ -195,6 +345,11 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args).await?,
+        Command::Agent(args) => {
+            let cfg = agent_config(*args)?;
+            tracing::info!(device = %cfg.device, server = %cfg.server, "starting agent");
+            lockstep::agent::run::run(cfg, shutdown_signal()).await?;
+        }
         Command::Debug(DebugCommand::IngestLoad(args)) => ingest_load(args).await?,
     }
     Ok(())
@@ -207,6 +362,7 @@ mod tests {
     #[test]
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("10").is_err());

@@ -9,6 +9,9 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::grpc;
+use crate::hub::Hub;
+use crate::ingest::{IngestConfig, Ingestor};
+use crate::scheduler::{Scheduler, Wakeups};
 use crate::store::Store;
 
 /// How long in-flight calls may finish after a shutdown signal.
@@ -44,7 +47,12 @@ pub struct ServeConfig {
 }
 
 /// The gRPC services whose health follows the database's.
-const DB_BACKED: [&str; 2] = ["lockstep.v1.CatalogService", "lockstep.v1.DeviceService"];
+const DB_BACKED: [&str; 4] = [
+    "lockstep.v1.CatalogService",
+    "lockstep.v1.DeviceService",
+    "lockstep.v1.OperationService",
+    "lockstep.v1.AgentService",
+];
 
 /// A bound server, not yet serving: lets callers learn the real port when
 /// binding to port 0.
@@ -99,6 +107,11 @@ impl Bound {
                 .await;
         }
         let background = tokio::spawn(watch_database(store.clone(), health.clone()));
+        let hub = Hub::default();
+        let wakeups = Wakeups::default();
+        let (ingestor, ingest_task) = Ingestor::spawn(store.clone(), IngestConfig::default());
+        let scheduler =
+            tokio::spawn(Scheduler::new(store.clone(), hub.clone(), wakeups.clone()).run());
         let pruning = tokio::spawn(prune_lock_history(
             store.clone(),
             self.config.lock_history_retention,
@@ -118,6 +131,14 @@ impl Bound {
             ))
             .add_service(grpc::pb::device_service_server::DeviceServiceServer::new(
                 grpc::device::Devices::new(store.clone()),
+            ))
+            .add_service(
+                grpc::pb::operation_service_server::OperationServiceServer::new(
+                    grpc::operation::Operations::new(store.clone(), wakeups.clone()),
+                ),
+            )
+            .add_service(grpc::pb::agent_service_server::AgentServiceServer::new(
+                grpc::agent::Agents::new(store.clone(), hub.clone(), wakeups.clone(), ingestor),
             ))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -149,6 +170,8 @@ impl Bound {
         }
         background.abort();
         pruning.abort();
+        scheduler.abort();
+        ingest_task.abort();
         tracing::info!("lockstep stopped");
         Ok(())
     }

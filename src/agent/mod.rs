@@ -3,5 +3,8 @@
 //! without taking them, reports them with generations, and takes every
 //! impacted lock atomically before applying an operation.
 
+pub mod api;
 pub mod locks;
+pub mod run;
 pub mod runtime;
+pub mod state;

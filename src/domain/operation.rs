@@ -255,13 +255,14 @@ mod tests {
     fn next_step_table() {
         let mut asked = op(OpStatus::WaitingLock);
         asked.progress.requested.insert((b("a"), Generation(3)));
-        let rows: Vec<(
-            &str,
+        type Row = (
+            &'static str,
             OperationRecord,
             Result<Decision, ImpactError>,
             bool,
             Step,
-        )> = vec![
+        );
+        let rows: Vec<Row> = vec![
             (
                 "offline waits",
                 op(OpStatus::Pending),

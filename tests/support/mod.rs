@@ -40,13 +40,18 @@ impl Server {
     /// Starts `lockstep serve --listen 127.0.0.1:0 <args>` (in `cwd` if
     /// given) and waits (at most 60 s) for it to log the address it listens on.
     pub fn spawn(args: &[&str], cwd: Option<&std::path::Path>) -> Server {
+        Self::spawn_at("127.0.0.1:0", args, cwd)
+    }
+
+    /// As [`Server::spawn`], listening on `listen`.
+    pub fn spawn_at(listen: &str, args: &[&str], cwd: Option<&std::path::Path>) -> Server {
         let mut cmd = Command::new(BIN);
         if let Some(cwd) = cwd {
             cmd.current_dir(cwd);
         }
         let child = cmd
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env("LOCKSTEP_LOG", "info")
             .stdin(Stdio::null())
@@ -128,5 +133,88 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most `secs` seconds, polling every 50 ms) until `check` returns
+/// `Some`, and returns it; panics with `what` otherwise.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `lockstep agent`. Killed (SIGKILL) on drop if still running.
+pub struct Agent {
+    pub child: Child,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    pub fn spawn(args: &[String]) -> Agent {
+        let mut child = Command::new(BIN)
+            .arg("agent")
+            .args(args)
+            .env("LOCKSTEP_LOG", "info,lockstep=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lockstep agent");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Agent { child, log: rx }
+    }
+
+    /// Waits (at most 30 s) for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => panic!("agent never logged {needle:?} within 30 s"),
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

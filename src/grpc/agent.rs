@@ -1,0 +1,552 @@
+//! `AgentService.Connect`: one bidirectional stream per device. The agent
+//! authenticates, says what it runs and holds, then streams lock reports and
+//! acknowledgements; the server streams intents from the device's durable
+//! outbox, resending everything unacknowledged after every reconnect.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{ConvertError, block_name};
+use super::pb::{self, agent_service_server::AgentService};
+use super::status_from_store;
+use crate::auth;
+use crate::clock;
+use crate::domain::{
+    ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, Generation, IntentKind,
+    IntentSeq, LockReport, LockState, ReleaseId, ReportedBlock, StoredIntent, Timestamp,
+};
+use crate::hub::Hub;
+use crate::ingest::Ingestor;
+use crate::intents::{ApplyOp, IntentBody, TargetBlock};
+use crate::scheduler::{Wakeups, on_apply_outcome};
+use crate::store::{Store, StoreError};
+
+/// Metadata key naming the device a stream speaks for.
+pub const DEVICE_HEADER: &str = "x-lockstep-device";
+/// How long a new stream may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Outbound messages buffered per stream before the sender waits.
+const SEND_QUEUE: usize = 16;
+
+pub struct Agents<S> {
+    store: S,
+    hub: Hub,
+    wakeups: Wakeups,
+    ingestor: Ingestor,
+}
+
+impl<S: Store> Agents<S> {
+    pub fn new(store: S, hub: Hub, wakeups: Wakeups, ingestor: Ingestor) -> Self {
+        Self {
+            store,
+            hub,
+            wakeups,
+            ingestor,
+        }
+    }
+}
+
+async fn authenticate<S: Store>(
+    store: &S,
+    meta: &tonic::metadata::MetadataMap,
+) -> Result<DeviceId, Status> {
+    let device = meta
+        .get(DEVICE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::unauthenticated(format!("missing {DEVICE_HEADER} metadata")))?;
+    let device =
+        DeviceId::new(device).map_err(|_| Status::unauthenticated("invalid device credential"))?;
+    let secret = meta
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <credential>"))?;
+    let (hash, revoked) = match store.device_credential(&device).await {
+        Ok(x) => x,
+        // Unknown devices get the same answer as a wrong secret.
+        Err(StoreError::NotFound { .. }) => {
+            return Err(Status::unauthenticated("invalid device credential"));
+        }
+        Err(e) => return Err(status_from_store(e)),
+    };
+    if revoked {
+        return Err(Status::unauthenticated("device credential revoked"));
+    }
+    if !auth::verify_credential(secret, &hash) {
+        return Err(Status::unauthenticated("invalid device credential"));
+    }
+    Ok(device)
+}
+
+fn state_to_report(
+    state: pb::StateReport,
+    last_intent_seq: u64,
+) -> Result<DeviceReport, ConvertError> {
+    let current_release = (!state.current_release.is_empty())
+        .then(|| ReleaseId::new(&state.current_release))
+        .transpose()
+        .map_err(|e| ConvertError::new("state.current_release", e))?;
+    let mut blocks = std::collections::BTreeMap::new();
+    for (i, b) in state.blocks.into_iter().enumerate() {
+        let name = block_name(&format!("state.blocks[{i}].block"), &b.block)?;
+        let version = semver::Version::parse(&b.version)
+            .map_err(|e| ConvertError::new(format!("state.blocks[{i}].version"), e))?;
+        let env_fingerprint = Fingerprint::from_hex(&b.env_fingerprint).ok_or_else(|| {
+            ConvertError::new(
+                format!("state.blocks[{i}].env_fingerprint"),
+                "64 hex digits expected",
+            )
+        })?;
+        blocks.insert(
+            name,
+            ReportedBlock {
+                version,
+                env_fingerprint,
+            },
+        );
+    }
+    Ok(DeviceReport {
+        agent_version: String::new(),
+        current_release,
+        os_version: (!state.os_version.is_empty()).then_some(state.os_version),
+        blocks,
+        last_intent_seq: IntentSeq(last_intent_seq),
+        reported: clock::now(),
+    })
+}
+
+fn locks_to_reports(
+    device: &DeviceId,
+    locks: Vec<pb::BlockLock>,
+) -> Result<Vec<LockReport>, ConvertError> {
+    locks
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Ok(LockReport {
+                device: device.clone(),
+                block: block_name(&format!("locks[{i}].block"), &l.block)?,
+                state: LockState {
+                    held: l.held,
+                    generation: Generation(l.generation),
+                    since: Timestamp(l.since_unix_ms),
+                },
+            })
+        })
+        .collect()
+}
+
+fn reason_to_pb(s: &str) -> i32 {
+    crate::intents::reason_from_str(s)
+        .map(|r| pb::Reason::from(r) as i32)
+        .unwrap_or(pb::Reason::Unspecified as i32)
+}
+
+fn target_block_to_pb(t: &TargetBlock) -> pb::TargetBlock {
+    use pb::update_strategy::{self as us, Strategy};
+    pb::TargetBlock {
+        block_version: Some(pb::BlockVersion {
+            block: t.name.clone(),
+            version: t.version.clone(),
+            image_digest: t.image_digest.clone(),
+            config: Some(pb::BlockConfig {
+                entrypoint: t.entrypoint.clone(),
+                command: t.command.clone(),
+                working_dir: t.working_dir.clone(),
+                labels: t.labels.clone(),
+            }),
+            env: Default::default(),
+            depends_on: t
+                .depends_on
+                .iter()
+                .map(|(b, r)| pb::Dependency {
+                    block: b.clone(),
+                    restart: *r,
+                })
+                .collect(),
+            update_strategy: Some(pb::UpdateStrategy {
+                strategy: Some(match t.hand_over_timeout_secs {
+                    Some(secs) => Strategy::HandOver(us::HandOver {
+                        timeout_seconds: u32::try_from(secs).unwrap_or(u32::MAX),
+                    }),
+                    None => Strategy::DownloadThenKill(us::DownloadThenKill {}),
+                }),
+            }),
+        }),
+        env: t.env.clone(),
+        env_fingerprint: t.env_fingerprint.clone(),
+    }
+}
+
+/// A stored intent as the wire message the agent receives.
+pub fn intent_to_pb(i: &StoredIntent) -> Result<pb::Intent, serde_json::Error> {
+    use pb::intent::Kind;
+    use pb::operation::Kind as Op;
+    let body = IntentBody::from_json(&i.body)?;
+    let kind = match body {
+        IntentBody::ReleaseRequest {
+            block,
+            reason,
+            handover,
+            because_of,
+            generation,
+            target,
+            window,
+            deadline_ms,
+        } => Kind::ReleaseRequest(pb::ReleaseRequest {
+            block,
+            reason: reason_to_pb(&reason),
+            handover,
+            because_of: because_of.unwrap_or_default(),
+            generation,
+            window: window.map(|(s, e)| pb::Window {
+                start_unix_ms: s,
+                end_unix_ms: e,
+            }),
+            deadline_unix_ms: deadline_ms.unwrap_or_default(),
+            target,
+        }),
+        IntentBody::Apply {
+            operation,
+            fence,
+            disturbed,
+        } => {
+            let kind = match operation {
+                ApplyOp::ReleaseUpdate { release, blocks } => {
+                    Op::ReleaseUpdate(pb::operation::ReleaseUpdate {
+                        release,
+                        blocks: blocks.iter().map(target_block_to_pb).collect(),
+                    })
+                }
+                ApplyOp::RestartBlock { block } => Op::RestartBlock(block),
+                ApplyOp::StopBlock { block } => Op::StopBlock(block),
+                ApplyOp::StartBlock { block } => Op::StartBlock(target_block_to_pb(&block)),
+                ApplyOp::Reboot => Op::Reboot(pb::operation::Empty {}),
+                ApplyOp::Shutdown => Op::Shutdown(pb::operation::Empty {}),
+                ApplyOp::OsUpdate { version } => Op::OsUpdate(version),
+            };
+            Kind::Apply(pb::Apply {
+                operation: Some(pb::Operation { kind: Some(kind) }),
+                fence: fence
+                    .into_iter()
+                    .map(|(block, generation)| pb::BlockLock {
+                        block,
+                        held: false,
+                        generation,
+                        since_unix_ms: 0,
+                    })
+                    .collect(),
+                disturbed: disturbed
+                    .into_iter()
+                    .map(|d| pb::Disturbance {
+                        block: d.block,
+                        reason: reason_to_pb(&d.reason),
+                        handover: d.handover,
+                        because_of: d.because_of.unwrap_or_default(),
+                        cause: 0,
+                    })
+                    .collect(),
+            })
+        }
+        IntentBody::Notice {
+            block,
+            reason,
+            message,
+        } => Kind::Notice(pb::Notice {
+            block,
+            reason: reason_to_pb(&reason),
+            message,
+        }),
+        IntentBody::Cancel { seq } => Kind::Cancel(pb::Cancel { intent_seq: seq }),
+    };
+    Ok(pb::Intent {
+        seq: i.seq.0,
+        operation_id: i
+            .operation
+            .map(|o| u64::try_from(o.0).unwrap_or(0))
+            .unwrap_or(0),
+        kind: Some(kind),
+    })
+}
+
+fn ack_name_and_outcome(kind: &pb::intent_ack::Kind) -> (&'static str, Option<ApplyOutcome>) {
+    use pb::intent_ack::Kind as K;
+    match kind {
+        K::Received(_) => ("received", None),
+        K::Released(_) => ("released", None),
+        K::Deferred(_) => ("deferred", None),
+        K::WillReleaseAtWindow(_) => ("will_release_at_window", None),
+        K::Refused(_) => ("refused", None),
+        K::Applied(_) => ("applied", Some(ApplyOutcome::Applied)),
+        K::Failed(f) if !f.held_by.is_empty() => (
+            "failed",
+            Some(ApplyOutcome::Blocked {
+                held_by: f
+                    .held_by
+                    .iter()
+                    .filter_map(|b| BlockName::new(b).ok())
+                    .collect(),
+            }),
+        ),
+        K::Failed(f) => (
+            "failed",
+            Some(ApplyOutcome::Failed {
+                error: f.error.clone(),
+            }),
+        ),
+        K::Stale(_) => ("stale", Some(ApplyOutcome::Stale)),
+    }
+}
+
+fn ack_body(ack: &pb::IntentAck) -> String {
+    use pb::intent_ack::Kind as K;
+    let detail = match &ack.kind {
+        Some(K::Deferred(d)) => {
+            serde_json::json!({ "until_unix_ms": d.until_unix_ms, "message": d.message })
+        }
+        Some(K::Refused(r)) => serde_json::json!({ "message": r.message }),
+        Some(K::Failed(f)) => serde_json::json!({ "error": f.error, "held_by": f.held_by }),
+        Some(K::Stale(s)) => serde_json::json!({ "message": s.message }),
+        _ => serde_json::json!({}),
+    };
+    serde_json::json!({ "block": ack.block, "detail": detail }).to_string()
+}
+
+/// The per-connection state of one agent stream.
+struct Session<S> {
+    store: S,
+    hub: Hub,
+    wakeups: Wakeups,
+    ingestor: Ingestor,
+    device: DeviceId,
+    tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    last_sent: u64,
+    last_report_seq: u64,
+}
+
+impl<S: Store> Session<S> {
+    /// Sends every unacknowledged intent not yet sent on this stream.
+    async fn send_outbox(&mut self) -> Result<(), ()> {
+        let pending = match self.store.unacked_intents(&self.device).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(device = %self.device, error = %e, "cannot read the outbox; will retry on the next wake");
+                return Ok(());
+            }
+        };
+        let from = self.last_sent;
+        for intent in pending.iter().filter(|i| i.seq.0 > from) {
+            let msg = match intent_to_pb(intent) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(device = %self.device, seq = intent.seq.0, error = %e, "undecodable intent in the outbox; skipped");
+                    self.last_sent = intent.seq.0;
+                    continue;
+                }
+            };
+            let msg = pb::ServerMessage {
+                msg: Some(pb::server_message::Msg::Intent(msg)),
+            };
+            self.tx.send(Ok(msg)).await.map_err(|_| ())?;
+            self.last_sent = intent.seq.0;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, m: pb::AgentMessage) -> Result<(), Status> {
+        use pb::agent_message::Msg;
+        match m.msg {
+            Some(Msg::LockReport(r)) => self.lock_report(r).await,
+            Some(Msg::State(s)) => {
+                let prev = self
+                    .store
+                    .device_report(&self.device)
+                    .await
+                    .map_err(status_from_store)?;
+                let mut report = state_to_report(s, 0)?;
+                if let Some(prev) = prev {
+                    report.agent_version = prev.agent_version;
+                    report.last_intent_seq = prev.last_intent_seq;
+                }
+                self.store
+                    .record_device_report(&self.device, &report)
+                    .await
+                    .map_err(status_from_store)?;
+                self.wakeups.wake(&self.device);
+                Ok(())
+            }
+            Some(Msg::Ack(ack)) => self.ack(ack).await,
+            Some(Msg::Progress(p)) => {
+                tracing::info!(device = %self.device, seq = p.intent_seq, phase = %p.phase, "operation progress");
+                Ok(())
+            }
+            Some(Msg::Hello(_)) => Err(Status::invalid_argument(
+                "hello may only be the first message",
+            )),
+            None => Err(Status::invalid_argument("msg: empty message")),
+        }
+    }
+
+    async fn lock_report(&mut self, r: pb::LockReport) -> Result<(), Status> {
+        if r.seq <= self.last_report_seq {
+            tracing::debug!(device = %self.device, seq = r.seq, last = self.last_report_seq, "out-of-order lock report dropped");
+            return Ok(());
+        }
+        self.last_report_seq = r.seq;
+        let reports = locks_to_reports(&self.device, r.locks)?;
+        self.ingestor
+            .submit(reports)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.wakeups.wake(&self.device);
+        Ok(())
+    }
+
+    async fn ack(&mut self, ack: pb::IntentAck) -> Result<(), Status> {
+        let Some(kind) = &ack.kind else {
+            return Err(ConvertError::new("ack.kind", "required").into());
+        };
+        let (name, outcome) = ack_name_and_outcome(kind);
+        let seq = IntentSeq(ack.intent_seq);
+        match self
+            .store
+            .ack_intent(&self.device, seq, name, &ack_body(&ack), clock::now())
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::NotFound { .. }) => {
+                return Err(Status::invalid_argument(format!(
+                    "ack.intent_seq: no intent {seq} for this device"
+                )));
+            }
+            Err(e) => return Err(status_from_store(e)),
+        }
+        let info = self
+            .store
+            .intent_info(&self.device, seq)
+            .await
+            .map_err(status_from_store)?;
+        match (info, outcome) {
+            (Some((Some(op_id), IntentKind::Apply)), Some(outcome)) => {
+                let op = self
+                    .store
+                    .get_operation(op_id)
+                    .await
+                    .map_err(status_from_store)?;
+                on_apply_outcome(&self.store, &self.wakeups, &op, &outcome)
+                    .await
+                    .map_err(status_from_store)?;
+            }
+            (Some((_, IntentKind::ReleaseRequest)), _) => {
+                tracing::info!(device = %self.device, seq = seq.0, block = %ack.block, answer = name, "lock holder answered");
+                self.wakeups.wake(&self.device);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> AgentService for Agents<S> {
+    type ConnectStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let device = authenticate(&self.store, req.metadata()).await?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 30 s"))??;
+        let Some(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be a hello",
+            ));
+        };
+        let mut report = state_to_report(hello.state.unwrap_or_default(), hello.last_intent_seq)?;
+        report.agent_version = hello.agent_version;
+        self.store
+            .record_device_report(&device, &report)
+            .await
+            .map_err(status_from_store)?;
+        let locks = hello.locks.unwrap_or_default();
+        let last_report_seq = locks.seq;
+        let reports = locks_to_reports(&device, locks.locks)?;
+        self.ingestor
+            .submit(reports)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+
+        let registration = self.hub.register(&device);
+        tracing::info!(device = %device, connected = self.hub.connected(), "agent connected");
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let welcome = pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Welcome(pb::Welcome {
+                device: device.to_string(),
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+        let mut session = Session {
+            store: self.store.clone(),
+            hub: self.hub.clone(),
+            wakeups: self.wakeups.clone(),
+            ingestor: self.ingestor.clone(),
+            device: device.clone(),
+            tx,
+            last_sent: 0,
+            last_report_seq,
+        };
+        self.wakeups.wake(&device);
+        tokio::spawn(async move {
+            let mut superseded = registration.superseded.clone();
+            let outcome: Result<(), ()> = async {
+                session.send_outbox().await?;
+                loop {
+                    tokio::select! {
+                        msg = inbound.message() => match msg {
+                            Ok(Some(m)) => {
+                                if let Err(status) = session.handle(m).await {
+                                    tracing::warn!(device = %session.device, %status, "agent message refused");
+                                    let _ = session.tx.send(Err(status)).await;
+                                    return Err(());
+                                }
+                            }
+                            Ok(None) => return Ok(()),
+                            Err(status) => {
+                                tracing::info!(device = %session.device, %status, "agent stream ended");
+                                return Ok(());
+                            }
+                        },
+                        () = registration.outbox.notified() => session.send_outbox().await?,
+                        _ = superseded.changed() => {
+                            let _ = session
+                                .tx
+                                .send(Err(Status::aborted("superseded by a newer stream for this device")))
+                                .await;
+                            return Ok(());
+                        }
+                        () = session.tx.closed() => return Ok(()),
+                    }
+                }
+            }
+            .await;
+            let _ = outcome;
+            session.hub.unregister(&session.device, registration.id);
+            tracing::info!(device = %session.device, "agent disconnected");
+            session.wakeups.wake(&session.device);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,259 @@
+//! `OperationService`: operators record operations on devices; the scheduler
+//! decides when each may be applied. Forces and cancellations are audited.
+
+use std::collections::BTreeSet;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{ConvertError, block_name, disturbance_to_pb};
+use super::pb::{self, operation_service_server::OperationService};
+use super::status_from_store;
+use crate::clock;
+use crate::domain::{
+    AuditEntry, DeviceId, Disturbance, Force, OpStatus, OperationId, OperationRecord,
+    OperationSpec, ReleaseId,
+};
+use crate::scheduler::Wakeups;
+use crate::store::{Store, StoreError};
+
+pub struct Operations<S> {
+    store: S,
+    wakeups: Wakeups,
+}
+
+impl<S: Store> Operations<S> {
+    pub fn new(store: S, wakeups: Wakeups) -> Self {
+        Self { store, wakeups }
+    }
+}
+
+fn spec_from_pb(m: Option<pb::OperationSpec>) -> Result<OperationSpec, ConvertError> {
+    use pb::operation_spec::Kind;
+    let kind = m
+        .and_then(|s| s.kind)
+        .ok_or_else(|| ConvertError::new("spec", "an operation kind is required"))?;
+    Ok(match kind {
+        Kind::AssignRelease(r) => OperationSpec::AssignRelease(
+            ReleaseId::new(r).map_err(|e| ConvertError::new("spec.assign_release", e))?,
+        ),
+        Kind::RestartBlock(b) => OperationSpec::RestartBlock(block_name("spec.restart_block", &b)?),
+        Kind::StopBlock(b) => OperationSpec::StopBlock(block_name("spec.stop_block", &b)?),
+        Kind::StartBlock(b) => OperationSpec::StartBlock(block_name("spec.start_block", &b)?),
+        Kind::Reboot(_) => OperationSpec::Reboot,
+        Kind::Shutdown(_) => OperationSpec::Shutdown,
+        Kind::OsUpdate(v) => {
+            if v.is_empty() || v.len() > 128 {
+                return Err(ConvertError::new(
+                    "spec.os_update",
+                    "an OS version of 1 to 128 bytes is required",
+                ));
+            }
+            OperationSpec::OsUpdate(v)
+        }
+    })
+}
+
+fn spec_to_pb(s: &OperationSpec) -> pb::OperationSpec {
+    use pb::operation_spec::{Empty, Kind};
+    let kind = match s {
+        OperationSpec::AssignRelease(r) => Kind::AssignRelease(r.to_string()),
+        OperationSpec::RestartBlock(b) => Kind::RestartBlock(b.to_string()),
+        OperationSpec::StopBlock(b) => Kind::StopBlock(b.to_string()),
+        OperationSpec::StartBlock(b) => Kind::StartBlock(b.to_string()),
+        OperationSpec::Reboot => Kind::Reboot(Empty {}),
+        OperationSpec::Shutdown => Kind::Shutdown(Empty {}),
+        OperationSpec::OsUpdate(v) => Kind::OsUpdate(v.clone()),
+    };
+    pb::OperationSpec { kind: Some(kind) }
+}
+
+fn force_from_pb(m: Option<pb::Force>) -> Result<Option<Force>, ConvertError> {
+    let Some(f) = m else { return Ok(None) };
+    if f.blocks.is_empty() && f.reason.is_empty() {
+        return Ok(None);
+    }
+    let blocks = f
+        .blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| block_name(&format!("force.blocks[{i}]"), b))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    Force::new(blocks, f.reason)
+        .map(Some)
+        .map_err(|e| ConvertError::new("force", e))
+}
+
+pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
+    pb::OperationInfo {
+        id: u64::try_from(op.id.0).unwrap_or(0),
+        device: op.device.to_string(),
+        spec: Some(spec_to_pb(&op.spec)),
+        force: op.force.as_ref().map(|f| pb::Force {
+            blocks: f.blocks().iter().map(ToString::to_string).collect(),
+            reason: f.reason().to_owned(),
+        }),
+        status: op.status.as_str().to_owned(),
+        waiting_on: op
+            .progress
+            .waiting_on
+            .iter()
+            .map(|r| {
+                disturbance_to_pb(
+                    &r.block,
+                    &Disturbance {
+                        reason: r.reason,
+                        handover: r.handover,
+                        because_of: r.because_of.clone(),
+                        cause: None,
+                    },
+                )
+            })
+            .collect(),
+        error: op.progress.error.clone().unwrap_or_default(),
+        created_unix_ms: op.created.0,
+        updated_unix_ms: op.updated.0,
+    }
+}
+
+fn op_id(v: u64) -> Result<OperationId, ConvertError> {
+    i64::try_from(v)
+        .ok()
+        .filter(|v| *v > 0)
+        .map(OperationId)
+        .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))
+}
+
+fn actor(s: &str) -> String {
+    if s.is_empty() {
+        "unknown".to_owned()
+    } else {
+        s.chars().take(256).collect()
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> OperationService for Operations<S> {
+    async fn create_operation(
+        &self,
+        req: Request<pb::CreateOperationRequest>,
+    ) -> Result<Response<pb::CreateOperationResponse>, Status> {
+        let req = req.into_inner();
+        let device = DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e))?;
+        let spec = spec_from_pb(req.spec)?;
+        let force = force_from_pb(req.force)?;
+        if let OperationSpec::AssignRelease(r) = &spec {
+            // Fail early on a release that does not exist.
+            self.store.get_release(r).await.map_err(status_from_store)?;
+        }
+        let now = clock::now();
+        let op = self
+            .store
+            .create_operation(&device, &spec, force.as_ref(), now)
+            .await
+            .map_err(status_from_store)?;
+        if let Some(f) = &force {
+            self.store
+                .append_audit(&AuditEntry {
+                    at: now,
+                    actor: actor(&req.actor),
+                    action: "force_requested".into(),
+                    subject: format!("device {device} operation {}", op.id),
+                    reason: f.reason().to_owned(),
+                    details: serde_json::json!({
+                        "operation": spec.kind(),
+                        "blocks": f.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })
+                    .to_string(),
+                })
+                .await
+                .map_err(status_from_store)?;
+        }
+        tracing::info!(device = %device, operation = %op.id, kind = spec.kind(), forced = force.is_some(), "operation created");
+        self.wakeups.wake(&device);
+        Ok(Response::new(pb::CreateOperationResponse {
+            operation: Some(operation_to_pb(&op)),
+        }))
+    }
+
+    async fn get_operation(
+        &self,
+        req: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::GetOperationResponse>, Status> {
+        let id = op_id(req.into_inner().id)?;
+        let op = self
+            .store
+            .get_operation(id)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(pb::GetOperationResponse {
+            operation: Some(operation_to_pb(&op)),
+        }))
+    }
+
+    async fn list_operations(
+        &self,
+        req: Request<pb::ListOperationsRequest>,
+    ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        let device =
+            DeviceId::new(req.into_inner().device).map_err(|e| ConvertError::new("device", e))?;
+        let ops = self
+            .store
+            .list_operations(&device)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(pb::ListOperationsResponse {
+            operations: ops.iter().map(operation_to_pb).collect(),
+        }))
+    }
+
+    async fn cancel_operation(
+        &self,
+        req: Request<pb::CancelOperationRequest>,
+    ) -> Result<Response<pb::CancelOperationResponse>, Status> {
+        let req = req.into_inner();
+        let id = op_id(req.id)?;
+        let op = self
+            .store
+            .get_operation(id)
+            .await
+            .map_err(status_from_store)?;
+        if !matches!(op.status, OpStatus::Pending | OpStatus::WaitingLock) {
+            return Err(Status::failed_precondition(format!(
+                "operation {id} is {} and can no longer be cancelled",
+                op.status.as_str()
+            )));
+        }
+        let mut next = op.clone();
+        next.status = OpStatus::Cancelled;
+        let now = clock::now();
+        match self.store.record_step(&next, op.status, &[], now).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Err(Status::failed_precondition(format!(
+                    "operation {id} changed meanwhile; fetch it and retry"
+                )));
+            }
+            Err(e) => return Err(status_from_store(e)),
+        }
+        self.store
+            .append_audit(&AuditEntry {
+                at: now,
+                actor: actor(&req.actor),
+                action: "operation_cancelled".into(),
+                subject: format!("device {} operation {id}", op.device),
+                reason: req.reason,
+                details: "{}".into(),
+            })
+            .await
+            .map_err(status_from_store)?;
+        self.wakeups.wake(&op.device);
+        let op = self
+            .store
+            .get_operation(id)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(pb::CancelOperationResponse {
+            operation: Some(operation_to_pb(&op)),
+        }))
+    }
+}

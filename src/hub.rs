@@ -1,0 +1,108 @@
+//! Live agent streams connected to this replica: who is online, and a way to
+//! wake a device's stream when its outbox has something new. Memory holds only
+//! these handles; the outbox itself is in the database.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, watch};
+
+use crate::domain::DeviceId;
+
+struct Conn {
+    id: u64,
+    outbox: Arc<Notify>,
+    superseded: watch::Sender<bool>,
+}
+
+/// The registry of connected agents. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Hub {
+    conns: Arc<Mutex<HashMap<DeviceId, Conn>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+/// What a stream task holds while connected.
+pub struct Registration {
+    pub id: u64,
+    /// Notified when the device's outbox has new intents.
+    pub outbox: Arc<Notify>,
+    /// Turns true when a newer stream for the same device takes over.
+    pub superseded: watch::Receiver<bool>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Conn>> {
+        // A panic while holding this lock leaves the map itself consistent.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a stream for `device`, superseding any earlier one.
+    pub fn register(&self, device: &DeviceId) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Notify::new());
+        let (superseded, rx) = watch::channel(false);
+        let old = self.lock().insert(
+            device.clone(),
+            Conn {
+                id,
+                outbox: Arc::clone(&outbox),
+                superseded,
+            },
+        );
+        if let Some(old) = old {
+            let _ = old.superseded.send(true);
+        }
+        Registration {
+            id,
+            outbox,
+            superseded: rx,
+        }
+    }
+
+    /// Removes the registration, unless a newer stream has replaced it.
+    pub fn unregister(&self, device: &DeviceId, id: u64) {
+        let mut conns = self.lock();
+        if conns.get(device).is_some_and(|c| c.id == id) {
+            conns.remove(device);
+        }
+    }
+
+    pub fn is_connected(&self, device: &DeviceId) -> bool {
+        self.lock().contains_key(device)
+    }
+
+    pub fn connected(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Wakes the device's stream to send what its outbox holds.
+    pub fn notify(&self, device: &DeviceId) {
+        if let Some(c) = self.lock().get(device) {
+            c.outbox.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_stream_supersedes_the_first() {
+        let hub = Hub::default();
+        let d = DeviceId::new("d").unwrap();
+        let first = hub.register(&d);
+        assert!(hub.is_connected(&d));
+        let second = hub.register(&d);
+        assert!(*first.superseded.borrow());
+        assert!(!*second.superseded.borrow());
+        // The superseded stream leaving does not unregister the new one.
+        hub.unregister(&d, first.id);
+        assert!(hub.is_connected(&d));
+        hub.unregister(&d, second.id);
+        assert!(!hub.is_connected(&d));
+        assert_eq!(hub.connected(), 0);
+    }
+}

@@ -1,0 +1,405 @@
+//! The scheduler: for each device with work, gather its state from the store,
+//! ask the pure core what to do (`domain::decide`, `domain::next_step`), and
+//! act — append intents and update the operation in one transaction, then
+//! wake the device's stream. It is woken by events (an operation created,
+//! a lock report, an acknowledgement, a connect or disconnect), never by
+//! polling every device.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::clock;
+use crate::domain::{
+    self, ApplyOutcome, AuditEntry, DeviceId, DeviceState, DeviceStatus, EnvContext, IntentKind,
+    NewIntent, OpStatus, Operation, OperationRecord, OperationSpec, Reason, Release, RunningBlock,
+    Step,
+};
+use crate::hub::Hub;
+use crate::intents::{ApplyOp, IntentBody, TargetBlock};
+use crate::store::{EnvOwner, Store, StoreError};
+
+/// Devices waiting for the scheduler's attention. Each device is queued at
+/// most once, so the queue is bounded by the number of devices.
+#[derive(Clone, Default)]
+pub struct Wakeups {
+    pending: Arc<Mutex<BTreeSet<DeviceId>>>,
+    notify: Arc<Notify>,
+}
+
+impl Wakeups {
+    pub fn wake(&self, device: &DeviceId) {
+        let inserted = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.clone());
+        if inserted {
+            self.notify.notify_one();
+        }
+    }
+
+    fn take(&self) -> BTreeSet<DeviceId> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Why the scheduler could not handle a device this time.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Scheduler<S> {
+    store: S,
+    hub: Hub,
+    wakeups: Wakeups,
+}
+
+/// What the gather step found for a device.
+struct Gathered {
+    state: DeviceState,
+    current: Option<Arc<Release>>,
+}
+
+impl<S: Store> Scheduler<S> {
+    pub fn new(store: S, hub: Hub, wakeups: Wakeups) -> Self {
+        Self {
+            store,
+            hub,
+            wakeups,
+        }
+    }
+
+    /// Runs until the task is aborted. Resumes unfinished operations first.
+    pub async fn run(self) {
+        match self.store.devices_with_active_operations().await {
+            Ok(devices) => devices.iter().for_each(|d| self.wakeups.wake(d)),
+            Err(e) => tracing::warn!(error = %e, "cannot list active operations at start"),
+        }
+        loop {
+            self.wakeups.notify.notified().await;
+            for device in self.wakeups.take() {
+                if let Err(e) = self.handle(&device).await {
+                    tracing::warn!(device = %device, error = %e, "scheduling failed; retrying shortly");
+                    let wakeups = self.wakeups.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        wakeups.wake(&device);
+                    });
+                }
+            }
+        }
+    }
+
+    async fn gather(&self, device: &DeviceId) -> Result<Option<Gathered>, ScheduleError> {
+        let record = self.store.get_device(device).await?;
+        let Some(report) = self.store.device_report(device).await? else {
+            return Ok(None);
+        };
+        let fleet = self
+            .store
+            .env_layer(&EnvOwner::Fleet(record.fleet.clone()))
+            .await?;
+        let own = self
+            .store
+            .env_layer(&EnvOwner::Device(device.clone()))
+            .await?;
+        let env = Arc::new(EnvContext { fleet, device: own });
+        let current = match &report.current_release {
+            Some(id) => match self.store.get_release(id).await {
+                Ok(r) => Some(Arc::new(r)),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        let empty = Arc::new(domain::Env::new());
+        let mut blocks = std::collections::BTreeMap::new();
+        for (name, rb) in &report.blocks {
+            let from_release = current
+                .as_ref()
+                .and_then(|r| r.blocks().get(name))
+                .filter(|bv| bv.version == rb.version);
+            let spec = match from_release {
+                Some(bv) => Arc::clone(bv),
+                None => {
+                    let mut found = self
+                        .store
+                        .get_block_versions(&[(name.clone(), rb.version.clone())])
+                        .await?;
+                    match found.pop() {
+                        Some(bv) => Arc::new(bv),
+                        None => continue,
+                    }
+                }
+            };
+            blocks.insert(
+                name.clone(),
+                RunningBlock {
+                    spec,
+                    release_env: current
+                        .as_ref()
+                        .map_or_else(|| Arc::clone(&empty), |r| Arc::clone(r.env())),
+                    env_fingerprint: rb.env_fingerprint,
+                },
+            );
+        }
+        let locks = self.store.device_locks(device).await?;
+        Ok(Some(Gathered {
+            state: DeviceState {
+                id: device.clone(),
+                current_release: report.current_release.clone(),
+                os_version: report.os_version.clone(),
+                env,
+                blocks,
+                locks,
+            },
+            current,
+        }))
+    }
+
+    /// Gather → decide → act for one device.
+    async fn handle(&self, device: &DeviceId) -> Result<(), ScheduleError> {
+        let Some(op) = self.store.current_operation(device).await? else {
+            return Ok(());
+        };
+        if op.status == OpStatus::Applying {
+            return Ok(());
+        }
+        let online = self.hub.is_connected(device);
+        let Some(g) = self.gather(device).await? else {
+            // Never reported: nothing to decide against until it connects.
+            return Ok(());
+        };
+        // Decide.
+        let (operation, apply_op, target_name) = match self.to_domain(&op, &g).await {
+            Ok(x) => x,
+            Err(error) => {
+                return self.act(&op, Step::Fail { error }, None, "").await;
+            }
+        };
+        let decision = domain::decide(&operation, &g.state, op.force.as_ref());
+        if let Ok(domain::Decision::Proceed { forced, .. }) = &decision
+            && !forced.is_empty()
+            && online
+        {
+            let reason = op
+                .force
+                .as_ref()
+                .map(|f| f.reason().to_owned())
+                .unwrap_or_default();
+            self.store
+                .append_audit(&AuditEntry {
+                    at: clock::now(),
+                    actor: "scheduler".into(),
+                    action: "force_applied".into(),
+                    subject: format!("device {device} operation {}", op.id),
+                    reason,
+                    details: serde_json::json!({ "overridden": forced.iter().map(ToString::to_string).collect::<Vec<_>>() }).to_string(),
+                })
+                .await?;
+        }
+        let step = domain::next_step(&op, decision, online);
+        tracing::debug!(device = %device, operation = %op.id, ?step, "scheduler decision");
+        self.act(&op, step, Some(apply_op), &target_name).await
+    }
+
+    /// The domain operation for a stored one, plus what the agent will be
+    /// told to do and a short name of the target for release requests.
+    async fn to_domain(
+        &self,
+        op: &OperationRecord,
+        g: &Gathered,
+    ) -> Result<(Operation, ApplyOp, String), String> {
+        Ok(match &op.spec {
+            OperationSpec::AssignRelease(id) => {
+                let release = match self.store.get_release(id).await {
+                    Ok(r) => Arc::new(r),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let target = Arc::new(release.resolve(&g.state.env));
+                let blocks = release
+                    .blocks()
+                    .values()
+                    .map(|bv| TargetBlock::new(bv, release.env(), &g.state.env))
+                    .collect();
+                (
+                    Operation::UpdateRelease { target },
+                    ApplyOp::ReleaseUpdate {
+                        release: id.to_string(),
+                        blocks,
+                    },
+                    id.to_string(),
+                )
+            }
+            OperationSpec::RestartBlock(b) => (
+                Operation::RestartBlock(b.clone()),
+                ApplyOp::RestartBlock {
+                    block: b.to_string(),
+                },
+                b.to_string(),
+            ),
+            OperationSpec::StopBlock(b) => (
+                Operation::StopBlock(b.clone()),
+                ApplyOp::StopBlock {
+                    block: b.to_string(),
+                },
+                b.to_string(),
+            ),
+            OperationSpec::StartBlock(b) => {
+                let Some(current) = &g.current else {
+                    return Err(format!(
+                        "block {b} cannot start: the device reports no current release"
+                    ));
+                };
+                let Some(bv) = current.blocks().get(b) else {
+                    return Err(format!("block {b} is not part of release {}", current.id()));
+                };
+                (
+                    Operation::StartBlock(b.clone()),
+                    ApplyOp::StartBlock {
+                        block: Box::new(TargetBlock::new(bv, current.env(), &g.state.env)),
+                    },
+                    b.to_string(),
+                )
+            }
+            OperationSpec::Reboot => (Operation::Reboot, ApplyOp::Reboot, "reboot".into()),
+            OperationSpec::Shutdown => (Operation::Shutdown, ApplyOp::Shutdown, "shutdown".into()),
+            OperationSpec::OsUpdate(v) => (
+                Operation::OsUpdate { version: v.clone() },
+                ApplyOp::OsUpdate { version: v.clone() },
+                v.clone(),
+            ),
+        })
+    }
+
+    async fn act(
+        &self,
+        op: &OperationRecord,
+        step: Step,
+        apply_op: Option<ApplyOp>,
+        target: &str,
+    ) -> Result<(), ScheduleError> {
+        let now = clock::now();
+        let mut next = op.clone();
+        let (intents, device_status) = match step {
+            Step::Wait => return Ok(()),
+            Step::Fail { error } => {
+                tracing::warn!(device = %op.device, operation = %op.id, %error, "operation failed");
+                next.status = OpStatus::Failed;
+                next.progress.error = Some(error);
+                (Vec::new(), DeviceStatus::Failed)
+            }
+            Step::RequestRelease { send, waiting_on } => {
+                if send.is_empty()
+                    && op.status == OpStatus::WaitingLock
+                    && op.progress.waiting_on == waiting_on
+                {
+                    return Ok(());
+                }
+                next.status = OpStatus::WaitingLock;
+                next.progress.waiting_on = waiting_on;
+                let intents = send
+                    .iter()
+                    .map(|r| {
+                        next.progress
+                            .requested
+                            .insert((r.block.clone(), r.generation));
+                        tracing::info!(device = %op.device, operation = %op.id, block = %r.block, reason = %r.reason, "asking lock holder to release");
+                        NewIntent {
+                            kind: IntentKind::ReleaseRequest,
+                            body: IntentBody::release_request(r, target).to_json(),
+                            operation: Some(op.id),
+                        }
+                    })
+                    .collect();
+                (intents, DeviceStatus::WaitingLock)
+            }
+            Step::Apply {
+                fence,
+                disturbed,
+                notices,
+            } => {
+                let Some(apply_op) = apply_op else {
+                    return Ok(());
+                };
+                next.status = OpStatus::Applying;
+                next.progress.waiting_on.clear();
+                let mut intents: Vec<NewIntent> = notices
+                    .iter()
+                    .filter(|(_, r)| **r == Reason::UpdateNoRestart)
+                    .map(|(b, r)| NewIntent {
+                        kind: IntentKind::Notice,
+                        body: IntentBody::notice(
+                            b,
+                            *r,
+                            format!("release {target} lands; {b} is unchanged and keeps running"),
+                        )
+                        .to_json(),
+                        operation: Some(op.id),
+                    })
+                    .collect();
+                tracing::info!(device = %op.device, operation = %op.id, disturbed = disturbed.len(), "sending apply");
+                intents.push(NewIntent {
+                    kind: IntentKind::Apply,
+                    body: IntentBody::apply(apply_op, &fence, &disturbed).to_json(),
+                    operation: Some(op.id),
+                });
+                (intents, DeviceStatus::Applying)
+            }
+        };
+        match self
+            .store
+            .record_step(&next, op.status, &intents, now)
+            .await
+        {
+            Ok(_) => {}
+            // Cancelled or superseded meanwhile: decide again on what is current.
+            Err(StoreError::Conflict { .. }) => {
+                self.wakeups.wake(&op.device);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.store
+            .set_device_status(&op.device, device_status)
+            .await?;
+        if !intents.is_empty() {
+            self.hub.notify(&op.device);
+        }
+        Ok(())
+    }
+}
+
+/// Applies an agent's answer to an apply intent: done, failed, or back to
+/// pending to be decided again. Returns the operation's new status.
+pub async fn on_apply_outcome<S: Store>(
+    store: &S,
+    wakeups: &Wakeups,
+    op: &OperationRecord,
+    outcome: &ApplyOutcome,
+) -> Result<OpStatus, StoreError> {
+    if op.status != OpStatus::Applying {
+        return Ok(op.status);
+    }
+    let (status, progress) = domain::after_apply(op, outcome);
+    let mut next = op.clone();
+    next.status = status;
+    next.progress = progress;
+    store
+        .record_step(&next, OpStatus::Applying, &[], clock::now())
+        .await?;
+    let device_status = match status {
+        OpStatus::Done => DeviceStatus::InSync,
+        OpStatus::Failed => DeviceStatus::Failed,
+        _ => DeviceStatus::Pending,
+    };
+    store.set_device_status(&op.device, device_status).await?;
+    tracing::info!(device = %op.device, operation = %op.id, outcome = ?outcome, status = status.as_str(), "apply answered");
+    wakeups.wake(&op.device);
+    Ok(status)
+}

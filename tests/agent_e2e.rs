@@ -1,0 +1,812 @@
+//! The agent end to end: a real `lockstep serve`, real `lockstep agent`
+//! processes with the `process` runtime, real block processes (shell scripts
+//! that take their locks with `flock`), and the real embedded database.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockstep::domain::{DeviceId, IntentKind, IntentSeq, NewIntent};
+use lockstep::grpc::pb;
+use lockstep::store::{PoolOptions, SqliteStore, Store};
+use pb::catalog_service_client::CatalogServiceClient;
+use pb::device_service_client::DeviceServiceClient;
+use pb::operation_service_client::OperationServiceClient;
+use support::{Agent, Server, eventually, free_port};
+use tonic::Code;
+
+/// Block `a` holds its lock while `<lock-dir>/hold` exists.
+const LOCKING_BLOCK: &str = r#"# lockstep-test MARKER
+echo $$ > "$LOCKSTEP_LOCK_DIR/pid"
+while true; do
+  if [ -f "$LOCKSTEP_LOCK_DIR/hold" ]; then
+    flock "$LOCKSTEP_LOCK_FILE" sh -c 'while [ -f "$LOCKSTEP_LOCK_DIR/hold" ]; do sleep 0.05; done'
+  fi
+  sleep 0.05
+done"#;
+
+const PLAIN_BLOCK: &str =
+    "# lockstep-test MARKER\necho $$ > \"$LOCKSTEP_LOCK_DIR/pid\"\nwhile true; do sleep 0.2; done";
+
+struct Fixture {
+    server: Option<Server>,
+    agent: Option<Agent>,
+    port: u16,
+    dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    marker: String,
+    credential: String,
+    api_port: u16,
+}
+
+impl Fixture {
+    fn script(&self, block: &str) -> String {
+        let body = if block == "a" {
+            LOCKING_BLOCK
+        } else {
+            PLAIN_BLOCK
+        };
+        body.replace("MARKER", &self.marker)
+    }
+
+    fn command(&self, block: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), self.script(block)]
+    }
+
+    fn lock_root(&self) -> PathBuf {
+        self.dir.path().join("locks")
+    }
+
+    fn lock_dir(&self, block: &str) -> PathBuf {
+        self.lock_root().join(block)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start_server(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        self.server = Some(Server::spawn_at(
+            &listen,
+            &["--data-dir", self.data_dir.to_str().unwrap()],
+            None,
+        ));
+    }
+
+    fn stop_server(&mut self) {
+        if let Some(s) = self.server.take() {
+            assert!(s.terminate().success());
+        }
+    }
+
+    fn start_agent(&mut self, hook_reboot: &str) {
+        let d = self.dir.path();
+        let args: Vec<String> = vec![
+            "--server".into(),
+            self.url(),
+            "--device".into(),
+            "dev-1".into(),
+            "--credential-file".into(),
+            d.join("credential").to_str().unwrap().into(),
+            "--lock-root".into(),
+            self.lock_root().to_str().unwrap().into(),
+            "--state-dir".into(),
+            d.join("agent-state").to_str().unwrap().into(),
+            "--manifest".into(),
+            d.join("manifest.json").to_str().unwrap().into(),
+            "--api-listen".into(),
+            format!("127.0.0.1:{}", self.api_port),
+            "--lock-poll".into(),
+            "100ms".into(),
+            "--hook-reboot".into(),
+            hook_reboot.into(),
+        ];
+        let agent = Agent::spawn(&args);
+        agent.wait_log("connected to the server");
+        self.agent = Some(agent);
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        self.server
+            .as_ref()
+            .expect("server running")
+            .channel()
+            .await
+    }
+
+    async fn state(&self) -> pb::GetDeviceStateResponse {
+        DeviceServiceClient::new(self.channel().await)
+            .get_device_state(pb::GetDeviceStateRequest { id: "dev-1".into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn lock_of(&self, block: &str) -> Option<pb::BlockLock> {
+        self.state()
+            .await
+            .locks
+            .into_iter()
+            .find(|l| l.block == block)
+    }
+
+    fn hold(&self, block: &str, on: bool) {
+        let f = self.lock_dir(block).join("hold");
+        if on {
+            std::fs::write(f, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    async fn create_op(&self, spec: pb::operation_spec::Kind) -> pb::OperationInfo {
+        OperationServiceClient::new(self.channel().await)
+            .create_operation(pb::CreateOperationRequest {
+                device: "dev-1".into(),
+                spec: Some(pb::OperationSpec { kind: Some(spec) }),
+                force: None,
+                actor: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .operation
+            .unwrap()
+    }
+
+    async fn op(&self, id: u64) -> pb::OperationInfo {
+        OperationServiceClient::new(self.channel().await)
+            .get_operation(pb::GetOperationRequest { id })
+            .await
+            .unwrap()
+            .into_inner()
+            .operation
+            .unwrap()
+    }
+
+    async fn wait_op(&self, id: u64, status: &str) -> pb::OperationInfo {
+        eventually(30, &format!("operation {id} to be {status}"), || async {
+            let op = self.op(id).await;
+            (op.status == status).then_some(op)
+        })
+        .await
+    }
+
+    fn token(&self, block: &str) -> String {
+        std::fs::read_to_string(self.lock_dir(block).join("token")).unwrap()
+    }
+
+    fn intent_file(&self, block: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.lock_dir(block).join("intent.json"))
+            .unwrap_or_else(|_| "{}".into());
+        serde_json::from_str(&text).unwrap_or_default()
+    }
+
+    fn intents_in_file(&self, block: &str) -> Vec<serde_json::Value> {
+        self.intent_file(block)["intents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.agent.take();
+        self.server.take();
+        // Block processes outlive the agent by design; end this test's.
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", &format!("lockstep-test {}", self.marker)])
+            .status();
+    }
+}
+
+async fn setup() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!(
+        "m{}",
+        dir.path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(['.', '-'], "")
+    );
+    let data_dir = dir.path().join("server-data");
+    let mut fx = Fixture {
+        server: None,
+        agent: None,
+        port: free_port(),
+        dir,
+        data_dir,
+        marker,
+        credential: String::new(),
+        api_port: free_port(),
+    };
+    fx.start_server();
+    let ch = fx.channel().await;
+    let mut cat = CatalogServiceClient::new(ch.clone());
+    let mut devs = DeviceServiceClient::new(ch);
+    devs.create_fleet(pb::CreateFleetRequest {
+        id: "site".into(),
+        name: String::new(),
+    })
+    .await
+    .unwrap();
+    let mut manifest_blocks = Vec::new();
+    for (i, block) in ["a", "b", "c"].into_iter().enumerate() {
+        cat.create_block(pb::CreateBlockRequest {
+            name: block.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+        cat.create_block_version(pb::CreateBlockVersionRequest {
+            block_version: Some(pb::BlockVersion {
+                block: block.into(),
+                version: "1.0.0".into(),
+                image_digest: format!("sha256:{:064x}", i + 1),
+                config: Some(pb::BlockConfig {
+                    command: fx.command(block),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+        manifest_blocks.push(serde_json::json!({
+            "name": block, "version": "1.0.0", "command": fx.command(block), "env": {}
+        }));
+    }
+    cat.create_release(pb::CreateReleaseRequest {
+        id: "r1".into(),
+        fleet: "site".into(),
+        blocks: ["a", "b", "c"]
+            .iter()
+            .map(|b| pb::BlockRef {
+                block: (*b).into(),
+                version: "1.0.0".into(),
+            })
+            .collect(),
+        env: Default::default(),
+    })
+    .await
+    .unwrap();
+    let reg = devs
+        .register_device(pb::RegisterDeviceRequest {
+            id: "dev-1".into(),
+            fleet: "site".into(),
+            tags: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    fx.credential = reg.credential.clone();
+    std::fs::write(fx.dir.path().join("credential"), &reg.credential).unwrap();
+    let manifest =
+        serde_json::json!({ "release": "r1", "os_version": "1.0", "blocks": manifest_blocks });
+    std::fs::write(fx.dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+    fx
+}
+
+fn reboot_hook(dir: &Path) -> String {
+    format!("echo rebooted >> {}", dir.join("reboots").display())
+}
+
+/// An agent stream driven by hand: the sender stays open until dropped.
+async fn raw_connect(
+    fx: &Fixture,
+    device: &str,
+    credential: &str,
+    first: pb::AgentMessage,
+) -> Result<
+    (
+        tonic::Streaming<pb::ServerMessage>,
+        tokio::sync::mpsc::Sender<pb::AgentMessage>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let mut client = pb::agent_service_client::AgentServiceClient::new(fx.channel().await);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("x-lockstep-device", device.parse().unwrap());
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().unwrap(),
+    );
+    client.connect(req).await.map(|r| (r.into_inner(), tx))
+}
+
+fn lock_msg(seq: u64, block: &str, held: bool, generation: u64) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::LockReport(pb::LockReport {
+            seq,
+            locks: vec![pb::BlockLock {
+                block: block.into(),
+                held,
+                generation,
+                since_unix_ms: 1,
+            }],
+        })),
+    }
+}
+
+fn pid_of(fx: &Fixture, block: &str) -> u32 {
+    std::fs::read_to_string(fx.lock_dir(block).join("pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn ack_kinds(data_dir: &Path, seq: u64) -> Vec<String> {
+    let Ok(store) = SqliteStore::open(data_dir, &PoolOptions::default()).await else {
+        return vec![];
+    };
+    let kinds = sqlx::query_scalar("SELECT kind FROM intent_acks WHERE seq = $1 ORDER BY id")
+        .bind(seq as i64)
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_default();
+    store.pool().close().await;
+    kinds
+}
+
+/// Appends intents to the device's outbox directly, as the scheduler would,
+/// while the server is stopped.
+async fn inject(fx: &Fixture, intents: Vec<NewIntent>) -> Vec<IntentSeq> {
+    let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
+        .await
+        .unwrap();
+    let seqs = store
+        .append_intents(
+            &DeviceId::new("dev-1").unwrap(),
+            &intents,
+            lockstep::clock::now(),
+        )
+        .await
+        .unwrap();
+    store.pool().close().await;
+    seqs
+}
+
+fn hello(seq: u64) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            agent_version: "test".into(),
+            state: Some(pb::StateReport::default()),
+            locks: Some(pb::LockReport { seq, locks: vec![] }),
+            last_intent_seq: 0,
+        })),
+    }
+}
+
+#[tokio::test]
+async fn agent_connects_reports_locks_and_relays_intents_both_ways() {
+    let mut fx = setup().await;
+    let hook = reboot_hook(fx.dir.path());
+    fx.start_agent(&hook);
+
+    // Connected and reporting what it runs.
+    let state = eventually(20, "the agent's first report", || async {
+        let s = fx.state().await;
+        (s.reported && s.blocks.len() == 3).then_some(s)
+    })
+    .await;
+    assert_eq!(state.current_release, "r1");
+
+    // A lock taken by a block reaches the server.
+    fx.hold("a", true);
+    let lock = eventually(20, "a's lock to be reported held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    assert!(lock.generation >= 1);
+
+    // A reboot must wait: a is asked to release, with the reason.
+    let op = fx
+        .create_op(pb::operation_spec::Kind::Reboot(
+            pb::operation_spec::Empty {},
+        ))
+        .await;
+    let waiting = fx.wait_op(op.id, "waiting_lock").await;
+    assert_eq!(
+        waiting
+            .waiting_on
+            .iter()
+            .map(|d| d.block.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a"]
+    );
+    let intents = eventually(20, "the release request in a's intent.json", || async {
+        let list = fx.intents_in_file("a");
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(intents[0]["reason"], "reboot");
+    assert_eq!(intents[0]["handover"], false);
+    assert!(
+        fx.intents_in_file("b").is_empty(),
+        "b holds no lock and is not asked"
+    );
+
+    // The block reads it on the local API with its own token, and only its own.
+    let api = api_base(&fx);
+    let http = reqwest_like::Client::new();
+    let seq = intents[0]["seq"].as_u64().unwrap();
+    let listed = http
+        .get(&format!("{api}/v1/blocks/a/intents"), &fx.token("a"))
+        .await;
+    assert_eq!(listed.0, 200);
+    assert_eq!(listed.1["intents"][0]["seq"].as_u64(), Some(seq));
+    let other = http
+        .get(&format!("{api}/v1/blocks/a/intents"), &fx.token("b"))
+        .await;
+    assert_eq!(other.0, 401, "b cannot read a's intents");
+
+    // It defers; the server keeps waiting on it.
+    let until = lockstep::clock::now().0 + 60_000;
+    let deferred = http
+        .post(
+            &format!("{api}/v1/blocks/a/intents/{seq}/ack"),
+            &fx.token("a"),
+            serde_json::json!({"answer": "defer", "until_unix_ms": until, "message": "mid-cycle"}),
+        )
+        .await;
+    assert_eq!(deferred.0, 202, "{:?}", deferred.1);
+    let bad = http
+        .post(
+            &format!("{api}/v1/blocks/a/intents/{seq}/ack"),
+            &fx.token("a"),
+            serde_json::json!({"answer": "maybe"}),
+        )
+        .await;
+    assert_eq!(bad.0, 400);
+    let acks = eventually(20, "the deferral to reach the server", || async {
+        let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
+            .await
+            .ok()?;
+        let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM intent_acks WHERE seq = $1")
+            .bind(seq as i64)
+            .fetch_all(store.pool())
+            .await
+            .ok()?;
+        kinds.contains(&"deferred".to_owned()).then_some(kinds)
+    })
+    .await;
+    assert!(acks.contains(&"received".to_owned()), "{acks:?}");
+    assert_eq!(fx.op(op.id).await.status, "waiting_lock");
+
+    // It releases and triggers the operation itself: the reboot runs.
+    fx.hold("a", false);
+    let trig = http
+        .post(
+            &format!("{api}/v1/blocks/a/trigger"),
+            &fx.token("a"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(trig.0, 202);
+    fx.wait_op(op.id, "done").await;
+    let reboots = std::fs::read_to_string(fx.dir.path().join("reboots")).unwrap();
+    assert_eq!(reboots.lines().count(), 1, "the reboot hook ran once");
+    assert!(
+        fx.intents_in_file("a").is_empty(),
+        "answered intents leave the list"
+    );
+}
+
+#[tokio::test]
+async fn bad_credentials_are_refused_and_a_newer_stream_supersedes_the_older() {
+    let fx = setup().await;
+    let err = raw_connect(&fx, "dev-1", "lsd_wrong", hello(1))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let err = raw_connect(&fx, "ghost", &fx.credential, hello(1))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // A credential speaks only for its own device.
+    let other = DeviceServiceClient::new(fx.channel().await)
+        .register_device(pb::RegisterDeviceRequest {
+            id: "dev-2".into(),
+            fleet: "site".into(),
+            tags: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .credential;
+    let err = raw_connect(&fx, "dev-1", &other, hello(1))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let (mut first, _tx1) = raw_connect(&fx, "dev-1", &fx.credential, hello(1))
+        .await
+        .unwrap();
+    let welcome = first.message().await.unwrap().unwrap();
+    assert!(matches!(
+        welcome.msg,
+        Some(pb::server_message::Msg::Welcome(_))
+    ));
+    let (mut second, _tx2) = raw_connect(&fx, "dev-1", &fx.credential, hello(1))
+        .await
+        .unwrap();
+    assert!(second.message().await.unwrap().is_some());
+    let ended = tokio::time::timeout(Duration::from_secs(10), first.message())
+        .await
+        .expect("first stream ends");
+    assert_eq!(
+        ended.unwrap_err().code(),
+        Code::Aborted,
+        "the older stream is told it was superseded"
+    );
+    // A revoked credential no longer connects.
+    let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
+        .await
+        .unwrap();
+    store
+        .revoke_device_credential(&DeviceId::new("dev-1").unwrap())
+        .await
+        .unwrap();
+    let err = raw_connect(&fx, "dev-1", &fx.credential, hello(1))
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("revoked"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn out_of_order_lock_reports_never_overwrite_newer_state() {
+    let fx = setup().await;
+    let (_rx, tx) = raw_connect(&fx, "dev-1", &fx.credential, hello(1))
+        .await
+        .unwrap();
+    tx.send(lock_msg(5, "a", true, 5)).await.unwrap();
+    tx.send(lock_msg(3, "a", false, 9)).await.unwrap(); // older report: dropped
+    tx.send(lock_msg(6, "a", false, 4)).await.unwrap(); // older generation: fenced
+    tx.send(lock_msg(7, "b", true, 1)).await.unwrap(); // marks the end
+    eventually(20, "the last report to land", || async {
+        fx.lock_of("b").await.filter(|l| l.held)
+    })
+    .await;
+    let a = fx.lock_of("a").await.expect("a reported");
+    assert_eq!((a.held, a.generation), (true, 5));
+}
+
+#[tokio::test]
+async fn unacknowledged_intents_are_redelivered_after_a_server_restart_and_seen_once() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    eventually(20, "the agent's first report", || async {
+        fx.state().await.reported.then_some(())
+    })
+    .await;
+    fx.stop_server();
+    let notice = NewIntent {
+        kind: IntentKind::Notice,
+        body: lockstep::intents::IntentBody::notice(
+            &lockstep::domain::BlockName::new("b").unwrap(),
+            lockstep::domain::Reason::UpdateNoRestart,
+            "written while the server was down",
+        )
+        .to_json(),
+        operation: None,
+    };
+    let seq = inject(&fx, vec![notice]).await[0];
+    fx.start_server();
+    eventually(30, "the notice in b's intent.json", || async {
+        (fx.intents_in_file("b").len() == 1).then_some(())
+    })
+    .await;
+    eventually(20, "the notice to be acknowledged", || async {
+        let k = ack_kinds(&fx.data_dir, seq.0).await;
+        (!k.is_empty()).then_some(())
+    })
+    .await;
+    // Lose the acknowledgement: the server resends, the block still sees it once.
+    fx.stop_server();
+    let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE intents SET acked_ms = NULL WHERE seq = $1")
+        .bind(seq.0 as i64)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.pool().close().await;
+    fx.start_server();
+    eventually(30, "the resent notice to be acknowledged again", || async {
+        (ack_kinds(&fx.data_dir, seq.0).await.len() >= 2).then_some(())
+    })
+    .await;
+    let list = fx.intents_in_file("b");
+    assert_eq!(list.len(), 1, "delivered once: {list:?}");
+    assert_eq!(list[0]["seq"].as_u64(), Some(seq.0));
+}
+
+#[tokio::test]
+async fn a_stale_apply_is_refused_and_not_applied() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    // a's lock moves on: taken, then released (generation 2).
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    fx.hold("a", false);
+    eventually(20, "a free again", || async {
+        fx.lock_of("a")
+            .await
+            .filter(|l| !l.held && l.generation >= 2)
+    })
+    .await;
+    let pid_before = pid_of(&fx, "a");
+    fx.stop_server();
+    // An apply decided against generation 0 of a's lock.
+    let apply = lockstep::intents::IntentBody::Apply {
+        operation: lockstep::intents::ApplyOp::RestartBlock { block: "a".into() },
+        fence: vec![("a".into(), 0)],
+        disturbed: vec![lockstep::intents::DisturbedBlock {
+            block: "a".into(),
+            reason: "restart".into(),
+            handover: false,
+            because_of: None,
+        }],
+    };
+    let seq = inject(
+        &fx,
+        vec![NewIntent {
+            kind: IntentKind::Apply,
+            body: apply.to_json(),
+            operation: None,
+        }],
+    )
+    .await[0];
+    fx.start_server();
+    let kinds = eventually(30, "the agent's answer", || async {
+        let k = ack_kinds(&fx.data_dir, seq.0).await;
+        (!k.is_empty()).then_some(k)
+    })
+    .await;
+    assert_eq!(kinds, vec!["stale".to_owned()]);
+    assert_eq!(pid_of(&fx, "a"), pid_before, "a was not restarted");
+}
+
+#[tokio::test]
+async fn restarting_b_goes_ahead_while_a_holds_its_lock() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let (a_before, b_before) = (pid_of(&fx, "a"), pid_of(&fx, "b"));
+    assert!(a_before > 0 && b_before > 0);
+    let op = fx
+        .create_op(pb::operation_spec::Kind::RestartBlock("b".into()))
+        .await;
+    fx.wait_op(op.id, "done").await;
+    eventually(20, "b restarted", || async {
+        (pid_of(&fx, "b") != b_before).then_some(())
+    })
+    .await;
+    assert_eq!(pid_of(&fx, "a"), a_before, "a was never touched");
+    assert!(fx.intents_in_file("a").is_empty(), "a was not even asked");
+}
+
+#[tokio::test]
+async fn killing_the_agent_mid_operation_frees_its_locks_and_the_operation_fails() {
+    let mut fx = setup().await;
+    let hook = format!("sleep 6; echo done # lockstep-test {}", fx.marker);
+    fx.start_agent(&hook);
+    eventually(20, "the agent's first report", || async {
+        fx.state().await.reported.then_some(())
+    })
+    .await;
+    let op = fx
+        .create_op(pb::operation_spec::Kind::Reboot(
+            pb::operation_spec::Empty {},
+        ))
+        .await;
+    fx.wait_op(op.id, "applying").await;
+    let lock_file = fx.lock_dir("a").join("updates.lock");
+    let can_lock = |f: &Path| {
+        std::process::Command::new("flock")
+            .args(["-n"])
+            .arg(f)
+            .arg("true")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    eventually(
+        20,
+        "the agent to hold a's lock during the reboot",
+        || async { (!can_lock(&lock_file)).then_some(()) },
+    )
+    .await;
+    fx.agent.as_mut().unwrap().kill9();
+    assert!(
+        can_lock(&lock_file),
+        "the kernel freed the dead agent's locks"
+    );
+    fx.agent = None;
+    fx.start_agent("true");
+    let failed = fx.wait_op(op.id, "failed").await;
+    assert!(
+        failed.error.contains("restarted while applying"),
+        "{}",
+        failed.error
+    );
+}
+
+fn api_base(fx: &Fixture) -> String {
+    format!("http://127.0.0.1:{}", fx.api_port)
+}
+
+/// A tiny HTTP/1.1 client over tokio, enough for the agent's local API.
+mod reqwest_like {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub struct Client;
+
+    impl Client {
+        pub fn new() -> Self {
+            Client
+        }
+
+        async fn send(
+            &self,
+            method: &str,
+            url: &str,
+            token: &str,
+            body: Option<serde_json::Value>,
+        ) -> (u16, serde_json::Value) {
+            let rest = url.strip_prefix("http://").expect("http url");
+            let (host, path) = rest.split_once('/').expect("path");
+            let mut stream = tokio::net::TcpStream::connect(host)
+                .await
+                .expect("connect to the local API");
+            let body = body.map(|b| b.to_string()).unwrap_or_default();
+            let req = format!(
+                "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            stream.read_to_end(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf);
+            let status: u16 = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let json = text
+                .split_once("\r\n\r\n")
+                .and_then(|(_, b)| serde_json::from_str(b.trim()).ok())
+                .unwrap_or(serde_json::Value::Null);
+            (status, json)
+        }
+
+        pub async fn get(&self, url: &str, token: &str) -> (u16, serde_json::Value) {
+            self.send("GET", url, token, None).await
+        }
+
+        pub async fn post(
+            &self,
+            url: &str,
+            token: &str,
+            body: serde_json::Value,
+        ) -> (u16, serde_json::Value) {
+            self.send("POST", url, token, Some(body)).await
+        }
+    }
+}
