@@ -73,6 +73,10 @@ pub enum ApplyOp {
         release: String,
         blocks: Vec<TargetBlock>,
     },
+    /// New effective env for the device's blocks; those disturbed restart.
+    EnvUpdate {
+        blocks: Vec<TargetBlock>,
+    },
     RestartBlock {
         block: String,
     },

@@ -267,6 +267,24 @@ impl<S: Store> Scheduler<S> {
                     b.to_string(),
                 )
             }
+            OperationSpec::ApplyEnv => {
+                let Some(current) = &g.current else {
+                    return Err(
+                        "env cannot be applied: the device reports no current release".into(),
+                    );
+                };
+                let target = Arc::new(current.resolve(&g.state.env));
+                let blocks = current
+                    .blocks()
+                    .values()
+                    .map(|bv| TargetBlock::new(bv, current.env(), &g.state.env))
+                    .collect();
+                (
+                    Operation::ApplyEnv { target },
+                    ApplyOp::EnvUpdate { blocks },
+                    "env".into(),
+                )
+            }
             OperationSpec::Reboot => (Operation::Reboot, ApplyOp::Reboot, "reboot".into()),
             OperationSpec::Shutdown => (Operation::Shutdown, ApplyOp::Shutdown, "shutdown".into()),
             OperationSpec::OsUpdate(v) => (

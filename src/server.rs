@@ -130,7 +130,7 @@ impl Bound {
                 grpc::catalog::Catalog::new(store.clone()),
             ))
             .add_service(grpc::pb::device_service_server::DeviceServiceServer::new(
-                grpc::device::Devices::new(store.clone()),
+                grpc::device::Devices::new(store.clone(), wakeups.clone()),
             ))
             .add_service(
                 grpc::pb::operation_service_server::OperationServiceServer::new(

@@ -748,6 +748,177 @@ async fn killing_the_agent_mid_operation_frees_its_locks_and_the_operation_fails
     );
 }
 
+async fn set_env(fx: &Fixture, owner: pb::env_owner::Owner, name: &str, blocks: &[&str]) {
+    DeviceServiceClient::new(fx.channel().await)
+        .set_env(pb::SetEnvRequest {
+            owner: Some(pb::EnvOwner { owner: Some(owner) }),
+            vars: vec![pb::EnvVar {
+                name: name.into(),
+                value: "1".into(),
+                blocks: blocks.iter().map(|b| (*b).to_string()).collect(),
+            }],
+        })
+        .await
+        .unwrap();
+}
+
+async fn latest_op(fx: &Fixture) -> pb::OperationInfo {
+    OperationServiceClient::new(fx.channel().await)
+        .list_operations(pb::ListOperationsRequest {
+            device: "dev-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operations
+        .remove(0)
+}
+
+async fn cancel(fx: &Fixture, id: u64) {
+    let op = OperationServiceClient::new(fx.channel().await)
+        .cancel_operation(pb::CancelOperationRequest {
+            id,
+            actor: "test".into(),
+            reason: "next row".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    assert_eq!(op.status, "cancelled");
+}
+
+/// Waits until the operation waits on exactly block a, for `reason`.
+async fn waits_on_a(fx: &Fixture, id: u64, reason: pb::Reason) {
+    let op = fx.wait_op(id, "waiting_lock").await;
+    let on: Vec<(String, i32)> = op
+        .waiting_on
+        .iter()
+        .map(|d| (d.block.clone(), d.reason))
+        .collect();
+    assert_eq!(on, vec![("a".to_owned(), reason as i32)], "operation {id}");
+}
+
+/// The request's matrix, row by row, with block `a` holding its lock, on a
+/// real server, agent and blocks.
+#[tokio::test]
+async fn seed_matrix_end_to_end_with_a_locked() {
+    use pb::env_owner::Owner;
+    use pb::operation_spec::{Empty, Kind};
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let a_pid = pid_of(&fx, "a");
+
+    // Restarting or stopping B or C goes ahead.
+    for block in ["b", "c"] {
+        let before = pid_of(&fx, block);
+        let op = fx.create_op(Kind::RestartBlock(block.into())).await;
+        fx.wait_op(op.id, "done").await;
+        eventually(20, "restarted", || async {
+            (pid_of(&fx, block) != before).then_some(())
+        })
+        .await;
+    }
+
+    // Env change for B and C only: applied, B and C restart, A untouched.
+    let (b_pid, c_pid) = (pid_of(&fx, "b"), pid_of(&fx, "c"));
+    set_env(&fx, Owner::Fleet("site".into()), "UPLINK", &["b", "c"]).await;
+    let op = latest_op(&fx).await;
+    fx.wait_op(op.id, "done").await;
+    eventually(20, "b and c restarted with the new env", || async {
+        (pid_of(&fx, "b") != b_pid && pid_of(&fx, "c") != c_pid).then_some(())
+    })
+    .await;
+
+    // A release in which A is unchanged: applied at once; A is told.
+    let ch = fx.channel().await;
+    let mut cat = CatalogServiceClient::new(ch);
+    cat.create_block_version(pb::CreateBlockVersionRequest {
+        block_version: Some(pb::BlockVersion {
+            block: "b".into(),
+            version: "1.1.0".into(),
+            image_digest: format!("sha256:{:064x}", 0xb2),
+            config: Some(pb::BlockConfig {
+                command: fx.command("b"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    cat.create_release(pb::CreateReleaseRequest {
+        id: "r2".into(),
+        fleet: "site".into(),
+        blocks: [("a", "1.0.0"), ("b", "1.1.0"), ("c", "1.0.0")]
+            .iter()
+            .map(|(b, v)| pb::BlockRef {
+                block: (*b).into(),
+                version: (*v).into(),
+            })
+            .collect(),
+        env: Default::default(),
+    })
+    .await
+    .unwrap();
+    let b_pid = pid_of(&fx, "b");
+    let op = fx.create_op(Kind::AssignRelease("r2".into())).await;
+    fx.wait_op(op.id, "done").await;
+    eventually(20, "b replaced", || async {
+        (pid_of(&fx, "b") != b_pid).then_some(())
+    })
+    .await;
+    let notices = fx.intents_in_file("a");
+    assert!(
+        notices
+            .iter()
+            .any(|i| i["kind"] == "notice" && i["reason"] == "update_no_restart"),
+        "a is told the release leaves it alone: {notices:?}"
+    );
+    let state = eventually(20, "the device to report r2", || async {
+        let s = fx.state().await;
+        (s.current_release == "r2").then_some(s)
+    })
+    .await;
+    assert!(
+        state
+            .blocks
+            .iter()
+            .any(|b| b.block == "b" && b.version == "1.1.0")
+    );
+
+    // Reboot, shutdown and OS update wait for A, with the reason.
+    for (kind, reason) in [
+        (Kind::Reboot(Empty {}), pb::Reason::Reboot),
+        (Kind::Shutdown(Empty {}), pb::Reason::Shutdown),
+        (Kind::OsUpdate("2.0".into()), pb::Reason::OsUpdate),
+    ] {
+        let op = fx.create_op(kind).await;
+        waits_on_a(&fx, op.id, reason).await;
+        cancel(&fx, op.id).await;
+    }
+
+    // Env changes touching A, alone or with B, wait for A.
+    set_env(&fx, Owner::Device("dev-1".into()), "GAIN", &["a"]).await;
+    let op = latest_op(&fx).await;
+    waits_on_a(&fx, op.id, pb::Reason::EnvChange).await;
+    cancel(&fx, op.id).await;
+    set_env(&fx, Owner::Device("dev-1".into()), "MODE", &["a", "b"]).await;
+    let op = latest_op(&fx).await;
+    waits_on_a(&fx, op.id, pb::Reason::EnvChange).await;
+    cancel(&fx, op.id).await;
+
+    assert_eq!(pid_of(&fx, "a"), a_pid, "a was never restarted");
+    let a = fx.lock_of("a").await.unwrap();
+    assert!(a.held, "a held its lock throughout");
+}
+
 fn api_base(fx: &Fixture) -> String {
     format!("http://127.0.0.1:{}", fx.api_port)
 }

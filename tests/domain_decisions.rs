@@ -926,3 +926,45 @@ fn an_empty_device_accepts_anything() {
         assert!(d.impact().disturbed.is_empty());
     }
 }
+
+#[test]
+fn applying_stored_env_restarts_only_blocks_whose_env_differs() {
+    let r = release(
+        "r",
+        vec![
+            bv("a", "1.0.0"),
+            bv("b", "1.0.0").dep("a", true),
+            bv("c", "1.0.0"),
+        ],
+    );
+    let dev = device_running(&r, EnvContext::default(), &["b"]);
+    let mut ctx = EnvContext::default();
+    ctx.fleet
+        .set(&EnvVar {
+            name: EnvName::new("X").unwrap(),
+            value: "1".into(),
+            scope: EnvScope::Blocks([b("a")].into()),
+        })
+        .unwrap();
+    let op = Operation::ApplyEnv {
+        target: Arc::new(r.resolve(&ctx)),
+    };
+    let d = decide(&op, &dev, None).unwrap();
+    assert_eq!(
+        disturbed(d.impact()),
+        vec![
+            ("a".into(), Reason::EnvChange),
+            ("b".into(), Reason::DependencyRestart)
+        ]
+    );
+    assert_eq!(
+        holders(&d),
+        vec![("b".into(), Reason::DependencyRestart, false)]
+    );
+    // Nothing stored differs from what runs: nothing to do.
+    let same = Operation::ApplyEnv {
+        target: Arc::new(r.resolve(&EnvContext::default())),
+    };
+    let d = decide(&same, &dev, None).unwrap();
+    assert!(d.proceeds() && d.impact().disturbed.is_empty());
+}

@@ -530,8 +530,16 @@ impl Core {
                 }
             }
             Op::EnvUpdate(e) => {
+                let changed: std::collections::BTreeSet<&str> = apply
+                    .disturbed
+                    .iter()
+                    .filter(|d| d.reason == pb::Reason::EnvChange as i32)
+                    .map(|d| d.block.as_str())
+                    .collect();
                 for t in &e.blocks {
-                    if let Some(spec) = spec_from_target(t) {
+                    if let Some(spec) = spec_from_target(t)
+                        && changed.contains(spec.name.as_str())
+                    {
                         self.runtime.apply(Action::Replace(spec)).await?;
                     }
                 }

@@ -79,6 +79,12 @@ pub enum Operation {
     },
     /// Set or unset operator env variables.
     EnvChange(EnvChange),
+    /// Bring running blocks to the effective env of `target` (the device's
+    /// current release resolved with the operator env as now stored): the
+    /// blocks whose env differs from what they run with restart.
+    ApplyEnv {
+        target: Arc<Target>,
+    },
     RestartBlock(BlockName),
     StopBlock(BlockName),
     StartBlock(BlockName),
@@ -95,6 +101,7 @@ impl Operation {
         match self {
             Operation::UpdateRelease { .. } => "update_release",
             Operation::EnvChange(_) => "env_change",
+            Operation::ApplyEnv { .. } => "apply_env",
             Operation::RestartBlock(_) => "restart_block",
             Operation::StopBlock(_) => "stop_block",
             Operation::StartBlock(_) => "start_block",
@@ -163,6 +170,17 @@ pub fn impact(op: &Operation, device: &DeviceState) -> Result<Impact, ImpactErro
     let notices = Vec::new();
     match op {
         Operation::UpdateRelease { target } => return Ok(release_impact(running, target)),
+        Operation::ApplyEnv { target } => {
+            for (name, rb) in running {
+                let Some(fp) = target.env_fingerprints.get(name) else {
+                    continue;
+                };
+                if *fp != rb.env_fingerprint {
+                    disturbed.push((name.clone(), Disturbance::plain(Reason::EnvChange)));
+                }
+            }
+            propagate(&mut disturbed, &running_deps(running));
+        }
         Operation::EnvChange(change) => {
             let next = device
                 .env

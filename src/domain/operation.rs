@@ -19,6 +19,9 @@ pub enum OperationSpec {
     Reboot,
     Shutdown,
     OsUpdate(String),
+    /// Bring the device's blocks to the operator env as stored (created by
+    /// setting or unsetting env variables; pending ones merge).
+    ApplyEnv,
 }
 
 impl OperationSpec {
@@ -31,6 +34,7 @@ impl OperationSpec {
             OperationSpec::Reboot => "reboot",
             OperationSpec::Shutdown => "shutdown",
             OperationSpec::OsUpdate(_) => "os_update",
+            OperationSpec::ApplyEnv => "apply_env",
         }
     }
 }

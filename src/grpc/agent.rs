@@ -222,6 +222,9 @@ pub fn intent_to_pb(i: &StoredIntent) -> Result<pb::Intent, serde_json::Error> {
                         blocks: blocks.iter().map(target_block_to_pb).collect(),
                     })
                 }
+                ApplyOp::EnvUpdate { blocks } => Op::EnvUpdate(pb::operation::EnvUpdate {
+                    blocks: blocks.iter().map(target_block_to_pb).collect(),
+                }),
                 ApplyOp::RestartBlock { block } => Op::RestartBlock(block),
                 ApplyOp::StopBlock { block } => Op::StopBlock(block),
                 ApplyOp::StartBlock { block } => Op::StartBlock(target_block_to_pb(&block)),

@@ -11,17 +11,61 @@ use super::status_from_store;
 use crate::auth;
 use crate::clock;
 use crate::domain::{
-    DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, Tag,
+    DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, OperationSpec,
+    Tag,
 };
+use crate::scheduler::Wakeups;
 use crate::store::{DeviceFilter, EnvOwner, PageRequest, Store};
 
 pub struct Devices<S> {
     store: S,
+    wakeups: Wakeups,
 }
 
 impl<S: Store> Devices<S> {
-    pub fn new(store: S) -> Self {
-        Self { store }
+    pub fn new(store: S, wakeups: Wakeups) -> Self {
+        Self { store, wakeups }
+    }
+
+    /// Env variables changed: every affected device gets an `apply_env`
+    /// operation (merged with one already pending), and the scheduler is woken.
+    async fn env_changed(&self, owner: &EnvOwner) -> Result<usize, Status> {
+        let devices: Vec<DeviceId> = match owner {
+            EnvOwner::Device(d) => vec![d.clone()],
+            EnvOwner::Fleet(f) => {
+                let filter = DeviceFilter {
+                    fleet: Some(f.clone()),
+                    ..Default::default()
+                };
+                let mut all = Vec::new();
+                let mut page = PageRequest {
+                    size: PageRequest::MAX_SIZE,
+                    token: None,
+                };
+                loop {
+                    let p = self
+                        .store
+                        .list_devices(&filter, &page)
+                        .await
+                        .map_err(status_from_store)?;
+                    all.extend(p.items.into_iter().map(|d| d.id));
+                    match p.next {
+                        Some(t) => page.token = Some(t),
+                        None => break,
+                    }
+                }
+                all
+            }
+        };
+        let now = clock::now();
+        for d in &devices {
+            self.store
+                .create_operation(d, &OperationSpec::ApplyEnv, None, now)
+                .await
+                .map_err(status_from_store)?;
+            self.wakeups.wake(d);
+        }
+        Ok(devices.len())
     }
 }
 
@@ -253,9 +297,11 @@ impl<S: Store> DeviceService for Devices<S> {
             .set_env(&owner, &vars, clock::now())
             .await
             .map_err(status_from_store)?;
+        let devices = self.env_changed(&owner).await?;
         tracing::info!(
             owner = owner.key_for_logs(),
             count = vars.len(),
+            devices,
             "env variables set"
         );
         Ok(Response::new(pb::SetEnvResponse {}))
@@ -290,6 +336,9 @@ impl<S: Store> DeviceService for Devices<S> {
             .unset_env(&owner, &keys)
             .await
             .map_err(status_from_store)?;
+        if removed > 0 {
+            self.env_changed(&owner).await?;
+        }
         Ok(Response::new(pb::UnsetEnvResponse { removed }))
     }
 

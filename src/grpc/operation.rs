@@ -41,6 +41,7 @@ fn spec_from_pb(m: Option<pb::OperationSpec>) -> Result<OperationSpec, ConvertEr
         Kind::StartBlock(b) => OperationSpec::StartBlock(block_name("spec.start_block", &b)?),
         Kind::Reboot(_) => OperationSpec::Reboot,
         Kind::Shutdown(_) => OperationSpec::Shutdown,
+        Kind::ApplyEnv(_) => OperationSpec::ApplyEnv,
         Kind::OsUpdate(v) => {
             if v.is_empty() || v.len() > 128 {
                 return Err(ConvertError::new(
@@ -63,6 +64,7 @@ fn spec_to_pb(s: &OperationSpec) -> pb::OperationSpec {
         OperationSpec::Reboot => Kind::Reboot(Empty {}),
         OperationSpec::Shutdown => Kind::Shutdown(Empty {}),
         OperationSpec::OsUpdate(v) => Kind::OsUpdate(v.clone()),
+        OperationSpec::ApplyEnv => Kind::ApplyEnv(Empty {}),
     };
     pb::OperationSpec { kind: Some(kind) }
 }

@@ -211,7 +211,7 @@ pub(crate) fn spec_columns(spec: &OperationSpec) -> (&'static str, String) {
         OperationSpec::RestartBlock(b)
         | OperationSpec::StopBlock(b)
         | OperationSpec::StartBlock(b) => b.to_string(),
-        OperationSpec::Reboot | OperationSpec::Shutdown => String::new(),
+        OperationSpec::Reboot | OperationSpec::Shutdown | OperationSpec::ApplyEnv => String::new(),
         OperationSpec::OsUpdate(v) => v.clone(),
     };
     (spec.kind(), arg)
@@ -234,6 +234,7 @@ pub(crate) fn spec_from_columns(
         "reboot" => OperationSpec::Reboot,
         "shutdown" => OperationSpec::Shutdown,
         "os_update" => OperationSpec::OsUpdate(arg.to_owned()),
+        "apply_env" => OperationSpec::ApplyEnv,
         other => return Err(corrupt(E, key, format!("unknown kind {other:?}"))),
     })
 }
@@ -366,6 +367,7 @@ mod tests {
             OperationSpec::Reboot,
             OperationSpec::Shutdown,
             OperationSpec::OsUpdate("6.2".into()),
+            OperationSpec::ApplyEnv,
         ] {
             let (kind, arg) = spec_columns(&spec);
             assert_eq!(spec_from_columns("k", kind, &arg).unwrap(), spec);

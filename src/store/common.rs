@@ -680,6 +680,22 @@ macro_rules! impl_store {
                 let (kind, arg) = codec::spec_columns(spec);
                 let progress = OpProgress::default();
                 let mut tx = self.begin().await?;
+                if matches!(spec, OperationSpec::ApplyEnv) && force.is_none() {
+                    // Pending env changes merge: the one not yet applying
+                    // will apply the env as stored when it runs.
+                    let pending = sqlx::query(
+                        "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms \
+                         FROM operations WHERE device_id = $1 AND kind = 'apply_env' \
+                         AND status IN ('pending', 'waiting_lock') ORDER BY id LIMIT 1",
+                    )
+                    .bind(device.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                    if let Some(row) = pending {
+                        return operation_from_row(&row);
+                    }
+                }
                 if matches!(spec, OperationSpec::AssignRelease(_)) {
                     sqlx::query(
                         "UPDATE operations SET status = 'superseded', updated_ms = $2 \
