@@ -125,6 +125,10 @@ pub enum IntentBody {
         /// Lock generation per disturbed block, as decided.
         fence: Vec<(String, u64)>,
         disturbed: Vec<DisturbedBlock>,
+        /// Blocks whose locks an audited force overrides: the agent does
+        /// not wait for them.
+        #[serde(default)]
+        forced: Vec<String>,
     },
     Notice {
         block: String,
@@ -154,8 +158,10 @@ impl IntentBody {
         operation: ApplyOp,
         fence: &BlockMap<Generation>,
         disturbed: &BlockMap<Disturbance>,
+        forced: &[BlockName],
     ) -> Self {
         IntentBody::Apply {
+            forced: forced.iter().map(ToString::to_string).collect(),
             operation,
             fence: fence.iter().map(|(b, g)| (b.to_string(), g.0)).collect(),
             disturbed: disturbed
@@ -215,6 +221,7 @@ mod tests {
                     version: "6.2".into(),
                 },
                 fence: vec![("a".into(), 3)],
+                forced: vec!["a".into()],
                 disturbed: vec![DisturbedBlock {
                     block: "a".into(),
                     reason: "os_update".into(),

@@ -341,6 +341,7 @@ impl<S: Store> Scheduler<S> {
                 fence,
                 disturbed,
                 notices,
+                forced,
             } => {
                 let Some(apply_op) = apply_op else {
                     return Ok(());
@@ -364,7 +365,7 @@ impl<S: Store> Scheduler<S> {
                 tracing::info!(device = %op.device, operation = %op.id, disturbed = disturbed.len(), "sending apply");
                 intents.push(NewIntent {
                     kind: IntentKind::Apply,
-                    body: IntentBody::apply(apply_op, &fence, &disturbed).to_json(),
+                    body: IntentBody::apply(apply_op, &fence, &disturbed, &forced).to_json(),
                     operation: Some(op.id),
                 });
                 (intents, DeviceStatus::Applying)

@@ -653,6 +653,7 @@ async fn a_stale_apply_is_refused_and_not_applied() {
     let apply = lockstep::intents::IntentBody::Apply {
         operation: lockstep::intents::ApplyOp::RestartBlock { block: "a".into() },
         fence: vec![("a".into(), 0)],
+        forced: vec![],
         disturbed: vec![lockstep::intents::DisturbedBlock {
             block: "a".into(),
             reason: "restart".into(),
@@ -917,6 +918,86 @@ async fn seed_matrix_end_to_end_with_a_locked() {
     assert_eq!(pid_of(&fx, "a"), a_pid, "a was never restarted");
     let a = fx.lock_of("a").await.unwrap();
     assert!(a.held, "a held its lock throughout");
+}
+
+#[tokio::test]
+async fn a_force_naming_a_overrides_only_a_and_is_audited() {
+    let mut fx = setup().await;
+    let hook = reboot_hook(fx.dir.path());
+    fx.start_agent(&hook);
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let force = |blocks: &[&str]| pb::Force {
+        blocks: blocks.iter().map(|b| (*b).to_string()).collect(),
+        reason: "inverter replaced on site".into(),
+    };
+    let create = |f: pb::Force| {
+        let ch = fx.channel();
+        async move {
+            OperationServiceClient::new(ch.await)
+                .create_operation(pb::CreateOperationRequest {
+                    device: "dev-1".into(),
+                    spec: Some(pb::OperationSpec {
+                        kind: Some(pb::operation_spec::Kind::Reboot(
+                            pb::operation_spec::Empty {},
+                        )),
+                    }),
+                    force: Some(f),
+                    actor: "ops@example".into(),
+                })
+                .await
+        }
+    };
+    // A force without a reason is refused, naming the field.
+    let err = create(pb::Force {
+        blocks: vec!["a".into()],
+        reason: String::new(),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("force"), "{}", err.message());
+    // Forcing b does not override a.
+    let op = create(force(&["b"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    waits_on_a(&fx, op.id, pb::Reason::Reboot).await;
+    cancel(&fx, op.id).await;
+    // Forcing a does: the reboot runs without waiting for a's lock.
+    let op = create(force(&["a"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    fx.wait_op(op.id, "done").await;
+    assert_eq!(
+        std::fs::read_to_string(fx.dir.path().join("reboots"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+    let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
+        .await
+        .unwrap();
+    let audit = store.list_audit(0, 100).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|(_, e)| e.action.as_str()).collect();
+    assert!(
+        actions.contains(&"force_requested") && actions.contains(&"force_applied"),
+        "{actions:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .all(|(_, e)| e.action != "force_applied" || e.reason == "inverter replaced on site")
+    );
 }
 
 fn api_base(fx: &Fixture) -> String {

@@ -432,9 +432,11 @@ impl Core {
                 });
             }
         }
+        // Every disturbed block's lock, except those an audited force overrides.
         let blocks: Vec<BlockName> = apply
             .disturbed
             .iter()
+            .filter(|d| !apply.forced.contains(&d.block))
             .filter_map(|d| BlockName::new(&d.block).ok())
             .collect();
         let held = match self.lock_dir.acquire_all(&blocks) {

@@ -120,11 +120,13 @@ pub enum Step {
         send: Vec<ReleaseRequest>,
         waiting_on: Vec<ReleaseRequest>,
     },
-    /// Send the apply, fenced by the generations the decision saw.
+    /// Send the apply, fenced by the generations the decision saw. The
+    /// agent does not take the locks of `forced` blocks.
     Apply {
         fence: BlockMap<Generation>,
         disturbed: BlockMap<Disturbance>,
         notices: BlockMap<Reason>,
+        forced: Vec<BlockName>,
     },
     /// The operation cannot be performed on this device.
     Fail { error: String },
@@ -167,10 +169,15 @@ pub fn next_step(
                 waiting_on: holders,
             }
         }
-        Decision::Proceed { impact, fence, .. } => Step::Apply {
+        Decision::Proceed {
+            impact,
+            fence,
+            forced,
+        } => Step::Apply {
             fence,
             disturbed: impact.disturbed,
             notices: impact.notices,
+            forced,
         },
     }
 }
@@ -304,6 +311,23 @@ mod tests {
                     fence: BlockMap::new(),
                     disturbed: BlockMap::new(),
                     notices: BlockMap::new(),
+                    forced: vec![],
+                },
+            ),
+            (
+                "forced: the overridden blocks travel with the apply",
+                op(OpStatus::WaitingLock),
+                Ok(Decision::Proceed {
+                    impact: Impact::default(),
+                    fence: BlockMap::new(),
+                    forced: vec![b("a")],
+                }),
+                true,
+                Step::Apply {
+                    fence: BlockMap::new(),
+                    disturbed: BlockMap::new(),
+                    notices: BlockMap::new(),
+                    forced: vec![b("a")],
                 },
             ),
             (

@@ -214,6 +214,7 @@ pub fn intent_to_pb(i: &StoredIntent) -> Result<pb::Intent, serde_json::Error> {
             operation,
             fence,
             disturbed,
+            forced,
         } => {
             let kind = match operation {
                 ApplyOp::ReleaseUpdate { release, blocks } => {
@@ -253,6 +254,7 @@ pub fn intent_to_pb(i: &StoredIntent) -> Result<pb::Intent, serde_json::Error> {
                         cause: 0,
                     })
                     .collect(),
+                forced,
             })
         }
         IntentBody::Notice {
