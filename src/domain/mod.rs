@@ -16,6 +16,7 @@ pub mod ids;
 pub mod impact;
 pub mod operation;
 pub mod release;
+pub mod window;
 
 pub use block::{
     BlockConfig, BlockError, BlockVersion, Dependency, Fingerprint, ImageDigest, UpdateStrategy,

@@ -1,0 +1,339 @@
+//! Maintenance windows: when a disruptive operation may run on a device.
+//! Recurring weekly windows are defined in local time in an IANA time zone,
+//! so "Tuesdays 02:00 for 2 h in Europe/Amsterdam" stays at 02:00 local
+//! across daylight-saving changes; one-off windows are absolute.
+//!
+//! The rule for local start times that do not exist or occur twice on a DST
+//! day (documented in the README and tested below):
+//! - a start time in the spring-forward gap (02:30 when clocks jump from
+//!   02:00 to 03:00) starts the window at the same distance after the gap:
+//!   02:30 becomes 03:30 — the window is never skipped;
+//! - a start time in the autumn fold (02:30 happens twice) starts the window
+//!   at its first occurrence (summer time);
+//! - a window lasts its duration in real elapsed time, whatever the clocks do.
+//!
+//! Pure: time is a parameter, and the time-zone database is compiled in.
+
+use std::collections::BTreeSet;
+
+use jiff::civil::{Date, Time};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, ToSpan as _};
+
+use super::ids::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("unknown time zone {tz:?} (use an IANA name such as Europe/Amsterdam)")]
+    UnknownTimeZone { tz: String },
+    #[error("a weekly window needs at least one day, each 1 (Monday) to 7 (Sunday)")]
+    NoDays,
+    #[error("duration must be between 1 minute and 7 days, got {minutes} min")]
+    BadDuration { minutes: i64 },
+    #[error("a one-off window must end after it starts")]
+    EmptyOneOff,
+}
+
+/// When a window is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowRule {
+    /// Every listed weekday, from `start` local time, for `duration`.
+    Weekly {
+        /// Monday = 1 … Sunday = 7 (ISO 8601).
+        days: BTreeSet<i8>,
+        start: Time,
+        duration: SignedDuration,
+        tz: String,
+    },
+    /// Once, between two instants.
+    OneOff { start: Timestamp, end: Timestamp },
+}
+
+/// One occurrence of a window: `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Occurrence {
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+impl Occurrence {
+    pub fn contains(&self, t: Timestamp) -> bool {
+        self.start <= t && t < self.end
+    }
+}
+
+fn to_jiff(t: Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_millisecond(t.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+fn from_jiff(t: jiff::Timestamp) -> Timestamp {
+    Timestamp(t.as_millisecond())
+}
+
+impl WindowRule {
+    pub fn validate(&self) -> Result<(), WindowError> {
+        match self {
+            WindowRule::Weekly {
+                days, duration, tz, ..
+            } => {
+                TimeZone::get(tz).map_err(|_| WindowError::UnknownTimeZone { tz: tz.clone() })?;
+                if days.is_empty() || days.iter().any(|d| !(1..=7).contains(d)) {
+                    return Err(WindowError::NoDays);
+                }
+                let minutes = duration.as_secs() / 60;
+                if !(1..=7 * 24 * 60).contains(&minutes) {
+                    return Err(WindowError::BadDuration { minutes });
+                }
+                Ok(())
+            }
+            WindowRule::OneOff { start, end } => {
+                if end > start {
+                    Ok(())
+                } else {
+                    Err(WindowError::EmptyOneOff)
+                }
+            }
+        }
+    }
+
+    /// The first `limit` occurrences that have not ended at `after`, in order
+    /// (an occurrence open at `after` comes first).
+    pub fn occurrences(&self, after: Timestamp, limit: usize) -> Vec<Occurrence> {
+        match self {
+            WindowRule::OneOff { start, end } => {
+                if *end > after && limit > 0 {
+                    vec![Occurrence {
+                        start: *start,
+                        end: *end,
+                    }]
+                } else {
+                    vec![]
+                }
+            }
+            WindowRule::Weekly {
+                days,
+                start,
+                duration,
+                tz,
+            } => {
+                let Ok(zone) = TimeZone::get(tz) else {
+                    return vec![];
+                };
+                let now = to_jiff(after);
+                // Start a day before `after` (plus the longest duration) so
+                // an occurrence still open is found.
+                let first_day: Date = now.to_zoned_datetime(zone.clone()).date();
+                let back_days = 1 + duration.as_secs() / 86_400;
+                let mut out = Vec::new();
+                let mut day = first_day.checked_sub(back_days.days()).unwrap_or(first_day);
+                // Enough days to find `limit` occurrences of one weekday.
+                for _ in 0..(7 * (limit as i64 + 2) + back_days) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if days.contains(&day.weekday().to_monday_one_offset()) {
+                        let local = day.to_datetime(*start);
+                        // `compatible`: a gap moves forward by its length,
+                        // a fold takes the earlier instant.
+                        if let Ok(zoned) = zone.to_ambiguous_zoned_datetime(local).compatible() {
+                            let s = zoned.timestamp();
+                            if let Ok(e) = s.checked_add(*duration)
+                                && e > now
+                            {
+                                out.push(Occurrence {
+                                    start: from_jiff(s),
+                                    end: from_jiff(e),
+                                });
+                            }
+                        }
+                    }
+                    match day.tomorrow() {
+                        Ok(d) => day = d,
+                        Err(_) => break,
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// The occurrence open at `t`, if any.
+    pub fn open_at(&self, t: Timestamp) -> Option<Occurrence> {
+        self.occurrences(t, 1).into_iter().find(|o| o.contains(t))
+    }
+}
+
+/// Across several windows: the occurrence open at `t`, else the next one.
+pub fn open_or_next(
+    rules: &[WindowRule],
+    t: Timestamp,
+) -> (Option<Occurrence>, Option<Occurrence>) {
+    let mut open: Option<Occurrence> = None;
+    let mut next: Option<Occurrence> = None;
+    for r in rules {
+        for o in r.occurrences(t, 2) {
+            if o.contains(t) {
+                // The one open longest ahead is the most useful to report.
+                if open.is_none_or(|cur| o.end > cur.end) {
+                    open = Some(o);
+                }
+            } else if o.start > t && next.is_none_or(|cur| o.start < cur.start) {
+                next = Some(o);
+            }
+        }
+    }
+    (open, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::civil::{Weekday, date};
+
+    fn ms(s: &str) -> Timestamp {
+        from_jiff(s.parse::<jiff::Timestamp>().unwrap())
+    }
+
+    fn weekly(days: &[Weekday], h: i8, m: i8, minutes: i64, tz: &str) -> WindowRule {
+        WindowRule::Weekly {
+            days: days.iter().map(|d| d.to_monday_one_offset()).collect(),
+            start: Time::new(h, m, 0, 0).unwrap(),
+            duration: SignedDuration::from_mins(minutes),
+            tz: tz.into(),
+        }
+    }
+
+    fn utc(o: &Occurrence) -> (String, String) {
+        (to_jiff(o.start).to_string(), to_jiff(o.end).to_string())
+    }
+
+    #[test]
+    fn weekly_windows_follow_local_time_across_dst_in_both_directions() {
+        // Europe/Amsterdam: CET (+01) in winter, CEST (+02) in summer;
+        // 2026 spring forward on Mar 29, fall back on Oct 25 (both Sundays).
+        let rows: &[(&str, WindowRule, &str, (&str, &str))] = &[
+            (
+                "winter: 02:00 local is 01:00Z",
+                weekly(&[Weekday::Tuesday], 2, 0, 120, "Europe/Amsterdam"),
+                "2026-01-01T00:00:00Z",
+                ("2026-01-06T01:00:00Z", "2026-01-06T03:00:00Z"),
+            ),
+            (
+                "summer: 02:00 local is 00:00Z",
+                weekly(&[Weekday::Tuesday], 2, 0, 120, "Europe/Amsterdam"),
+                "2026-06-01T00:00:00Z",
+                ("2026-06-02T00:00:00Z", "2026-06-02T02:00:00Z"),
+            ),
+            (
+                "spring-forward gap: 02:30 does not exist, starts 03:30 CEST",
+                weekly(&[Weekday::Sunday], 2, 30, 60, "Europe/Amsterdam"),
+                "2026-03-28T12:00:00Z",
+                ("2026-03-29T01:30:00Z", "2026-03-29T02:30:00Z"),
+            ),
+            (
+                "fall-back fold: 02:30 happens twice, the first (CEST) is used",
+                weekly(&[Weekday::Sunday], 2, 30, 60, "Europe/Amsterdam"),
+                "2026-10-24T12:00:00Z",
+                ("2026-10-25T00:30:00Z", "2026-10-25T01:30:00Z"),
+            ),
+            (
+                "duration is real time across the fold: 01:00 CEST + 3 h ends 03:00 CET",
+                weekly(&[Weekday::Sunday], 1, 0, 180, "Europe/Amsterdam"),
+                "2026-10-24T12:00:00Z",
+                ("2026-10-24T23:00:00Z", "2026-10-25T02:00:00Z"),
+            ),
+            (
+                "US zone: America/New_York spring forward 2026-03-08",
+                weekly(&[Weekday::Sunday], 2, 15, 30, "America/New_York"),
+                "2026-03-07T00:00:00Z",
+                ("2026-03-08T07:15:00Z", "2026-03-08T07:45:00Z"),
+            ),
+        ];
+        for (what, rule, after, want) in rows {
+            rule.validate().unwrap();
+            let got = rule.occurrences(ms(after), 1);
+            assert_eq!(got.len(), 1, "{what}");
+            assert_eq!(
+                utc(&got[0]),
+                (want.0.to_string(), want.1.to_string()),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_open_occurrence_is_found_and_occurrences_come_in_order() {
+        let rule = weekly(&[Weekday::Monday, Weekday::Thursday], 22, 0, 240, "UTC");
+        // Monday 2026-01-05 23:00Z: inside Monday's 22:00–02:00 window.
+        let t = ms("2026-01-05T23:00:00Z");
+        let open = rule.open_at(t).expect("open");
+        assert_eq!(
+            utc(&open),
+            ("2026-01-05T22:00:00Z".into(), "2026-01-06T02:00:00Z".into())
+        );
+        let next: Vec<_> = rule
+            .occurrences(t, 3)
+            .iter()
+            .map(utc)
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(
+            next,
+            vec![
+                "2026-01-05T22:00:00Z",
+                "2026-01-08T22:00:00Z",
+                "2026-01-12T22:00:00Z"
+            ]
+        );
+        assert_eq!(
+            rule.open_at(ms("2026-01-06T02:00:00Z")),
+            None,
+            "end is exclusive"
+        );
+    }
+
+    #[test]
+    fn one_off_windows_and_the_choice_across_several_rules() {
+        let one = WindowRule::OneOff {
+            start: ms("2026-02-01T10:00:00Z"),
+            end: ms("2026-02-01T12:00:00Z"),
+        };
+        let weekly = weekly(&[Weekday::Sunday], 3, 0, 60, "UTC"); // Feb 1 2026 is a Sunday
+        let (open, next) = open_or_next(&[one.clone(), weekly.clone()], ms("2026-02-01T09:00:00Z"));
+        assert_eq!(open, None);
+        assert_eq!(next.map(|o| utc(&o).0), Some("2026-02-01T10:00:00Z".into()));
+        let (open, _) = open_or_next(&[one.clone(), weekly], ms("2026-02-01T11:00:00Z"));
+        assert_eq!(open.map(|o| utc(&o).1), Some("2026-02-01T12:00:00Z".into()));
+        assert!(
+            one.occurrences(ms("2026-02-01T12:00:00Z"), 5).is_empty(),
+            "past one-offs are gone"
+        );
+        assert_eq!(open_or_next(&[], ms("2026-02-01T11:00:00Z")), (None, None));
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_with_a_reason() {
+        assert!(matches!(
+            weekly(&[Weekday::Monday], 2, 0, 60, "Mars/Olympus").validate(),
+            Err(WindowError::UnknownTimeZone { .. })
+        ));
+        assert_eq!(
+            weekly(&[], 2, 0, 60, "UTC").validate(),
+            Err(WindowError::NoDays)
+        );
+        assert!(matches!(
+            weekly(&[Weekday::Monday], 2, 0, 0, "UTC").validate(),
+            Err(WindowError::BadDuration { .. })
+        ));
+        assert!(matches!(
+            weekly(&[Weekday::Monday], 2, 0, 8 * 24 * 60, "UTC").validate(),
+            Err(WindowError::BadDuration { .. })
+        ));
+        let t = ms("2026-01-01T00:00:00Z");
+        assert_eq!(
+            WindowRule::OneOff { start: t, end: t }.validate(),
+            Err(WindowError::EmptyOneOff)
+        );
+        let _ = date(2026, 1, 1);
+    }
+}
