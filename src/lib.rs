@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod domain;
 pub mod grpc;

@@ -35,6 +35,18 @@ enum Command {
     /// Tools for developers (load generation).
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
+    /// Fleets: create, list.
+    Fleet(lockstep::cli::Verb<lockstep::cli::FleetCommand>),
+    /// Blocks and their versions: create, versions, add-version.
+    Block(lockstep::cli::Verb<lockstep::cli::BlockCommand>),
+    /// Releases: create, get, list, diff.
+    Release(lockstep::cli::Verb<lockstep::cli::ReleaseCommand>),
+    /// Devices: register, get, list, state.
+    Device(lockstep::cli::Verb<lockstep::cli::DeviceCommand>),
+    /// Fleet- and device-level env variables: set, unset, list.
+    Env(lockstep::cli::Verb<lockstep::cli::EnvCommand>),
+    /// Operations on devices: create, get, list, cancel, wait.
+    Op(lockstep::cli::Verb<lockstep::cli::OpCommand>),
 }
 
 /// Agent settings: flags, else `LOCKSTEP_*` env, else the `--config` JSON file
@@ -351,6 +363,13 @@ async fn main() -> anyhow::Result<()> {
             lockstep::agent::run::run(cfg, shutdown_signal()).await?;
         }
         Command::Debug(DebugCommand::IngestLoad(args)) => ingest_load(args).await?,
+        // Operator verbs: each prints its own error line and picks the exit code.
+        Command::Fleet(v) => std::process::exit(v.run().await),
+        Command::Block(v) => std::process::exit(v.run().await),
+        Command::Release(v) => std::process::exit(v.run().await),
+        Command::Device(v) => std::process::exit(v.run().await),
+        Command::Env(v) => std::process::exit(v.run().await),
+        Command::Op(v) => std::process::exit(v.run().await),
     }
     Ok(())
 }

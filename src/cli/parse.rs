@@ -16,7 +16,7 @@ pub struct KeyValue {
 
 pub fn key_value(s: &str) -> Result<KeyValue, String> {
     match s.split_once('=') {
-        Some((k, _)) if k.is_empty() => Err(format!("{s:?}: the name before '=' is empty")),
+        Some(("", _)) => Err(format!("{s:?}: the name before '=' is empty")),
         Some((k, v)) => Ok(KeyValue {
             key: k.to_owned(),
             value: v.to_owned(),
@@ -129,7 +129,9 @@ pub fn cause_name(c: pb::RestartCause) -> String {
 }
 
 fn enum_name(full: &str, prefix: &str) -> String {
-    full.strip_prefix(prefix).unwrap_or(full).to_ascii_lowercase()
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
 }
 
 /// The URL to dial: `host:port` alone means `http://host:port`.
@@ -253,7 +255,13 @@ mod tests {
                 "{input}"
             );
         }
-        for bad in ["", ":restart", "telemetry:", "telemetry:true", "a:restart:x"] {
+        for bad in [
+            "",
+            ":restart",
+            "telemetry:",
+            "telemetry:true",
+            "a:restart:x",
+        ] {
             assert!(dependency(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -313,7 +321,10 @@ mod tests {
     fn server_urls() {
         let ok = [
             ("http://127.0.0.1:50051", "http://127.0.0.1:50051"),
-            ("https://lockstep.example:443", "https://lockstep.example:443"),
+            (
+                "https://lockstep.example:443",
+                "https://lockstep.example:443",
+            ),
             ("127.0.0.1:50051", "http://127.0.0.1:50051"),
             (" localhost:1 ", "http://localhost:1"),
         ];

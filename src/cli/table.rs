@@ -53,7 +53,7 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
     let mut out = String::new();
     for (k, v) in pairs {
         let key = format!("{k}:");
-        out.push_str(&format!("{key:<width$}  {}", cell(v)).trim_end().to_owned());
+        out.push_str(format!("{key:<width$}  {}", cell(v)).trim_end());
         out.push('\n');
     }
     out
@@ -131,7 +131,11 @@ mod tests {
     #[test]
     fn fields_align_their_values() {
         assert_eq!(
-            fields(&[("id", "r1".into()), ("fleet", "inverters".into()), ("env", String::new())]),
+            fields(&[
+                ("id", "r1".into()),
+                ("fleet", "inverters".into()),
+                ("env", String::new())
+            ]),
             "id:     r1\nfleet:  inverters\nenv:    -\n"
         );
     }

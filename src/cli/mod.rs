@@ -1,0 +1,335 @@
+//! The operator CLI: `lockstep fleet|block|release|device|env|op ...` in the
+//! same binary as the server and the agent, so operators and scripts drive
+//! every API without a gRPC tool. Each verb is a thin client of the public
+//! gRPC API: aligned tables for people by default, one JSON document with
+//! `--output json` for scripts, and exit codes scripts can branch on
+//! ([`exit`]: 0 ok, 1 operation failed, 2 usage, 3 not found, 4 already
+//! exists / failed precondition, 5 server unavailable, 6 other).
+//!
+//! The binary wires each verb group as a subcommand holding a [`Verb`]; the
+//! group enums and [`run`] are usable on their own.
+
+mod block;
+mod client;
+mod device;
+mod env;
+mod error;
+mod fleet;
+mod op;
+pub mod parse;
+mod release;
+mod table;
+mod view;
+
+pub use block::{AddVersionArgs, BlockCommand};
+pub use device::DeviceCommand;
+pub use env::{EnvCommand, OwnerArgs};
+pub use error::{CliError, exit};
+pub use fleet::FleetCommand;
+pub use op::{OpCommand, OpCreateArgs, OpKindArgs};
+pub use release::ReleaseCommand;
+
+use client::{Api, Target};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// One JSON document on stdout, for scripts.
+    Json,
+}
+
+/// Where the server is and how results are printed; accepted before or
+/// after the verb (`lockstep op --output json get 7`, `lockstep op get 7
+/// --output json`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientOpts {
+    /// The server's gRPC URL.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        help_heading = "Client options"
+    )]
+    pub server: String,
+    /// Sent as `authorization: Bearer <token>` metadata.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_TOKEN",
+        hide_env_values = true,
+        help_heading = "Client options"
+    )]
+    pub token: Option<String>,
+    /// table (for people) or json (for scripts).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Output::Table,
+        help_heading = "Client options"
+    )]
+    pub output: Output,
+}
+
+/// Every operator verb, by group.
+#[derive(Debug, clap::Subcommand)]
+pub enum CliCommand {
+    /// Fleets: create, list.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Blocks and their versions: create, versions, add-version.
+    #[command(subcommand)]
+    Block(BlockCommand),
+    /// Releases: create, get, list, diff.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Devices: register, get, list, state.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Fleet- and device-level env variables: set, unset, list.
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Operations on devices: create, get, list, cancel, wait.
+    #[command(subcommand)]
+    Op(OpCommand),
+}
+
+macro_rules! into_cli_command {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl From<$ty> for CliCommand {
+            fn from(c: $ty) -> Self {
+                CliCommand::$variant(c)
+            }
+        }
+    )*};
+}
+
+into_cli_command!(
+    Fleet(FleetCommand),
+    Block(BlockCommand),
+    Release(ReleaseCommand),
+    Device(DeviceCommand),
+    Env(EnvCommand),
+    Op(OpCommand),
+);
+
+/// One verb group as a subcommand of the binary: its verbs plus the client
+/// options.
+#[derive(Debug, clap::Args)]
+pub struct Verb<C: clap::Subcommand> {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+    #[command(subcommand)]
+    pub command: C,
+}
+
+impl<C: clap::Subcommand + Into<CliCommand>> Verb<C> {
+    /// Runs the verb; returns the process exit code, any error already
+    /// printed on stderr.
+    pub async fn run(self) -> i32 {
+        run_and_report(self.opts, self.command.into()).await
+    }
+}
+
+/// What every verb needs: where the server is and how to print.
+pub(crate) struct Ctx {
+    target: Target,
+    output: Output,
+}
+
+impl Ctx {
+    async fn connect(&self) -> Result<Api, CliError> {
+        self.target.connect().await
+    }
+}
+
+/// Runs one operator verb.
+pub async fn run(opts: ClientOpts, cmd: CliCommand) -> Result<(), CliError> {
+    let ctx = Ctx {
+        target: Target::new(&opts)?,
+        output: opts.output,
+    };
+    match cmd {
+        CliCommand::Fleet(c) => fleet::run(&ctx, c).await,
+        CliCommand::Block(c) => block::run(&ctx, c).await,
+        CliCommand::Release(c) => release::run(&ctx, c).await,
+        CliCommand::Device(c) => device::run(&ctx, c).await,
+        CliCommand::Env(c) => env::run(&ctx, c).await,
+        CliCommand::Op(c) => op::run(&ctx, c).await,
+    }
+}
+
+/// [`run`], printing an error as one `error: ...` line on stderr; returns
+/// the process exit code.
+pub async fn run_and_report(opts: ClientOpts, cmd: CliCommand) -> i32 {
+    match run(opts, cmd).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser, Subcommand as _};
+
+    use super::*;
+
+    /// The binary's wiring, as `src/main.rs` does it.
+    #[derive(Debug, Parser)]
+    struct Bin {
+        #[command(subcommand)]
+        command: Group,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Group {
+        #[command(subcommand)]
+        Serve(Serve),
+        Fleet(Verb<FleetCommand>),
+        Block(Verb<BlockCommand>),
+        Release(Verb<ReleaseCommand>),
+        Device(Verb<DeviceCommand>),
+        Env(Verb<EnvCommand>),
+        Op(Verb<OpCommand>),
+    }
+
+    /// Stands in for the server's own `--server`-free subcommands.
+    #[derive(Debug, clap::Subcommand)]
+    enum Serve {
+        Now,
+    }
+
+    fn parse(line: &str) -> Result<(ClientOpts, CliCommand), clap::Error> {
+        let bin = Bin::try_parse_from(line.split_whitespace())?;
+        Ok(match bin.command {
+            Group::Serve(_) => unreachable!("not an operator verb"),
+            Group::Fleet(v) => (v.opts, v.command.into()),
+            Group::Block(v) => (v.opts, v.command.into()),
+            Group::Release(v) => (v.opts, v.command.into()),
+            Group::Device(v) => (v.opts, v.command.into()),
+            Group::Env(v) => (v.opts, v.command.into()),
+            Group::Op(v) => (v.opts, v.command.into()),
+        })
+    }
+
+    #[test]
+    fn the_wiring_is_a_valid_clap_command() {
+        Bin::command().debug_assert();
+        CliCommand::augment_subcommands(clap::Command::new("x")).debug_assert();
+    }
+
+    #[test]
+    fn command_lines_parse_or_are_refused() {
+        let cases = [
+            ("lockstep fleet list", true),
+            ("lockstep fleet create inverters --name Site", true),
+            ("lockstep fleet create", false),
+            ("lockstep block add-version ui 2.0.0 --image sha256:x", true),
+            ("lockstep block add-version ui 2.0.0", false),
+            ("lockstep block add-version --from-json f.json", true),
+            (
+                "lockstep block add-version ui 2.0.0 --from-json f.json",
+                true,
+            ),
+            (
+                "lockstep block add-version ui 2.0.0 --image x --from-json f",
+                false,
+            ),
+            (
+                "lockstep block add-version ui 2.0.0 --image x --hand-over 30",
+                true,
+            ),
+            (
+                "lockstep block add-version ui 2.0.0 --image x --hand-over 0",
+                false,
+            ),
+            (
+                "lockstep block add-version ui 2.0.0 --image x --hand-over 5 --kill-then-download",
+                false,
+            ),
+            (
+                "lockstep block add-version ui 2.0.0 --image x --depends-on a:restart --depends-on b",
+                true,
+            ),
+            (
+                "lockstep block add-version ui 2.0.0 --image x --depends-on a:always",
+                false,
+            ),
+            (
+                "lockstep block add-version ui 2.0.0 --image x --command /bin/ui --command --verbose",
+                true,
+            ),
+            (
+                "lockstep release create r1 --fleet f a@1.0.0 b@2.0.0 --env K=V",
+                true,
+            ),
+            ("lockstep release create r1 --fleet f", false),
+            ("lockstep release create r1 --fleet f a-1.0.0", false),
+            ("lockstep release create r1 a@1.0.0", false),
+            ("lockstep release diff r1 r2", true),
+            ("lockstep release list --fleet f --output json", true),
+            ("lockstep release list --output yaml", false),
+            (
+                "lockstep device register d1 --fleet f --tag a --tag b --credential-out /tmp/c",
+                true,
+            ),
+            ("lockstep device list --status in-sync", true),
+            ("lockstep device list --status sleepy", false),
+            ("lockstep env set --fleet f A=1 B=2 --block ui", true),
+            ("lockstep env set --fleet f --device d A=1", false),
+            ("lockstep env set A=1", false),
+            ("lockstep env set --device d A", false),
+            ("lockstep env unset --device d A B", true),
+            ("lockstep env list --device d", true),
+            ("lockstep env list", false),
+            ("lockstep op create d1 --reboot", true),
+            (
+                "lockstep op create d1 --assign-release r2 --force-block a --force-reason why --actor me",
+                true,
+            ),
+            ("lockstep op create d1", false),
+            ("lockstep op create d1 --reboot --shutdown", false),
+            ("lockstep op create d1 --reboot --force-reason why", false),
+            ("lockstep op get 7", true),
+            ("lockstep op get seven", false),
+            ("lockstep op cancel 7 --reason not-now", true),
+            ("lockstep op wait 7 --timeout 90s", true),
+            ("lockstep op wait 7 --timeout 90", false),
+            (
+                "lockstep op --server http://h:1 --output json list d1",
+                true,
+            ),
+        ];
+        for (line, ok) in cases {
+            let got = parse(line);
+            assert_eq!(got.is_ok(), ok, "{line}: {got:?}");
+            if let Err(e) = got {
+                assert_eq!(e.exit_code(), exit::USAGE, "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn global_options_parse_before_or_after_the_verb() {
+        for line in [
+            "lockstep op --output json --server h:1 --token t get 7",
+            "lockstep op get 7 --output json --server h:1 --token t",
+        ] {
+            let (opts, cmd) = parse(line).unwrap();
+            assert_eq!(opts.output, Output::Json, "{line}");
+            assert_eq!(opts.server, "h:1", "{line}");
+            assert_eq!(opts.token.as_deref(), Some("t"), "{line}");
+            assert!(
+                matches!(cmd, CliCommand::Op(OpCommand::Get { id: 7 })),
+                "{line}"
+            );
+        }
+    }
+}
