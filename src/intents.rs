@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    BlockMap, BlockName, BlockVersion, Disturbance, EnvContext, Generation, Reason, ReleaseRequest,
-    UpdateStrategy,
+    BlockMap, BlockName, BlockVersion, Disturbance, EnvContext, Generation, Occurrence, Reason,
+    ReleaseRequest, UpdateStrategy,
 };
 
 /// One block as the agent should run it: its version and effective env.
@@ -141,7 +141,9 @@ pub enum IntentBody {
 }
 
 impl IntentBody {
-    pub fn release_request(r: &ReleaseRequest, target: &str) -> Self {
+    /// A release request; with a window, the holder is told the occurrence
+    /// and that its end is the deadline.
+    pub fn release_request(r: &ReleaseRequest, target: &str, window: Option<Occurrence>) -> Self {
         IntentBody::ReleaseRequest {
             block: r.block.to_string(),
             reason: r.reason.as_str().to_owned(),
@@ -149,8 +151,8 @@ impl IntentBody {
             because_of: r.because_of.as_ref().map(ToString::to_string),
             generation: r.generation.0,
             target: target.to_owned(),
-            window: None,
-            deadline_ms: None,
+            window: window.map(|o| (o.start.0, o.end.0)),
+            deadline_ms: window.map(|o| o.end.0),
         }
     }
 

@@ -26,10 +26,39 @@ use crate::store::{EnvOwner, Store, StoreError};
 #[derive(Clone, Default)]
 pub struct Wakeups {
     pending: Arc<Mutex<BTreeSet<DeviceId>>>,
+    /// Devices to wake at a time (a window opening or closing): a cache
+    /// rebuilt from the database at start, at most one entry per device and
+    /// time.
+    timers: Arc<Mutex<BTreeSet<(i64, DeviceId)>>>,
     notify: Arc<Notify>,
 }
 
 impl Wakeups {
+    /// Wakes `device` at `at` (milliseconds since the epoch).
+    pub fn wake_at(&self, device: &DeviceId, at: domain::Timestamp) {
+        self.timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((at.0, device.clone()));
+        self.notify.notify_one();
+    }
+
+    /// Moves due timers to the pending set; returns when the next one is due.
+    fn due(&self, now: domain::Timestamp) -> Option<i64> {
+        let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        let later = timers.split_off(&(now.0 + 1, DeviceId::new("0").ok()?));
+        let due = std::mem::replace(&mut *timers, later);
+        drop(timers);
+        for (_, d) in due {
+            self.wake(&d);
+        }
+        self.timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .map(|(t, _)| *t)
+    }
+
     pub fn wake(&self, device: &DeviceId) {
         let inserted = self
             .pending
@@ -81,7 +110,24 @@ impl<S: Store> Scheduler<S> {
             Err(e) => tracing::warn!(error = %e, "cannot list active operations at start"),
         }
         loop {
-            self.wakeups.notify.notified().await;
+            let next_timer = self.wakeups.due(clock::now());
+            let pending_now = !self
+                .wakeups
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+            if !pending_now {
+                match next_timer {
+                    Some(at) => {
+                        let wait =
+                            Duration::from_millis(u64::try_from(at - clock::now().0).unwrap_or(0));
+                        let _ = tokio::time::timeout(wait, self.wakeups.notify.notified()).await;
+                    }
+                    None => self.wakeups.notify.notified().await,
+                }
+            }
+            self.wakeups.due(clock::now());
             for device in self.wakeups.take() {
                 if let Err(e) = self.handle(&device).await {
                     tracing::warn!(device = %device, error = %e, "scheduling failed; retrying shortly");
@@ -203,9 +249,46 @@ impl<S: Store> Scheduler<S> {
                 })
                 .await?;
         }
-        let step = domain::next_step(&op, decision, online);
+        let gate = self.window_gate(&op, device).await?;
+        let step = domain::next_step(&op, decision, online, gate);
         tracing::debug!(device = %device, operation = %op.id, ?step, "scheduler decision");
         self.act(&op, step, Some(apply_op), &target_name).await
+    }
+
+    /// Whether the fleet's policy puts this operation in a maintenance window,
+    /// and if so whether one is open. Arms a timer for the next change.
+    async fn window_gate(
+        &self,
+        op: &OperationRecord,
+        device: &DeviceId,
+    ) -> Result<domain::WindowGate, ScheduleError> {
+        let record = self.store.get_device(device).await?;
+        let policy = self.store.fleet_policy(&record.fleet).await?;
+        if !policy.needs_window(&op.spec) {
+            return Ok(domain::WindowGate::NotRequired);
+        }
+        let rules: Vec<domain::WindowRule> = self
+            .store
+            .windows_for_device(device)
+            .await?
+            .into_iter()
+            .map(|w| w.rule)
+            .collect();
+        let now = clock::now();
+        let (open, next) = domain::open_or_next(&rules, now);
+        Ok(match open {
+            Some(o) => {
+                // Re-decide when it closes, in case it has not applied by then.
+                self.wakeups.wake_at(device, o.end);
+                domain::WindowGate::Open(o)
+            }
+            None => {
+                if let Some(n) = next {
+                    self.wakeups.wake_at(device, n.start);
+                }
+                domain::WindowGate::Closed { next }
+            }
+        })
     }
 
     /// The domain operation for a stored one, plus what the agent will be
@@ -312,15 +395,32 @@ impl<S: Store> Scheduler<S> {
                 next.progress.error = Some(error);
                 (Vec::new(), DeviceStatus::Failed)
             }
-            Step::RequestRelease { send, waiting_on } => {
-                if send.is_empty()
-                    && op.status == OpStatus::WaitingLock
-                    && op.progress.waiting_on == waiting_on
-                {
+            Step::WaitWindow { next: upcoming } => {
+                if op.status == OpStatus::WaitingWindow && op.progress.waiting_on.is_empty() {
                     return Ok(());
                 }
-                next.status = OpStatus::WaitingLock;
+                tracing::info!(device = %op.device, operation = %op.id, next = ?upcoming, "waiting for a maintenance window");
+                next.status = OpStatus::WaitingWindow;
+                next.progress.waiting_on.clear();
+                (Vec::new(), DeviceStatus::WaitingWindow)
+            }
+            Step::RequestRelease {
+                send,
+                waiting_on,
+                window,
+                window_closed,
+            } => {
+                let status = if window_closed {
+                    OpStatus::WaitingWindow
+                } else {
+                    OpStatus::WaitingLock
+                };
+                if send.is_empty() && op.status == status && op.progress.waiting_on == waiting_on {
+                    return Ok(());
+                }
+                next.status = status;
                 next.progress.waiting_on = waiting_on;
+                next.progress.told_window = window;
                 let intents = send
                     .iter()
                     .map(|r| {
@@ -330,12 +430,17 @@ impl<S: Store> Scheduler<S> {
                         tracing::info!(device = %op.device, operation = %op.id, block = %r.block, reason = %r.reason, "asking lock holder to release");
                         NewIntent {
                             kind: IntentKind::ReleaseRequest,
-                            body: IntentBody::release_request(r, target).to_json(),
+                            body: IntentBody::release_request(r, target, window).to_json(),
                             operation: Some(op.id),
                         }
                     })
                     .collect();
-                (intents, DeviceStatus::WaitingLock)
+                let device_status = if window_closed {
+                    DeviceStatus::WaitingWindow
+                } else {
+                    DeviceStatus::WaitingLock
+                };
+                (intents, device_status)
             }
             Step::Apply {
                 fence,

@@ -47,7 +47,8 @@ pub struct ServeConfig {
 }
 
 /// The gRPC services whose health follows the database's.
-const DB_BACKED: [&str; 4] = [
+const DB_BACKED: [&str; 5] = [
+    "lockstep.v1.WindowService",
     "lockstep.v1.CatalogService",
     "lockstep.v1.DeviceService",
     "lockstep.v1.OperationService",
@@ -137,6 +138,9 @@ impl Bound {
                     grpc::operation::Operations::new(store.clone(), wakeups.clone()),
                 ),
             )
+            .add_service(grpc::pb::window_service_server::WindowServiceServer::new(
+                grpc::window::Windows::new(store.clone(), wakeups.clone()),
+            ))
             .add_service(grpc::pb::agent_service_server::AgentServiceServer::new(
                 grpc::agent::Agents::new(store.clone(), hub.clone(), wakeups.clone(), ingestor),
             ))

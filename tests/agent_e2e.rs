@@ -102,6 +102,8 @@ impl Fixture {
             "100ms".into(),
             "--hook-reboot".into(),
             hook_reboot.into(),
+            "--hook-os-update".into(),
+            hook_reboot.into(),
         ];
         let agent = Agent::spawn(&args);
         agent.wait_log("connected to the server");
@@ -234,6 +236,9 @@ async fn setup() -> Fixture {
     })
     .await
     .unwrap();
+    // These tests are about locks: no operation waits for a maintenance
+    // window unless a test says so.
+    set_policy(&fx, &[]).await;
     let mut manifest_blocks = Vec::new();
     for (i, block) in ["a", "b", "c"].into_iter().enumerate() {
         cat.create_block(pb::CreateBlockRequest {
@@ -747,6 +752,117 @@ async fn killing_the_agent_mid_operation_frees_its_locks_and_the_operation_fails
         "{}",
         failed.error
     );
+}
+
+async fn set_policy(fx: &Fixture, needs_window: &[&str]) {
+    pb::window_service_client::WindowServiceClient::new(fx.channel().await)
+        .set_fleet_policy(pb::SetFleetPolicyRequest {
+            policy: Some(pb::FleetPolicy {
+                fleet: "site".into(),
+                needs_window: needs_window.iter().map(|k| (*k).to_string()).collect(),
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+/// An OS update while A holds its lock, with the default policy: it waits for
+/// the window, A is told the reason and the window before it opens, and the
+/// update runs inside the window once A releases and triggers it.
+#[tokio::test]
+async fn os_update_waits_for_the_window_and_a_releases_inside_it() {
+    use pb::operation_spec::Kind;
+    let mut fx = setup().await;
+    let hook_log = fx.dir.path().join("os-updates");
+    let agent_args_hook = format!("echo rebooted >> {}", hook_log.display());
+    fx.start_agent(&agent_args_hook);
+    set_policy(&fx, &["os_update", "reboot", "shutdown"]).await;
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+
+    // No window defined: the update waits, and is not failed.
+    let op = fx.create_op(Kind::OsUpdate("2.0".into())).await;
+    fx.wait_op(op.id, "waiting_window").await;
+    assert_eq!(
+        fx.state().await.device.unwrap().status(),
+        pb::DeviceStatus::WaitingWindow
+    );
+
+    // A window opening in 2 s: a is told now, with the window and deadline.
+    let start = lockstep::clock::now().0 + 2_000;
+    let end = start + 120_000;
+    let mut windows = pb::window_service_client::WindowServiceClient::new(fx.channel().await);
+    windows
+        .create_window(pb::CreateWindowRequest {
+            scope: Some(pb::WindowScope {
+                scope: Some(pb::window_scope::Scope::Device("dev-1".into())),
+            }),
+            rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
+                start_unix_ms: start,
+                end_unix_ms: end,
+            })),
+        })
+        .await
+        .unwrap();
+    let told = eventually(20, "a to be told the window", || async {
+        fx.intents_in_file("a")
+            .into_iter()
+            .find(|i| i["reason"] == "os_update" && !i["window"].is_null())
+    })
+    .await;
+    assert_eq!(told["handover"], false);
+    assert_eq!(told["window"], serde_json::json!([start, end]));
+    assert_eq!(told["deadline_unix_ms"].as_i64(), Some(end));
+    assert_eq!(fx.op(op.id).await.status, "waiting_window");
+    let next = windows
+        .next_windows(pb::NextWindowsRequest {
+            device: "dev-1".into(),
+            count: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .occurrences;
+    assert_eq!(
+        next.first().map(|w| (w.start_unix_ms, w.end_unix_ms)),
+        Some((start, end))
+    );
+
+    // The window opens; a still holds its lock, so the update waits on a.
+    waits_on_a(&fx, op.id, pb::Reason::OsUpdate).await;
+    assert!(lockstep::clock::now().0 >= start, "not before the window");
+    // a releases inside the window and triggers the update itself.
+    fx.hold("a", false);
+    let http = reqwest_like::Client::new();
+    let trig = http
+        .post(
+            &format!("{}/v1/blocks/a/trigger", api_base(&fx)),
+            &fx.token("a"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(trig.0, 202);
+    fx.wait_op(op.id, "done").await;
+    assert!(
+        std::fs::read_to_string(&hook_log)
+            .unwrap_or_default()
+            .contains("rebooted")
+    );
+    let state = eventually(20, "the new OS version", || async {
+        let s = fx.state().await;
+        (s.os_version == "2.0").then_some(s)
+    })
+    .await;
+    assert_eq!(state.current_release, "r1");
+    // After the simulated reboot a takes its lock again.
+    fx.hold("a", true);
+    eventually(20, "a held again", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
 }
 
 async fn set_env(fx: &Fixture, owner: pb::env_owner::Owner, name: &str, blocks: &[&str]) {

@@ -878,6 +878,85 @@ async fn operations_supersede_and_steps_are_atomic_with_their_intents<S: Store>(
     ));
 }
 
+async fn windows_and_policies_attach_to_fleets_tags_and_devices<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    with_fleet(&s, "f2").await;
+    s.register_device(&device("d1", "f1", &["site-a"]), "h")
+        .await
+        .unwrap();
+    s.register_device(&device("d2", "f2", &[]), "h")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.fleet_policy(&fleet_id("f1")).await.unwrap(),
+        FleetPolicy::default()
+    );
+    let none = FleetPolicy {
+        needs_window: Default::default(),
+    };
+    s.set_fleet_policy(&fleet_id("f1"), &none, ts(1))
+        .await
+        .unwrap();
+    assert_eq!(s.fleet_policy(&fleet_id("f1")).await.unwrap(), none);
+    assert!(matches!(
+        s.set_fleet_policy(&fleet_id("nope"), &none, ts(1))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+    let rule = |n: i64| WindowRule::OneOff {
+        start: ts(n),
+        end: ts(n + 10),
+    };
+    let wf = s
+        .create_window(&WindowScope::Fleet(fleet_id("f1")), &rule(100), ts(1))
+        .await
+        .unwrap();
+    let wt = s
+        .create_window(
+            &WindowScope::Tag(Tag::new("site-a").unwrap()),
+            &rule(200),
+            ts(1),
+        )
+        .await
+        .unwrap();
+    let wd = s
+        .create_window(&WindowScope::Device(dev("d2")), &rule(300), ts(1))
+        .await
+        .unwrap();
+    let weekly = WindowRule::Weekly {
+        days: [1, 5].into(),
+        start: "02:30".parse().unwrap(),
+        duration: jiff::SignedDuration::from_mins(90),
+        tz: "Europe/Amsterdam".into(),
+    };
+    let ww = s
+        .create_window(&WindowScope::Fleet(fleet_id("f2")), &weekly, ts(1))
+        .await
+        .unwrap();
+    let ids = |v: Vec<Window>| v.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.windows_for_device(&dev("d1")).await.unwrap()),
+        vec![wf.id, wt.id]
+    );
+    assert_eq!(
+        ids(s.windows_for_device(&dev("d2")).await.unwrap()),
+        vec![wd.id, ww.id]
+    );
+    let all = s.list_windows().await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3].rule, weekly);
+    s.delete_window(wt.id).await.unwrap();
+    assert_eq!(
+        ids(s.windows_for_device(&dev("d1")).await.unwrap()),
+        vec![wf.id]
+    );
+    assert!(matches!(
+        s.delete_window(wt.id).await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -915,6 +994,7 @@ conformance!(
     acknowledged_intents_leave_the_outbox,
     audit_entries_append_and_list_in_order,
     operations_supersede_and_steps_are_atomic_with_their_intents,
+    windows_and_policies_attach_to_fleets_tags_and_devices,
 );
 
 // ------------------------------------------- backend-specific behaviour

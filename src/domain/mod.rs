@@ -41,7 +41,8 @@ pub use impact::{
     release_impact,
 };
 pub use operation::{
-    ApplyOutcome, OpProgress, OpStatus, OperationRecord, OperationSpec, Step, after_apply,
-    next_step,
+    ApplyOutcome, FleetPolicy, OpProgress, OpStatus, OperationRecord, OperationSpec, Step,
+    WindowGate, after_apply, next_step,
 };
+pub use window::{Occurrence, Window, WindowError, WindowRule, WindowScope, open_or_next};
 pub use release::{Release, ReleaseError, Target};

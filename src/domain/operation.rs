@@ -8,6 +8,7 @@ use super::blockmap::BlockMap;
 use super::gate::{Decision, Force, ReleaseRequest};
 use super::ids::{BlockName, DeviceId, Generation, IntentSeq, OperationId, ReleaseId, Timestamp};
 use super::impact::{Disturbance, ImpactError, Reason};
+use super::window::Occurrence;
 
 /// What an operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,8 @@ impl OperationSpec {
 pub enum OpStatus {
     Pending,
     WaitingLock,
+    /// Needs a maintenance window, and none is open.
+    WaitingWindow,
     Applying,
     Done,
     Failed,
@@ -52,9 +55,10 @@ pub enum OpStatus {
 }
 
 impl OpStatus {
-    pub const ALL: [OpStatus; 7] = [
+    pub const ALL: [OpStatus; 8] = [
         OpStatus::Pending,
         OpStatus::WaitingLock,
+        OpStatus::WaitingWindow,
         OpStatus::Applying,
         OpStatus::Done,
         OpStatus::Failed,
@@ -65,6 +69,7 @@ impl OpStatus {
         match self {
             OpStatus::Pending => "pending",
             OpStatus::WaitingLock => "waiting_lock",
+            OpStatus::WaitingWindow => "waiting_window",
             OpStatus::Applying => "applying",
             OpStatus::Done => "done",
             OpStatus::Failed => "failed",
@@ -93,6 +98,9 @@ pub struct OpProgress {
     pub requested: BTreeSet<(BlockName, Generation)>,
     /// The apply intent in flight, if any.
     pub apply_seq: Option<IntentSeq>,
+    /// The window occurrence holders were last told about: when it changes
+    /// (a window is created, or the next one comes up), they are told again.
+    pub told_window: Option<Occurrence>,
     pub error: Option<String>,
 }
 
@@ -109,6 +117,64 @@ pub struct OperationRecord {
     pub updated: Timestamp,
 }
 
+/// What the maintenance windows say about applying an operation now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowGate {
+    /// The operation's kind needs no window.
+    NotRequired,
+    /// A window is open until the occurrence's end.
+    Open(Occurrence),
+    /// Closed; the next occurrence, if any is defined.
+    Closed { next: Option<Occurrence> },
+}
+
+impl WindowGate {
+    /// The occurrence a lock holder should be told about.
+    pub fn occurrence(&self) -> Option<Occurrence> {
+        match self {
+            WindowGate::NotRequired => None,
+            WindowGate::Open(o) => Some(*o),
+            WindowGate::Closed { next } => *next,
+        }
+    }
+}
+
+/// The operation kinds a fleet's policy subjects to maintenance windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetPolicy {
+    pub needs_window: BTreeSet<String>,
+}
+
+impl Default for FleetPolicy {
+    /// OS updates, reboots and shutdowns wait for a window.
+    fn default() -> Self {
+        Self {
+            needs_window: ["os_update", "reboot", "shutdown"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+impl FleetPolicy {
+    /// Kinds that may be named in a policy.
+    pub const KINDS: [&'static str; 8] = [
+        "assign_release",
+        "restart_block",
+        "stop_block",
+        "start_block",
+        "reboot",
+        "shutdown",
+        "os_update",
+        "apply_env",
+    ];
+
+    pub fn needs_window(&self, spec: &OperationSpec) -> bool {
+        self.needs_window.contains(spec.kind())
+    }
+}
+
 /// The scheduler's next step for an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -119,7 +185,13 @@ pub enum Step {
     RequestRelease {
         send: Vec<ReleaseRequest>,
         waiting_on: Vec<ReleaseRequest>,
+        /// The window the holders are told about (they may wait for it).
+        window: Option<Occurrence>,
+        /// Whether the operation also waits for that window to open.
+        window_closed: bool,
     },
+    /// Nothing holds the operation up but the window: wait for `next`.
+    WaitWindow { next: Option<Occurrence> },
     /// Send the apply, fenced by the generations the decision saw. The
     /// agent does not take the locks of `forced` blocks.
     Apply {
@@ -138,6 +210,7 @@ pub fn next_step(
     op: &OperationRecord,
     decision: Result<Decision, ImpactError>,
     online: bool,
+    window: WindowGate,
 ) -> Step {
     if op.status.is_terminal() || op.status == OpStatus::Applying {
         return Step::Wait;
@@ -155,18 +228,28 @@ pub fn next_step(
     }
     match decision {
         Decision::Blocked { holders, .. } => {
+            let window_changed = window.occurrence() != op.progress.told_window;
             let send = holders
                 .iter()
                 .filter(|h| {
-                    !op.progress
-                        .requested
-                        .contains(&(h.block.clone(), h.generation))
+                    window_changed
+                        || !op
+                            .progress
+                            .requested
+                            .contains(&(h.block.clone(), h.generation))
                 })
                 .cloned()
                 .collect();
             Step::RequestRelease {
                 send,
                 waiting_on: holders,
+                window: window.occurrence(),
+                window_closed: matches!(window, WindowGate::Closed { .. }),
+            }
+        }
+        Decision::Proceed { .. } if matches!(window, WindowGate::Closed { .. }) => {
+            Step::WaitWindow {
+                next: window.occurrence(),
             }
         }
         Decision::Proceed {
@@ -338,6 +421,8 @@ mod tests {
                 Step::RequestRelease {
                     send: vec![rr("a", 3)],
                     waiting_on: vec![rr("a", 3)],
+                    window: None,
+                    window_closed: false,
                 },
             ),
             (
@@ -348,6 +433,8 @@ mod tests {
                 Step::RequestRelease {
                     send: vec![],
                     waiting_on: vec![rr("a", 3)],
+                    window: None,
+                    window_closed: false,
                 },
             ),
             (
@@ -358,6 +445,8 @@ mod tests {
                 Step::RequestRelease {
                     send: vec![rr("a", 5), rr("b", 1)],
                     waiting_on: vec![rr("a", 5), rr("b", 1)],
+                    window: None,
+                    window_closed: false,
                 },
             ),
             (
@@ -380,8 +469,106 @@ mod tests {
             ),
         ];
         for (what, op, decision, online, want) in rows {
-            assert_eq!(next_step(&op, decision, online), want, "{what}");
+            assert_eq!(
+                next_step(&op, decision, online, WindowGate::NotRequired),
+                want,
+                "{what}"
+            );
         }
+    }
+
+    #[test]
+    fn windows_hold_back_the_apply_but_not_the_release_requests() {
+        let occ = Occurrence {
+            start: Timestamp(100),
+            end: Timestamp(200),
+        };
+        let closed = WindowGate::Closed { next: Some(occ) };
+        let rows: Vec<(&str, Result<Decision, ImpactError>, WindowGate, Step)> = vec![
+            (
+                "clear, window closed: wait for it",
+                proceed(),
+                closed,
+                Step::WaitWindow { next: Some(occ) },
+            ),
+            (
+                "clear, no window defined at all: wait",
+                proceed(),
+                WindowGate::Closed { next: None },
+                Step::WaitWindow { next: None },
+            ),
+            (
+                "clear, window open: apply",
+                proceed(),
+                WindowGate::Open(occ),
+                Step::Apply {
+                    fence: BlockMap::new(),
+                    disturbed: BlockMap::new(),
+                    notices: BlockMap::new(),
+                    forced: vec![],
+                },
+            ),
+            (
+                "blocked, window closed: ask now, telling the window",
+                blocked(vec![rr("a", 1)]),
+                closed,
+                Step::RequestRelease {
+                    send: vec![rr("a", 1)],
+                    waiting_on: vec![rr("a", 1)],
+                    window: Some(occ),
+                    window_closed: true,
+                },
+            ),
+            (
+                "asked already about this window: not again",
+                Ok(Decision::Blocked {
+                    impact: Impact::default(),
+                    holders: vec![rr("a", 1)],
+                }),
+                WindowGate::Closed { next: Some(occ) },
+                Step::RequestRelease {
+                    send: vec![],
+                    waiting_on: vec![rr("a", 1)],
+                    window: Some(occ),
+                    window_closed: true,
+                },
+            ),
+            (
+                "blocked, window open: ask, with the window's end as deadline",
+                blocked(vec![rr("a", 1)]),
+                WindowGate::Open(occ),
+                Step::RequestRelease {
+                    send: vec![rr("a", 1)],
+                    waiting_on: vec![rr("a", 1)],
+                    window: Some(occ),
+                    window_closed: false,
+                },
+            ),
+        ];
+        for (what, decision, gate, want) in rows {
+            let mut o = op(OpStatus::Pending);
+            if what.starts_with("asked already") {
+                o.progress.requested.insert((b("a"), Generation(1)));
+                o.progress.told_window = Some(occ);
+            }
+            assert_eq!(next_step(&o, decision, true, gate), want, "{what}");
+        }
+        assert_eq!(WindowGate::NotRequired.occurrence(), None);
+    }
+
+    #[test]
+    fn the_default_policy_puts_os_updates_reboots_and_shutdowns_in_windows() {
+        let p = FleetPolicy::default();
+        assert!(p.needs_window(&OperationSpec::Reboot));
+        assert!(p.needs_window(&OperationSpec::Shutdown));
+        assert!(p.needs_window(&OperationSpec::OsUpdate("2".into())));
+        assert!(!p.needs_window(&OperationSpec::RestartBlock(b("a"))));
+        assert!(!p.needs_window(&OperationSpec::ApplyEnv));
+        assert!(
+            p.needs_window
+                .iter()
+                .all(|k| FleetPolicy::KINDS.contains(&k.as_str()))
+        );
     }
 
     #[test]

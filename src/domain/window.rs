@@ -49,6 +49,23 @@ pub enum WindowRule {
     OneOff { start: Timestamp, end: Timestamp },
 }
 
+/// What a window is attached to: a whole fleet, a device tag (a site), or
+/// one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowScope {
+    Fleet(super::ids::FleetId),
+    Tag(super::ids::Tag),
+    Device(super::ids::DeviceId),
+}
+
+/// A stored window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub id: i64,
+    pub scope: WindowScope,
+    pub rule: WindowRule,
+}
+
 /// One occurrence of a window: `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Occurrence {

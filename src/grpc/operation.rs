@@ -219,7 +219,10 @@ impl<S: Store> OperationService for Operations<S> {
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
-        if !matches!(op.status, OpStatus::Pending | OpStatus::WaitingLock) {
+        if !matches!(
+            op.status,
+            OpStatus::Pending | OpStatus::WaitingLock | OpStatus::WaitingWindow
+        ) {
             return Err(Status::failed_precondition(format!(
                 "operation {id} is {} and can no longer be cancelled",
                 op.status.as_str()

@@ -11,7 +11,7 @@ use super::StoreError;
 use crate::domain::{
     BlockConfig, BlockName, BlockVersion, Dependency, Env, EnvName, Fingerprint, Force, Generation,
     ImageDigest, IntentSeq, OpProgress, OperationSpec, Reason, ReleaseId, ReleaseRequest,
-    UpdateStrategy,
+    UpdateStrategy, WindowRule,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -202,6 +202,8 @@ struct ProgressJson {
     apply_seq: Option<u64>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    told_window: Option<(i64, i64)>,
 }
 
 /// (kind, argument) columns of an operation spec.
@@ -290,6 +292,7 @@ pub(crate) fn progress_to_json(p: &OpProgress) -> String {
             .collect(),
         apply_seq: p.apply_seq.map(|s| s.0),
         error: p.error.clone(),
+        told_window: p.told_window.map(|o| (o.start.0, o.end.0)),
     })
 }
 
@@ -319,7 +322,81 @@ pub(crate) fn progress_from_json(key: &str, s: &str) -> Result<OpProgress, Store
             .collect::<Result<_, StoreError>>()?,
         apply_seq: p.apply_seq.map(IntentSeq),
         error: p.error,
+        told_window: p.told_window.map(|(s, e)| crate::domain::Occurrence {
+            start: crate::domain::Timestamp(s),
+            end: crate::domain::Timestamp(e),
+        }),
     })
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RuleJson {
+    Weekly {
+        days: Vec<i8>,
+        start: String,
+        duration_secs: i64,
+        tz: String,
+    },
+    OneOff {
+        start_ms: i64,
+        end_ms: i64,
+    },
+}
+
+pub(crate) fn rule_to_json(rule: &WindowRule) -> String {
+    to_json(&match rule {
+        WindowRule::Weekly {
+            days,
+            start,
+            duration,
+            tz,
+        } => RuleJson::Weekly {
+            days: days.iter().copied().collect(),
+            start: start.to_string(),
+            duration_secs: duration.as_secs(),
+            tz: tz.clone(),
+        },
+        WindowRule::OneOff { start, end } => RuleJson::OneOff {
+            start_ms: start.0,
+            end_ms: end.0,
+        },
+    })
+}
+
+pub(crate) fn rule_from_json(key: &str, s: &str) -> Result<WindowRule, StoreError> {
+    const E: &str = "window";
+    let r: RuleJson = serde_json::from_str(s).map_err(|e| corrupt(E, key, e))?;
+    Ok(match r {
+        RuleJson::Weekly {
+            days,
+            start,
+            duration_secs,
+            tz,
+        } => WindowRule::Weekly {
+            days: days.into_iter().collect(),
+            start: start
+                .parse::<jiff::civil::Time>()
+                .map_err(|e| corrupt(E, key, e))?,
+            duration: jiff::SignedDuration::from_secs(duration_secs),
+            tz,
+        },
+        RuleJson::OneOff { start_ms, end_ms } => WindowRule::OneOff {
+            start: crate::domain::Timestamp(start_ms),
+            end: crate::domain::Timestamp(end_ms),
+        },
+    })
+}
+
+pub(crate) fn kinds_to_json(kinds: &std::collections::BTreeSet<String>) -> String {
+    to_json(kinds)
+}
+
+pub(crate) fn kinds_from_json(
+    key: &str,
+    s: &str,
+) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    serde_json::from_str(s).map_err(|e| corrupt("fleet policy", key, e))
 }
 
 #[cfg(test)]
@@ -387,6 +464,10 @@ mod tests {
             requested: [(b("a"), Generation(4))].into(),
             apply_seq: Some(IntentSeq(12)),
             error: Some("x".into()),
+            told_window: Some(crate::domain::Occurrence {
+                start: crate::domain::Timestamp(1),
+                end: crate::domain::Timestamp(2),
+            }),
         };
         assert_eq!(
             progress_from_json("k", &progress_to_json(&progress)).unwrap(),
@@ -396,6 +477,25 @@ mod tests {
             progress_from_json("k", "{}").unwrap(),
             OpProgress::default()
         );
+    }
+
+    #[test]
+    fn window_rules_round_trip() {
+        for rule in [
+            WindowRule::Weekly {
+                days: [2, 7].into(),
+                start: jiff::civil::Time::new(2, 30, 0, 0).unwrap(),
+                duration: jiff::SignedDuration::from_mins(90),
+                tz: "Europe/Amsterdam".into(),
+            },
+            WindowRule::OneOff {
+                start: crate::domain::Timestamp(1),
+                end: crate::domain::Timestamp(2),
+            },
+        ] {
+            assert_eq!(rule_from_json("k", &rule_to_json(&rule)).unwrap(), rule);
+        }
+        assert!(rule_from_json("k", "{}").is_err());
     }
 
     #[test]

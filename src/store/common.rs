@@ -686,7 +686,7 @@ macro_rules! impl_store {
                     let pending = sqlx::query(
                         "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms \
                          FROM operations WHERE device_id = $1 AND kind = 'apply_env' \
-                         AND status IN ('pending', 'waiting_lock') ORDER BY id LIMIT 1",
+                         AND status IN ('pending', 'waiting_lock', 'waiting_window') ORDER BY id LIMIT 1",
                     )
                     .bind(device.as_str())
                     .fetch_optional(&mut *tx)
@@ -699,7 +699,7 @@ macro_rules! impl_store {
                 if matches!(spec, OperationSpec::AssignRelease(_)) {
                     sqlx::query(
                         "UPDATE operations SET status = 'superseded', updated_ms = $2 \
-                         WHERE device_id = $1 AND kind = 'assign_release' AND status IN ('pending', 'waiting_lock')",
+                         WHERE device_id = $1 AND kind = 'assign_release' AND status IN ('pending', 'waiting_lock', 'waiting_window')",
                     )
                     .bind(device.as_str())
                     .bind(now.0)
@@ -769,7 +769,7 @@ macro_rules! impl_store {
             async fn devices_with_active_operations(&self) -> Result<Vec<DeviceId>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT DISTINCT device_id FROM operations \
-                     WHERE status IN ('pending', 'waiting_lock', 'applying') ORDER BY device_id",
+                     WHERE status IN ('pending', 'waiting_lock', 'waiting_window', 'applying') ORDER BY device_id",
                 )
                 .fetch_all(&self.pool)
                 .await
@@ -816,6 +816,86 @@ macro_rules! impl_store {
                 };
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(seqs)
+            }
+
+            async fn set_fleet_policy(&self, fleet: &FleetId, policy: &FleetPolicy, now: Timestamp) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO fleet_policies (fleet, needs_window_json, updated_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (fleet) DO UPDATE SET needs_window_json = excluded.needs_window_json, updated_ms = excluded.updated_ms",
+                )
+                .bind(fleet.as_str())
+                .bind(codec::kinds_to_json(&policy.needs_window))
+                .bind(now.0)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::on_write("fleet policy", fleet, "fleet"))?;
+                Ok(())
+            }
+
+            async fn fleet_policy(&self, fleet: &FleetId) -> Result<FleetPolicy, StoreError> {
+                let row = sqlx::query("SELECT needs_window_json FROM fleet_policies WHERE fleet = $1")
+                    .bind(fleet.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                match row {
+                    Some(r) => {
+                        let json: String = get(&r, "needs_window_json")?;
+                        Ok(FleetPolicy { needs_window: codec::kinds_from_json(fleet.as_str(), &json)? })
+                    }
+                    None => Ok(FleetPolicy::default()),
+                }
+            }
+
+            async fn create_window(&self, scope: &WindowScope, rule: &WindowRule, now: Timestamp) -> Result<Window, StoreError> {
+                let (kind, key) = scope_columns(scope);
+                let row = sqlx::query(
+                    "INSERT INTO maintenance_windows (scope_kind, scope, spec_json, created_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+                )
+                .bind(kind)
+                .bind(&key)
+                .bind(codec::rule_to_json(rule))
+                .bind(now.0)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                Ok(Window { id: get(&row, "id")?, scope: scope.clone(), rule: rule.clone() })
+            }
+
+            async fn list_windows(&self) -> Result<Vec<Window>, StoreError> {
+                let rows = sqlx::query("SELECT id, scope_kind, scope, spec_json FROM maintenance_windows ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(window_from_row).collect()
+            }
+
+            async fn delete_window(&self, id: i64) -> Result<(), StoreError> {
+                let done = sqlx::query("DELETE FROM maintenance_windows WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound { entity: "window", key: id.to_string() });
+                }
+                Ok(())
+            }
+
+            async fn windows_for_device(&self, device: &DeviceId) -> Result<Vec<Window>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT w.id, w.scope_kind, w.scope, w.spec_json FROM maintenance_windows w, devices d \
+                     WHERE d.id = $1 AND ( \
+                       (w.scope_kind = 'device' AND w.scope = d.id) \
+                       OR (w.scope_kind = 'fleet' AND w.scope = d.fleet) \
+                       OR (w.scope_kind = 'tag' AND EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.tag = w.scope))) \
+                     ORDER BY w.id",
+                )
+                .bind(device.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(window_from_row).collect()
             }
 
             async fn intent_info(
@@ -1002,10 +1082,26 @@ macro_rules! impl_store {
         const OPERATION_SELECT_BY_ID: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE id = $1";
         const OPERATION_SELECT_BY_DEVICE: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE device_id = $1 ORDER BY id DESC";
         const OPERATION_SELECT_CURRENT: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations \
-             WHERE device_id = $1 AND status IN ('pending', 'waiting_lock', 'applying') ORDER BY id LIMIT 1";
+             WHERE device_id = $1 AND status IN ('pending', 'waiting_lock', 'waiting_window', 'applying') ORDER BY id LIMIT 1";
         const _: &str = OPERATION_COLUMNS_SQL;
 
         type DbRow = <$db as sqlx::Database>::Row;
+
+        fn window_from_row(r: &DbRow) -> Result<Window, StoreError> {
+            let id: i64 = get(r, "id")?;
+            let key = format!("window {id}");
+            let kind: String = get(r, "scope_kind")?;
+            let scope: String = get(r, "scope")?;
+            let spec: String = get(r, "spec_json")?;
+            let bad = |e: crate::domain::IdError| codec::corrupt("window", &key, e);
+            let scope = match kind.as_str() {
+                "fleet" => WindowScope::Fleet(FleetId::new(scope).map_err(bad)?),
+                "tag" => WindowScope::Tag(Tag::new(scope).map_err(bad)?),
+                "device" => WindowScope::Device(DeviceId::new(scope).map_err(bad)?),
+                other => return Err(codec::corrupt("window", &key, format!("unknown scope kind {other:?}"))),
+            };
+            Ok(Window { id, scope, rule: codec::rule_from_json(&key, &spec)? })
+        }
 
         fn operation_from_row(r: &DbRow) -> Result<OperationRecord, StoreError> {
             let id: i64 = get(r, "id")?;
@@ -1119,6 +1215,16 @@ macro_rules! impl_store {
 pub(crate) use impl_store;
 
 use super::Page;
+
+/// (scope_kind, scope) columns of a window scope.
+pub(crate) fn scope_columns(scope: &crate::domain::WindowScope) -> (&'static str, String) {
+    use crate::domain::WindowScope;
+    match scope {
+        WindowScope::Fleet(f) => ("fleet", f.to_string()),
+        WindowScope::Tag(t) => ("tag", t.to_string()),
+        WindowScope::Device(d) => ("device", d.to_string()),
+    }
+}
 
 /// Stored block keys for a scope: `""` for device-wide, else one per block.
 pub(crate) fn scope_blocks(scope: &crate::domain::EnvScope) -> Vec<&str> {

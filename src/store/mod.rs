@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use crate::domain::{
     AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord, DeviceReport, DeviceStatus,
-    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, Force, IntentKind, IntentSeq, LockReport,
-    LockState, NewIntent, OpStatus, OperationId, OperationRecord, OperationSpec, Release,
-    ReleaseId, StoredIntent, Tag, Timestamp,
+    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy, Force, IntentKind, IntentSeq,
+    LockReport, LockState, NewIntent, OpStatus, OperationId, OperationRecord, OperationSpec,
+    Release, ReleaseId, StoredIntent, Tag, Timestamp, Window, WindowRule, WindowScope,
 };
 
 pub use pg::PgStore;
@@ -407,6 +407,32 @@ pub trait Store: Clone + Send + Sync + 'static {
         device: &DeviceId,
         seq: IntentSeq,
     ) -> impl Future<Output = Result<Option<(Option<OperationId>, IntentKind)>, StoreError>> + Send;
+
+    // ---- policies and maintenance windows
+    fn set_fleet_policy(
+        &self,
+        fleet: &FleetId,
+        policy: &FleetPolicy,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The fleet's policy, or the default if none was set.
+    fn fleet_policy(
+        &self,
+        fleet: &FleetId,
+    ) -> impl Future<Output = Result<FleetPolicy, StoreError>> + Send;
+    fn create_window(
+        &self,
+        scope: &WindowScope,
+        rule: &WindowRule,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Window, StoreError>> + Send;
+    fn list_windows(&self) -> impl Future<Output = Result<Vec<Window>, StoreError>> + Send;
+    fn delete_window(&self, id: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The windows that apply to a device: its fleet's, its tags', its own.
+    fn windows_for_device(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Vec<Window>, StoreError>> + Send;
 
     // ---- audit
     fn append_audit(

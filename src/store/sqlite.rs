@@ -9,7 +9,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::common::{impl_store, paginate, scope_blocks};
+use super::common::{impl_store, paginate, scope_blocks, scope_columns};
 use super::{
     Backend, DeviceFilter, EnvOwner, IngestOutcome, Page, PageRequest, PoolOptions, ReleaseSummary,
     StoreError, codec, migrations,
@@ -17,9 +17,10 @@ use super::{
 use crate::domain::fleet::newest_per_lock;
 use crate::domain::{
     AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord, DeviceReport, DeviceStatus,
-    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, Force, Generation, IntentKind, IntentSeq,
-    LockReport, LockState, NewIntent, OpProgress, OpStatus, OperationId, OperationRecord,
-    OperationSpec, Release, ReleaseId, ReportedBlock, StoredIntent, Tag, Timestamp,
+    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy, Force, Generation,
+    IntentKind, IntentSeq, LockReport, LockState, NewIntent, OpProgress, OpStatus, OperationId,
+    OperationRecord, OperationSpec, Release, ReleaseId, ReportedBlock, StoredIntent, Tag,
+    Timestamp, Window, WindowRule, WindowScope,
 };
 
 /// The database file inside a data directory.

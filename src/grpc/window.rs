@@ -1,0 +1,290 @@
+//! `WindowService`: maintenance windows (weekly in an IANA time zone, or
+//! one-off) attached to a fleet, a tag or a device, and the per-fleet policy
+//! of which operations need one. Changes wake the scheduler.
+
+use std::collections::BTreeSet;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::ConvertError;
+use super::pb::{self, window_service_server::WindowService};
+use super::status_from_store;
+use crate::clock;
+use crate::domain::{
+    DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window, WindowRule, WindowScope,
+};
+use crate::scheduler::Wakeups;
+use crate::store::Store;
+
+pub struct Windows<S> {
+    store: S,
+    wakeups: Wakeups,
+}
+
+impl<S: Store> Windows<S> {
+    pub fn new(store: S, wakeups: Wakeups) -> Self {
+        Self { store, wakeups }
+    }
+
+    /// Windows or policy changed: every device with unfinished work decides again.
+    async fn wake_active(&self) -> Result<(), Status> {
+        for d in self
+            .store
+            .devices_with_active_operations()
+            .await
+            .map_err(status_from_store)?
+        {
+            self.wakeups.wake(&d);
+        }
+        Ok(())
+    }
+}
+
+fn scope_from_pb(m: Option<pb::WindowScope>) -> Result<WindowScope, ConvertError> {
+    use pb::window_scope::Scope;
+    match m.and_then(|s| s.scope) {
+        Some(Scope::Fleet(f)) => Ok(WindowScope::Fleet(
+            FleetId::new(f).map_err(|e| ConvertError::new("scope.fleet", e))?,
+        )),
+        Some(Scope::Tag(t)) => Ok(WindowScope::Tag(
+            Tag::new(t).map_err(|e| ConvertError::new("scope.tag", e))?,
+        )),
+        Some(Scope::Device(d)) => Ok(WindowScope::Device(
+            DeviceId::new(d).map_err(|e| ConvertError::new("scope.device", e))?,
+        )),
+        None => Err(ConvertError::new(
+            "scope",
+            "a fleet, tag or device is required",
+        )),
+    }
+}
+
+fn scope_to_pb(s: &WindowScope) -> pb::WindowScope {
+    use pb::window_scope::Scope;
+    pb::WindowScope {
+        scope: Some(match s {
+            WindowScope::Fleet(f) => Scope::Fleet(f.to_string()),
+            WindowScope::Tag(t) => Scope::Tag(t.to_string()),
+            WindowScope::Device(d) => Scope::Device(d.to_string()),
+        }),
+    }
+}
+
+fn weekly_from_pb(w: pb::WeeklyRule) -> Result<WindowRule, ConvertError> {
+    let days = w
+        .days
+        .iter()
+        .map(|d| {
+            i8::try_from(*d)
+                .ok()
+                .filter(|d| (1..=7).contains(d))
+                .ok_or_else(|| {
+                    ConvertError::new(
+                        "weekly.days",
+                        format!("{d} is not a weekday (1 = Monday ... 7 = Sunday)"),
+                    )
+                })
+        })
+        .collect::<Result<BTreeSet<i8>, _>>()?;
+    let start = w.start_local.parse::<jiff::civil::Time>().map_err(|e| {
+        ConvertError::new(
+            "weekly.start_local",
+            format!("{:?} is not HH:MM: {e}", w.start_local),
+        )
+    })?;
+    let rule = WindowRule::Weekly {
+        days,
+        start,
+        duration: jiff::SignedDuration::from_mins(i64::from(w.duration_minutes)),
+        tz: w.time_zone,
+    };
+    rule.validate()
+        .map_err(|e| ConvertError::new("weekly", e))?;
+    Ok(rule)
+}
+
+fn window_to_pb(w: &Window) -> pb::WindowInfo {
+    use pb::window_info::Rule;
+    pb::WindowInfo {
+        id: u64::try_from(w.id).unwrap_or(0),
+        scope: Some(scope_to_pb(&w.scope)),
+        rule: Some(match &w.rule {
+            WindowRule::Weekly {
+                days,
+                start,
+                duration,
+                tz,
+            } => Rule::Weekly(pb::WeeklyRule {
+                days: days
+                    .iter()
+                    .map(|d| u32::try_from(*d).unwrap_or(0))
+                    .collect(),
+                start_local: start.strftime("%H:%M").to_string(),
+                duration_minutes: u32::try_from(duration.as_secs() / 60).unwrap_or(0),
+                time_zone: tz.clone(),
+            }),
+            WindowRule::OneOff { start, end } => Rule::OneOff(pb::OneOffRule {
+                start_unix_ms: start.0,
+                end_unix_ms: end.0,
+            }),
+        }),
+    }
+}
+
+fn policy_to_pb(fleet: &FleetId, p: &FleetPolicy) -> pb::FleetPolicy {
+    pb::FleetPolicy {
+        fleet: fleet.to_string(),
+        needs_window: p.needs_window.iter().cloned().collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> WindowService for Windows<S> {
+    async fn create_window(
+        &self,
+        req: Request<pb::CreateWindowRequest>,
+    ) -> Result<Response<pb::CreateWindowResponse>, Status> {
+        use pb::create_window_request::Rule;
+        let req = req.into_inner();
+        let scope = scope_from_pb(req.scope)?;
+        let rule = match req.rule {
+            Some(Rule::Weekly(w)) => weekly_from_pb(w)?,
+            Some(Rule::OneOff(o)) => {
+                let rule = WindowRule::OneOff {
+                    start: Timestamp(o.start_unix_ms),
+                    end: Timestamp(o.end_unix_ms),
+                };
+                rule.validate()
+                    .map_err(|e| ConvertError::new("one_off", e))?;
+                rule
+            }
+            None => return Err(ConvertError::new("rule", "weekly or one_off is required").into()),
+        };
+        let window = self
+            .store
+            .create_window(&scope, &rule, clock::now())
+            .await
+            .map_err(status_from_store)?;
+        tracing::info!(window = window.id, ?scope, "maintenance window created");
+        self.wake_active().await?;
+        Ok(Response::new(pb::CreateWindowResponse {
+            window: Some(window_to_pb(&window)),
+        }))
+    }
+
+    async fn list_windows(
+        &self,
+        _req: Request<pb::ListWindowsRequest>,
+    ) -> Result<Response<pb::ListWindowsResponse>, Status> {
+        let windows = self.store.list_windows().await.map_err(status_from_store)?;
+        Ok(Response::new(pb::ListWindowsResponse {
+            windows: windows.iter().map(window_to_pb).collect(),
+        }))
+    }
+
+    async fn delete_window(
+        &self,
+        req: Request<pb::DeleteWindowRequest>,
+    ) -> Result<Response<pb::DeleteWindowResponse>, Status> {
+        let id = i64::try_from(req.into_inner().id)
+            .map_err(|_| ConvertError::new("id", "out of range"))?;
+        self.store
+            .delete_window(id)
+            .await
+            .map_err(status_from_store)?;
+        self.wake_active().await?;
+        Ok(Response::new(pb::DeleteWindowResponse {}))
+    }
+
+    async fn next_windows(
+        &self,
+        req: Request<pb::NextWindowsRequest>,
+    ) -> Result<Response<pb::NextWindowsResponse>, Status> {
+        let req = req.into_inner();
+        let device = DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e))?;
+        self.store
+            .get_device(&device)
+            .await
+            .map_err(status_from_store)?;
+        let count = match req.count {
+            0 => 5,
+            n => n.min(50) as usize,
+        };
+        let rules: Vec<WindowRule> = self
+            .store
+            .windows_for_device(&device)
+            .await
+            .map_err(status_from_store)?
+            .into_iter()
+            .map(|w| w.rule)
+            .collect();
+        let now = clock::now();
+        let mut all: Vec<_> = rules
+            .iter()
+            .flat_map(|r| r.occurrences(now, count))
+            .collect();
+        all.sort();
+        all.dedup();
+        all.truncate(count);
+        Ok(Response::new(pb::NextWindowsResponse {
+            occurrences: all
+                .into_iter()
+                .map(|o| pb::Window {
+                    start_unix_ms: o.start.0,
+                    end_unix_ms: o.end.0,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn set_fleet_policy(
+        &self,
+        req: Request<pb::SetFleetPolicyRequest>,
+    ) -> Result<Response<pb::SetFleetPolicyResponse>, Status> {
+        let p = req
+            .into_inner()
+            .policy
+            .ok_or_else(|| ConvertError::new("policy", "required"))?;
+        let fleet = FleetId::new(&p.fleet).map_err(|e| ConvertError::new("policy.fleet", e))?;
+        let mut needs_window = BTreeSet::new();
+        for (i, k) in p.needs_window.iter().enumerate() {
+            if !FleetPolicy::KINDS.contains(&k.as_str()) {
+                return Err(ConvertError::new(
+                    format!("policy.needs_window[{i}]"),
+                    format!("{k:?} is not one of {}", FleetPolicy::KINDS.join(", ")),
+                )
+                .into());
+            }
+            needs_window.insert(k.clone());
+        }
+        let policy = FleetPolicy { needs_window };
+        self.store
+            .set_fleet_policy(&fleet, &policy, clock::now())
+            .await
+            .map_err(status_from_store)?;
+        self.wake_active().await?;
+        Ok(Response::new(pb::SetFleetPolicyResponse {
+            policy: Some(policy_to_pb(&fleet, &policy)),
+        }))
+    }
+
+    async fn get_fleet_policy(
+        &self,
+        req: Request<pb::GetFleetPolicyRequest>,
+    ) -> Result<Response<pb::GetFleetPolicyResponse>, Status> {
+        let fleet =
+            FleetId::new(req.into_inner().fleet).map_err(|e| ConvertError::new("fleet", e))?;
+        self.store
+            .get_fleet(&fleet)
+            .await
+            .map_err(status_from_store)?;
+        let policy = self
+            .store
+            .fleet_policy(&fleet)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(pb::GetFleetPolicyResponse {
+            policy: Some(policy_to_pb(&fleet, &policy)),
+        }))
+    }
+}
