@@ -228,7 +228,78 @@ impl<S: Store> Scheduler<S> {
                 return self.act(&op, Step::Fail { error }, None, "").await;
             }
         };
-        let decision = domain::decide(&operation, &g.state, op.force.as_ref());
+        let record = self.store.get_device(device).await?;
+        let policy = self.store.fleet_policy(&record.fleet).await?;
+        let mut op = op;
+        let mut decision = domain::decide(&operation, &g.state, op.force.as_ref());
+        // Bounded deferral: holders waited on past the fleet's limit.
+        if let Ok(domain::Decision::Blocked { holders, .. }) = &decision {
+            let now = clock::now();
+            let expired = domain::expired_holders(&op.progress, holders, now, &policy);
+            if expired.is_empty() {
+                if let Some(at) = domain::deferral_deadline(&op.progress, holders, &policy) {
+                    self.wakeups.wake_at(device, at);
+                }
+            } else {
+                match policy.on_deferral_expiry {
+                    domain::DeferralExpiry::Force => {
+                        let names: Vec<String> = expired.iter().map(ToString::to_string).collect();
+                        if let Ok(time_force) = domain::Force::new(
+                            expired.into_iter().collect(),
+                            "deferral limit reached",
+                        ) {
+                            let merged = match &op.force {
+                                Some(f) => f.merge(&time_force),
+                                None => time_force,
+                            };
+                            decision = domain::decide(&operation, &g.state, Some(&merged));
+                            tracing::warn!(device = %device, operation = %op.id, blocks = ?names, "deferral limit reached: overriding the holders' locks");
+                            self.store
+                                .append_audit(&AuditEntry {
+                                    at: now,
+                                    actor: "scheduler".into(),
+                                    action: "time_forced".into(),
+                                    subject: format!("device {device} operation {}", op.id),
+                                    reason: "deferral limit reached".into(),
+                                    details: serde_json::json!({ "blocks": names }).to_string(),
+                                })
+                                .await?;
+                        }
+                    }
+                    domain::DeferralExpiry::Notify => {
+                        if !op.progress.overdue {
+                            let mut next = op.clone();
+                            next.progress.overdue = true;
+                            match self.store.record_step(&next, op.status, &[], now).await {
+                                Ok(_) => {}
+                                Err(StoreError::Conflict { .. }) => {
+                                    self.wakeups.wake(device);
+                                    return Ok(());
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
+                            self.store
+                                .set_device_status(device, DeviceStatus::Overdue)
+                                .await?;
+                            let names: Vec<String> =
+                                expired.iter().map(ToString::to_string).collect();
+                            tracing::warn!(device = %device, operation = %op.id, blocks = ?names, "deferral limit reached: operation overdue");
+                            self.store
+                                .append_audit(&AuditEntry {
+                                    at: now,
+                                    actor: "scheduler".into(),
+                                    action: "deferral_expired".into(),
+                                    subject: format!("device {device} operation {}", op.id),
+                                    reason: "deferral limit reached".into(),
+                                    details: serde_json::json!({ "blocks": names }).to_string(),
+                                })
+                                .await?;
+                            op = next;
+                        }
+                    }
+                }
+            }
+        }
         if let Ok(domain::Decision::Proceed { forced, .. }) = &decision
             && !forced.is_empty()
             && online
@@ -249,7 +320,7 @@ impl<S: Store> Scheduler<S> {
                 })
                 .await?;
         }
-        let gate = self.window_gate(&op, device).await?;
+        let gate = self.window_gate(&op, device, &policy).await?;
         let step = domain::next_step(&op, decision, online, gate);
         tracing::debug!(device = %device, operation = %op.id, ?step, "scheduler decision");
         self.act(&op, step, Some(apply_op), &target_name).await
@@ -261,9 +332,8 @@ impl<S: Store> Scheduler<S> {
         &self,
         op: &OperationRecord,
         device: &DeviceId,
+        policy: &domain::FleetPolicy,
     ) -> Result<domain::WindowGate, ScheduleError> {
-        let record = self.store.get_device(device).await?;
-        let policy = self.store.fleet_policy(&record.fleet).await?;
         if !policy.needs_window(&op.spec) {
             return Ok(domain::WindowGate::NotRequired);
         }
@@ -427,6 +497,7 @@ impl<S: Store> Scheduler<S> {
                         next.progress
                             .requested
                             .insert((r.block.clone(), r.generation));
+                        next.progress.asked_at.entry(r.block.clone()).or_insert(now);
                         tracing::info!(device = %op.device, operation = %op.id, block = %r.block, reason = %r.reason, "asking lock holder to release");
                         NewIntent {
                             kind: IntentKind::ReleaseRequest,
@@ -435,7 +506,9 @@ impl<S: Store> Scheduler<S> {
                         }
                     })
                     .collect();
-                let device_status = if window_closed {
+                let device_status = if next.progress.overdue {
+                    DeviceStatus::Overdue
+                } else if window_closed {
                     DeviceStatus::WaitingWindow
                 } else {
                     DeviceStatus::WaitingLock
@@ -526,4 +599,23 @@ pub async fn on_apply_outcome<S: Store>(
     tracing::info!(device = %op.device, operation = %op.id, outcome = ?outcome, status = status.as_str(), "apply answered");
     wakeups.wake(&op.device);
     Ok(status)
+}
+
+/// A holder deferred a release request: remember until when (shown on the
+/// operation; the fleet's deferral limit still counts from the first request).
+pub async fn on_deferred<S: Store>(
+    store: &S,
+    op: &OperationRecord,
+    block: &domain::BlockName,
+    until: domain::Timestamp,
+) -> Result<(), StoreError> {
+    if op.status.is_terminal() {
+        return Ok(());
+    }
+    let mut next = op.clone();
+    next.progress.deferred_until.insert(block.clone(), until);
+    match store.record_step(&next, op.status, &[], clock::now()).await {
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }

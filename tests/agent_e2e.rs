@@ -760,6 +760,8 @@ async fn set_policy(fx: &Fixture, needs_window: &[&str]) {
             policy: Some(pb::FleetPolicy {
                 fleet: "site".into(),
                 needs_window: needs_window.iter().map(|k| (*k).to_string()).collect(),
+                max_deferral_seconds: 0,
+                on_deferral_expiry: String::new(),
             }),
         })
         .await
@@ -863,6 +865,103 @@ async fn os_update_waits_for_the_window_and_a_releases_inside_it() {
         fx.lock_of("a").await.filter(|l| l.held)
     })
     .await;
+}
+
+async fn set_deferral(fx: &Fixture, seconds: u64, expiry: &str) {
+    pb::window_service_client::WindowServiceClient::new(fx.channel().await)
+        .set_fleet_policy(pb::SetFleetPolicyRequest {
+            policy: Some(pb::FleetPolicy {
+                fleet: "site".into(),
+                needs_window: vec![],
+                max_deferral_seconds: seconds,
+                on_deferral_expiry: expiry.into(),
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+/// A holds and defers; the fleet allows 2 s of deferral, then forces: A is
+/// restarted anyway, and the override is audited as time-forced.
+#[tokio::test]
+async fn a_deferral_past_the_limit_is_time_forced_when_the_policy_says_force() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    set_deferral(&fx, 2, "force").await;
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let a_pid = pid_of(&fx, "a");
+    let op = fx
+        .create_op(pb::operation_spec::Kind::RestartBlock("a".into()))
+        .await;
+    waits_on_a(&fx, op.id, pb::Reason::Restart).await;
+    let seq = eventually(20, "the request", || async {
+        fx.intents_in_file("a")
+            .first()
+            .and_then(|i| i["seq"].as_u64())
+    })
+    .await;
+    let until = lockstep::clock::now().0 + 3_600_000;
+    let http = reqwest_like::Client::new();
+    let r = http
+        .post(
+            &format!("{}/v1/blocks/a/intents/{seq}/ack", api_base(&fx)),
+            &fx.token("a"),
+            serde_json::json!({"answer": "defer", "until_unix_ms": until, "message": "mid-cycle"}),
+        )
+        .await;
+    assert_eq!(r.0, 202);
+    fx.wait_op(op.id, "done").await;
+    eventually(20, "a restarted despite its lock", || async {
+        (pid_of(&fx, "a") != a_pid).then_some(())
+    })
+    .await;
+    let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
+        .await
+        .unwrap();
+    let audit = store.list_audit(0, 100).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|(_, e)| e.action == "time_forced" && e.details.contains("\"a\"")),
+        "{audit:?}"
+    );
+}
+
+/// With the notify policy the operation turns overdue (and an event is
+/// written) but keeps waiting: A's lock is never overridden.
+#[tokio::test]
+async fn a_deferral_past_the_limit_turns_the_operation_overdue_when_the_policy_says_notify() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    set_deferral(&fx, 1, "notify").await;
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let op = fx
+        .create_op(pb::operation_spec::Kind::RestartBlock("a".into()))
+        .await;
+    fx.wait_op(op.id, "overdue").await;
+    assert_eq!(
+        fx.state().await.device.unwrap().status(),
+        pb::DeviceStatus::Overdue
+    );
+    let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
+        .await
+        .unwrap();
+    let audit = store.list_audit(0, 100).await.unwrap();
+    assert!(
+        audit.iter().any(|(_, e)| e.action == "deferral_expired"),
+        "{audit:?}"
+    );
+    // Releasing still lets it finish.
+    fx.hold("a", false);
+    fx.wait_op(op.id, "done").await;
 }
 
 async fn set_env(fx: &Fixture, owner: pb::env_owner::Owner, name: &str, blocks: &[&str]) {

@@ -893,6 +893,8 @@ async fn windows_and_policies_attach_to_fleets_tags_and_devices<S: Store>(s: S) 
     );
     let none = FleetPolicy {
         needs_window: Default::default(),
+        max_deferral_ms: 5_000,
+        on_deferral_expiry: DeferralExpiry::Force,
     };
     s.set_fleet_policy(&fleet_id("f1"), &none, ts(1))
         .await

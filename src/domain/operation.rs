@@ -98,6 +98,12 @@ pub struct OpProgress {
     pub requested: BTreeSet<(BlockName, Generation)>,
     /// The apply intent in flight, if any.
     pub apply_seq: Option<IntentSeq>,
+    /// When each block was first asked to release for this operation.
+    pub asked_at: std::collections::BTreeMap<BlockName, Timestamp>,
+    /// Until when each holder said it defers.
+    pub deferred_until: std::collections::BTreeMap<BlockName, Timestamp>,
+    /// The deferral limit passed and was reported (`notify` policy).
+    pub overdue: bool,
     /// The window occurrence holders were last told about: when it changes
     /// (a window is created, or the next one comes up), they are told again.
     pub told_window: Option<Occurrence>,
@@ -139,22 +145,93 @@ impl WindowGate {
     }
 }
 
-/// The operation kinds a fleet's policy subjects to maintenance windows.
+/// What happens when a lock holder has put off a release request longer
+/// than the fleet allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeferralExpiry {
+    /// The operation turns `overdue` and an event is recorded; it keeps waiting.
+    Notify,
+    /// The holder's lock is overridden (a time-forced, audited force).
+    Force,
+}
+
+impl DeferralExpiry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferralExpiry::Notify => "notify",
+            DeferralExpiry::Force => "force",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "notify" => Some(DeferralExpiry::Notify),
+            "force" => Some(DeferralExpiry::Force),
+            _ => None,
+        }
+    }
+}
+
+/// A fleet's scheduling policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetPolicy {
+    /// Operation kinds that wait for a maintenance window.
     pub needs_window: BTreeSet<String>,
+    /// How long a holder may defer, counted from when it was first asked.
+    pub max_deferral_ms: i64,
+    pub on_deferral_expiry: DeferralExpiry,
+}
+
+impl FleetPolicy {
+    /// The default deferral limit: a day.
+    pub const DEFAULT_MAX_DEFERRAL_MS: i64 = 24 * 3600 * 1000;
 }
 
 impl Default for FleetPolicy {
-    /// OS updates, reboots and shutdowns wait for a window.
+    /// OS updates, reboots and shutdowns wait for a window; holders may defer
+    /// a day, then the operation is reported overdue.
     fn default() -> Self {
         Self {
             needs_window: ["os_update", "reboot", "shutdown"]
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
+            max_deferral_ms: Self::DEFAULT_MAX_DEFERRAL_MS,
+            on_deferral_expiry: DeferralExpiry::Notify,
         }
     }
+}
+
+/// The holders that have been waited on past the fleet's deferral limit
+/// (counted from when each was first asked), in block order.
+pub fn expired_holders(
+    progress: &OpProgress,
+    holders: &[ReleaseRequest],
+    now: Timestamp,
+    policy: &FleetPolicy,
+) -> Vec<BlockName> {
+    holders
+        .iter()
+        .filter(|h| {
+            progress
+                .asked_at
+                .get(&h.block)
+                .is_some_and(|t| now.0 >= t.0.saturating_add(policy.max_deferral_ms))
+        })
+        .map(|h| h.block.clone())
+        .collect()
+}
+
+/// When the earliest of these holders' deferral limit runs out.
+pub fn deferral_deadline(
+    progress: &OpProgress,
+    holders: &[ReleaseRequest],
+    policy: &FleetPolicy,
+) -> Option<Timestamp> {
+    holders
+        .iter()
+        .filter_map(|h| progress.asked_at.get(&h.block))
+        .map(|t| Timestamp(t.0.saturating_add(policy.max_deferral_ms)))
+        .min()
 }
 
 impl FleetPolicy {
@@ -569,6 +646,45 @@ mod tests {
                 .iter()
                 .all(|k| FleetPolicy::KINDS.contains(&k.as_str()))
         );
+    }
+
+    #[test]
+    fn deferral_limits_count_from_the_first_request_table() {
+        let policy = FleetPolicy {
+            max_deferral_ms: 1_000,
+            ..FleetPolicy::default()
+        };
+        let mut p = OpProgress::default();
+        p.asked_at.insert(b("a"), Timestamp(100));
+        p.asked_at.insert(b("b"), Timestamp(600));
+        let holders = vec![rr("a", 1), rr("b", 1), rr("c", 1)];
+        let rows: &[(i64, &[&str])] = &[
+            (1_099, &[]),
+            (1_100, &["a"]),
+            (1_599, &["a"]),
+            (1_600, &["a", "b"]),
+            (9_999, &["a", "b"]),
+        ];
+        for (now, want) in rows {
+            let got = expired_holders(&p, &holders, Timestamp(*now), &policy);
+            let want: Vec<BlockName> = want.iter().map(|x| b(x)).collect();
+            assert_eq!(got, want, "at {now}");
+        }
+        assert_eq!(
+            deferral_deadline(&p, &holders, &policy),
+            Some(Timestamp(1_100))
+        );
+        assert_eq!(
+            deferral_deadline(&p, &[rr("c", 1)], &policy),
+            None,
+            "never asked: no deadline"
+        );
+        assert_eq!(DeferralExpiry::parse("force"), Some(DeferralExpiry::Force));
+        assert_eq!(
+            DeferralExpiry::parse(DeferralExpiry::Notify.as_str()),
+            Some(DeferralExpiry::Notify)
+        );
+        assert_eq!(DeferralExpiry::parse("x"), None);
     }
 
     #[test]

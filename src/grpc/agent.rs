@@ -446,6 +446,29 @@ impl<S: Store> Session<S> {
                     .await
                     .map_err(status_from_store)?;
             }
+            (Some((Some(op_id), IntentKind::ReleaseRequest)), _)
+                if matches!(ack.kind, Some(pb::intent_ack::Kind::Deferred(_))) =>
+            {
+                if let (Some(pb::intent_ack::Kind::Deferred(d)), Ok(block)) =
+                    (&ack.kind, BlockName::new(&ack.block))
+                {
+                    let op = self
+                        .store
+                        .get_operation(op_id)
+                        .await
+                        .map_err(status_from_store)?;
+                    crate::scheduler::on_deferred(
+                        &self.store,
+                        &op,
+                        &block,
+                        Timestamp(d.until_unix_ms),
+                    )
+                    .await
+                    .map_err(status_from_store)?;
+                }
+                tracing::info!(device = %self.device, seq = seq.0, block = %ack.block, "lock holder deferred");
+                self.wakeups.wake(&self.device);
+            }
             (Some((_, IntentKind::ReleaseRequest)), _) => {
                 tracing::info!(device = %self.device, seq = seq.0, block = %ack.block, answer = name, "lock holder answered");
                 self.wakeups.wake(&self.device);

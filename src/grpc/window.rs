@@ -11,7 +11,7 @@ use super::pb::{self, window_service_server::WindowService};
 use super::status_from_store;
 use crate::clock;
 use crate::domain::{
-    DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window, WindowRule, WindowScope,
+    DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window, WindowRule, WindowScope,
 };
 use crate::scheduler::Wakeups;
 use crate::store::Store;
@@ -135,6 +135,8 @@ fn policy_to_pb(fleet: &FleetId, p: &FleetPolicy) -> pb::FleetPolicy {
     pb::FleetPolicy {
         fleet: fleet.to_string(),
         needs_window: p.needs_window.iter().cloned().collect(),
+        max_deferral_seconds: u64::try_from(p.max_deferral_ms / 1000).unwrap_or(0),
+        on_deferral_expiry: p.on_deferral_expiry.as_str().to_owned(),
     }
 }
 
@@ -257,7 +259,30 @@ impl<S: Store> WindowService for Windows<S> {
             }
             needs_window.insert(k.clone());
         }
-        let policy = FleetPolicy { needs_window };
+        let max_deferral_ms = match p.max_deferral_seconds {
+            0 => FleetPolicy::DEFAULT_MAX_DEFERRAL_MS,
+            s if s > 365 * 86_400 => {
+                return Err(
+                    ConvertError::new("policy.max_deferral_seconds", "at most a year").into(),
+                );
+            }
+            s => i64::try_from(s * 1000).unwrap_or(FleetPolicy::DEFAULT_MAX_DEFERRAL_MS),
+        };
+        let on_deferral_expiry = if p.on_deferral_expiry.is_empty() {
+            DeferralExpiry::Notify
+        } else {
+            DeferralExpiry::parse(&p.on_deferral_expiry).ok_or_else(|| {
+                ConvertError::new(
+                    "policy.on_deferral_expiry",
+                    format!("{:?} is not notify or force", p.on_deferral_expiry),
+                )
+            })?
+        };
+        let policy = FleetPolicy {
+            needs_window,
+            max_deferral_ms,
+            on_deferral_expiry,
+        };
         self.store
             .set_fleet_policy(&fleet, &policy, clock::now())
             .await

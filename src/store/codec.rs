@@ -204,6 +204,12 @@ struct ProgressJson {
     error: Option<String>,
     #[serde(default)]
     told_window: Option<(i64, i64)>,
+    #[serde(default)]
+    asked_at: Vec<(String, i64)>,
+    #[serde(default)]
+    deferred_until: Vec<(String, i64)>,
+    #[serde(default)]
+    overdue: bool,
 }
 
 /// (kind, argument) columns of an operation spec.
@@ -293,6 +299,17 @@ pub(crate) fn progress_to_json(p: &OpProgress) -> String {
         apply_seq: p.apply_seq.map(|s| s.0),
         error: p.error.clone(),
         told_window: p.told_window.map(|o| (o.start.0, o.end.0)),
+        asked_at: p
+            .asked_at
+            .iter()
+            .map(|(b, t)| (b.to_string(), t.0))
+            .collect(),
+        deferred_until: p
+            .deferred_until
+            .iter()
+            .map(|(b, t)| (b.to_string(), t.0))
+            .collect(),
+        overdue: p.overdue,
     })
 }
 
@@ -326,6 +343,17 @@ pub(crate) fn progress_from_json(key: &str, s: &str) -> Result<OpProgress, Store
             start: crate::domain::Timestamp(s),
             end: crate::domain::Timestamp(e),
         }),
+        asked_at: p
+            .asked_at
+            .into_iter()
+            .map(|(b, t)| Ok((block(b)?, crate::domain::Timestamp(t))))
+            .collect::<Result<_, StoreError>>()?,
+        deferred_until: p
+            .deferred_until
+            .into_iter()
+            .map(|(b, t)| Ok((block(b)?, crate::domain::Timestamp(t))))
+            .collect::<Result<_, StoreError>>()?,
+        overdue: p.overdue,
     })
 }
 
@@ -468,6 +496,9 @@ mod tests {
                 start: crate::domain::Timestamp(1),
                 end: crate::domain::Timestamp(2),
             }),
+            asked_at: [(b("a"), crate::domain::Timestamp(5))].into(),
+            deferred_until: [(b("a"), crate::domain::Timestamp(9))].into(),
+            overdue: true,
         };
         assert_eq!(
             progress_from_json("k", &progress_to_json(&progress)).unwrap(),

@@ -820,11 +820,16 @@ macro_rules! impl_store {
 
             async fn set_fleet_policy(&self, fleet: &FleetId, policy: &FleetPolicy, now: Timestamp) -> Result<(), StoreError> {
                 sqlx::query(
-                    "INSERT INTO fleet_policies (fleet, needs_window_json, updated_ms) VALUES ($1, $2, $3) \
-                     ON CONFLICT (fleet) DO UPDATE SET needs_window_json = excluded.needs_window_json, updated_ms = excluded.updated_ms",
+                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (fleet) DO UPDATE SET needs_window_json = excluded.needs_window_json, \
+                       max_deferral_ms = excluded.max_deferral_ms, on_deferral_expiry = excluded.on_deferral_expiry, \
+                       updated_ms = excluded.updated_ms",
                 )
                 .bind(fleet.as_str())
                 .bind(codec::kinds_to_json(&policy.needs_window))
+                .bind(policy.max_deferral_ms)
+                .bind(policy.on_deferral_expiry.as_str())
                 .bind(now.0)
                 .execute(&self.pool)
                 .await
@@ -833,18 +838,30 @@ macro_rules! impl_store {
             }
 
             async fn fleet_policy(&self, fleet: &FleetId) -> Result<FleetPolicy, StoreError> {
-                let row = sqlx::query("SELECT needs_window_json FROM fleet_policies WHERE fleet = $1")
-                    .bind(fleet.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(StoreError::from_sqlx)?;
-                match row {
-                    Some(r) => {
-                        let json: String = get(&r, "needs_window_json")?;
-                        Ok(FleetPolicy { needs_window: codec::kinds_from_json(fleet.as_str(), &json)? })
-                    }
-                    None => Ok(FleetPolicy::default()),
-                }
+                let row = sqlx::query(
+                    "SELECT needs_window_json, max_deferral_ms, on_deferral_expiry FROM fleet_policies WHERE fleet = $1",
+                )
+                .bind(fleet.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let Some(r) = row else {
+                    return Ok(FleetPolicy::default());
+                };
+                let json: String = get(&r, "needs_window_json")?;
+                let max: Option<i64> = get(&r, "max_deferral_ms")?;
+                let expiry: Option<String> = get(&r, "on_deferral_expiry")?;
+                let on_deferral_expiry = match expiry {
+                    None => crate::domain::DeferralExpiry::Notify,
+                    Some(e) => crate::domain::DeferralExpiry::parse(&e).ok_or_else(|| {
+                        codec::corrupt("fleet policy", fleet.as_str(), format!("unknown deferral expiry {e:?}"))
+                    })?,
+                };
+                Ok(FleetPolicy {
+                    needs_window: codec::kinds_from_json(fleet.as_str(), &json)?,
+                    max_deferral_ms: max.unwrap_or(FleetPolicy::DEFAULT_MAX_DEFERRAL_MS),
+                    on_deferral_expiry,
+                })
             }
 
             async fn create_window(&self, scope: &WindowScope, rule: &WindowRule, now: Timestamp) -> Result<Window, StoreError> {

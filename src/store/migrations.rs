@@ -19,6 +19,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "fleet policies",
         include_str!("../../migrations/postgres/0002_fleet_policies.sql"),
     ),
+    (
+        3,
+        "deferral policy",
+        include_str!("../../migrations/postgres/0003_deferral_policy.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -31,6 +36,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         2,
         "fleet policies",
         include_str!("../../migrations/sqlite/0002_fleet_policies.sql"),
+    ),
+    (
+        3,
+        "deferral policy",
+        include_str!("../../migrations/sqlite/0003_deferral_policy.sql"),
     ),
 ];
 
