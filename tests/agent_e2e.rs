@@ -964,6 +964,108 @@ async fn a_deferral_past_the_limit_turns_the_operation_overdue_when_the_policy_s
     fx.wait_op(op.id, "done").await;
 }
 
+/// The request's second scenario: a release in which A changed and hands
+/// over. A is told `update_restart` with a handover possible; it releases;
+/// the new A starts beside the old one, completes the handover and takes the
+/// lock; B and C, unchanged, keep running (same process ids).
+#[tokio::test]
+async fn a_changed_release_hands_over_from_the_old_a_to_the_new_one() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let (a_pid, b_pid, c_pid) = (pid_of(&fx, "a"), pid_of(&fx, "b"), pid_of(&fx, "c"));
+    // The new A: completes the handover first, then takes its lock.
+    let new_a = format!(
+        "# lockstep-test {}\n\
+         echo $$ > \"$LOCKSTEP_LOCK_DIR/pid\"\n\
+         [ \"$LOCKSTEP_HANDOVER\" = 1 ] && echo handed-over > \"$LOCKSTEP_HANDOVER_FILE\"\n\
+         exec flock \"$LOCKSTEP_LOCK_FILE\" sh -c 'while true; do sleep 0.2; done'",
+        fx.marker
+    );
+    let mut cat = CatalogServiceClient::new(fx.channel().await);
+    cat.create_block_version(pb::CreateBlockVersionRequest {
+        block_version: Some(pb::BlockVersion {
+            block: "a".into(),
+            version: "2.0.0".into(),
+            image_digest: format!("sha256:{:064x}", 0xa2),
+            config: Some(pb::BlockConfig {
+                command: vec!["sh".into(), "-c".into(), new_a],
+                ..Default::default()
+            }),
+            update_strategy: Some(pb::UpdateStrategy {
+                strategy: Some(pb::update_strategy::Strategy::HandOver(
+                    pb::update_strategy::HandOver {
+                        timeout_seconds: 10,
+                    },
+                )),
+            }),
+            ..Default::default()
+        }),
+    })
+    .await
+    .unwrap();
+    cat.create_release(pb::CreateReleaseRequest {
+        id: "r2".into(),
+        fleet: "site".into(),
+        blocks: [("a", "2.0.0"), ("b", "1.0.0"), ("c", "1.0.0")]
+            .iter()
+            .map(|(b, v)| pb::BlockRef {
+                block: (*b).into(),
+                version: (*v).into(),
+            })
+            .collect(),
+        env: Default::default(),
+    })
+    .await
+    .unwrap();
+    let op = fx
+        .create_op(pb::operation_spec::Kind::AssignRelease("r2".into()))
+        .await;
+    waits_on_a(&fx, op.id, pb::Reason::UpdateRestart).await;
+    let told = eventually(20, "a's release request", || async {
+        fx.intents_in_file("a")
+            .into_iter()
+            .find(|i| i["reason"] == "update_restart")
+    })
+    .await;
+    assert_eq!(told["handover"], true, "a is told a handover is possible");
+    assert_eq!(told["target"], "r2");
+    // A releases; the release applies with a handover.
+    fx.hold("a", false);
+    fx.wait_op(op.id, "done").await;
+    let handed =
+        std::fs::read_to_string(fx.lock_dir("a").join("handover.done")).unwrap_or_default();
+    assert!(
+        handed.contains("handed-over"),
+        "the new A completed the handover"
+    );
+    assert_ne!(pid_of(&fx, "a"), a_pid, "A was replaced");
+    assert_eq!(
+        (pid_of(&fx, "b"), pid_of(&fx, "c")),
+        (b_pid, c_pid),
+        "B and C kept running"
+    );
+    // The new A holds the lock again.
+    let lock = eventually(20, "the new A to take its lock", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    assert!(lock.generation >= 3);
+    let state = fx.state().await;
+    assert!(
+        state
+            .blocks
+            .iter()
+            .any(|b| b.block == "a" && b.version == "2.0.0"),
+        "{:?}",
+        state.blocks
+    );
+}
+
 async fn set_env(fx: &Fixture, owner: pb::env_owner::Owner, name: &str, blocks: &[&str]) {
     DeviceServiceClient::new(fx.channel().await)
         .set_env(pb::SetEnvRequest {
