@@ -320,10 +320,121 @@ impl<S: Store> Scheduler<S> {
                 })
                 .await?;
         }
-        let gate = self.window_gate(&op, device, &policy).await?;
+        let mut gate = self.window_gate(&op, device, &policy).await?;
+        if policy.needs_approval(&op.spec) {
+            match self.approval(&op, device).await? {
+                Some(g) => gate = g,
+                None => return Ok(()),
+            }
+        }
         let step = domain::next_step(&op, decision, online, gate);
         tracing::debug!(device = %device, operation = %op.id, ?step, "scheduler decision");
         self.act(&op, step, Some(apply_op), &target_name).await
+    }
+
+    /// For an operation that needs a customer's approval: the approved
+    /// occurrence as its window, or `None` after moving it to
+    /// `waiting_approval` (asking, asking again after a missed occurrence) or
+    /// ending it (declined).
+    async fn approval(
+        &self,
+        op: &OperationRecord,
+        device: &DeviceId,
+    ) -> Result<Option<domain::WindowGate>, ScheduleError> {
+        let now = clock::now();
+        let latest = self.store.latest_approval(op.id).await?;
+        let set_status = |status: OpStatus, error: Option<String>| {
+            let mut next = op.clone();
+            next.status = status;
+            if error.is_some() {
+                next.progress.error = error;
+            }
+            next
+        };
+        match domain::approval_gate(latest.as_ref(), now) {
+            domain::ApprovalGate::Approved(g) => {
+                if let Some(o) = g.occurrence() {
+                    self.wakeups.wake_at(device, o.start);
+                    self.wakeups.wake_at(device, o.end);
+                }
+                Ok(Some(g))
+            }
+            domain::ApprovalGate::Waiting => {
+                if op.status != OpStatus::WaitingApproval {
+                    self.store
+                        .record_step(
+                            &set_status(OpStatus::WaitingApproval, None),
+                            op.status,
+                            &[],
+                            now,
+                        )
+                        .await?;
+                    self.store
+                        .set_device_status(device, DeviceStatus::WaitingApproval)
+                        .await?;
+                }
+                Ok(None)
+            }
+            gate @ (domain::ApprovalGate::Request | domain::ApprovalGate::Missed) => {
+                if let (domain::ApprovalGate::Missed, Some(prev)) = (gate, &latest) {
+                    let mut missed = prev.clone();
+                    missed.status = domain::ApprovalStatus::Missed;
+                    self.store
+                        .decide_approval(prev.id, domain::ApprovalStatus::Approved, &missed, now)
+                        .await?;
+                    tracing::info!(device = %device, operation = %op.id, "approved occurrence missed; asking again");
+                }
+                let approval = self.store.create_approval(op.id, now).await?;
+                self.store
+                    .record_step(
+                        &set_status(OpStatus::WaitingApproval, None),
+                        op.status,
+                        &[],
+                        now,
+                    )
+                    .await?;
+                self.store
+                    .set_device_status(device, DeviceStatus::WaitingApproval)
+                    .await?;
+                self.store
+                    .append_audit(&AuditEntry {
+                        at: now,
+                        actor: "scheduler".into(),
+                        action: "approval_requested".into(),
+                        subject: format!("device {device} operation {}", op.id),
+                        reason: String::new(),
+                        details: serde_json::json!({ "approval": approval.id }).to_string(),
+                    })
+                    .await?;
+                tracing::info!(device = %device, operation = %op.id, approval = approval.id, "customer approval requested");
+                Ok(None)
+            }
+            domain::ApprovalGate::Declined => {
+                let who = latest
+                    .as_ref()
+                    .and_then(|a| a.decided_by.clone())
+                    .unwrap_or_default();
+                let why = latest
+                    .as_ref()
+                    .and_then(|a| a.message.clone())
+                    .unwrap_or_default();
+                self.store
+                    .record_step(
+                        &set_status(
+                            OpStatus::Cancelled,
+                            Some(format!("declined by {who}: {why}")),
+                        ),
+                        op.status,
+                        &[],
+                        now,
+                    )
+                    .await?;
+                self.store
+                    .set_device_status(device, DeviceStatus::Pending)
+                    .await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Whether the fleet's policy puts this operation in a maintenance window,

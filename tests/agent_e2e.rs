@@ -762,6 +762,7 @@ async fn set_policy(fx: &Fixture, needs_window: &[&str]) {
                 needs_window: needs_window.iter().map(|k| (*k).to_string()).collect(),
                 max_deferral_seconds: 0,
                 on_deferral_expiry: String::new(),
+                needs_approval: vec![],
             }),
         })
         .await
@@ -875,6 +876,7 @@ async fn set_deferral(fx: &Fixture, seconds: u64, expiry: &str) {
                 needs_window: vec![],
                 max_deferral_seconds: seconds,
                 on_deferral_expiry: expiry.into(),
+                needs_approval: vec![],
             }),
         })
         .await
@@ -1064,6 +1066,160 @@ async fn a_changed_release_hands_over_from_the_old_a_to_the_new_one() {
         "{:?}",
         state.blocks
     );
+}
+
+/// OS updates need a customer's approval of a window occurrence: the
+/// operation waits for it, a decline cancels with the customer's message,
+/// an approval lets it run inside the approved occurrence only.
+#[tokio::test]
+async fn a_customer_approves_a_window_occurrence_or_declines() {
+    use pb::operation_spec::Kind;
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    let mut windows = pb::window_service_client::WindowServiceClient::new(fx.channel().await);
+    windows
+        .set_fleet_policy(pb::SetFleetPolicyRequest {
+            policy: Some(pb::FleetPolicy {
+                fleet: "site".into(),
+                needs_window: vec!["os_update".into()],
+                needs_approval: vec!["os_update".into()],
+                max_deferral_seconds: 0,
+                on_deferral_expiry: String::new(),
+            }),
+        })
+        .await
+        .unwrap();
+    let start = lockstep::clock::now().0 + 1_500;
+    let end = start + 120_000;
+    windows
+        .create_window(pb::CreateWindowRequest {
+            scope: Some(pb::WindowScope {
+                scope: Some(pb::window_scope::Scope::Fleet("site".into())),
+            }),
+            rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
+                start_unix_ms: start,
+                end_unix_ms: end,
+            })),
+        })
+        .await
+        .unwrap();
+
+    // Declined: cancelled, with the customer's message.
+    let op = fx.create_op(Kind::OsUpdate("2.0".into())).await;
+    fx.wait_op(op.id, "waiting_approval").await;
+    assert_eq!(
+        fx.state().await.device.unwrap().status(),
+        pb::DeviceStatus::WaitingApproval
+    );
+    let pending = |windows: &mut pb::window_service_client::WindowServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let mut w = windows.clone();
+        async move {
+            w.list_approvals(pb::ListApprovalsRequest {
+                status: "requested".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .approvals
+        }
+    };
+    let first = pending(&mut windows).await.remove(0);
+    assert_eq!(first.operation_id, op.id);
+    assert_eq!(
+        first
+            .candidates
+            .first()
+            .map(|w| (w.start_unix_ms, w.end_unix_ms)),
+        Some((start, end))
+    );
+    windows
+        .decline(pb::DeclineRequest {
+            approval_id: first.id,
+            message: "harvest week".into(),
+            actor: "customer@site".into(),
+        })
+        .await
+        .unwrap();
+    let cancelled = fx.wait_op(op.id, "cancelled").await;
+    assert!(
+        cancelled.error.contains("customer@site") && cancelled.error.contains("harvest week"),
+        "{}",
+        cancelled.error
+    );
+
+    // Approved: applies only inside the approved occurrence.
+    let op = fx.create_op(Kind::OsUpdate("2.0".into())).await;
+    fx.wait_op(op.id, "waiting_approval").await;
+    let req = eventually(20, "a new approval request", || {
+        let mut w = windows.clone();
+        async move {
+            pending(&mut w)
+                .await
+                .into_iter()
+                .find(|a| a.operation_id == op.id)
+        }
+    })
+    .await;
+    let bogus = windows
+        .approve(pb::ApproveRequest {
+            approval_id: req.id,
+            occurrence: Some(pb::Window {
+                start_unix_ms: start + 1,
+                end_unix_ms: end,
+            }),
+            actor: "customer@site".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bogus.code(),
+        Code::InvalidArgument,
+        "only a real candidate can be approved"
+    );
+    windows
+        .approve(pb::ApproveRequest {
+            approval_id: req.id,
+            occurrence: req.candidates.first().cloned(),
+            actor: "customer@site".into(),
+        })
+        .await
+        .unwrap();
+    let twice = windows
+        .decline(pb::DeclineRequest {
+            approval_id: req.id,
+            message: String::new(),
+            actor: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), Code::FailedPrecondition);
+    fx.wait_op(op.id, "done").await;
+    assert!(
+        lockstep::clock::now().0 >= start,
+        "applied inside the approved occurrence, not before"
+    );
+    let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
+        .await
+        .unwrap();
+    let actions: Vec<String> = store
+        .list_audit(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.action)
+        .collect();
+    for a in [
+        "approval_requested",
+        "approval_declined",
+        "approval_approved",
+    ] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} missing from {actions:?}"
+        );
+    }
 }
 
 async fn set_env(fx: &Fixture, owner: pb::env_owner::Owner, name: &str, blocks: &[&str]) {

@@ -893,6 +893,7 @@ async fn windows_and_policies_attach_to_fleets_tags_and_devices<S: Store>(s: S) 
     );
     let none = FleetPolicy {
         needs_window: Default::default(),
+        needs_approval: ["reboot".to_owned()].into(),
         max_deferral_ms: 5_000,
         on_deferral_expiry: DeferralExpiry::Force,
     };

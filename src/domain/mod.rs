@@ -41,7 +41,7 @@ pub use impact::{
     release_impact,
 };
 pub use operation::{
-    ApplyOutcome, DeferralExpiry, FleetPolicy, deferral_deadline, expired_holders, OpProgress, OpStatus, OperationRecord, OperationSpec, Step,
+    ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, approval_gate, FleetPolicy, deferral_deadline, expired_holders, OpProgress, OpStatus, OperationRecord, OperationSpec, Step,
     WindowGate, after_apply, next_step,
 };
 pub use window::{Occurrence, Window, WindowError, WindowRule, WindowScope, open_or_next};

@@ -47,6 +47,8 @@ pub enum OpStatus {
     WaitingLock,
     /// Needs a maintenance window, and none is open.
     WaitingWindow,
+    /// Needs a customer's approval of a window occurrence.
+    WaitingApproval,
     Applying,
     Done,
     Failed,
@@ -55,10 +57,11 @@ pub enum OpStatus {
 }
 
 impl OpStatus {
-    pub const ALL: [OpStatus; 8] = [
+    pub const ALL: [OpStatus; 9] = [
         OpStatus::Pending,
         OpStatus::WaitingLock,
         OpStatus::WaitingWindow,
+        OpStatus::WaitingApproval,
         OpStatus::Applying,
         OpStatus::Done,
         OpStatus::Failed,
@@ -70,6 +73,7 @@ impl OpStatus {
             OpStatus::Pending => "pending",
             OpStatus::WaitingLock => "waiting_lock",
             OpStatus::WaitingWindow => "waiting_window",
+            OpStatus::WaitingApproval => "waiting_approval",
             OpStatus::Applying => "applying",
             OpStatus::Done => "done",
             OpStatus::Failed => "failed",
@@ -176,6 +180,8 @@ impl DeferralExpiry {
 pub struct FleetPolicy {
     /// Operation kinds that wait for a maintenance window.
     pub needs_window: BTreeSet<String>,
+    /// Operation kinds that need a customer's approval of a window occurrence.
+    pub needs_approval: BTreeSet<String>,
     /// How long a holder may defer, counted from when it was first asked.
     pub max_deferral_ms: i64,
     pub on_deferral_expiry: DeferralExpiry,
@@ -195,8 +201,86 @@ impl Default for FleetPolicy {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
+            needs_approval: ["os_update"].into_iter().map(str::to_owned).collect(),
             max_deferral_ms: Self::DEFAULT_MAX_DEFERRAL_MS,
             on_deferral_expiry: DeferralExpiry::Notify,
+        }
+    }
+}
+
+/// Where a customer's approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalStatus {
+    Requested,
+    Approved,
+    Declined,
+    /// The approved occurrence ended before the operation could apply.
+    Missed,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Requested => "requested",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Declined => "declined",
+            ApprovalStatus::Missed => "missed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ApprovalStatus::Requested,
+            ApprovalStatus::Approved,
+            ApprovalStatus::Declined,
+            ApprovalStatus::Missed,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
+}
+
+/// A request for a customer to approve a window occurrence for an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub id: i64,
+    pub operation: OperationId,
+    pub status: ApprovalStatus,
+    /// The occurrence approved.
+    pub occurrence: Option<Occurrence>,
+    pub decided_by: Option<String>,
+    pub message: Option<String>,
+}
+
+/// What an operation that needs approval should do now, given its latest
+/// approval (if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalGate {
+    /// No open request: ask the customer.
+    Request,
+    /// Waiting for the customer's answer.
+    Waiting,
+    /// Approved: the approved occurrence is the operation's only window.
+    Approved(WindowGate),
+    /// The approved occurrence passed unused: mark it missed and ask again.
+    Missed,
+    /// The customer declined.
+    Declined,
+}
+
+pub fn approval_gate(latest: Option<&Approval>, now: Timestamp) -> ApprovalGate {
+    let Some(a) = latest else {
+        return ApprovalGate::Request;
+    };
+    match (a.status, a.occurrence) {
+        (ApprovalStatus::Requested, _) => ApprovalGate::Waiting,
+        (ApprovalStatus::Declined, _) => ApprovalGate::Declined,
+        (ApprovalStatus::Missed, _) | (ApprovalStatus::Approved, None) => ApprovalGate::Request,
+        (ApprovalStatus::Approved, Some(o)) if now >= o.end => ApprovalGate::Missed,
+        (ApprovalStatus::Approved, Some(o)) if o.contains(now) => {
+            ApprovalGate::Approved(WindowGate::Open(o))
+        }
+        (ApprovalStatus::Approved, Some(o)) => {
+            ApprovalGate::Approved(WindowGate::Closed { next: Some(o) })
         }
     }
 }
@@ -249,6 +333,10 @@ impl FleetPolicy {
 
     pub fn needs_window(&self, spec: &OperationSpec) -> bool {
         self.needs_window.contains(spec.kind())
+    }
+
+    pub fn needs_approval(&self, spec: &OperationSpec) -> bool {
+        self.needs_approval.contains(spec.kind())
     }
 }
 
@@ -685,6 +773,73 @@ mod tests {
             Some(DeferralExpiry::Notify)
         );
         assert_eq!(DeferralExpiry::parse("x"), None);
+    }
+
+    #[test]
+    fn approval_gate_table() {
+        let occ = Occurrence {
+            start: Timestamp(100),
+            end: Timestamp(200),
+        };
+        let a = |status, occurrence| Approval {
+            id: 1,
+            operation: OperationId(1),
+            status,
+            occurrence,
+            decided_by: None,
+            message: None,
+        };
+        use ApprovalStatus::*;
+        let rows: Vec<(&str, Option<Approval>, i64, ApprovalGate)> = vec![
+            ("never asked", None, 50, ApprovalGate::Request),
+            (
+                "asked, no answer",
+                Some(a(Requested, None)),
+                50,
+                ApprovalGate::Waiting,
+            ),
+            (
+                "declined",
+                Some(a(Declined, None)),
+                50,
+                ApprovalGate::Declined,
+            ),
+            (
+                "approved, before",
+                Some(a(Approved, Some(occ))),
+                50,
+                ApprovalGate::Approved(WindowGate::Closed { next: Some(occ) }),
+            ),
+            (
+                "approved, inside",
+                Some(a(Approved, Some(occ))),
+                150,
+                ApprovalGate::Approved(WindowGate::Open(occ)),
+            ),
+            (
+                "approved, at the end: missed",
+                Some(a(Approved, Some(occ))),
+                200,
+                ApprovalGate::Missed,
+            ),
+            (
+                "missed before: ask again",
+                Some(a(Missed, Some(occ))),
+                250,
+                ApprovalGate::Request,
+            ),
+        ];
+        for (what, latest, now, want) in rows {
+            assert_eq!(
+                approval_gate(latest.as_ref(), Timestamp(now)),
+                want,
+                "{what}"
+            );
+        }
+        for s in [Requested, Approved, Declined, Missed] {
+            assert_eq!(ApprovalStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ApprovalStatus::parse("maybe"), None);
     }
 
     #[test]

@@ -226,7 +226,10 @@ impl<S: Store> OperationService for Operations<S> {
             .map_err(status_from_store)?;
         if !matches!(
             op.status,
-            OpStatus::Pending | OpStatus::WaitingLock | OpStatus::WaitingWindow
+            OpStatus::Pending
+                | OpStatus::WaitingLock
+                | OpStatus::WaitingWindow
+                | OpStatus::WaitingApproval
         ) {
             return Err(Status::failed_precondition(format!(
                 "operation {id} is {} and can no longer be cancelled",

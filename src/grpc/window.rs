@@ -11,7 +11,8 @@ use super::pb::{self, window_service_server::WindowService};
 use super::status_from_store;
 use crate::clock;
 use crate::domain::{
-    DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window, WindowRule, WindowScope,
+    Approval, ApprovalStatus, AuditEntry, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag,
+    Timestamp, Window, WindowRule, WindowScope,
 };
 use crate::scheduler::Wakeups;
 use crate::store::Store;
@@ -135,13 +136,218 @@ fn policy_to_pb(fleet: &FleetId, p: &FleetPolicy) -> pb::FleetPolicy {
     pb::FleetPolicy {
         fleet: fleet.to_string(),
         needs_window: p.needs_window.iter().cloned().collect(),
+        needs_approval: p.needs_approval.iter().cloned().collect(),
         max_deferral_seconds: u64::try_from(p.max_deferral_ms / 1000).unwrap_or(0),
         on_deferral_expiry: p.on_deferral_expiry.as_str().to_owned(),
     }
 }
 
+impl<S: Store> Windows<S> {
+    async fn candidates(
+        &self,
+        device: &DeviceId,
+        count: usize,
+    ) -> Result<Vec<crate::domain::Occurrence>, Status> {
+        let rules: Vec<WindowRule> = self
+            .store
+            .windows_for_device(device)
+            .await
+            .map_err(status_from_store)?
+            .into_iter()
+            .map(|w| w.rule)
+            .collect();
+        let now = clock::now();
+        let mut all: Vec<_> = rules
+            .iter()
+            .flat_map(|r| r.occurrences(now, count))
+            .collect();
+        all.sort();
+        all.dedup();
+        all.truncate(count);
+        Ok(all)
+    }
+
+    async fn approval_info(&self, a: &Approval) -> Result<pb::ApprovalInfo, Status> {
+        let op = self
+            .store
+            .get_operation(a.operation)
+            .await
+            .map_err(status_from_store)?;
+        let candidates = if a.status == ApprovalStatus::Requested {
+            self.candidates(&op.device, 5).await?
+        } else {
+            vec![]
+        };
+        let w = |o: &crate::domain::Occurrence| pb::Window {
+            start_unix_ms: o.start.0,
+            end_unix_ms: o.end.0,
+        };
+        Ok(pb::ApprovalInfo {
+            id: u64::try_from(a.id).unwrap_or(0),
+            operation_id: u64::try_from(a.operation.0).unwrap_or(0),
+            device: op.device.to_string(),
+            status: a.status.as_str().to_owned(),
+            candidates: candidates.iter().map(w).collect(),
+            approved: a.occurrence.as_ref().map(w),
+            decided_by: a.decided_by.clone().unwrap_or_default(),
+            message: a.message.clone().unwrap_or_default(),
+        })
+    }
+
+    async fn decide(
+        &self,
+        id: u64,
+        decision: impl FnOnce(&Approval) -> Approval,
+        action: &str,
+        actor: &str,
+    ) -> Result<pb::ApprovalInfo, Status> {
+        let id = i64::try_from(id).map_err(|_| ConvertError::new("approval_id", "out of range"))?;
+        let current = self
+            .store
+            .get_approval(id)
+            .await
+            .map_err(status_from_store)?;
+        let next = decision(&current);
+        let now = clock::now();
+        self.store
+            .decide_approval(id, ApprovalStatus::Requested, &next, now)
+            .await
+            .map_err(status_from_store)?;
+        let op = self
+            .store
+            .get_operation(current.operation)
+            .await
+            .map_err(status_from_store)?;
+        self.store
+            .append_audit(&AuditEntry {
+                at: now,
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                subject: format!("device {} operation {} approval {id}", op.device, op.id),
+                reason: next.message.clone().unwrap_or_default(),
+                details: serde_json::json!({
+                    "occurrence": next.occurrence.map(|o| (o.start.0, o.end.0)),
+                })
+                .to_string(),
+            })
+            .await
+            .map_err(status_from_store)?;
+        self.wakeups.wake(&op.device);
+        self.approval_info(&next).await
+    }
+}
+
+fn actor_of(s: &str) -> Result<String, ConvertError> {
+    if s.trim().is_empty() {
+        return Err(ConvertError::new("actor", "who decides is required"));
+    }
+    Ok(s.chars().take(256).collect())
+}
+
 #[tonic::async_trait]
 impl<S: Store> WindowService for Windows<S> {
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let status = req.into_inner().status;
+        let status = if status.is_empty() {
+            None
+        } else {
+            Some(ApprovalStatus::parse(&status).ok_or_else(|| {
+                ConvertError::new(
+                    "status",
+                    format!("{status:?} is not requested, approved, declined or missed"),
+                )
+            })?)
+        };
+        let list = self
+            .store
+            .list_approvals(status)
+            .await
+            .map_err(status_from_store)?;
+        let mut approvals = Vec::with_capacity(list.len());
+        for a in &list {
+            approvals.push(self.approval_info(a).await?);
+        }
+        Ok(Response::new(pb::ListApprovalsResponse { approvals }))
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::ApproveResponse>, Status> {
+        let req = req.into_inner();
+        let actor = actor_of(&req.actor)?;
+        let w = req.occurrence.ok_or_else(|| {
+            ConvertError::new("occurrence", "one of the candidate occurrences is required")
+        })?;
+        let chosen = crate::domain::Occurrence {
+            start: Timestamp(w.start_unix_ms),
+            end: Timestamp(w.end_unix_ms),
+        };
+        let id = i64::try_from(req.approval_id)
+            .map_err(|_| ConvertError::new("approval_id", "out of range"))?;
+        let current = self
+            .store
+            .get_approval(id)
+            .await
+            .map_err(status_from_store)?;
+        let op = self
+            .store
+            .get_operation(current.operation)
+            .await
+            .map_err(status_from_store)?;
+        if !self.candidates(&op.device, 50).await?.contains(&chosen) {
+            return Err(ConvertError::new(
+                "occurrence",
+                "is not an upcoming occurrence of a window of this device; pick one of the candidates",
+            )
+            .into());
+        }
+        let info = self
+            .decide(
+                req.approval_id,
+                |a| Approval {
+                    status: ApprovalStatus::Approved,
+                    occurrence: Some(chosen),
+                    decided_by: Some(actor.clone()),
+                    ..a.clone()
+                },
+                "approval_approved",
+                &actor,
+            )
+            .await?;
+        Ok(Response::new(pb::ApproveResponse {
+            approval: Some(info),
+        }))
+    }
+
+    async fn decline(
+        &self,
+        req: Request<pb::DeclineRequest>,
+    ) -> Result<Response<pb::DeclineResponse>, Status> {
+        let req = req.into_inner();
+        let actor = actor_of(&req.actor)?;
+        let message = req.message;
+        let info = self
+            .decide(
+                req.approval_id,
+                |a| Approval {
+                    status: ApprovalStatus::Declined,
+                    decided_by: Some(actor.clone()),
+                    message: Some(message.clone()),
+                    ..a.clone()
+                },
+                "approval_declined",
+                &actor,
+            )
+            .await?;
+        Ok(Response::new(pb::DeclineResponse {
+            approval: Some(info),
+        }))
+    }
+
     async fn create_window(
         &self,
         req: Request<pb::CreateWindowRequest>,
@@ -278,8 +484,20 @@ impl<S: Store> WindowService for Windows<S> {
                 )
             })?
         };
+        let mut needs_approval = BTreeSet::new();
+        for (i, k) in p.needs_approval.iter().enumerate() {
+            if !FleetPolicy::KINDS.contains(&k.as_str()) {
+                return Err(ConvertError::new(
+                    format!("policy.needs_approval[{i}]"),
+                    format!("{k:?} is not one of {}", FleetPolicy::KINDS.join(", ")),
+                )
+                .into());
+            }
+            needs_approval.insert(k.clone());
+        }
         let policy = FleetPolicy {
             needs_window,
+            needs_approval,
             max_deferral_ms,
             on_deferral_expiry,
         };

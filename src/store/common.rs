@@ -686,7 +686,7 @@ macro_rules! impl_store {
                     let pending = sqlx::query(
                         "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms \
                          FROM operations WHERE device_id = $1 AND kind = 'apply_env' \
-                         AND status IN ('pending', 'waiting_lock', 'waiting_window') ORDER BY id LIMIT 1",
+                         AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval') ORDER BY id LIMIT 1",
                     )
                     .bind(device.as_str())
                     .fetch_optional(&mut *tx)
@@ -699,7 +699,7 @@ macro_rules! impl_store {
                 if matches!(spec, OperationSpec::AssignRelease(_)) {
                     sqlx::query(
                         "UPDATE operations SET status = 'superseded', updated_ms = $2 \
-                         WHERE device_id = $1 AND kind = 'assign_release' AND status IN ('pending', 'waiting_lock', 'waiting_window')",
+                         WHERE device_id = $1 AND kind = 'assign_release' AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval')",
                     )
                     .bind(device.as_str())
                     .bind(now.0)
@@ -769,7 +769,7 @@ macro_rules! impl_store {
             async fn devices_with_active_operations(&self) -> Result<Vec<DeviceId>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT DISTINCT device_id FROM operations \
-                     WHERE status IN ('pending', 'waiting_lock', 'waiting_window', 'applying') ORDER BY device_id",
+                     WHERE status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'applying') ORDER BY device_id",
                 )
                 .fetch_all(&self.pool)
                 .await
@@ -820,9 +820,10 @@ macro_rules! impl_store {
 
             async fn set_fleet_policy(&self, fleet: &FleetId, policy: &FleetPolicy, now: Timestamp) -> Result<(), StoreError> {
                 sqlx::query(
-                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms) \
-                     VALUES ($1, $2, $3, $4, $5) \
+                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms, needs_approval_json) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
                      ON CONFLICT (fleet) DO UPDATE SET needs_window_json = excluded.needs_window_json, \
+                       needs_approval_json = excluded.needs_approval_json, \
                        max_deferral_ms = excluded.max_deferral_ms, on_deferral_expiry = excluded.on_deferral_expiry, \
                        updated_ms = excluded.updated_ms",
                 )
@@ -831,6 +832,7 @@ macro_rules! impl_store {
                 .bind(policy.max_deferral_ms)
                 .bind(policy.on_deferral_expiry.as_str())
                 .bind(now.0)
+                .bind(codec::kinds_to_json(&policy.needs_approval))
                 .execute(&self.pool)
                 .await
                 .map_err(StoreError::on_write("fleet policy", fleet, "fleet"))?;
@@ -839,7 +841,7 @@ macro_rules! impl_store {
 
             async fn fleet_policy(&self, fleet: &FleetId) -> Result<FleetPolicy, StoreError> {
                 let row = sqlx::query(
-                    "SELECT needs_window_json, max_deferral_ms, on_deferral_expiry FROM fleet_policies WHERE fleet = $1",
+                    "SELECT needs_window_json, needs_approval_json, max_deferral_ms, on_deferral_expiry FROM fleet_policies WHERE fleet = $1",
                 )
                 .bind(fleet.as_str())
                 .fetch_optional(&self.pool)
@@ -857,11 +859,108 @@ macro_rules! impl_store {
                         codec::corrupt("fleet policy", fleet.as_str(), format!("unknown deferral expiry {e:?}"))
                     })?,
                 };
+                let approval: Option<String> = get(&r, "needs_approval_json")?;
                 Ok(FleetPolicy {
                     needs_window: codec::kinds_from_json(fleet.as_str(), &json)?,
+                    needs_approval: match approval {
+                        Some(j) => codec::kinds_from_json(fleet.as_str(), &j)?,
+                        None => FleetPolicy::default().needs_approval,
+                    },
                     max_deferral_ms: max.unwrap_or(FleetPolicy::DEFAULT_MAX_DEFERRAL_MS),
                     on_deferral_expiry,
                 })
+            }
+
+            async fn create_approval(&self, op: OperationId, now: Timestamp) -> Result<Approval, StoreError> {
+                let row = sqlx::query(
+                    "INSERT INTO approvals (operation_id, status, created_ms) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .bind(op.0)
+                .bind(ApprovalStatus::Requested.as_str())
+                .bind(now.0)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::on_write("approval", op, "operation"))?;
+                Ok(Approval {
+                    id: get(&row, "id")?,
+                    operation: op,
+                    status: ApprovalStatus::Requested,
+                    occurrence: None,
+                    decided_by: None,
+                    message: None,
+                })
+            }
+
+            async fn latest_approval(&self, op: OperationId) -> Result<Option<Approval>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT id, operation_id, status, occurrence_start, occurrence_end, decided_by, message \
+                     FROM approvals WHERE operation_id = $1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(op.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                row.as_ref().map(approval_from_row).transpose()
+            }
+
+            async fn get_approval(&self, id: i64) -> Result<Approval, StoreError> {
+                let row = sqlx::query(
+                    "SELECT id, operation_id, status, occurrence_start, occurrence_end, decided_by, message \
+                     FROM approvals WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                .ok_or_else(|| StoreError::NotFound { entity: "approval", key: id.to_string() })?;
+                approval_from_row(&row)
+            }
+
+            async fn list_approvals(&self, status: Option<ApprovalStatus>) -> Result<Vec<Approval>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, operation_id, status, occurrence_start, occurrence_end, decided_by, message \
+                     FROM approvals WHERE ($1 IS NULL OR status = $1) ORDER BY id",
+                )
+                .bind(status.map(ApprovalStatus::as_str))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(approval_from_row).collect()
+            }
+
+            async fn decide_approval(
+                &self,
+                id: i64,
+                expected: ApprovalStatus,
+                decision: &Approval,
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    "UPDATE approvals SET status = $2, occurrence_start = $3, occurrence_end = $4, \
+                       decided_by = $5, message = $6, decided_ms = $7 \
+                     WHERE id = $1 AND status = $8",
+                )
+                .bind(id)
+                .bind(decision.status.as_str())
+                .bind(decision.occurrence.map(|o| o.start.0))
+                .bind(decision.occurrence.map(|o| o.end.0))
+                .bind(decision.decided_by.as_deref())
+                .bind(decision.message.as_deref())
+                .bind(now.0)
+                .bind(expected.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                if done.rows_affected() == 0 {
+                    // Distinguish a missing approval from one already decided.
+                    let current = self.get_approval(id).await?;
+                    return Err(StoreError::Conflict {
+                        entity: "approval",
+                        key: id.to_string(),
+                        message: format!("it is {}, not {}", current.status.as_str(), expected.as_str()),
+                    });
+                }
+                Ok(())
             }
 
             async fn create_window(&self, scope: &WindowScope, rule: &WindowRule, now: Timestamp) -> Result<Window, StoreError> {
@@ -1099,10 +1198,29 @@ macro_rules! impl_store {
         const OPERATION_SELECT_BY_ID: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE id = $1";
         const OPERATION_SELECT_BY_DEVICE: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE device_id = $1 ORDER BY id DESC";
         const OPERATION_SELECT_CURRENT: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations \
-             WHERE device_id = $1 AND status IN ('pending', 'waiting_lock', 'waiting_window', 'applying') ORDER BY id LIMIT 1";
+             WHERE device_id = $1 AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'applying') ORDER BY id LIMIT 1";
         const _: &str = OPERATION_COLUMNS_SQL;
 
         type DbRow = <$db as sqlx::Database>::Row;
+
+        fn approval_from_row(r: &DbRow) -> Result<Approval, StoreError> {
+            let id: i64 = get(r, "id")?;
+            let status: String = get(r, "status")?;
+            let start: Option<i64> = get(r, "occurrence_start")?;
+            let end: Option<i64> = get(r, "occurrence_end")?;
+            Ok(Approval {
+                id,
+                operation: OperationId(get(r, "operation_id")?),
+                status: ApprovalStatus::parse(&status)
+                    .ok_or_else(|| codec::corrupt("approval", id, format!("unknown status {status:?}")))?,
+                occurrence: match (start, end) {
+                    (Some(s), Some(e)) => Some(crate::domain::Occurrence { start: Timestamp(s), end: Timestamp(e) }),
+                    _ => None,
+                },
+                decided_by: get(r, "decided_by")?,
+                message: get(r, "message")?,
+            })
+        }
 
         fn window_from_row(r: &DbRow) -> Result<Window, StoreError> {
             let id: i64 = get(r, "id")?;

@@ -24,6 +24,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "deferral policy",
         include_str!("../../migrations/postgres/0003_deferral_policy.sql"),
     ),
+    (
+        4,
+        "approval policy",
+        include_str!("../../migrations/postgres/0004_approval_policy.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -41,6 +46,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         3,
         "deferral policy",
         include_str!("../../migrations/sqlite/0003_deferral_policy.sql"),
+    ),
+    (
+        4,
+        "approval policy",
+        include_str!("../../migrations/sqlite/0004_approval_policy.sql"),
     ),
 ];
 

@@ -14,10 +14,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::domain::{
-    AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord, DeviceReport, DeviceStatus,
-    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy, Force, IntentKind, IntentSeq,
-    LockReport, LockState, NewIntent, OpStatus, OperationId, OperationRecord, OperationSpec,
-    Release, ReleaseId, StoredIntent, Tag, Timestamp, Window, WindowRule, WindowScope,
+    Approval, ApprovalStatus, AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord,
+    DeviceReport, DeviceStatus, EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy,
+    Force, IntentKind, IntentSeq, LockReport, LockState, NewIntent, OpStatus, OperationId,
+    OperationRecord, OperationSpec, Release, ReleaseId, StoredIntent, Tag, Timestamp, Window,
+    WindowRule, WindowScope,
 };
 
 pub use pg::PgStore;
@@ -420,6 +421,31 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         fleet: &FleetId,
     ) -> impl Future<Output = Result<FleetPolicy, StoreError>> + Send;
+    /// Opens a request for a customer to approve a window occurrence.
+    fn create_approval(
+        &self,
+        op: OperationId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Approval, StoreError>> + Send;
+    /// The operation's most recent approval, if any.
+    fn latest_approval(
+        &self,
+        op: OperationId,
+    ) -> impl Future<Output = Result<Option<Approval>, StoreError>> + Send;
+    fn get_approval(&self, id: i64) -> impl Future<Output = Result<Approval, StoreError>> + Send;
+    fn list_approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+    ) -> impl Future<Output = Result<Vec<Approval>, StoreError>> + Send;
+    /// Records a decision (status, occurrence, who, message) if the approval
+    /// is still `expected`; `Conflict` otherwise.
+    fn decide_approval(
+        &self,
+        id: i64,
+        expected: ApprovalStatus,
+        decision: &Approval,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn create_window(
         &self,
         scope: &WindowScope,

@@ -12,11 +12,11 @@ use super::{
 };
 use crate::domain::fleet::newest_per_lock;
 use crate::domain::{
-    AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord, DeviceReport, DeviceStatus,
-    EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy, Force, Generation,
-    IntentKind, IntentSeq, LockReport, LockState, NewIntent, OpProgress, OpStatus, OperationId,
-    OperationRecord, OperationSpec, Release, ReleaseId, ReportedBlock, StoredIntent, Tag,
-    Timestamp, Window, WindowRule, WindowScope,
+    Approval, ApprovalStatus, AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord,
+    DeviceReport, DeviceStatus, EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy,
+    Force, Generation, IntentKind, IntentSeq, LockReport, LockState, NewIntent, OpProgress,
+    OpStatus, OperationId, OperationRecord, OperationSpec, Release, ReleaseId, ReportedBlock,
+    StoredIntent, Tag, Timestamp, Window, WindowRule, WindowScope,
 };
 
 /// A Postgres-backed [`Store`](super::Store).
