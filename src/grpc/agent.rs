@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -321,6 +322,8 @@ fn ack_body(ack: &pb::IntentAck) -> String {
     serde_json::json!({ "block": ack.block, "detail": detail }).to_string()
 }
 
+type Outbound = Box<Result<pb::ServerMessage, Status>>;
+
 /// The per-connection state of one agent stream.
 struct Session<S> {
     store: S,
@@ -328,7 +331,9 @@ struct Session<S> {
     wakeups: Wakeups,
     ingestor: Ingestor,
     device: DeviceId,
-    tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    /// Boxed: a channel allocates its slots in blocks of 32, and an unboxed
+    /// message is ~360 bytes; idle streams should cost little.
+    tx: mpsc::Sender<Outbound>,
     last_sent: u64,
     last_report_seq: u64,
 }
@@ -356,7 +361,7 @@ impl<S: Store> Session<S> {
             let msg = pb::ServerMessage {
                 msg: Some(pb::server_message::Msg::Intent(msg)),
             };
-            self.tx.send(Ok(msg)).await.map_err(|_| ())?;
+            self.tx.send(Box::new(Ok(msg))).await.map_err(|_| ())?;
             self.last_sent = intent.seq.0;
         }
         Ok(())
@@ -523,7 +528,7 @@ impl<S: Store> AgentService for Agents<S> {
                 device: device.to_string(),
             })),
         };
-        tx.send(Ok(welcome))
+        tx.send(Box::new(Ok(welcome)))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         let mut session = Session {
@@ -540,14 +545,15 @@ impl<S: Store> AgentService for Agents<S> {
         tokio::spawn(async move {
             let mut superseded = registration.superseded.clone();
             let outcome: Result<(), ()> = async {
-                session.send_outbox().await?;
+                Box::pin(session.send_outbox()).await?;
                 loop {
                     tokio::select! {
                         msg = inbound.message() => match msg {
                             Ok(Some(m)) => {
-                                if let Err(status) = session.handle(m).await {
+                                // Boxed so the idle session future stays small.
+                                if let Err(status) = Box::pin(session.handle(m)).await {
                                     tracing::warn!(device = %session.device, %status, "agent message refused");
-                                    let _ = session.tx.send(Err(status)).await;
+                                    let _ = session.tx.send(Box::new(Err(status))).await;
                                     return Err(());
                                 }
                             }
@@ -557,11 +563,13 @@ impl<S: Store> AgentService for Agents<S> {
                                 return Ok(());
                             }
                         },
-                        () = registration.outbox.notified() => session.send_outbox().await?,
+                        () = registration.outbox.notified() => Box::pin(session.send_outbox()).await?,
                         _ = superseded.changed() => {
                             let _ = session
                                 .tx
-                                .send(Err(Status::aborted("superseded by a newer stream for this device")))
+                                .send(Box::new(Err(Status::aborted(
+                                    "superseded by a newer stream for this device",
+                                ))))
                                 .await;
                             return Ok(());
                         }
@@ -575,6 +583,8 @@ impl<S: Store> AgentService for Agents<S> {
             tracing::info!(device = %session.device, "agent disconnected");
             session.wakeups.wake(&session.device);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|m: Outbound| *m),
+        )))
     }
 }
