@@ -254,16 +254,14 @@ impl<S: Store> Scheduler<S> {
                             };
                             decision = domain::decide(&operation, &g.state, Some(&merged));
                             tracing::warn!(device = %device, operation = %op.id, blocks = ?names, "deferral limit reached: overriding the holders' locks");
-                            self.store
-                                .append_audit(&AuditEntry {
-                                    at: now,
-                                    actor: "scheduler".into(),
-                                    action: "time_forced".into(),
-                                    subject: format!("device {device} operation {}", op.id),
-                                    reason: "deferral limit reached".into(),
-                                    details: serde_json::json!({ "blocks": names }).to_string(),
-                                })
-                                .await?;
+                            self.audit(
+                                "time_forced",
+                                device,
+                                &op,
+                                "deferral limit reached",
+                                &names,
+                            )
+                            .await?;
                         }
                     }
                     domain::DeferralExpiry::Notify => {
@@ -284,16 +282,14 @@ impl<S: Store> Scheduler<S> {
                             let names: Vec<String> =
                                 expired.iter().map(ToString::to_string).collect();
                             tracing::warn!(device = %device, operation = %op.id, blocks = ?names, "deferral limit reached: operation overdue");
-                            self.store
-                                .append_audit(&AuditEntry {
-                                    at: now,
-                                    actor: "scheduler".into(),
-                                    action: "deferral_expired".into(),
-                                    subject: format!("device {device} operation {}", op.id),
-                                    reason: "deferral limit reached".into(),
-                                    details: serde_json::json!({ "blocks": names }).to_string(),
-                                })
-                                .await?;
+                            self.audit(
+                                "deferral_expired",
+                                device,
+                                &op,
+                                "deferral limit reached",
+                                &names,
+                            )
+                            .await?;
                             op = next;
                         }
                     }
@@ -330,6 +326,28 @@ impl<S: Store> Scheduler<S> {
         let step = domain::next_step(&op, decision, online, gate);
         tracing::debug!(device = %device, operation = %op.id, ?step, "scheduler decision");
         self.act(&op, step, Some(apply_op), &target_name).await
+    }
+
+    /// Writes a scheduler decision about some blocks to the audit log.
+    async fn audit(
+        &self,
+        action: &str,
+        device: &DeviceId,
+        op: &OperationRecord,
+        reason: &str,
+        blocks: &[String],
+    ) -> Result<(), StoreError> {
+        self.store
+            .append_audit(&AuditEntry {
+                at: clock::now(),
+                actor: "scheduler".into(),
+                action: action.into(),
+                subject: format!("device {device} operation {}", op.id),
+                reason: reason.into(),
+                details: serde_json::json!({ "blocks": blocks }).to_string(),
+            })
+            .await
+            .map(drop)
     }
 
     /// For an operation that needs a customer's approval: the approved

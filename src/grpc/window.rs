@@ -237,6 +237,24 @@ impl<S: Store> Windows<S> {
     }
 }
 
+/// Operation kinds named in a policy, each checked.
+fn policy_kinds(field: &str, kinds: &[String]) -> Result<BTreeSet<String>, ConvertError> {
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            if FleetPolicy::KINDS.contains(&k.as_str()) {
+                Ok(k.clone())
+            } else {
+                Err(ConvertError::new(
+                    format!("{field}[{i}]"),
+                    format!("{k:?} is not one of {}", FleetPolicy::KINDS.join(", ")),
+                ))
+            }
+        })
+        .collect()
+}
+
 fn actor_of(s: &str) -> Result<String, ConvertError> {
     if s.trim().is_empty() {
         return Err(ConvertError::new("actor", "who decides is required"));
@@ -454,17 +472,8 @@ impl<S: Store> WindowService for Windows<S> {
             .policy
             .ok_or_else(|| ConvertError::new("policy", "required"))?;
         let fleet = FleetId::new(&p.fleet).map_err(|e| ConvertError::new("policy.fleet", e))?;
-        let mut needs_window = BTreeSet::new();
-        for (i, k) in p.needs_window.iter().enumerate() {
-            if !FleetPolicy::KINDS.contains(&k.as_str()) {
-                return Err(ConvertError::new(
-                    format!("policy.needs_window[{i}]"),
-                    format!("{k:?} is not one of {}", FleetPolicy::KINDS.join(", ")),
-                )
-                .into());
-            }
-            needs_window.insert(k.clone());
-        }
+        let needs_window = policy_kinds("policy.needs_window", &p.needs_window)?;
+        let needs_approval = policy_kinds("policy.needs_approval", &p.needs_approval)?;
         let max_deferral_ms = match p.max_deferral_seconds {
             0 => FleetPolicy::DEFAULT_MAX_DEFERRAL_MS,
             s if s > 365 * 86_400 => {
@@ -484,17 +493,6 @@ impl<S: Store> WindowService for Windows<S> {
                 )
             })?
         };
-        let mut needs_approval = BTreeSet::new();
-        for (i, k) in p.needs_approval.iter().enumerate() {
-            if !FleetPolicy::KINDS.contains(&k.as_str()) {
-                return Err(ConvertError::new(
-                    format!("policy.needs_approval[{i}]"),
-                    format!("{k:?} is not one of {}", FleetPolicy::KINDS.join(", ")),
-                )
-                .into());
-            }
-            needs_approval.insert(k.clone());
-        }
         let policy = FleetPolicy {
             needs_window,
             needs_approval,
