@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod domain;
+pub mod events;
 pub mod grpc;
 pub mod hub;
 pub mod ingest;

@@ -17,6 +17,7 @@ use crate::domain::{
     NewIntent, OpStatus, Operation, OperationRecord, OperationSpec, Reason, Release, RunningBlock,
     Step,
 };
+use crate::events::{EventKind, Events};
 use crate::hub::Hub;
 use crate::intents::{ApplyOp, IntentBody, TargetBlock};
 use crate::store::{EnvOwner, Store, StoreError};
@@ -86,6 +87,7 @@ pub struct Scheduler<S> {
     store: S,
     hub: Hub,
     wakeups: Wakeups,
+    events: Events,
 }
 
 /// What the gather step found for a device.
@@ -95,11 +97,12 @@ struct Gathered {
 }
 
 impl<S: Store> Scheduler<S> {
-    pub fn new(store: S, hub: Hub, wakeups: Wakeups) -> Self {
+    pub fn new(store: S, hub: Hub, wakeups: Wakeups, events: Events) -> Self {
         Self {
             store,
             hub,
             wakeups,
+            events,
         }
     }
 
@@ -254,6 +257,13 @@ impl<S: Store> Scheduler<S> {
                             };
                             decision = domain::decide(&operation, &g.state, Some(&merged));
                             tracing::warn!(device = %device, operation = %op.id, blocks = ?names, "deferral limit reached: overriding the holders' locks");
+                            self.events.publish(
+                                device,
+                                Some(op.id),
+                                EventKind::TimeForced {
+                                    blocks: names.clone(),
+                                },
+                            );
                             self.audit(
                                 "time_forced",
                                 device,
@@ -282,6 +292,13 @@ impl<S: Store> Scheduler<S> {
                             let names: Vec<String> =
                                 expired.iter().map(ToString::to_string).collect();
                             tracing::warn!(device = %device, operation = %op.id, blocks = ?names, "deferral limit reached: operation overdue");
+                            self.events.publish(
+                                device,
+                                Some(op.id),
+                                EventKind::Overdue {
+                                    blocks: names.clone(),
+                                },
+                            );
                             self.audit(
                                 "deferral_expired",
                                 device,
@@ -425,6 +442,8 @@ impl<S: Store> Scheduler<S> {
                     })
                     .await?;
                 tracing::info!(device = %device, operation = %op.id, approval = approval.id, "customer approval requested");
+                self.events
+                    .publish(device, Some(op.id), EventKind::ApprovalRequested);
                 Ok(None)
             }
             domain::ApprovalGate::Declined => {
@@ -694,6 +713,33 @@ impl<S: Store> Scheduler<S> {
         self.store
             .set_device_status(&op.device, device_status)
             .await?;
+        let event = match next.status {
+            OpStatus::Failed => Some(EventKind::Failed {
+                error: next.progress.error.clone().unwrap_or_default(),
+            }),
+            OpStatus::Applying => Some(EventKind::Applying),
+            OpStatus::WaitingLock | OpStatus::WaitingWindow
+                if !next.progress.waiting_on.is_empty() =>
+            {
+                Some(EventKind::BlockedByLock {
+                    holders: next
+                        .progress
+                        .waiting_on
+                        .iter()
+                        .map(|r| format!("{}:{}", r.block, r.reason))
+                        .collect(),
+                })
+            }
+            OpStatus::WaitingWindow => Some(EventKind::WaitingWindow {
+                next_start: next.progress.told_window.map(|o| o.start),
+            }),
+            _ => None,
+        };
+        if let Some(kind) = event
+            && (next.status != op.status || !intents.is_empty())
+        {
+            self.events.publish(&op.device, Some(op.id), kind);
+        }
         if !intents.is_empty() {
             self.hub.notify(&op.device);
         }
@@ -706,6 +752,7 @@ impl<S: Store> Scheduler<S> {
 pub async fn on_apply_outcome<S: Store>(
     store: &S,
     wakeups: &Wakeups,
+    events: &Events,
     op: &OperationRecord,
     outcome: &ApplyOutcome,
 ) -> Result<OpStatus, StoreError> {
@@ -726,6 +773,17 @@ pub async fn on_apply_outcome<S: Store>(
     };
     store.set_device_status(&op.device, device_status).await?;
     tracing::info!(device = %op.device, operation = %op.id, outcome = ?outcome, status = status.as_str(), "apply answered");
+    match status {
+        OpStatus::Done => events.publish(&op.device, Some(op.id), EventKind::Applied),
+        OpStatus::Failed => events.publish(
+            &op.device,
+            Some(op.id),
+            EventKind::Failed {
+                error: next.progress.error.clone().unwrap_or_default(),
+            },
+        ),
+        _ => {}
+    }
     wakeups.wake(&op.device);
     Ok(status)
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::events::Events;
 use crate::grpc;
 use crate::hub::Hub;
 use crate::ingest::{IngestConfig, Ingestor};
@@ -111,8 +112,10 @@ impl Bound {
         let hub = Hub::default();
         let wakeups = Wakeups::default();
         let (ingestor, ingest_task) = Ingestor::spawn(store.clone(), IngestConfig::default());
-        let scheduler =
-            tokio::spawn(Scheduler::new(store.clone(), hub.clone(), wakeups.clone()).run());
+        let events = Events::default();
+        let scheduler = tokio::spawn(
+            Scheduler::new(store.clone(), hub.clone(), wakeups.clone(), events.clone()).run(),
+        );
         let pruning = tokio::spawn(prune_lock_history(
             store.clone(),
             self.config.lock_history_retention,
@@ -135,14 +138,24 @@ impl Bound {
             ))
             .add_service(
                 grpc::pb::operation_service_server::OperationServiceServer::new(
-                    grpc::operation::Operations::new(store.clone(), wakeups.clone()),
+                    grpc::operation::Operations::new(
+                        store.clone(),
+                        wakeups.clone(),
+                        events.clone(),
+                    ),
                 ),
             )
             .add_service(grpc::pb::window_service_server::WindowServiceServer::new(
                 grpc::window::Windows::new(store.clone(), wakeups.clone()),
             ))
             .add_service(grpc::pb::agent_service_server::AgentServiceServer::new(
-                grpc::agent::Agents::new(store.clone(), hub.clone(), wakeups.clone(), ingestor),
+                grpc::agent::Agents::new(
+                    store.clone(),
+                    hub.clone(),
+                    wakeups.clone(),
+                    ingestor,
+                    events.clone(),
+                ),
             ))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -411,6 +411,27 @@ async fn agent_connects_reports_locks_and_relays_intents_both_ways() {
     .await;
     assert!(lock.generation >= 1);
 
+    // A dashboard watches the fleet's events.
+    let mut watch = OperationServiceClient::new(fx.channel().await)
+        .watch_events(pb::WatchEventsRequest {
+            fleet: "site".into(),
+            device: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(e)) = watch.message().await {
+            let done = e.kind == "applied";
+            seen.push(e);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+
     // A reboot must wait: a is asked to release, with the reason.
     let op = fx
         .create_op(pb::operation_spec::Kind::Reboot(
@@ -502,6 +523,29 @@ async fn agent_connects_reports_locks_and_relays_intents_both_ways() {
         fx.intents_in_file("a").is_empty(),
         "answered intents leave the list"
     );
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), watcher)
+        .await
+        .expect("the watcher sees the operation through")
+        .unwrap();
+    let kinds: Vec<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("{k} missing from {kinds:?}"))
+    };
+    assert!(
+        pos("blocked_by_lock") < pos("deferred")
+            && pos("deferred") < pos("applying")
+            && pos("applying") < pos("applied"),
+        "{kinds:?}"
+    );
+    let blocked = &seen[pos("blocked_by_lock")];
+    assert_eq!(
+        (blocked.device.as_str(), blocked.blocks.clone()),
+        ("dev-1", vec!["a:reboot".to_owned()])
+    );
+    assert_eq!(seen[pos("deferred")].blocks, vec!["a".to_owned()]);
 }
 
 #[tokio::test]

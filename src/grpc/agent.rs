@@ -20,6 +20,7 @@ use crate::domain::{
     ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, Generation, IntentKind,
     IntentSeq, LockReport, LockState, ReleaseId, ReportedBlock, StoredIntent, Timestamp,
 };
+use crate::events::Events;
 use crate::hub::Hub;
 use crate::ingest::Ingestor;
 use crate::intents::{ApplyOp, IntentBody, TargetBlock};
@@ -38,15 +39,17 @@ pub struct Agents<S> {
     hub: Hub,
     wakeups: Wakeups,
     ingestor: Ingestor,
+    events: Events,
 }
 
 impl<S: Store> Agents<S> {
-    pub fn new(store: S, hub: Hub, wakeups: Wakeups, ingestor: Ingestor) -> Self {
+    pub fn new(store: S, hub: Hub, wakeups: Wakeups, ingestor: Ingestor, events: Events) -> Self {
         Self {
             store,
             hub,
             wakeups,
             ingestor,
+            events,
         }
     }
 }
@@ -330,6 +333,7 @@ struct Session<S> {
     hub: Hub,
     wakeups: Wakeups,
     ingestor: Ingestor,
+    events: Events,
     device: DeviceId,
     /// Boxed: a channel allocates its slots in blocks of 32, and an unboxed
     /// message is ~360 bytes; idle streams should cost little.
@@ -447,7 +451,7 @@ impl<S: Store> Session<S> {
                     .get_operation(op_id)
                     .await
                     .map_err(status_from_store)?;
-                on_apply_outcome(&self.store, &self.wakeups, &op, &outcome)
+                on_apply_outcome(&self.store, &self.wakeups, &self.events, &op, &outcome)
                     .await
                     .map_err(status_from_store)?;
             }
@@ -470,6 +474,14 @@ impl<S: Store> Session<S> {
                     )
                     .await
                     .map_err(status_from_store)?;
+                    self.events.publish(
+                        &self.device,
+                        Some(op.id),
+                        crate::events::EventKind::Deferred {
+                            block: block.to_string(),
+                            until: Timestamp(d.until_unix_ms),
+                        },
+                    );
                 }
                 tracing::info!(device = %self.device, seq = seq.0, block = %ack.block, "lock holder deferred");
                 self.wakeups.wake(&self.device);
@@ -536,6 +548,7 @@ impl<S: Store> AgentService for Agents<S> {
             hub: self.hub.clone(),
             wakeups: self.wakeups.clone(),
             ingestor: self.ingestor.clone(),
+            events: self.events.clone(),
             device: device.clone(),
             tx,
             last_sent: 0,

@@ -9,21 +9,58 @@ use super::convert::{ConvertError, block_name, disturbance_to_pb};
 use super::pb::{self, operation_service_server::OperationService};
 use super::status_from_store;
 use crate::clock;
+use crate::domain::FleetId;
 use crate::domain::{
     AuditEntry, DeviceId, Disturbance, Force, OpStatus, OperationId, OperationRecord,
     OperationSpec, ReleaseId,
 };
+use crate::events::{Event, EventKind, Events};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
 pub struct Operations<S> {
     store: S,
     wakeups: Wakeups,
+    events: Events,
 }
 
 impl<S: Store> Operations<S> {
-    pub fn new(store: S, wakeups: Wakeups) -> Self {
-        Self { store, wakeups }
+    pub fn new(store: S, wakeups: Wakeups, events: Events) -> Self {
+        Self {
+            store,
+            wakeups,
+            events,
+        }
+    }
+}
+
+fn event_to_pb(e: &Event) -> pb::Event {
+    let (blocks, message) = match &e.kind {
+        EventKind::BlockedByLock { holders } => (holders.clone(), String::new()),
+        EventKind::Overdue { blocks } | EventKind::TimeForced { blocks } => {
+            (blocks.clone(), String::new())
+        }
+        EventKind::Deferred { block, until } => (vec![block.clone()], until.0.to_string()),
+        EventKind::WaitingWindow { next_start } => (
+            vec![],
+            next_start.map(|t| t.0.to_string()).unwrap_or_default(),
+        ),
+        EventKind::Failed { error } => (vec![], error.clone()),
+        EventKind::Cancelled { reason } => (vec![], reason.clone()),
+        EventKind::ApprovalRequested | EventKind::Applying | EventKind::Applied => {
+            (vec![], String::new())
+        }
+    };
+    pb::Event {
+        at_unix_ms: e.at.0,
+        device: e.device.to_string(),
+        operation_id: e
+            .operation
+            .map(|o| u64::try_from(o.0).unwrap_or(0))
+            .unwrap_or(0),
+        kind: e.kind.name().to_owned(),
+        blocks,
+        message,
     }
 }
 
@@ -140,6 +177,68 @@ fn actor(s: &str) -> String {
 
 #[tonic::async_trait]
 impl<S: Store> OperationService for Operations<S> {
+    type WatchEventsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let req = req.into_inner();
+        let fleet = (!req.fleet.is_empty())
+            .then(|| FleetId::new(&req.fleet).map_err(|e| ConvertError::new("fleet", e)))
+            .transpose()?;
+        let device = (!req.device.is_empty())
+            .then(|| DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e)))
+            .transpose()?;
+        if let Some(f) = &fleet {
+            self.store.get_fleet(f).await.map_err(status_from_store)?;
+        }
+        let mut rx = self.events.subscribe();
+        let store = self.store.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // Device → fleet, looked up once per device seen.
+            let mut fleets: std::collections::HashMap<DeviceId, FleetId> = Default::default();
+            loop {
+                let msg = match rx.recv().await {
+                    Ok(e) => {
+                        if device.as_ref().is_some_and(|d| *d != e.device) {
+                            continue;
+                        }
+                        if let Some(f) = &fleet {
+                            if !fleets.contains_key(&e.device) {
+                                match store.get_device(&e.device).await {
+                                    Ok(d) => {
+                                        fleets.insert(e.device.clone(), d.fleet);
+                                    }
+                                    Err(_) => continue,
+                                }
+                            }
+                            if fleets.get(&e.device) != Some(f) {
+                                continue;
+                            }
+                        }
+                        event_to_pb(&e)
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => pb::Event {
+                        at_unix_ms: clock::now().0,
+                        kind: "lagged".into(),
+                        message: format!("{n} events missed; re-read the state"),
+                        ..Default::default()
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
     async fn create_operation(
         &self,
         req: Request<pb::CreateOperationRequest>,
