@@ -40,6 +40,14 @@ impl<V> BlockMap<V> {
         Self { entries }
     }
 
+    /// Builds from entries the caller guarantees are in strictly increasing
+    /// block order (checked in debug builds): no comparisons at all, for the
+    /// decision hot path whose outputs are produced in order.
+    pub(crate) fn from_sorted_unchecked(entries: Vec<(BlockName, V)>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        Self { entries }
+    }
+
     fn position(&self, block: &BlockName) -> Result<usize, usize> {
         self.entries.binary_search_by(|(n, _)| n.cmp(block))
     }

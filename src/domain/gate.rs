@@ -151,7 +151,7 @@ pub fn gate(impact: Impact, device: &DeviceState, force: Option<&Force>) -> Deci
     if holders.is_empty() {
         Decision::Proceed {
             impact,
-            fence: BlockMap::from_sorted(fence),
+            fence: BlockMap::from_sorted_unchecked(fence),
             forced,
         }
     } else {

@@ -235,8 +235,8 @@ pub fn impact(op: &Operation, device: &DeviceState) -> Result<Impact, ImpactErro
         }
     }
     Ok(Impact {
-        disturbed: BlockMap::from_sorted(disturbed),
-        notices: BlockMap::from_sorted(notices),
+        disturbed: BlockMap::from_sorted_unchecked(disturbed),
+        notices: BlockMap::from_sorted_unchecked(notices),
         started,
     })
 }
@@ -287,8 +287,8 @@ pub fn release_impact(running: &BTreeMap<BlockName, RunningBlock>, target: &Targ
         .map(|n| (n.clone(), Reason::UpdateNoRestart))
         .collect();
     Impact {
-        disturbed: BlockMap::from_sorted(disturbed),
-        notices: BlockMap::from_sorted(notices),
+        disturbed: BlockMap::from_sorted_unchecked(disturbed),
+        notices: BlockMap::from_sorted_unchecked(notices),
         started,
     }
 }

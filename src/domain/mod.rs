@@ -41,8 +41,9 @@ pub use impact::{
     release_impact,
 };
 pub use operation::{
-    ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, approval_gate, FleetPolicy, deferral_deadline, expired_holders, OpProgress, OpStatus, OperationRecord, OperationSpec, Step,
-    WindowGate, after_apply, next_step,
+    ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, FleetPolicy, OpProgress,
+    OpStatus, OperationRecord, OperationSpec, Step, WindowGate, after_apply, approval_gate,
+    deferral_deadline, expired_holders, next_step,
 };
-pub use window::{Occurrence, Window, WindowError, WindowRule, WindowScope, open_or_next};
 pub use release::{Release, ReleaseError, Target};
+pub use window::{Occurrence, Window, WindowError, WindowRule, WindowScope, open_or_next};
