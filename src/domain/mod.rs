@@ -1,6 +1,43 @@
 //! The pure core: blocks, releases, env, device state, and the decisions made
 //! over them (delta, impact, gate).
 //!
+//! ```
+//! use std::sync::Arc;
+//! use lockstep::domain::*;
+//!
+//! let block = |name: &str, image: char| Arc::new(BlockVersion {
+//!     name: BlockName::new(name).unwrap(),
+//!     version: "1.0.0".parse().unwrap(),
+//!     image_digest: ImageDigest::new(format!("sha256:{}", image.to_string().repeat(64))).unwrap(),
+//!     config: BlockConfig::default(),
+//!     env: Env::new(),
+//!     depends_on: vec![],
+//!     update_strategy: UpdateStrategy::DownloadThenKill,
+//! });
+//! let release = Arc::new(Release::new(
+//!     ReleaseId::new("r1").unwrap(),
+//!     FleetId::new("site").unwrap(),
+//!     vec![block("a", 'a'), block("b", 'b')],
+//!     Env::new(),
+//! ).unwrap());
+//! let env = Arc::new(EnvContext::default());
+//! let a = BlockName::new("a").unwrap();
+//! let device = DeviceState {
+//!     id: DeviceId::new("dev-1").unwrap(),
+//!     current_release: Some(release.id().clone()),
+//!     os_version: None,
+//!     blocks: release.resolve(&env).as_running(),
+//!     env,
+//!     locks: [(a.clone(), LockState { held: true, generation: Generation(1), since: Timestamp(0) })].into(),
+//! };
+//! // a holds its lock: restarting b goes ahead, a reboot asks a to release.
+//! let restart_b = decide(&Operation::RestartBlock(BlockName::new("b").unwrap()), &device, None).unwrap();
+//! assert!(restart_b.proceeds());
+//! let reboot = decide(&Operation::Reboot, &device, None).unwrap();
+//! assert_eq!(reboot.holders()[0].block, a);
+//! assert_eq!(reboot.holders()[0].reason, Reason::Reboot);
+//! ```
+//!
 //! Architecture invariant: nothing in `domain` does IO, reads a clock or draws
 //! randomness: no tokio, sqlx, tonic or prost. Time and randomness are
 //! parameters. `tests/domain_is_pure.rs` enforces the import ban.
