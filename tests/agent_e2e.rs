@@ -784,6 +784,11 @@ async fn killing_the_agent_mid_operation_frees_its_locks_and_the_operation_fails
     )
     .await;
     fx.agent.as_mut().unwrap().kill9();
+    // The server notices the stream ended: the device is offline, not failed.
+    eventually(20, "the device to show offline", || async {
+        (fx.state().await.device.unwrap().status() == pb::DeviceStatus::Offline).then_some(())
+    })
+    .await;
     assert!(
         can_lock(&lock_file),
         "the kernel freed the dead agent's locks"

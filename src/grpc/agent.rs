@@ -534,6 +534,20 @@ impl<S: Store> AgentService for Agents<S> {
 
         let registration = self.hub.register(&device);
         tracing::info!(device = %device, connected = self.hub.connected(), "agent connected");
+        // Online again: in sync unless an operation is under way (the
+        // scheduler, woken below, sets the status it is waiting on).
+        if self
+            .store
+            .current_operation(&device)
+            .await
+            .map_err(status_from_store)?
+            .is_none()
+        {
+            self.store
+                .set_device_status(&device, crate::domain::DeviceStatus::InSync)
+                .await
+                .map_err(status_from_store)?;
+        }
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let welcome = pb::ServerMessage {
             msg: Some(pb::server_message::Msg::Welcome(pb::Welcome {
@@ -594,6 +608,15 @@ impl<S: Store> AgentService for Agents<S> {
             let _ = outcome;
             session.hub.unregister(&session.device, registration.id);
             tracing::info!(device = %session.device, "agent disconnected");
+            // Offline, not failed — unless a newer stream already took over.
+            if !session.hub.is_connected(&session.device)
+                && let Err(e) = session
+                    .store
+                    .set_device_status(&session.device, crate::domain::DeviceStatus::Offline)
+                    .await
+            {
+                tracing::warn!(device = %session.device, error = %e, "cannot mark the device offline");
+            }
             session.wakeups.wake(&session.device);
         });
         Ok(Response::new(Box::pin(
