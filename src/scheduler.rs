@@ -340,9 +340,60 @@ impl<S: Store> Scheduler<S> {
                 None => return Ok(()),
             }
         }
+        // Partial releases: update what is not held back now.
+        let mut apply_op = apply_op;
+        let mut partial = false;
+        if policy.partial_releases
+            && let (
+                Ok(domain::Decision::Blocked { holders, impact }),
+                Operation::UpdateRelease { target },
+            ) = (&decision, &operation)
+        {
+            let held = domain::held_back(holders, impact);
+            let pt = Arc::new(domain::partial_target(target, &g.state.blocks, &held));
+            let pd = domain::decide(
+                &Operation::UpdateRelease {
+                    target: Arc::clone(&pt),
+                },
+                &g.state,
+                op.force.as_ref(),
+            );
+            if let Ok(domain::Decision::Proceed {
+                impact: pi,
+                fence,
+                forced,
+            }) = pd
+                && (!pi.disturbed.is_empty() || !pi.started.is_empty())
+            {
+                tracing::info!(device = %device, operation = %op.id, held = ?held, "partial release: updating the blocks not held back");
+                let mut pi = pi;
+                // Held blocks will restart later: no "untouched" notice for them.
+                pi.notices = pi
+                    .notices
+                    .into_iter()
+                    .filter(|(b, _)| !held.contains(b))
+                    .collect();
+                decision = Ok(domain::Decision::Proceed {
+                    impact: pi,
+                    fence,
+                    forced,
+                });
+                apply_op = ApplyOp::ReleaseUpdate {
+                    release: pt.release.id().to_string(),
+                    blocks: pt
+                        .release
+                        .blocks()
+                        .values()
+                        .map(|bv| TargetBlock::new(bv, pt.release.env(), &g.state.env))
+                        .collect(),
+                };
+                partial = true;
+            }
+        }
         let step = domain::next_step(&op, decision, online, gate);
-        tracing::debug!(device = %device, operation = %op.id, ?step, "scheduler decision");
-        self.act(&op, step, Some(apply_op), &target_name).await
+        tracing::debug!(device = %device, operation = %op.id, ?step, partial, "scheduler decision");
+        self.act_partial(&op, step, Some(apply_op), &target_name, partial)
+            .await
     }
 
     /// Writes a scheduler decision about some blocks to the audit log.
@@ -603,8 +654,20 @@ impl<S: Store> Scheduler<S> {
         apply_op: Option<ApplyOp>,
         target: &str,
     ) -> Result<(), ScheduleError> {
+        self.act_partial(op, step, apply_op, target, false).await
+    }
+
+    async fn act_partial(
+        &self,
+        op: &OperationRecord,
+        step: Step,
+        apply_op: Option<ApplyOp>,
+        target: &str,
+        partial: bool,
+    ) -> Result<(), ScheduleError> {
         let now = clock::now();
         let mut next = op.clone();
+        next.progress.partial_in_flight = partial;
         let (intents, device_status) = match step {
             Step::Wait => return Ok(()),
             Step::Fail { error } => {
@@ -630,6 +693,8 @@ impl<S: Store> Scheduler<S> {
             } => {
                 let status = if window_closed {
                     OpStatus::WaitingWindow
+                } else if op.progress.partially_applied {
+                    OpStatus::PartiallyApplied
                 } else {
                     OpStatus::WaitingLock
                 };
@@ -656,6 +721,8 @@ impl<S: Store> Scheduler<S> {
                     .collect();
                 let device_status = if next.progress.overdue {
                     DeviceStatus::Overdue
+                } else if next.progress.partially_applied {
+                    DeviceStatus::PartiallyApplied
                 } else if window_closed {
                     DeviceStatus::WaitingWindow
                 } else {
@@ -768,6 +835,7 @@ pub async fn on_apply_outcome<S: Store>(
         .await?;
     let device_status = match status {
         OpStatus::Done => DeviceStatus::InSync,
+        OpStatus::PartiallyApplied => DeviceStatus::PartiallyApplied,
         OpStatus::Failed => DeviceStatus::Failed,
         _ => DeviceStatus::Pending,
     };

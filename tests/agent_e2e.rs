@@ -812,6 +812,7 @@ async fn set_policy(fx: &Fixture, needs_window: &[&str]) {
                 max_deferral_seconds: 0,
                 on_deferral_expiry: String::new(),
                 needs_approval: vec![],
+                release_mode: String::new(),
             }),
         })
         .await
@@ -926,6 +927,7 @@ async fn set_deferral(fx: &Fixture, seconds: u64, expiry: &str) {
                 max_deferral_seconds: seconds,
                 on_deferral_expiry: expiry.into(),
                 needs_approval: vec![],
+                release_mode: String::new(),
             }),
         })
         .await
@@ -1132,6 +1134,7 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
                 fleet: "site".into(),
                 needs_window: vec!["os_update".into()],
                 needs_approval: vec!["os_update".into()],
+                release_mode: String::new(),
                 max_deferral_seconds: 0,
                 on_deferral_expiry: String::new(),
             }),
@@ -1269,6 +1272,111 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
             "{a} missing from {actions:?}"
         );
     }
+}
+
+/// A fleet with partial releases: a release that changes A (locked) and B
+/// updates B now, reports partially_applied, and updates A once released.
+#[tokio::test]
+async fn a_partial_release_updates_unlocked_blocks_now_and_locked_ones_when_released() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    pb::window_service_client::WindowServiceClient::new(fx.channel().await)
+        .set_fleet_policy(pb::SetFleetPolicyRequest {
+            policy: Some(pb::FleetPolicy {
+                fleet: "site".into(),
+                release_mode: "partial".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let (a_pid, b_pid, c_pid) = (pid_of(&fx, "a"), pid_of(&fx, "b"), pid_of(&fx, "c"));
+    let mut cat = CatalogServiceClient::new(fx.channel().await);
+    for (block, image) in [("a", 0xa11), ("b", 0xb11)] {
+        cat.create_block_version(pb::CreateBlockVersionRequest {
+            block_version: Some(pb::BlockVersion {
+                block: block.into(),
+                version: "1.1.0".into(),
+                image_digest: format!("sha256:{image:064x}"),
+                config: Some(pb::BlockConfig {
+                    command: fx.command(block),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    cat.create_release(pb::CreateReleaseRequest {
+        id: "r2".into(),
+        fleet: "site".into(),
+        blocks: [("a", "1.1.0"), ("b", "1.1.0"), ("c", "1.0.0")]
+            .iter()
+            .map(|(b, v)| pb::BlockRef {
+                block: (*b).into(),
+                version: (*v).into(),
+            })
+            .collect(),
+        env: Default::default(),
+    })
+    .await
+    .unwrap();
+    let op = fx
+        .create_op(pb::operation_spec::Kind::AssignRelease("r2".into()))
+        .await;
+    let partial = fx.wait_op(op.id, "partially_applied").await;
+    assert_eq!(
+        partial
+            .waiting_on
+            .iter()
+            .map(|d| d.block.as_str())
+            .collect::<Vec<_>>(),
+        vec!["a"]
+    );
+    eventually(20, "b updated now", || async {
+        (pid_of(&fx, "b") != b_pid).then_some(())
+    })
+    .await;
+    assert_eq!(pid_of(&fx, "a"), a_pid, "a, locked, untouched");
+    assert_eq!(pid_of(&fx, "c"), c_pid, "c, unchanged, untouched");
+    let state = fx.state().await;
+    assert_eq!(
+        state.device.as_ref().unwrap().status(),
+        pb::DeviceStatus::PartiallyApplied
+    );
+    let versions: Vec<(String, String)> = state
+        .blocks
+        .iter()
+        .map(|b| (b.block.clone(), b.version.clone()))
+        .collect();
+    assert!(
+        versions.contains(&("a".into(), "1.0.0".into()))
+            && versions.contains(&("b".into(), "1.1.0".into())),
+        "{versions:?}"
+    );
+    // A releases: the rest of the release lands.
+    fx.hold("a", false);
+    fx.wait_op(op.id, "done").await;
+    eventually(20, "a updated", || async {
+        (pid_of(&fx, "a") != a_pid).then_some(())
+    })
+    .await;
+    let state = eventually(20, "a at 1.1.0", || async {
+        let s = fx.state().await;
+        s.blocks
+            .iter()
+            .any(|b| b.block == "a" && b.version == "1.1.0")
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(state.device.unwrap().status(), pb::DeviceStatus::InSync);
+    assert_eq!(pid_of(&fx, "c"), c_pid);
 }
 
 async fn set_env(fx: &Fixture, owner: pb::env_owner::Owner, name: &str, blocks: &[&str]) {

@@ -49,6 +49,8 @@ pub enum OpStatus {
     WaitingWindow,
     /// Needs a customer's approval of a window occurrence.
     WaitingApproval,
+    /// Part of a release is applied; locked blocks follow when released.
+    PartiallyApplied,
     Applying,
     Done,
     Failed,
@@ -57,11 +59,12 @@ pub enum OpStatus {
 }
 
 impl OpStatus {
-    pub const ALL: [OpStatus; 9] = [
+    pub const ALL: [OpStatus; 10] = [
         OpStatus::Pending,
         OpStatus::WaitingLock,
         OpStatus::WaitingWindow,
         OpStatus::WaitingApproval,
+        OpStatus::PartiallyApplied,
         OpStatus::Applying,
         OpStatus::Done,
         OpStatus::Failed,
@@ -74,6 +77,7 @@ impl OpStatus {
             OpStatus::WaitingLock => "waiting_lock",
             OpStatus::WaitingWindow => "waiting_window",
             OpStatus::WaitingApproval => "waiting_approval",
+            OpStatus::PartiallyApplied => "partially_applied",
             OpStatus::Applying => "applying",
             OpStatus::Done => "done",
             OpStatus::Failed => "failed",
@@ -108,6 +112,10 @@ pub struct OpProgress {
     pub deferred_until: std::collections::BTreeMap<BlockName, Timestamp>,
     /// The deferral limit passed and was reported (`notify` policy).
     pub overdue: bool,
+    /// The apply in flight is a partial release (held blocks left as they run).
+    pub partial_in_flight: bool,
+    /// A partial release has been applied; the held blocks are still to go.
+    pub partially_applied: bool,
     /// The window occurrence holders were last told about: when it changes
     /// (a window is created, or the next one comes up), they are told again.
     pub told_window: Option<Occurrence>,
@@ -184,6 +192,9 @@ pub struct FleetPolicy {
     pub needs_approval: BTreeSet<String>,
     /// How long a holder may defer, counted from when it was first asked.
     pub max_deferral_ms: i64,
+    /// `partial`: a release that impacts locked blocks updates the others now
+    /// (and the locked ones when released); `atomic` (default) waits as a whole.
+    pub partial_releases: bool,
     pub on_deferral_expiry: DeferralExpiry,
 }
 
@@ -204,8 +215,28 @@ impl Default for FleetPolicy {
             needs_approval: ["os_update"].into_iter().map(str::to_owned).collect(),
             max_deferral_ms: Self::DEFAULT_MAX_DEFERRAL_MS,
             on_deferral_expiry: DeferralExpiry::Notify,
+            partial_releases: false,
         }
     }
+}
+
+/// The blocks a partial release must leave as they run: every holder in the
+/// way, and every disturbed block whose restart would restart a holder (the
+/// `because_of` chain), so dependencies are respected.
+pub fn held_back(
+    holders: &[ReleaseRequest],
+    impact: &super::impact::Impact,
+) -> BTreeSet<BlockName> {
+    let mut held: BTreeSet<BlockName> = holders.iter().map(|h| h.block.clone()).collect();
+    let mut queue: Vec<BlockName> = held.iter().cloned().collect();
+    while let Some(b) = queue.pop() {
+        if let Some(cause) = impact.disturbed.get(&b).and_then(|d| d.because_of.clone())
+            && held.insert(cause.clone())
+        {
+            queue.push(cause);
+        }
+    }
+    held
 }
 
 /// Where a customer's approval stands.
@@ -450,9 +481,16 @@ pub enum ApplyOutcome {
 pub fn after_apply(op: &OperationRecord, outcome: &ApplyOutcome) -> (OpStatus, OpProgress) {
     let mut progress = op.progress.clone();
     progress.apply_seq = None;
+    let partial = std::mem::take(&mut progress.partial_in_flight);
     match outcome {
+        // A partial release landed: the held blocks are still to go.
+        ApplyOutcome::Applied if partial => {
+            progress.partially_applied = true;
+            (OpStatus::PartiallyApplied, progress)
+        }
         ApplyOutcome::Applied => {
             progress.waiting_on.clear();
+            progress.partially_applied = false;
             (OpStatus::Done, progress)
         }
         ApplyOutcome::Blocked { .. } | ApplyOutcome::Stale => (OpStatus::Pending, progress),
@@ -840,6 +878,53 @@ mod tests {
             assert_eq!(ApprovalStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(ApprovalStatus::parse("maybe"), None);
+    }
+
+    #[test]
+    fn a_partial_apply_leaves_the_operation_partially_applied() {
+        let mut o = op(OpStatus::Applying);
+        o.progress.partial_in_flight = true;
+        let (status, p) = after_apply(&o, &ApplyOutcome::Applied);
+        assert_eq!(status, OpStatus::PartiallyApplied);
+        assert!(p.partially_applied && !p.partial_in_flight);
+        let mut o2 = op(OpStatus::Applying);
+        o2.progress = p;
+        let (status, p) = after_apply(&o2, &ApplyOutcome::Applied);
+        assert_eq!(status, OpStatus::Done);
+        assert!(!p.partially_applied);
+    }
+
+    #[test]
+    fn held_back_follows_dependency_causes_to_respect_restart_edges() {
+        use crate::domain::impact::{Disturbance, Impact};
+        let dist = |because: Option<&str>| Disturbance {
+            reason: if because.is_some() {
+                Reason::DependencyRestart
+            } else {
+                Reason::UpdateRestart
+            },
+            handover: false,
+            because_of: because.map(b),
+            cause: None,
+        };
+        let impact = Impact {
+            disturbed: [
+                (b("x"), dist(None)),
+                (b("y"), dist(Some("x"))),
+                (b("z"), dist(Some("y"))),
+                (b("w"), dist(None)),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        // z is locked: it restarts only because y does, which restarts because x does.
+        assert_eq!(
+            held_back(&[rr("z", 1)], &impact),
+            [b("x"), b("y"), b("z")].into()
+        );
+        // w is locked for its own change: only w is held.
+        assert_eq!(held_back(&[rr("w", 1)], &impact), [b("w")].into());
     }
 
     #[test]

@@ -186,6 +186,33 @@ fn find_cycle(blocks: &BTreeMap<BlockName, Arc<BlockVersion>>) -> Option<Vec<Blo
     None
 }
 
+/// What a device can move to now when some blocks must stay as they run:
+/// the target, except that each `held` block keeps its running version and
+/// env. Used for partial releases.
+pub fn partial_target(
+    target: &Target,
+    running: &BTreeMap<BlockName, RunningBlock>,
+    held: &std::collections::BTreeSet<BlockName>,
+) -> Target {
+    let mut blocks = target.release.blocks.clone();
+    let mut env_fingerprints = target.env_fingerprints.clone();
+    for name in held {
+        if let Some(rb) = running.get(name) {
+            blocks.insert(name.clone(), Arc::clone(&rb.spec));
+            env_fingerprints.insert(name.clone(), rb.env_fingerprint);
+        }
+    }
+    Target {
+        release: Arc::new(Release {
+            id: target.release.id.clone(),
+            fleet: target.release.fleet.clone(),
+            blocks,
+            env: Arc::clone(&target.release.env),
+        }),
+        env_fingerprints,
+    }
+}
+
 /// A release resolved for one env context: what a device should run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -329,6 +329,7 @@ impl<S: Store> OperationService for Operations<S> {
                 | OpStatus::WaitingLock
                 | OpStatus::WaitingWindow
                 | OpStatus::WaitingApproval
+                | OpStatus::PartiallyApplied
         ) {
             return Err(Status::failed_precondition(format!(
                 "operation {id} is {} and can no longer be cancelled",

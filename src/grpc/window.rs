@@ -139,6 +139,12 @@ fn policy_to_pb(fleet: &FleetId, p: &FleetPolicy) -> pb::FleetPolicy {
         needs_approval: p.needs_approval.iter().cloned().collect(),
         max_deferral_seconds: u64::try_from(p.max_deferral_ms / 1000).unwrap_or(0),
         on_deferral_expiry: p.on_deferral_expiry.as_str().to_owned(),
+        release_mode: if p.partial_releases {
+            "partial"
+        } else {
+            "atomic"
+        }
+        .to_owned(),
     }
 }
 
@@ -493,7 +499,19 @@ impl<S: Store> WindowService for Windows<S> {
                 )
             })?
         };
+        let partial_releases = match p.release_mode.as_str() {
+            "" | "atomic" => false,
+            "partial" => true,
+            other => {
+                return Err(ConvertError::new(
+                    "policy.release_mode",
+                    format!("{other:?} is not atomic or partial"),
+                )
+                .into());
+            }
+        };
         let policy = FleetPolicy {
+            partial_releases,
             needs_window,
             needs_approval,
             max_deferral_ms,

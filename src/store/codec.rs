@@ -210,6 +210,10 @@ struct ProgressJson {
     deferred_until: Vec<(String, i64)>,
     #[serde(default)]
     overdue: bool,
+    #[serde(default)]
+    partial_in_flight: bool,
+    #[serde(default)]
+    partially_applied: bool,
 }
 
 /// (kind, argument) columns of an operation spec.
@@ -310,6 +314,8 @@ pub(crate) fn progress_to_json(p: &OpProgress) -> String {
             .map(|(b, t)| (b.to_string(), t.0))
             .collect(),
         overdue: p.overdue,
+        partial_in_flight: p.partial_in_flight,
+        partially_applied: p.partially_applied,
     })
 }
 
@@ -354,6 +360,8 @@ pub(crate) fn progress_from_json(key: &str, s: &str) -> Result<OpProgress, Store
             .map(|(b, t)| Ok((block(b)?, crate::domain::Timestamp(t))))
             .collect::<Result<_, StoreError>>()?,
         overdue: p.overdue,
+        partial_in_flight: p.partial_in_flight,
+        partially_applied: p.partially_applied,
     })
 }
 
@@ -499,6 +507,8 @@ mod tests {
             asked_at: [(b("a"), crate::domain::Timestamp(5))].into(),
             deferred_until: [(b("a"), crate::domain::Timestamp(9))].into(),
             overdue: true,
+            partial_in_flight: true,
+            partially_applied: true,
         };
         assert_eq!(
             progress_from_json("k", &progress_to_json(&progress)).unwrap(),

@@ -769,7 +769,7 @@ macro_rules! impl_store {
             async fn devices_with_active_operations(&self) -> Result<Vec<DeviceId>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT DISTINCT device_id FROM operations \
-                     WHERE status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'applying') ORDER BY device_id",
+                     WHERE status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'partially_applied', 'applying') ORDER BY device_id",
                 )
                 .fetch_all(&self.pool)
                 .await
@@ -820,10 +820,10 @@ macro_rules! impl_store {
 
             async fn set_fleet_policy(&self, fleet: &FleetId, policy: &FleetPolicy, now: Timestamp) -> Result<(), StoreError> {
                 sqlx::query(
-                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms, needs_approval_json) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
+                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms, needs_approval_json, release_mode) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
                      ON CONFLICT (fleet) DO UPDATE SET needs_window_json = excluded.needs_window_json, \
-                       needs_approval_json = excluded.needs_approval_json, \
+                       needs_approval_json = excluded.needs_approval_json, release_mode = excluded.release_mode, \
                        max_deferral_ms = excluded.max_deferral_ms, on_deferral_expiry = excluded.on_deferral_expiry, \
                        updated_ms = excluded.updated_ms",
                 )
@@ -833,6 +833,7 @@ macro_rules! impl_store {
                 .bind(policy.on_deferral_expiry.as_str())
                 .bind(now.0)
                 .bind(codec::kinds_to_json(&policy.needs_approval))
+                .bind(if policy.partial_releases { "partial" } else { "atomic" })
                 .execute(&self.pool)
                 .await
                 .map_err(StoreError::on_write("fleet policy", fleet, "fleet"))?;
@@ -841,7 +842,7 @@ macro_rules! impl_store {
 
             async fn fleet_policy(&self, fleet: &FleetId) -> Result<FleetPolicy, StoreError> {
                 let row = sqlx::query(
-                    "SELECT needs_window_json, needs_approval_json, max_deferral_ms, on_deferral_expiry FROM fleet_policies WHERE fleet = $1",
+                    "SELECT needs_window_json, needs_approval_json, max_deferral_ms, on_deferral_expiry, release_mode FROM fleet_policies WHERE fleet = $1",
                 )
                 .bind(fleet.as_str())
                 .fetch_optional(&self.pool)
@@ -860,6 +861,7 @@ macro_rules! impl_store {
                     })?,
                 };
                 let approval: Option<String> = get(&r, "needs_approval_json")?;
+                let mode: Option<String> = get(&r, "release_mode")?;
                 Ok(FleetPolicy {
                     needs_window: codec::kinds_from_json(fleet.as_str(), &json)?,
                     needs_approval: match approval {
@@ -867,6 +869,7 @@ macro_rules! impl_store {
                         None => FleetPolicy::default().needs_approval,
                     },
                     max_deferral_ms: max.unwrap_or(FleetPolicy::DEFAULT_MAX_DEFERRAL_MS),
+                    partial_releases: mode.as_deref() == Some("partial"),
                     on_deferral_expiry,
                 })
             }
@@ -1198,7 +1201,7 @@ macro_rules! impl_store {
         const OPERATION_SELECT_BY_ID: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE id = $1";
         const OPERATION_SELECT_BY_DEVICE: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE device_id = $1 ORDER BY id DESC";
         const OPERATION_SELECT_CURRENT: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations \
-             WHERE device_id = $1 AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'applying') ORDER BY id LIMIT 1";
+             WHERE device_id = $1 AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'partially_applied', 'applying') ORDER BY id LIMIT 1";
         const _: &str = OPERATION_COLUMNS_SQL;
 
         type DbRow = <$db as sqlx::Database>::Row;

@@ -29,6 +29,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "approval policy",
         include_str!("../../migrations/postgres/0004_approval_policy.sql"),
     ),
+    (
+        5,
+        "release mode",
+        include_str!("../../migrations/postgres/0005_release_mode.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -51,6 +56,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         4,
         "approval policy",
         include_str!("../../migrations/sqlite/0004_approval_policy.sql"),
+    ),
+    (
+        5,
+        "release mode",
+        include_str!("../../migrations/sqlite/0005_release_mode.sql"),
     ),
 ];
 
