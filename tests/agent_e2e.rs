@@ -504,7 +504,15 @@ async fn agent_connects_reports_locks_and_relays_intents_both_ways() {
     })
     .await;
     assert!(acks.contains(&"received".to_owned()), "{acks:?}");
-    assert_eq!(fx.op(op.id).await.status, "waiting_lock");
+    let waiting = fx.op(op.id).await;
+    assert_eq!(waiting.status, "waiting_lock");
+    let wait = &waiting.waits[0];
+    assert_eq!(
+        (wait.block.as_str(), wait.deferred_until_unix_ms),
+        ("a", until),
+        "{wait:?}"
+    );
+    assert!(wait.since_unix_ms > 0 && wait.since_unix_ms <= lockstep::clock::now().0);
 
     // It releases and triggers the operation itself: the reboot runs.
     fx.hold("a", false);

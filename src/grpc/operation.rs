@@ -156,6 +156,21 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
         error: op.progress.error.clone().unwrap_or_default(),
         created_unix_ms: op.created.0,
         updated_unix_ms: op.updated.0,
+        waits: op
+            .progress
+            .waiting_on
+            .iter()
+            .map(|r| pb::BlockWait {
+                block: r.block.to_string(),
+                reason: pb::Reason::from(r.reason).into(),
+                since_unix_ms: op.progress.asked_at.get(&r.block).map_or(0, |t| t.0),
+                deferred_until_unix_ms: op.progress.deferred_until.get(&r.block).map_or(0, |t| t.0),
+            })
+            .collect(),
+        window: op.progress.told_window.map(|o| pb::Window {
+            start_unix_ms: o.start.0,
+            end_unix_ms: o.end.0,
+        }),
     }
 }
 
