@@ -1047,42 +1047,16 @@ async fn a_changed_release_hands_over_from_the_old_a_to_the_new_one() {
          exec flock \"$LOCKSTEP_LOCK_FILE\" sh -c 'while true; do sleep 0.2; done'",
         fx.marker
     );
-    let mut cat = CatalogServiceClient::new(fx.channel().await);
-    cat.create_block_version(pb::CreateBlockVersionRequest {
-        block_version: Some(pb::BlockVersion {
-            block: "a".into(),
-            version: "2.0.0".into(),
-            image_digest: format!("sha256:{:064x}", 0xa2),
-            config: Some(pb::BlockConfig {
-                command: vec!["sh".into(), "-c".into(), new_a],
-                ..Default::default()
-            }),
-            update_strategy: Some(pb::UpdateStrategy {
-                strategy: Some(pb::update_strategy::Strategy::HandOver(
-                    pb::update_strategy::HandOver {
-                        timeout_seconds: 10,
-                    },
-                )),
-            }),
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap();
-    cat.create_release(pb::CreateReleaseRequest {
-        id: "r2".into(),
-        fleet: "site".into(),
-        blocks: [("a", "2.0.0"), ("b", "1.0.0"), ("c", "1.0.0")]
-            .iter()
-            .map(|(b, v)| pb::BlockRef {
-                block: (*b).into(),
-                version: (*v).into(),
-            })
-            .collect(),
-        env: Default::default(),
-    })
-    .await
-    .unwrap();
+    add_version(
+        &fx,
+        "a",
+        "2.0.0",
+        0xa2,
+        vec!["sh".into(), "-c".into(), new_a],
+        Some(10),
+    )
+    .await;
+    add_release(&fx, "r2", &[("a", "2.0.0"), ("b", "1.0.0"), ("c", "1.0.0")]).await;
     let op = fx
         .create_op(pb::operation_spec::Kind::AssignRelease("r2".into()))
         .await;
@@ -1304,37 +1278,10 @@ async fn a_partial_release_updates_unlocked_blocks_now_and_locked_ones_when_rele
     })
     .await;
     let (a_pid, b_pid, c_pid) = (pid_of(&fx, "a"), pid_of(&fx, "b"), pid_of(&fx, "c"));
-    let mut cat = CatalogServiceClient::new(fx.channel().await);
     for (block, image) in [("a", 0xa11), ("b", 0xb11)] {
-        cat.create_block_version(pb::CreateBlockVersionRequest {
-            block_version: Some(pb::BlockVersion {
-                block: block.into(),
-                version: "1.1.0".into(),
-                image_digest: format!("sha256:{image:064x}"),
-                config: Some(pb::BlockConfig {
-                    command: fx.command(block),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+        add_version(&fx, block, "1.1.0", image, fx.command(block), None).await;
     }
-    cat.create_release(pb::CreateReleaseRequest {
-        id: "r2".into(),
-        fleet: "site".into(),
-        blocks: [("a", "1.1.0"), ("b", "1.1.0"), ("c", "1.0.0")]
-            .iter()
-            .map(|(b, v)| pb::BlockRef {
-                block: (*b).into(),
-                version: (*v).into(),
-            })
-            .collect(),
-        env: Default::default(),
-    })
-    .await
-    .unwrap();
+    add_release(&fx, "r2", &[("a", "1.1.0"), ("b", "1.1.0"), ("c", "1.0.0")]).await;
     let op = fx
         .create_op(pb::operation_spec::Kind::AssignRelease("r2".into()))
         .await;
@@ -1385,6 +1332,56 @@ async fn a_partial_release_updates_unlocked_blocks_now_and_locked_ones_when_rele
     .await;
     assert_eq!(state.device.unwrap().status(), pb::DeviceStatus::InSync);
     assert_eq!(pid_of(&fx, "c"), c_pid);
+}
+
+/// Adds a version of a block to the catalog (`hand_over`: its timeout).
+async fn add_version(
+    fx: &Fixture,
+    block: &str,
+    version: &str,
+    image: u64,
+    command: Vec<String>,
+    hand_over: Option<u32>,
+) {
+    CatalogServiceClient::new(fx.channel().await)
+        .create_block_version(pb::CreateBlockVersionRequest {
+            block_version: Some(pb::BlockVersion {
+                block: block.into(),
+                version: version.into(),
+                image_digest: format!("sha256:{image:064x}"),
+                config: Some(pb::BlockConfig {
+                    command,
+                    ..Default::default()
+                }),
+                update_strategy: hand_over.map(|timeout_seconds| pb::UpdateStrategy {
+                    strategy: Some(pb::update_strategy::Strategy::HandOver(
+                        pb::update_strategy::HandOver { timeout_seconds },
+                    )),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+/// Creates a release of the fleet from `block@version` pairs.
+async fn add_release(fx: &Fixture, id: &str, blocks: &[(&str, &str)]) {
+    CatalogServiceClient::new(fx.channel().await)
+        .create_release(pb::CreateReleaseRequest {
+            id: id.into(),
+            fleet: "site".into(),
+            blocks: blocks
+                .iter()
+                .map(|(b, v)| pb::BlockRef {
+                    block: (*b).into(),
+                    version: (*v).into(),
+                })
+                .collect(),
+            env: Default::default(),
+        })
+        .await
+        .unwrap();
 }
 
 async fn set_env(fx: &Fixture, owner: pb::env_owner::Owner, name: &str, blocks: &[&str]) {
@@ -1476,36 +1473,8 @@ async fn seed_matrix_end_to_end_with_a_locked() {
     .await;
 
     // A release in which A is unchanged: applied at once; A is told.
-    let ch = fx.channel().await;
-    let mut cat = CatalogServiceClient::new(ch);
-    cat.create_block_version(pb::CreateBlockVersionRequest {
-        block_version: Some(pb::BlockVersion {
-            block: "b".into(),
-            version: "1.1.0".into(),
-            image_digest: format!("sha256:{:064x}", 0xb2),
-            config: Some(pb::BlockConfig {
-                command: fx.command("b"),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    })
-    .await
-    .unwrap();
-    cat.create_release(pb::CreateReleaseRequest {
-        id: "r2".into(),
-        fleet: "site".into(),
-        blocks: [("a", "1.0.0"), ("b", "1.1.0"), ("c", "1.0.0")]
-            .iter()
-            .map(|(b, v)| pb::BlockRef {
-                block: (*b).into(),
-                version: (*v).into(),
-            })
-            .collect(),
-        env: Default::default(),
-    })
-    .await
-    .unwrap();
+    add_version(&fx, "b", "1.1.0", 0xb2, fx.command("b"), None).await;
+    add_release(&fx, "r2", &[("a", "1.0.0"), ("b", "1.1.0"), ("c", "1.0.0")]).await;
     let b_pid = pid_of(&fx, "b");
     let op = fx.create_op(Kind::AssignRelease("r2".into())).await;
     fx.wait_op(op.id, "done").await;

@@ -92,3 +92,16 @@ pub(crate) fn migrator(backend: Backend) -> Migrator {
 pub fn latest(backend: Backend) -> i64 {
     list(backend).iter().map(|m| m.0).max().unwrap_or(0)
 }
+
+/// Refuses a database whose applied schema (`applied`, the highest version in
+/// `_sqlx_migrations`, if any) is newer than this binary knows.
+pub(crate) fn check_not_newer(
+    backend: Backend,
+    applied: Option<i64>,
+) -> Result<(), super::StoreError> {
+    let binary = latest(backend);
+    match applied.filter(|v| *v > binary) {
+        Some(database) => Err(super::StoreError::SchemaTooNew { database, binary }),
+        None => Ok(()),
+    }
+}

@@ -63,10 +63,7 @@ impl PgStore {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(StoreError::from_sqlx)?;
-            let binary = migrations::latest(Backend::Postgres);
-            if let Some(database) = db.filter(|v| *v > binary) {
-                return Err(StoreError::SchemaTooNew { database, binary });
-            }
+            migrations::check_not_newer(Backend::Postgres, db)?;
         }
         migrations::migrator(Backend::Postgres)
             .run(&self.pool)

@@ -69,10 +69,7 @@ impl SqliteStore {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(StoreError::from_sqlx)?;
-            let binary = migrations::latest(Backend::Sqlite);
-            if let Some(database) = db.filter(|v| *v > binary) {
-                return Err(StoreError::SchemaTooNew { database, binary });
-            }
+            migrations::check_not_newer(Backend::Sqlite, db)?;
         }
         migrations::migrator(Backend::Sqlite)
             .run(&self.pool)
