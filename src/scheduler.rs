@@ -335,7 +335,7 @@ impl<S: Store> Scheduler<S> {
         }
         let mut gate = self.window_gate(&op, device, &policy).await?;
         if policy.needs_approval(&op.spec) {
-            match self.approval(&op, device).await? {
+            match self.approval(&op, device, &policy).await? {
                 Some(g) => gate = g,
                 None => return Ok(()),
             }
@@ -426,6 +426,7 @@ impl<S: Store> Scheduler<S> {
         &self,
         op: &OperationRecord,
         device: &DeviceId,
+        policy: &domain::FleetPolicy,
     ) -> Result<Option<domain::WindowGate>, ScheduleError> {
         let now = clock::now();
         let latest = self.store.latest_approval(op.id).await?;
@@ -468,6 +469,54 @@ impl<S: Store> Scheduler<S> {
                     self.store
                         .decide_approval(prev.id, domain::ApprovalStatus::Approved, &missed, now)
                         .await?;
+                    // Policy `next`: carry the approval to the next occurrence.
+                    if policy.missed_moves_to_next
+                        && let Some(was) = prev.occurrence
+                    {
+                        let rules: Vec<domain::WindowRule> = self
+                            .store
+                            .windows_for_device(device)
+                            .await?
+                            .into_iter()
+                            .map(|w| w.rule)
+                            .collect();
+                        let candidates: Vec<domain::Occurrence> =
+                            rules.iter().flat_map(|r| r.occurrences(now, 8)).collect();
+                        if let Some(next) = domain::next_after_missed(&candidates, was) {
+                            let fresh = self.store.create_approval(op.id, now).await?;
+                            let moved = domain::Approval {
+                                status: domain::ApprovalStatus::Approved,
+                                occurrence: Some(next),
+                                decided_by: Some(
+                                    "policy: next occurrence after a missed one".into(),
+                                ),
+                                message: prev
+                                    .decided_by
+                                    .clone()
+                                    .map(|who| format!("first approved by {who}")),
+                                ..fresh.clone()
+                            };
+                            self.store
+                                .decide_approval(
+                                    fresh.id,
+                                    domain::ApprovalStatus::Requested,
+                                    &moved,
+                                    now,
+                                )
+                                .await?;
+                            self.audit(
+                                "approval_moved",
+                                device,
+                                op,
+                                "approved occurrence missed",
+                                &[],
+                            )
+                            .await?;
+                            tracing::info!(device = %device, operation = %op.id, next = ?next, "approved occurrence missed; moved to the next one");
+                            self.wakeups.wake(device);
+                            return Ok(None);
+                        }
+                    }
                     tracing::info!(device = %device, operation = %op.id, "approved occurrence missed; asking again");
                 }
                 let approval = self.store.create_approval(op.id, now).await?;

@@ -821,6 +821,7 @@ async fn set_policy(fx: &Fixture, needs_window: &[&str]) {
                 on_deferral_expiry: String::new(),
                 needs_approval: vec![],
                 release_mode: String::new(),
+                on_missed_occurrence: String::new(),
             }),
         })
         .await
@@ -936,6 +937,7 @@ async fn set_deferral(fx: &Fixture, seconds: u64, expiry: &str) {
                 on_deferral_expiry: expiry.into(),
                 needs_approval: vec![],
                 release_mode: String::new(),
+                on_missed_occurrence: String::new(),
             }),
         })
         .await
@@ -1117,6 +1119,7 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
                 needs_window: vec!["os_update".into()],
                 needs_approval: vec!["os_update".into()],
                 release_mode: String::new(),
+                on_missed_occurrence: String::new(),
                 max_deferral_seconds: 0,
                 on_deferral_expiry: String::new(),
             }),
@@ -1332,6 +1335,107 @@ async fn a_partial_release_updates_unlocked_blocks_now_and_locked_ones_when_rele
     .await;
     assert_eq!(state.device.unwrap().status(), pb::DeviceStatus::InSync);
     assert_eq!(pid_of(&fx, "c"), c_pid);
+}
+
+/// An approved occurrence that passes while A still holds its lock is missed;
+/// with the fleet's `next` policy the approval moves to the next occurrence
+/// by itself and A is told the new window.
+#[tokio::test]
+async fn a_missed_approved_occurrence_moves_to_the_next_one_when_the_policy_says_so() {
+    use pb::operation_spec::Kind;
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    let mut windows = pb::window_service_client::WindowServiceClient::new(fx.channel().await);
+    windows
+        .set_fleet_policy(pb::SetFleetPolicyRequest {
+            policy: Some(pb::FleetPolicy {
+                fleet: "site".into(),
+                needs_window: vec!["os_update".into()],
+                needs_approval: vec!["os_update".into()],
+                on_missed_occurrence: "next".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let now = lockstep::clock::now().0;
+    let (first, second) = ((now + 1_000, now + 3_000), (now + 60_000, now + 120_000));
+    for (start, end) in [first, second] {
+        windows
+            .create_window(pb::CreateWindowRequest {
+                scope: Some(pb::WindowScope {
+                    scope: Some(pb::window_scope::Scope::Device("dev-1".into())),
+                }),
+                rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
+                    start_unix_ms: start,
+                    end_unix_ms: end,
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let op = fx.create_op(Kind::OsUpdate("2.0".into())).await;
+    fx.wait_op(op.id, "waiting_approval").await;
+    let lister = windows.clone();
+    let list = |status: &'static str| {
+        let mut w = lister.clone();
+        async move {
+            w.list_approvals(pb::ListApprovalsRequest {
+                status: status.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .approvals
+        }
+    };
+    let req = eventually(20, "the approval request", || async {
+        list("requested").await.into_iter().next()
+    })
+    .await;
+    windows
+        .approve(pb::ApproveRequest {
+            approval_id: req.id,
+            occurrence: Some(pb::Window {
+                start_unix_ms: first.0,
+                end_unix_ms: first.1,
+            }),
+            actor: "customer@site".into(),
+        })
+        .await
+        .unwrap();
+    // A keeps its lock through the first occurrence; then the approval moves.
+    let moved = eventually(
+        30,
+        "the approval to move to the next occurrence",
+        || async {
+            list("approved").await.into_iter().find(|a| {
+                a.approved
+                    .as_ref()
+                    .is_some_and(|w| w.start_unix_ms == second.0)
+            })
+        },
+    )
+    .await;
+    assert!(
+        moved.decided_by.starts_with("policy"),
+        "{}",
+        moved.decided_by
+    );
+    assert_eq!(list("missed").await.len(), 1);
+    let told = eventually(20, "a to be told the new window", || async {
+        fx.intents_in_file("a")
+            .into_iter()
+            .find(|i| i["window"] == serde_json::json!([second.0, second.1]))
+    })
+    .await;
+    assert_eq!(told["reason"], "os_update");
+    assert_eq!(fx.op(op.id).await.status, "waiting_window");
 }
 
 /// Adds a version of a block to the catalog (`hand_over`: its timeout).

@@ -892,6 +892,7 @@ async fn windows_and_policies_attach_to_fleets_tags_and_devices<S: Store>(s: S) 
         FleetPolicy::default()
     );
     let none = FleetPolicy {
+        missed_moves_to_next: true,
         partial_releases: true,
         needs_window: Default::default(),
         needs_approval: ["reboot".to_owned()].into(),

@@ -80,7 +80,7 @@ pub use impact::{
 pub use operation::{
     ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, FleetPolicy, OpProgress,
     OpStatus, OperationRecord, OperationSpec, Step, WindowGate, after_apply, approval_gate,
-    deferral_deadline, expired_holders, held_back, next_step,
+    deferral_deadline, expired_holders, held_back, next_after_missed, next_step,
 };
 pub use release::{Release, ReleaseError, Target, partial_target};
 pub use window::{Occurrence, Window, WindowError, WindowRule, WindowScope, open_or_next};

@@ -196,6 +196,9 @@ pub struct FleetPolicy {
     /// (and the locked ones when released); `atomic` (default) waits as a whole.
     pub partial_releases: bool,
     pub on_deferral_expiry: DeferralExpiry,
+    /// When an approved occurrence passes unused: move the approval to the
+    /// next occurrence by itself (`true`), or ask the customer again.
+    pub missed_moves_to_next: bool,
 }
 
 impl FleetPolicy {
@@ -216,6 +219,7 @@ impl Default for FleetPolicy {
             max_deferral_ms: Self::DEFAULT_MAX_DEFERRAL_MS,
             on_deferral_expiry: DeferralExpiry::Notify,
             partial_releases: false,
+            missed_moves_to_next: false,
         }
     }
 }
@@ -314,6 +318,16 @@ pub fn approval_gate(latest: Option<&Approval>, now: Timestamp) -> ApprovalGate 
             ApprovalGate::Approved(WindowGate::Closed { next: Some(o) })
         }
     }
+}
+
+/// The occurrence an approval moves to after `missed`: the first candidate
+/// starting at or after the missed one's end.
+pub fn next_after_missed(candidates: &[Occurrence], missed: Occurrence) -> Option<Occurrence> {
+    candidates
+        .iter()
+        .filter(|o| o.start >= missed.end)
+        .min_by_key(|o| o.start)
+        .copied()
 }
 
 /// The holders that have been waited on past the fleet's deferral limit
@@ -925,6 +939,31 @@ mod tests {
         );
         // w is locked for its own change: only w is held.
         assert_eq!(held_back(&[rr("w", 1)], &impact), [b("w")].into());
+    }
+
+    #[test]
+    fn a_missed_occurrence_moves_to_the_first_one_after_it() {
+        let o = |s: i64, e: i64| Occurrence {
+            start: Timestamp(s),
+            end: Timestamp(e),
+        };
+        let missed = o(10, 20);
+        let rows: Vec<(&str, Vec<Occurrence>, Option<Occurrence>)> = vec![
+            ("none left", vec![], None),
+            (
+                "only overlapping or earlier",
+                vec![o(5, 15), o(15, 25)],
+                None,
+            ),
+            (
+                "the first after, whatever the order",
+                vec![o(40, 50), o(20, 30), o(60, 70)],
+                Some(o(20, 30)),
+            ),
+        ];
+        for (what, candidates, want) in rows {
+            assert_eq!(next_after_missed(&candidates, missed), want, "{what}");
+        }
     }
 
     #[test]

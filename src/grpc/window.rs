@@ -145,6 +145,12 @@ fn policy_to_pb(fleet: &FleetId, p: &FleetPolicy) -> pb::FleetPolicy {
             "atomic"
         }
         .to_owned(),
+        on_missed_occurrence: if p.missed_moves_to_next {
+            "next"
+        } else {
+            "ask"
+        }
+        .to_owned(),
     }
 }
 
@@ -510,7 +516,19 @@ impl<S: Store> WindowService for Windows<S> {
                 .into());
             }
         };
+        let missed_moves_to_next = match p.on_missed_occurrence.as_str() {
+            "" | "ask" => false,
+            "next" => true,
+            other => {
+                return Err(ConvertError::new(
+                    "policy.on_missed_occurrence",
+                    format!("{other:?} is not ask or next"),
+                )
+                .into());
+            }
+        };
         let policy = FleetPolicy {
+            missed_moves_to_next,
             partial_releases,
             needs_window,
             needs_approval,

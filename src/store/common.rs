@@ -820,10 +820,11 @@ macro_rules! impl_store {
 
             async fn set_fleet_policy(&self, fleet: &FleetId, policy: &FleetPolicy, now: Timestamp) -> Result<(), StoreError> {
                 sqlx::query(
-                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms, needs_approval_json, release_mode) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms, needs_approval_json, release_mode, on_missed_occurrence) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (fleet) DO UPDATE SET needs_window_json = excluded.needs_window_json, \
                        needs_approval_json = excluded.needs_approval_json, release_mode = excluded.release_mode, \
+                       on_missed_occurrence = excluded.on_missed_occurrence, \
                        max_deferral_ms = excluded.max_deferral_ms, on_deferral_expiry = excluded.on_deferral_expiry, \
                        updated_ms = excluded.updated_ms",
                 )
@@ -834,6 +835,7 @@ macro_rules! impl_store {
                 .bind(now.0)
                 .bind(codec::kinds_to_json(&policy.needs_approval))
                 .bind(if policy.partial_releases { "partial" } else { "atomic" })
+                .bind(if policy.missed_moves_to_next { "next" } else { "ask" })
                 .execute(&self.pool)
                 .await
                 .map_err(StoreError::on_write("fleet policy", fleet, "fleet"))?;
@@ -842,7 +844,7 @@ macro_rules! impl_store {
 
             async fn fleet_policy(&self, fleet: &FleetId) -> Result<FleetPolicy, StoreError> {
                 let row = sqlx::query(
-                    "SELECT needs_window_json, needs_approval_json, max_deferral_ms, on_deferral_expiry, release_mode FROM fleet_policies WHERE fleet = $1",
+                    "SELECT needs_window_json, needs_approval_json, max_deferral_ms, on_deferral_expiry, release_mode, on_missed_occurrence FROM fleet_policies WHERE fleet = $1",
                 )
                 .bind(fleet.as_str())
                 .fetch_optional(&self.pool)
@@ -862,6 +864,7 @@ macro_rules! impl_store {
                 };
                 let approval: Option<String> = get(&r, "needs_approval_json")?;
                 let mode: Option<String> = get(&r, "release_mode")?;
+                let missed: Option<String> = get(&r, "on_missed_occurrence")?;
                 Ok(FleetPolicy {
                     needs_window: codec::kinds_from_json(fleet.as_str(), &json)?,
                     needs_approval: match approval {
@@ -870,6 +873,7 @@ macro_rules! impl_store {
                     },
                     max_deferral_ms: max.unwrap_or(FleetPolicy::DEFAULT_MAX_DEFERRAL_MS),
                     partial_releases: mode.as_deref() == Some("partial"),
+                    missed_moves_to_next: missed.as_deref() == Some("next"),
                     on_deferral_expiry,
                 })
             }

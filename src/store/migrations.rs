@@ -34,6 +34,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "release mode",
         include_str!("../../migrations/postgres/0005_release_mode.sql"),
     ),
+    (
+        6,
+        "missed occurrence",
+        include_str!("../../migrations/postgres/0006_missed_occurrence.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -61,6 +66,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         5,
         "release mode",
         include_str!("../../migrations/sqlite/0005_release_mode.sql"),
+    ),
+    (
+        6,
+        "missed occurrence",
+        include_str!("../../migrations/sqlite/0006_missed_occurrence.sql"),
     ),
 ];
 
