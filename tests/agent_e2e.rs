@@ -1288,15 +1288,19 @@ async fn a_partial_release_updates_unlocked_blocks_now_and_locked_ones_when_rele
     let op = fx
         .create_op(pb::operation_spec::Kind::AssignRelease("r2".into()))
         .await;
-    let partial = fx.wait_op(op.id, "partially_applied").await;
-    assert_eq!(
-        partial
-            .waiting_on
-            .iter()
-            .map(|d| d.block.as_str())
-            .collect::<Vec<_>>(),
-        vec!["a"]
-    );
+    // Partially applied, and still waiting on a (settled after the partial apply).
+    eventually(30, "partially applied, waiting on a", || async {
+        let op = fx.op(op.id).await;
+        (op.status == "partially_applied"
+            && op
+                .waiting_on
+                .iter()
+                .map(|d| d.block.as_str())
+                .collect::<Vec<_>>()
+                == ["a"])
+        .then_some(())
+    })
+    .await;
     eventually(20, "b updated now", || async {
         (pid_of(&fx, "b") != b_pid).then_some(())
     })

@@ -496,3 +496,81 @@ async fn dependency_cycles_are_refused_naming_the_cycle() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("a -> b -> a"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn recurrence_windows_are_created_listed_and_expanded_for_a_device() {
+    use pb::window_service_client::WindowServiceClient;
+    let server = Server::start(&[]);
+    let ch = server.channel().await;
+    let mut devs = DeviceServiceClient::new(ch.clone());
+    let mut windows = WindowServiceClient::new(ch);
+    devs.create_fleet(pb::CreateFleetRequest {
+        id: "site".into(),
+        name: String::new(),
+    })
+    .await
+    .unwrap();
+    devs.register_device(pb::RegisterDeviceRequest {
+        id: "d1".into(),
+        fleet: "site".into(),
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    let rule = "DTSTART;TZID=Europe/Amsterdam:20260104T020000\nRRULE:FREQ=MONTHLY;BYDAY=1SU";
+    let created = windows
+        .create_window(pb::CreateWindowRequest {
+            scope: Some(pb::WindowScope {
+                scope: Some(pb::window_scope::Scope::Fleet("site".into())),
+            }),
+            rule: Some(pb::create_window_request::Rule::Recurrence(
+                pb::RecurrenceRule {
+                    rrule: rule.into(),
+                    duration_minutes: 180,
+                },
+            )),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .window
+        .unwrap();
+    assert!(
+        matches!(created.rule, Some(pb::window_info::Rule::Recurrence(ref r)) if r.rrule == rule)
+    );
+    let next = windows
+        .next_windows(pb::NextWindowsRequest {
+            device: "d1".into(),
+            count: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .occurrences;
+    assert_eq!(next.len(), 3);
+    assert!(
+        next.windows(2)
+            .all(|w| w[0].start_unix_ms < w[1].start_unix_ms)
+    );
+    assert!(
+        next.iter()
+            .all(|w| w.end_unix_ms - w.start_unix_ms == 180 * 60_000)
+    );
+    // A floating local DTSTART is refused, naming the field.
+    let err = windows
+        .create_window(pb::CreateWindowRequest {
+            scope: Some(pb::WindowScope {
+                scope: Some(pb::window_scope::Scope::Fleet("site".into())),
+            }),
+            rule: Some(pb::create_window_request::Rule::Recurrence(
+                pb::RecurrenceRule {
+                    rrule: "DTSTART:20260104T020000\nRRULE:FREQ=DAILY".into(),
+                    duration_minutes: 60,
+                },
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("recurrence"), "{}", err.message());
+}

@@ -32,6 +32,8 @@ pub enum WindowError {
     BadDuration { minutes: i64 },
     #[error("a one-off window must end after it starts")]
     EmptyOneOff,
+    #[error("invalid recurrence: {message}")]
+    BadRecurrence { message: String },
 }
 
 /// When a window is open.
@@ -47,6 +49,14 @@ pub enum WindowRule {
     },
     /// Once, between two instants.
     OneOff { start: Timestamp, end: Timestamp },
+    /// Each start of an RFC 5545 recurrence (`DTSTART;TZID=…` plus `RRULE:`
+    /// lines, e.g. the first Sunday of each month at 02:00 local), for
+    /// `duration`. Local times follow the rrule crate: per RFC 5545, an
+    /// instance at a local time that does not exist is skipped.
+    Recurrence {
+        rule: String,
+        duration: SignedDuration,
+    },
 }
 
 /// What a window is attached to: a whole fleet, a device tag (a site), or
@@ -110,6 +120,13 @@ impl WindowRule {
                     Err(WindowError::EmptyOneOff)
                 }
             }
+            WindowRule::Recurrence { rule, duration } => {
+                let minutes = duration.as_secs() / 60;
+                if !(1..=7 * 24 * 60).contains(&minutes) {
+                    return Err(WindowError::BadDuration { minutes });
+                }
+                parse_recurrence(rule).map(drop)
+            }
         }
     }
 
@@ -117,6 +134,9 @@ impl WindowRule {
     /// (an occurrence open at `after` comes first).
     pub fn occurrences(&self, after: Timestamp, limit: usize) -> Vec<Occurrence> {
         match self {
+            WindowRule::Recurrence { rule, duration } => {
+                recurrence_occurrences(rule, *duration, after, limit)
+            }
             WindowRule::OneOff { start, end } => {
                 if *end > after && limit > 0 {
                     vec![Occurrence {
@@ -178,6 +198,59 @@ impl WindowRule {
     pub fn open_at(&self, t: Timestamp) -> Option<Occurrence> {
         self.occurrences(t, 1).into_iter().find(|o| o.contains(t))
     }
+}
+
+/// Parses and checks a recurrence: bounded size, and a DTSTART that names its
+/// zone (a floating local time would depend on the server's own zone).
+fn parse_recurrence(rule: &str) -> Result<rrule::RRuleSet, WindowError> {
+    if rule.len() > 2048 {
+        return Err(WindowError::BadRecurrence {
+            message: "longer than 2048 bytes".into(),
+        });
+    }
+    let set: rrule::RRuleSet =
+        rule.parse()
+            .map_err(|e: rrule::RRuleError| WindowError::BadRecurrence {
+                message: e.to_string(),
+            })?;
+    if set.get_dt_start().timezone().is_local() {
+        return Err(WindowError::BadRecurrence {
+            message: "DTSTART needs a TZID (e.g. DTSTART;TZID=Europe/Amsterdam:20260104T020000) or a UTC time".into(),
+        });
+    }
+    Ok(set)
+}
+
+fn recurrence_occurrences(
+    rule: &str,
+    duration: SignedDuration,
+    after: Timestamp,
+    limit: usize,
+) -> Vec<Occurrence> {
+    let Ok(set) = parse_recurrence(rule) else {
+        return vec![];
+    };
+    let dur_ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    // Starts after `after - duration`, so an occurrence still open is found.
+    let Some(from) = chrono::DateTime::from_timestamp_millis(after.0.saturating_sub(dur_ms)) else {
+        return vec![];
+    };
+    let from = from.with_timezone(&rrule::Tz::UTC);
+    let cap = u16::try_from(limit.saturating_add(1)).unwrap_or(u16::MAX);
+    set.after(from)
+        .all(cap)
+        .dates
+        .into_iter()
+        .map(|d| {
+            let start = Timestamp(d.timestamp_millis());
+            Occurrence {
+                start,
+                end: Timestamp(start.0.saturating_add(dur_ms)),
+            }
+        })
+        .filter(|o| o.end > after)
+        .take(limit)
+        .collect()
 }
 
 /// Across several windows: the occurrence open at `t`, else the next one.
@@ -326,6 +399,51 @@ mod tests {
             "past one-offs are gone"
         );
         assert_eq!(open_or_next(&[], ms("2026-02-01T11:00:00Z")), (None, None));
+    }
+
+    #[test]
+    fn recurrences_follow_rfc5545_in_their_zone() {
+        let rec = |rule: &str, minutes: i64| WindowRule::Recurrence {
+            rule: rule.into(),
+            duration: SignedDuration::from_mins(minutes),
+        };
+        // First Sunday of each month, 02:00 Amsterdam time, 3 h.
+        let monthly = rec(
+            "DTSTART;TZID=Europe/Amsterdam:20260104T020000\nRRULE:FREQ=MONTHLY;BYDAY=1SU",
+            180,
+        );
+        monthly.validate().unwrap();
+        let got: Vec<_> = monthly
+            .occurrences(ms("2026-03-01T02:00:00Z"), 3)
+            .iter()
+            .map(utc)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                // March 1st is a Sunday (winter time, +01).
+                ("2026-03-01T01:00:00Z".into(), "2026-03-01T04:00:00Z".into()),
+                // April 5th: summer time (+02), still 02:00 local.
+                ("2026-04-05T00:00:00Z".into(), "2026-04-05T03:00:00Z".into()),
+                ("2026-05-03T00:00:00Z".into(), "2026-05-03T03:00:00Z".into()),
+            ],
+            "the one still open at the start comes first"
+        );
+        assert!(monthly.open_at(ms("2026-04-05T01:00:00Z")).is_some());
+        assert!(monthly.open_at(ms("2026-04-05T03:00:00Z")).is_none());
+        // Refused: unparsable, a floating local DTSTART, a bad duration.
+        for bad in [
+            rec("RRULE:FREQ=SOMETIMES", 60),
+            rec("DTSTART:20260104T020000\nRRULE:FREQ=DAILY", 60),
+            rec("DTSTART:20260104T020000Z\nRRULE:FREQ=DAILY", 0),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(
+            rec("DTSTART:20260104T020000Z\nRRULE:FREQ=DAILY", 60)
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

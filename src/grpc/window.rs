@@ -128,6 +128,10 @@ fn window_to_pb(w: &Window) -> pb::WindowInfo {
                 start_unix_ms: start.0,
                 end_unix_ms: end.0,
             }),
+            WindowRule::Recurrence { rule, duration } => Rule::Recurrence(pb::RecurrenceRule {
+                rrule: rule.clone(),
+                duration_minutes: u32::try_from(duration.as_secs() / 60).unwrap_or(0),
+            }),
         }),
     }
 }
@@ -396,7 +400,20 @@ impl<S: Store> WindowService for Windows<S> {
                     .map_err(|e| ConvertError::new("one_off", e))?;
                 rule
             }
-            None => return Err(ConvertError::new("rule", "weekly or one_off is required").into()),
+            Some(Rule::Recurrence(r)) => {
+                let rule = WindowRule::Recurrence {
+                    rule: r.rrule,
+                    duration: jiff::SignedDuration::from_mins(i64::from(r.duration_minutes)),
+                };
+                rule.validate()
+                    .map_err(|e| ConvertError::new("recurrence", e))?;
+                rule
+            }
+            None => {
+                return Err(
+                    ConvertError::new("rule", "weekly, one_off or recurrence is required").into(),
+                );
+            }
         };
         let window = self
             .store

@@ -378,6 +378,10 @@ enum RuleJson {
         start_ms: i64,
         end_ms: i64,
     },
+    Recurrence {
+        rule: String,
+        duration_secs: i64,
+    },
 }
 
 pub(crate) fn rule_to_json(rule: &WindowRule) -> String {
@@ -396,6 +400,10 @@ pub(crate) fn rule_to_json(rule: &WindowRule) -> String {
         WindowRule::OneOff { start, end } => RuleJson::OneOff {
             start_ms: start.0,
             end_ms: end.0,
+        },
+        WindowRule::Recurrence { rule, duration } => RuleJson::Recurrence {
+            rule: rule.clone(),
+            duration_secs: duration.as_secs(),
         },
     })
 }
@@ -420,6 +428,13 @@ pub(crate) fn rule_from_json(key: &str, s: &str) -> Result<WindowRule, StoreErro
         RuleJson::OneOff { start_ms, end_ms } => WindowRule::OneOff {
             start: crate::domain::Timestamp(start_ms),
             end: crate::domain::Timestamp(end_ms),
+        },
+        RuleJson::Recurrence {
+            rule,
+            duration_secs,
+        } => WindowRule::Recurrence {
+            rule,
+            duration: jiff::SignedDuration::from_secs(duration_secs),
         },
     })
 }
@@ -532,6 +547,10 @@ mod tests {
             WindowRule::OneOff {
                 start: crate::domain::Timestamp(1),
                 end: crate::domain::Timestamp(2),
+            },
+            WindowRule::Recurrence {
+                rule: "DTSTART:20260104T020000Z\nRRULE:FREQ=DAILY".into(),
+                duration: jiff::SignedDuration::from_mins(30),
             },
         ] {
             assert_eq!(rule_from_json("k", &rule_to_json(&rule)).unwrap(), rule);
