@@ -775,6 +775,10 @@ async fn killing_the_agent_mid_operation_frees_its_locks_and_the_operation_fails
         ))
         .await;
     fx.wait_op(op.id, "applying").await;
+    eventually(20, "the agent's phase", || async {
+        (fx.op(op.id).await.phase == "locks_acquired").then_some(())
+    })
+    .await;
     let lock_file = fx.lock_dir("a").join("updates.lock");
     let can_lock = |f: &Path| {
         std::process::Command::new("flock")

@@ -116,6 +116,8 @@ pub struct OpProgress {
     pub partial_in_flight: bool,
     /// A partial release has been applied; the held blocks are still to go.
     pub partially_applied: bool,
+    /// While applying: the last phase the agent reported.
+    pub phase: Option<String>,
     /// The window occurrence holders were last told about: when it changes
     /// (a window is created, or the next one comes up), they are told again.
     pub told_window: Option<Occurrence>,
@@ -495,6 +497,7 @@ pub enum ApplyOutcome {
 pub fn after_apply(op: &OperationRecord, outcome: &ApplyOutcome) -> (OpStatus, OpProgress) {
     let mut progress = op.progress.clone();
     progress.apply_seq = None;
+    progress.phase = None;
     let partial = std::mem::take(&mut progress.partial_in_flight);
     match outcome {
         // A partial release landed: the held blocks are still to go.

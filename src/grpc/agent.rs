@@ -396,6 +396,33 @@ impl<S: Store> Session<S> {
             Some(Msg::Ack(ack)) => self.ack(ack).await,
             Some(Msg::Progress(p)) => {
                 tracing::info!(device = %self.device, seq = p.intent_seq, phase = %p.phase, "operation progress");
+                if p.phase.len() > 64 {
+                    return Err(ConvertError::new("progress.phase", "at most 64 bytes").into());
+                }
+                let info = self
+                    .store
+                    .intent_info(&self.device, IntentSeq(p.intent_seq))
+                    .await
+                    .map_err(status_from_store)?;
+                if let Some((Some(op_id), IntentKind::Apply)) = info {
+                    let op = self
+                        .store
+                        .get_operation(op_id)
+                        .await
+                        .map_err(status_from_store)?;
+                    if op.status == crate::domain::OpStatus::Applying {
+                        let mut next = op.clone();
+                        next.progress.phase = Some(p.phase);
+                        match self
+                            .store
+                            .record_step(&next, op.status, &[], clock::now())
+                            .await
+                        {
+                            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                            Err(e) => return Err(status_from_store(e)),
+                        }
+                    }
+                }
                 Ok(())
             }
             Some(Msg::Hello(_)) => Err(Status::invalid_argument(

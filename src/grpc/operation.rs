@@ -167,6 +167,7 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
                 deferred_until_unix_ms: op.progress.deferred_until.get(&r.block).map_or(0, |t| t.0),
             })
             .collect(),
+        phase: op.progress.phase.clone().unwrap_or_default(),
         window: op.progress.told_window.map(|o| pb::Window {
             start_unix_ms: o.start.0,
             end_unix_ms: o.end.0,

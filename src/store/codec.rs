@@ -214,6 +214,8 @@ struct ProgressJson {
     partial_in_flight: bool,
     #[serde(default)]
     partially_applied: bool,
+    #[serde(default)]
+    phase: Option<String>,
 }
 
 /// (kind, argument) columns of an operation spec.
@@ -316,6 +318,7 @@ pub(crate) fn progress_to_json(p: &OpProgress) -> String {
         overdue: p.overdue,
         partial_in_flight: p.partial_in_flight,
         partially_applied: p.partially_applied,
+        phase: p.phase.clone(),
     })
 }
 
@@ -362,6 +365,7 @@ pub(crate) fn progress_from_json(key: &str, s: &str) -> Result<OpProgress, Store
         overdue: p.overdue,
         partial_in_flight: p.partial_in_flight,
         partially_applied: p.partially_applied,
+        phase: p.phase,
     })
 }
 
@@ -524,6 +528,7 @@ mod tests {
             overdue: true,
             partial_in_flight: true,
             partially_applied: true,
+            phase: Some("locks_acquired".into()),
         };
         assert_eq!(
             progress_from_json("k", &progress_to_json(&progress)).unwrap(),
