@@ -1446,6 +1446,150 @@ async fn a_missed_approved_occurrence_moves_to_the_next_one_when_the_policy_says
     assert_eq!(fx.op(op.id).await.status, "waiting_window");
 }
 
+/// The request's first scenario, literally: an OS update while A holds its
+/// lock, with the default approval policy. A customer approves a window
+/// occurrence; A is told `os_update`, no handover, with the approved window;
+/// it releases only inside the window and triggers the update through the
+/// local API; the update runs (hooks); after the simulated reboot A takes its
+/// lock again.
+#[tokio::test]
+async fn scenario_1_os_update_in_the_approved_window_triggered_by_a() {
+    use pb::operation_spec::Kind;
+    let mut fx = setup().await;
+    let hook_log = fx.dir.path().join("os-updates");
+    fx.start_agent(&format!("echo updated >> {}", hook_log.display()));
+    let mut windows = pb::window_service_client::WindowServiceClient::new(fx.channel().await);
+    windows
+        .set_fleet_policy(pb::SetFleetPolicyRequest {
+            policy: Some(pb::FleetPolicy {
+                fleet: "site".into(),
+                needs_window: vec!["os_update".into(), "reboot".into(), "shutdown".into()],
+                needs_approval: vec!["os_update".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let start = lockstep::clock::now().0 + 2_500;
+    let end = start + 120_000;
+    windows
+        .create_window(pb::CreateWindowRequest {
+            scope: Some(pb::WindowScope {
+                scope: Some(pb::window_scope::Scope::Device("dev-1".into())),
+            }),
+            rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
+                start_unix_ms: start,
+                end_unix_ms: end,
+            })),
+        })
+        .await
+        .unwrap();
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    let op = fx.create_op(Kind::OsUpdate("2.0".into())).await;
+    fx.wait_op(op.id, "waiting_approval").await;
+    let req = eventually(20, "the approval request", || {
+        let mut w = windows.clone();
+        async move {
+            w.list_approvals(pb::ListApprovalsRequest {
+                status: "requested".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .approvals
+            .into_iter()
+            .next()
+        }
+    })
+    .await;
+    windows
+        .approve(pb::ApproveRequest {
+            approval_id: req.id,
+            occurrence: Some(pb::Window {
+                start_unix_ms: start,
+                end_unix_ms: end,
+            }),
+            actor: "customer@site".into(),
+        })
+        .await
+        .unwrap();
+    let told = eventually(20, "a to be told, with the approved window", || async {
+        fx.intents_in_file("a")
+            .into_iter()
+            .find(|i| i["reason"] == "os_update" && i["window"] == serde_json::json!([start, end]))
+    })
+    .await;
+    assert_eq!(
+        told["handover"], false,
+        "an OS update never offers a handover"
+    );
+    assert_eq!(told["deadline_unix_ms"].as_i64(), Some(end));
+    assert_eq!(told["target"], "2.0");
+    // A waits for the window, then releases inside it and triggers the update.
+    waits_on_a(&fx, op.id, pb::Reason::OsUpdate).await;
+    assert!(lockstep::clock::now().0 >= start);
+    fx.hold("a", false);
+    let trig = reqwest_like::Client::new()
+        .post(
+            &format!("{}/v1/blocks/a/trigger", api_base(&fx)),
+            &fx.token("a"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(trig.0, 202);
+    fx.wait_op(op.id, "done").await;
+    assert!(
+        lockstep::clock::now().0 < end,
+        "applied inside the approved occurrence"
+    );
+    assert!(
+        std::fs::read_to_string(&hook_log)
+            .unwrap_or_default()
+            .contains("updated")
+    );
+    eventually(20, "OS 2.0 reported", || async {
+        (fx.state().await.os_version == "2.0").then_some(())
+    })
+    .await;
+    fx.hold("a", true);
+    eventually(20, "a takes its lock again", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+}
+
+/// A newer release assignment supersedes a pending older one.
+#[tokio::test]
+async fn a_newer_release_assignment_supersedes_a_pending_one() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    fx.hold("a", true);
+    eventually(20, "a held", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    add_version(&fx, "a", "1.1.0", 0xa11, fx.command("a"), None).await;
+    add_version(&fx, "b", "1.1.0", 0xb11, fx.command("b"), None).await;
+    add_release(&fx, "r2", &[("a", "1.1.0"), ("b", "1.0.0"), ("c", "1.0.0")]).await;
+    add_release(&fx, "r3", &[("a", "1.0.0"), ("b", "1.1.0"), ("c", "1.0.0")]).await;
+    let first = fx
+        .create_op(pb::operation_spec::Kind::AssignRelease("r2".into()))
+        .await;
+    waits_on_a(&fx, first.id, pb::Reason::UpdateRestart).await;
+    let second = fx
+        .create_op(pb::operation_spec::Kind::AssignRelease("r3".into()))
+        .await;
+    fx.wait_op(first.id, "superseded").await;
+    // r3 leaves a alone: it applies at once although a holds its lock.
+    fx.wait_op(second.id, "done").await;
+    let state = fx.state().await;
+    assert_eq!(state.current_release, "r3");
+}
+
 /// Adds a version of a block to the catalog (`hand_over`: its timeout).
 async fn add_version(
     fx: &Fixture,
