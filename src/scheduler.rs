@@ -278,6 +278,10 @@ impl<S: Store> Scheduler<S> {
                         if !op.progress.overdue {
                             let mut next = op.clone();
                             next.progress.overdue = true;
+                            // Device status first, so readers of the operation see it too.
+                            self.store
+                                .set_device_status(device, DeviceStatus::Overdue)
+                                .await?;
                             match self.store.record_step(&next, op.status, &[], now).await {
                                 Ok(_) => {}
                                 Err(StoreError::Conflict { .. }) => {
@@ -286,9 +290,6 @@ impl<S: Store> Scheduler<S> {
                                 }
                                 Err(e) => return Err(e.into()),
                             }
-                            self.store
-                                .set_device_status(device, DeviceStatus::Overdue)
-                                .await?;
                             let names: Vec<String> =
                                 expired.iter().map(ToString::to_string).collect();
                             tracing::warn!(device = %device, operation = %op.id, blocks = ?names, "deferral limit reached: operation overdue");
@@ -449,15 +450,15 @@ impl<S: Store> Scheduler<S> {
             domain::ApprovalGate::Waiting => {
                 if op.status != OpStatus::WaitingApproval {
                     self.store
+                        .set_device_status(device, DeviceStatus::WaitingApproval)
+                        .await?;
+                    self.store
                         .record_step(
                             &set_status(OpStatus::WaitingApproval, None),
                             op.status,
                             &[],
                             now,
                         )
-                        .await?;
-                    self.store
-                        .set_device_status(device, DeviceStatus::WaitingApproval)
                         .await?;
                 }
                 Ok(None)
@@ -521,15 +522,15 @@ impl<S: Store> Scheduler<S> {
                 }
                 let approval = self.store.create_approval(op.id, now).await?;
                 self.store
+                    .set_device_status(device, DeviceStatus::WaitingApproval)
+                    .await?;
+                self.store
                     .record_step(
                         &set_status(OpStatus::WaitingApproval, None),
                         op.status,
                         &[],
                         now,
                     )
-                    .await?;
-                self.store
-                    .set_device_status(device, DeviceStatus::WaitingApproval)
                     .await?;
                 self.store
                     .append_audit(&AuditEntry {
@@ -813,6 +814,11 @@ impl<S: Store> Scheduler<S> {
                 (intents, DeviceStatus::Applying)
             }
         };
+        // The device status first: once the step commits, its intents may be
+        // delivered and answered at once, and the answer's status must win.
+        self.store
+            .set_device_status(&op.device, device_status)
+            .await?;
         match self
             .store
             .record_step(&next, op.status, &intents, now)
@@ -826,9 +832,6 @@ impl<S: Store> Scheduler<S> {
             }
             Err(e) => return Err(e.into()),
         }
-        self.store
-            .set_device_status(&op.device, device_status)
-            .await?;
         let event = match next.status {
             OpStatus::Failed => Some(EventKind::Failed {
                 error: next.progress.error.clone().unwrap_or_default(),
@@ -879,16 +882,17 @@ pub async fn on_apply_outcome<S: Store>(
     let mut next = op.clone();
     next.status = status;
     next.progress = progress;
-    store
-        .record_step(&next, OpStatus::Applying, &[], clock::now())
-        .await?;
     let device_status = match status {
         OpStatus::Done => DeviceStatus::InSync,
         OpStatus::PartiallyApplied => DeviceStatus::PartiallyApplied,
         OpStatus::Failed => DeviceStatus::Failed,
         _ => DeviceStatus::Pending,
     };
+    // Device status first, so whoever sees the operation's new status sees it too.
     store.set_device_status(&op.device, device_status).await?;
+    store
+        .record_step(&next, OpStatus::Applying, &[], clock::now())
+        .await?;
     tracing::info!(device = %op.device, operation = %op.id, outcome = ?outcome, status = status.as_str(), "apply answered");
     match status {
         OpStatus::Done => events.publish(&op.device, Some(op.id), EventKind::Applied),

@@ -504,7 +504,15 @@ async fn agent_connects_reports_locks_and_relays_intents_both_ways() {
     })
     .await;
     assert!(acks.contains(&"received".to_owned()), "{acks:?}");
-    let waiting = fx.op(op.id).await;
+    // The deferral is recorded on the operation right after the ack is stored.
+    let waiting = eventually(20, "the deferral on the operation", || async {
+        let op = fx.op(op.id).await;
+        op.waits
+            .first()
+            .is_some_and(|w| w.deferred_until_unix_ms != 0)
+            .then_some(op)
+    })
+    .await;
     assert_eq!(waiting.status, "waiting_lock");
     let wait = &waiting.waits[0];
     assert_eq!(
