@@ -869,18 +869,13 @@ async fn os_update_waits_for_the_window_and_a_releases_inside_it() {
     let start = lockstep::clock::now().0 + 2_000;
     let end = start + 120_000;
     let mut windows = pb::window_service_client::WindowServiceClient::new(fx.channel().await);
-    windows
-        .create_window(pb::CreateWindowRequest {
-            scope: Some(pb::WindowScope {
-                scope: Some(pb::window_scope::Scope::Device("dev-1".into())),
-            }),
-            rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
-                start_unix_ms: start,
-                end_unix_ms: end,
-            })),
-        })
-        .await
-        .unwrap();
+    one_off_window(
+        &fx,
+        pb::window_scope::Scope::Device("dev-1".into()),
+        start,
+        end,
+    )
+    .await;
     let told = eventually(20, "a to be told the window", || async {
         fx.intents_in_file("a")
             .into_iter()
@@ -1140,18 +1135,13 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
         .unwrap();
     let start = lockstep::clock::now().0 + 1_500;
     let end = start + 120_000;
-    windows
-        .create_window(pb::CreateWindowRequest {
-            scope: Some(pb::WindowScope {
-                scope: Some(pb::window_scope::Scope::Fleet("site".into())),
-            }),
-            rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
-                start_unix_ms: start,
-                end_unix_ms: end,
-            })),
-        })
-        .await
-        .unwrap();
+    one_off_window(
+        &fx,
+        pb::window_scope::Scope::Fleet("site".into()),
+        start,
+        end,
+    )
+    .await;
 
     // Declined: cancelled, with the customer's message.
     let op = fx.create_op(Kind::OsUpdate("2.0".into())).await;
@@ -1377,18 +1367,13 @@ async fn a_missed_approved_occurrence_moves_to_the_next_one_when_the_policy_says
     let now = lockstep::clock::now().0;
     let (first, second) = ((now + 1_000, now + 3_000), (now + 60_000, now + 120_000));
     for (start, end) in [first, second] {
-        windows
-            .create_window(pb::CreateWindowRequest {
-                scope: Some(pb::WindowScope {
-                    scope: Some(pb::window_scope::Scope::Device("dev-1".into())),
-                }),
-                rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
-                    start_unix_ms: start,
-                    end_unix_ms: end,
-                })),
-            })
-            .await
-            .unwrap();
+        one_off_window(
+            &fx,
+            pb::window_scope::Scope::Device("dev-1".into()),
+            start,
+            end,
+        )
+        .await;
     }
     fx.hold("a", true);
     eventually(20, "a held", || async {
@@ -1480,18 +1465,13 @@ async fn scenario_1_os_update_in_the_approved_window_triggered_by_a() {
         .unwrap();
     let start = lockstep::clock::now().0 + 2_500;
     let end = start + 120_000;
-    windows
-        .create_window(pb::CreateWindowRequest {
-            scope: Some(pb::WindowScope {
-                scope: Some(pb::window_scope::Scope::Device("dev-1".into())),
-            }),
-            rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
-                start_unix_ms: start,
-                end_unix_ms: end,
-            })),
-        })
-        .await
-        .unwrap();
+    one_off_window(
+        &fx,
+        pb::window_scope::Scope::Device("dev-1".into()),
+        start,
+        end,
+    )
+    .await;
     fx.hold("a", true);
     eventually(20, "a held", || async {
         fx.lock_of("a").await.filter(|l| l.held)
@@ -1596,6 +1576,20 @@ async fn a_newer_release_assignment_supersedes_a_pending_one() {
     fx.wait_op(second.id, "done").await;
     let state = fx.state().await;
     assert_eq!(state.current_release, "r3");
+}
+
+/// Creates a one-off maintenance window `[start, end)` on `scope`.
+async fn one_off_window(fx: &Fixture, scope: pb::window_scope::Scope, start: i64, end: i64) {
+    pb::window_service_client::WindowServiceClient::new(fx.channel().await)
+        .create_window(pb::CreateWindowRequest {
+            scope: Some(pb::WindowScope { scope: Some(scope) }),
+            rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
+                start_unix_ms: start,
+                end_unix_ms: end,
+            })),
+        })
+        .await
+        .unwrap();
 }
 
 /// Adds a version of a block to the catalog (`hand_over`: its timeout).
