@@ -53,6 +53,7 @@ pub mod ids;
 pub mod impact;
 pub mod operation;
 pub mod release;
+pub mod rollout;
 pub mod window;
 
 pub use block::{
@@ -83,4 +84,9 @@ pub use operation::{
     deferral_deadline, expired_holders, held_back, next_after_missed, next_step,
 };
 pub use release::{Release, ReleaseError, Target, partial_target};
+pub use rollout::{
+    Advance, Amount, BatchCounts, MemberState, OnError, Plan, PlanDevice, Rollout, RolloutEvent,
+    RolloutId, RolloutKind, RolloutProgress, RolloutState, RolloutTarget, Strategy, StrategyError,
+    advance, plan, resume, waiting_lock_breakdown,
+};
 pub use window::{Occurrence, Window, WindowError, WindowRule, WindowScope, open_or_next};
