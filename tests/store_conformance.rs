@@ -962,6 +962,217 @@ async fn windows_and_policies_attach_to_fleets_tags_and_devices<S: Store>(s: S) 
     ));
 }
 
+async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    with_fleet(&s, "f2").await;
+    for (id, tags) in [
+        ("d1", &["edge"][..]),
+        ("d2", &["edge"][..]),
+        ("d3", &[][..]),
+        ("d4", &["edge"][..]),
+    ] {
+        s.register_device(&device(id, "f1", tags), "h")
+            .await
+            .unwrap();
+    }
+    s.register_device(&device("other", "f2", &[]), "h")
+        .await
+        .unwrap();
+    let r1 = ReleaseId::new("r1").unwrap();
+    s.record_device_report(
+        &dev("d4"),
+        &DeviceReport {
+            agent_version: "t".into(),
+            current_release: Some(r1.clone()),
+            os_version: Some("os-2".into()),
+            blocks: Default::default(),
+            last_intent_seq: IntentSeq(0),
+            reported: ts(1),
+        },
+    )
+    .await
+    .unwrap();
+    let target = RolloutTarget::Release(r1.clone());
+    let edge = Tag::new("edge").unwrap();
+    let candidates = s
+        .rollout_candidates(&fleet_id("f1"), Some(&edge), &target)
+        .await
+        .unwrap();
+    assert_eq!(
+        candidates,
+        vec![
+            PlanDevice {
+                id: dev("d1"),
+                at_target: false
+            },
+            PlanDevice {
+                id: dev("d2"),
+                at_target: false
+            },
+            PlanDevice {
+                id: dev("d4"),
+                at_target: true
+            },
+        ]
+    );
+    let os = s
+        .rollout_candidates(
+            &fleet_id("f1"),
+            None,
+            &RolloutTarget::OsVersion("os-2".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(os.len(), 4);
+    assert_eq!(os.iter().filter(|d| d.at_target).count(), 1);
+
+    let strategy = Strategy {
+        canary: 1,
+        batches: vec![Amount::Count(2)],
+        max_in_flight: 3,
+        ..Strategy::default()
+    };
+    let new = NewRollout {
+        fleet: fleet_id("f1"),
+        selector: None,
+        target: target.clone(),
+        strategy: strategy.clone(),
+        seed: u64::MAX - 3,
+        created_by: "ops".into(),
+    };
+    let all = s
+        .rollout_candidates(&fleet_id("f1"), None, &target)
+        .await
+        .unwrap();
+    let the_plan = plan(&all, &strategy, new.seed);
+    let rollout = s
+        .create_rollout(&new, &the_plan, false, ts(10))
+        .await
+        .unwrap();
+    assert_eq!(rollout.devices, 3);
+    assert_eq!(rollout.skipped, 1);
+    assert_eq!(s.get_rollout(rollout.id).await.unwrap(), rollout);
+    assert_eq!(s.active_rollouts().await.unwrap(), vec![rollout.id]);
+
+    // One active rollout of a kind per fleet: refused, or superseded.
+    let again = s.create_rollout(&new, &the_plan, false, ts(11)).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict { .. })),
+        "{again:?}"
+    );
+    let os_rollout = NewRollout {
+        target: RolloutTarget::OsVersion("os-3".into()),
+        ..new.clone()
+    };
+    let os_one = s
+        .create_rollout(&os_rollout, &the_plan, false, ts(12))
+        .await
+        .expect("another kind is fine");
+
+    let counts = s.rollout_batch_counts(rollout.id).await.unwrap();
+    let sizes: Vec<u64> = counts.iter().map(BatchCounts::size).collect();
+    assert_eq!(sizes, vec![1, 2]);
+    assert!(counts.iter().all(|c| c.queued == c.size()));
+
+    // Starting follows plan order within a batch, and links the operations.
+    let started = s
+        .start_rollout_members(rollout.id, 1, 1, ts(20))
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].device, the_plan.batches[1][0]);
+    assert_eq!(started[0].spec, OperationSpec::AssignRelease(r1.clone()));
+    let started = s
+        .start_rollout_members(rollout.id, 1, 5, ts(21))
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].device, the_plan.batches[1][1]);
+    let counts = s.rollout_batch_counts(rollout.id).await.unwrap();
+    assert_eq!(counts[1].in_flight, 2);
+    assert_eq!(counts[0].queued, 1);
+    assert_eq!(
+        s.rollout_active_operations(rollout.id).await.unwrap().len(),
+        2
+    );
+    let statuses = s.rollout_device_statuses(rollout.id).await.unwrap();
+    assert_eq!(statuses.values().sum::<u64>(), 3);
+
+    // A finished operation counts as succeeded.
+    let mut op = started[0].clone();
+    op.status = OpStatus::Done;
+    s.record_step(&op, OpStatus::Pending, &[], ts(22))
+        .await
+        .unwrap();
+    let counts = s.rollout_batch_counts(rollout.id).await.unwrap();
+    assert_eq!((counts[1].succeeded, counts[1].in_flight), (1, 1));
+
+    // Progress is compare-and-set on the state; paused starts nothing.
+    let paused = RolloutProgress {
+        state: RolloutState::Paused,
+        ..rollout.progress
+    };
+    s.update_rollout(
+        rollout.id,
+        RolloutState::Running,
+        &paused,
+        Some("threshold"),
+        ts(30),
+    )
+    .await
+    .unwrap();
+    let stale = s
+        .update_rollout(
+            rollout.id,
+            RolloutState::Running,
+            &rollout.progress,
+            None,
+            ts(31),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert!(
+        s.start_rollout_members(rollout.id, 0, 1, ts(32))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let got = s.get_rollout(rollout.id).await.unwrap();
+    assert_eq!(got.progress.state, RolloutState::Paused);
+    assert_eq!(got.message, "threshold");
+
+    // Superseding marks the older one.
+    let newer = s
+        .create_rollout(&new, &the_plan, true, ts(40))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_rollout(rollout.id).await.unwrap().progress.state,
+        RolloutState::Superseded
+    );
+    let listed: Vec<RolloutId> = s
+        .list_rollouts(Some(&fleet_id("f1")))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, vec![newer.id, os_one.id, rollout.id]);
+    assert!(
+        s.list_rollouts(Some(&fleet_id("f2")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        s.get_rollout(RolloutId(999_999)).await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1000,6 +1211,7 @@ conformance!(
     audit_entries_append_and_list_in_order,
     operations_supersede_and_steps_are_atomic_with_their_intents,
     windows_and_policies_attach_to_fleets_tags_and_devices,
+    rollouts_store_their_plan_and_start_members_in_plan_order,
 );
 
 // ------------------------------------------- backend-specific behaviour
@@ -1110,7 +1322,7 @@ async fn postgres_has_every_table() {
         "maintenance_windows",
         "approvals",
         "rollouts",
-        "rollout_devices",
+        "rollout_members",
         "audit_log",
     ] {
         assert!(tables.contains(t), "missing table {t}: {tables:?}");

@@ -580,3 +580,72 @@ mod tests {
         assert!(err.contains("ctl@1.0.0") && err.contains("config"), "{err}");
     }
 }
+
+// ---- rollout strategies
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AmountJson {
+    Count(u32),
+    Percent(u8),
+}
+
+impl From<crate::domain::Amount> for AmountJson {
+    fn from(a: crate::domain::Amount) -> Self {
+        match a {
+            crate::domain::Amount::Count(n) => AmountJson::Count(n),
+            crate::domain::Amount::Percent(p) => AmountJson::Percent(p),
+        }
+    }
+}
+
+impl From<AmountJson> for crate::domain::Amount {
+    fn from(a: AmountJson) -> Self {
+        match a {
+            AmountJson::Count(n) => crate::domain::Amount::Count(n),
+            AmountJson::Percent(p) => crate::domain::Amount::Percent(p),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RolloutStrategyJson {
+    canary: u32,
+    batches: Vec<AmountJson>,
+    max_in_flight: u32,
+    soak_seconds: u64,
+    success_threshold: u8,
+    error_threshold: AmountJson,
+    on_error: String,
+}
+
+pub(crate) fn strategy_to_json(s: &crate::domain::Strategy) -> String {
+    serde_json::to_string(&RolloutStrategyJson {
+        canary: s.canary,
+        batches: s.batches.iter().map(|a| (*a).into()).collect(),
+        max_in_flight: s.max_in_flight,
+        soak_seconds: s.soak_seconds,
+        success_threshold: s.success_threshold,
+        error_threshold: s.error_threshold.into(),
+        on_error: s.on_error.as_str().to_owned(),
+    })
+    .expect("a strategy serializes")
+}
+
+pub(crate) fn strategy_from_json(
+    key: &str,
+    json: &str,
+) -> Result<crate::domain::Strategy, StoreError> {
+    let s: RolloutStrategyJson = serde_json::from_str(json)
+        .map_err(|e| corrupt("rollout", key, format!("strategy: {e}")))?;
+    Ok(crate::domain::Strategy {
+        canary: s.canary,
+        batches: s.batches.into_iter().map(Into::into).collect(),
+        max_in_flight: s.max_in_flight,
+        soak_seconds: s.soak_seconds,
+        success_threshold: s.success_threshold,
+        error_threshold: s.error_threshold.into(),
+        on_error: crate::domain::OnError::parse(&s.on_error)
+            .ok_or_else(|| corrupt("rollout", key, format!("unknown on_error {:?}", s.on_error)))?,
+    })
+}

@@ -677,62 +677,10 @@ macro_rules! impl_store {
                 force: Option<&Force>,
                 now: Timestamp,
             ) -> Result<OperationRecord, StoreError> {
-                let (kind, arg) = codec::spec_columns(spec);
-                let progress = OpProgress::default();
                 let mut tx = self.begin().await?;
-                if matches!(spec, OperationSpec::ApplyEnv) && force.is_none() {
-                    // Pending env changes merge: the one not yet applying
-                    // will apply the env as stored when it runs.
-                    let pending = sqlx::query(
-                        "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms \
-                         FROM operations WHERE device_id = $1 AND kind = 'apply_env' \
-                         AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval') ORDER BY id LIMIT 1",
-                    )
-                    .bind(device.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::from_sqlx)?;
-                    if let Some(row) = pending {
-                        return operation_from_row(&row);
-                    }
-                }
-                if matches!(spec, OperationSpec::AssignRelease(_)) {
-                    sqlx::query(
-                        "UPDATE operations SET status = 'superseded', updated_ms = $2 \
-                         WHERE device_id = $1 AND kind = 'assign_release' AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval')",
-                    )
-                    .bind(device.as_str())
-                    .bind(now.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::from_sqlx)?;
-                }
-                let row = sqlx::query(
-                    "INSERT INTO operations (device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
-                )
-                .bind(device.as_str())
-                .bind(kind)
-                .bind(&arg)
-                .bind(codec::force_to_json(force))
-                .bind(OpStatus::Pending.as_str())
-                .bind(codec::progress_to_json(&progress))
-                .bind(now.0)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::on_write("operation", device, "device"))?;
-                let id: i64 = get(&row, "id")?;
+                let op = create_operation_tx(&mut tx, device, spec, force, now).await?;
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
-                Ok(OperationRecord {
-                    id: OperationId(id),
-                    device: device.clone(),
-                    spec: spec.clone(),
-                    force: force.cloned(),
-                    status: OpStatus::Pending,
-                    progress,
-                    created: now,
-                    updated: now,
-                })
+                Ok(op)
             }
 
             async fn get_operation(&self, id: OperationId) -> Result<OperationRecord, StoreError> {
@@ -816,6 +764,346 @@ macro_rules! impl_store {
                 };
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(seqs)
+            }
+
+            async fn rollout_candidates(
+                &self,
+                fleet: &FleetId,
+                selector: Option<&Tag>,
+                target: &$crate::domain::RolloutTarget,
+            ) -> Result<Vec<$crate::domain::PlanDevice>, StoreError> {
+                use $crate::domain::RolloutTarget;
+                let (column, value) = match target {
+                    RolloutTarget::Release(r) => ("current_release", r.to_string()),
+                    RolloutTarget::OsVersion(v) => ("os_version", v.clone()),
+                };
+                let sql = format!(
+                    "SELECT d.id, (r.{column} IS NOT NULL AND r.{column} = $2) AS at_target FROM devices d \
+                     LEFT JOIN device_reports r ON r.device_id = d.id \
+                     WHERE d.fleet = $1 AND ($3 IS NULL OR EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.tag = $3)) \
+                     ORDER BY d.id"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(fleet.as_str())
+                    .bind(value)
+                    .bind(selector.map(Tag::as_str))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let id: String = get(r, "id")?;
+                        let at_target: Option<bool> = get(r, "at_target")?;
+                        Ok($crate::domain::PlanDevice {
+                            id: DeviceId::new(&id).map_err(|e| codec::corrupt("device", &id, e))?,
+                            at_target: at_target.unwrap_or(false),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn create_rollout(
+                &self,
+                rollout: &$crate::store::NewRollout,
+                plan: &$crate::domain::Plan,
+                supersede: bool,
+                now: Timestamp,
+            ) -> Result<$crate::domain::Rollout, StoreError> {
+                use $crate::domain::{RolloutProgress, RolloutTarget};
+                let kind = rollout.target.kind().as_str();
+                let target = match &rollout.target {
+                    RolloutTarget::Release(r) => r.to_string(),
+                    RolloutTarget::OsVersion(v) => v.clone(),
+                };
+                let mut tx = self.begin().await?;
+                let active = sqlx::query(
+                    "SELECT id FROM rollouts WHERE fleet = $1 AND kind = $2 AND state IN ('running', 'paused')",
+                )
+                .bind(rollout.fleet.as_str())
+                .bind(kind)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                if let Some(row) = active {
+                    let old: i64 = get(&row, "id")?;
+                    if !supersede {
+                        return Err(StoreError::Conflict {
+                            entity: "rollout",
+                            key: old.to_string(),
+                            message: format!(
+                                "rollout {old} ({kind}) is still active for fleet {}; abort it, or create the new one with supersede",
+                                rollout.fleet
+                            ),
+                        });
+                    }
+                    sqlx::query(
+                        "UPDATE rollouts SET state = 'superseded', message = 'superseded by a newer rollout', updated_ms = $2 WHERE id = $1",
+                    )
+                    .bind(old)
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                }
+                let devices: u64 = plan.batches.iter().map(|b| b.len() as u64).sum();
+                let row = sqlx::query(
+                    "INSERT INTO rollouts (fleet, selector_tag, kind, target, strategy_json, seed, state, current_batch, \
+                     errors_acknowledged, devices, skipped, message, created_by, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'running', 0, 0, $7, $8, '', $9, $10, $10) RETURNING id",
+                )
+                .bind(rollout.fleet.as_str())
+                .bind(rollout.selector.as_ref().map(Tag::as_str))
+                .bind(kind)
+                .bind(&target)
+                .bind(codec::strategy_to_json(&rollout.strategy))
+                .bind(rollout.seed as i64)
+                .bind(devices as i64)
+                .bind(plan.skipped.len() as i64)
+                .bind(&rollout.created_by)
+                .bind(now.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::on_write("rollout", &rollout.fleet, "fleet"))?;
+                let id: i64 = get(&row, "id")?;
+                let members: Vec<(u32, &DeviceId)> = plan
+                    .batches
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(b, devs)| devs.iter().map(move |d| (b as u32, d)))
+                    .collect();
+                let mut position: i64 = 0;
+                for chunk in members.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO rollout_members (rollout_id, device_id, batch, position) ",
+                    );
+                    q.push_values(chunk, |mut b, (batch, device)| {
+                        b.push_bind(id)
+                            .push_bind(device.to_string())
+                            .push_bind(i64::from(*batch))
+                            .push_bind(position);
+                        position += 1;
+                    });
+                    q.build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::on_write("rollout member", id, "device"))?;
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok($crate::domain::Rollout {
+                    id: $crate::domain::RolloutId(id),
+                    fleet: rollout.fleet.clone(),
+                    selector: rollout.selector.clone(),
+                    target: rollout.target.clone(),
+                    strategy: rollout.strategy.clone(),
+                    seed: rollout.seed,
+                    progress: RolloutProgress::started(),
+                    devices,
+                    skipped: plan.skipped.len() as u64,
+                    message: String::new(),
+                    created_by: rollout.created_by.clone(),
+                    created: now,
+                    updated: now,
+                })
+            }
+
+            async fn get_rollout(&self, id: $crate::domain::RolloutId) -> Result<$crate::domain::Rollout, StoreError> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1")))
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound { entity: "rollout", key: id.to_string() })?;
+                rollout_from_row(&row)
+            }
+
+            async fn list_rollouts(&self, fleet: Option<&FleetId>) -> Result<Vec<$crate::domain::Rollout>, StoreError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE ($1 IS NULL OR fleet = $1) ORDER BY id DESC LIMIT 1000"
+                )))
+                .bind(fleet.map(FleetId::as_str))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(rollout_from_row).collect()
+            }
+
+            async fn active_rollouts(&self) -> Result<Vec<$crate::domain::RolloutId>, StoreError> {
+                let rows = sqlx::query("SELECT id FROM rollouts WHERE state IN ('running', 'paused') ORDER BY id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(|r| Ok($crate::domain::RolloutId(get(r, "id")?))).collect()
+            }
+
+            async fn rollout_batch_counts(
+                &self,
+                id: $crate::domain::RolloutId,
+            ) -> Result<Vec<$crate::domain::BatchCounts>, StoreError> {
+                use $crate::domain::{BatchCounts, MemberState};
+                let rows = sqlx::query(
+                    "SELECT m.batch AS batch, o.status AS status, COUNT(*) AS n FROM rollout_members m \
+                     LEFT JOIN operations o ON o.id = m.operation_id \
+                     WHERE m.rollout_id = $1 GROUP BY m.batch, o.status ORDER BY m.batch",
+                )
+                .bind(id.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut out: Vec<BatchCounts> = Vec::new();
+                for r in &rows {
+                    let batch: i64 = get(r, "batch")?;
+                    let status: Option<String> = get(r, "status")?;
+                    let n: i64 = get(r, "n")?;
+                    let state = match status {
+                        None => MemberState::Queued,
+                        Some(s) => MemberState::of(OpStatus::parse(&s).ok_or_else(|| {
+                            codec::corrupt("rollout", id, format!("member operation has unknown status {s:?}"))
+                        })?),
+                    };
+                    let batch = usize::try_from(batch)
+                        .map_err(|_| codec::corrupt("rollout", id, format!("negative batch {batch}")))?;
+                    if out.len() <= batch {
+                        out.resize(batch + 1, BatchCounts::default());
+                    }
+                    out[batch].add(state, n as u64);
+                }
+                Ok(out)
+            }
+
+            async fn rollout_device_statuses(
+                &self,
+                id: $crate::domain::RolloutId,
+            ) -> Result<std::collections::BTreeMap<DeviceStatus, u64>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT d.status AS status, COUNT(*) AS n FROM rollout_members m JOIN devices d ON d.id = m.device_id \
+                     WHERE m.rollout_id = $1 GROUP BY d.status",
+                )
+                .bind(id.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut out = std::collections::BTreeMap::new();
+                for r in &rows {
+                    let status: String = get(r, "status")?;
+                    let n: i64 = get(r, "n")?;
+                    let status = DeviceStatus::parse(&status)
+                        .ok_or_else(|| codec::corrupt("device", id, format!("unknown status {status:?}")))?;
+                    *out.entry(status).or_insert(0) += n as u64;
+                }
+                Ok(out)
+            }
+
+            async fn rollout_active_operations(
+                &self,
+                id: $crate::domain::RolloutId,
+            ) -> Result<Vec<OperationRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT o.id, o.device_id, o.kind, o.spec_json, o.force_json, o.status, o.status_json, o.created_ms, o.updated_ms \
+                     FROM rollout_members m JOIN operations o ON o.id = m.operation_id \
+                     WHERE m.rollout_id = $1 AND o.status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'partially_applied', 'applying') \
+                     ORDER BY o.id",
+                )
+                .bind(id.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(operation_from_row).collect()
+            }
+
+            async fn update_rollout(
+                &self,
+                id: $crate::domain::RolloutId,
+                expected: $crate::domain::RolloutState,
+                progress: &$crate::domain::RolloutProgress,
+                message: Option<&str>,
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    "UPDATE rollouts SET state = $3, current_batch = $4, batch_met_ms = $5, errors_acknowledged = $6, \
+                     message = COALESCE($7, message), updated_ms = $8 WHERE id = $1 AND state = $2",
+                )
+                .bind(id.0)
+                .bind(expected.as_str())
+                .bind(progress.state.as_str())
+                .bind(i64::from(progress.current_batch))
+                .bind(progress.batch_met_at.map(|t| t.0))
+                .bind(progress.errors_acknowledged as i64)
+                .bind(message)
+                .bind(now.0)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                let current = self.get_rollout(id).await?;
+                Err(StoreError::Conflict {
+                    entity: "rollout",
+                    key: id.to_string(),
+                    message: format!(
+                        "is {}, not {}",
+                        current.progress.state.as_str(),
+                        expected.as_str()
+                    ),
+                })
+            }
+
+            async fn start_rollout_members(
+                &self,
+                id: $crate::domain::RolloutId,
+                batch: u32,
+                n: u64,
+                now: Timestamp,
+            ) -> Result<Vec<OperationRecord>, StoreError> {
+                let mut tx = self.begin().await?;
+                // Takes the rollout's row lock, and starts nothing unless it is
+                // still running (a pause or abort in between wins).
+                let row = sqlx::query(
+                    "UPDATE rollouts SET updated_ms = $2 WHERE id = $1 AND state = 'running' RETURNING kind, target",
+                )
+                .bind(id.0)
+                .bind(now.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let Some(row) = row else {
+                    return Ok(Vec::new());
+                };
+                let kind: String = get(&row, "kind")?;
+                let target: String = get(&row, "target")?;
+                let spec = match kind.as_str() {
+                    "release" => OperationSpec::AssignRelease(
+                        ReleaseId::new(&target).map_err(|e| codec::corrupt("rollout", id, e))?,
+                    ),
+                    "os" => OperationSpec::OsUpdate(target),
+                    other => return Err(codec::corrupt("rollout", id, format!("unknown kind {other:?}"))),
+                };
+                let rows = sqlx::query(
+                    "SELECT device_id FROM rollout_members WHERE rollout_id = $1 AND batch = $2 AND operation_id IS NULL \
+                     ORDER BY position LIMIT $3",
+                )
+                .bind(id.0)
+                .bind(i64::from(batch))
+                .bind(i64::try_from(n).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut ops = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let device: String = get(r, "device_id")?;
+                    let device = DeviceId::new(&device).map_err(|e| codec::corrupt("rollout member", id, e))?;
+                    let op = create_operation_tx(&mut tx, &device, &spec, None, now).await?;
+                    sqlx::query("UPDATE rollout_members SET operation_id = $3 WHERE rollout_id = $1 AND device_id = $2")
+                        .bind(id.0)
+                        .bind(device.as_str())
+                        .bind(op.id.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                    ops.push(op);
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(ops)
             }
 
             async fn set_fleet_policy(&self, fleet: &FleetId, policy: &FleetPolicy, now: Timestamp) -> Result<(), StoreError> {
@@ -1152,6 +1440,69 @@ macro_rules! impl_store {
             }
         }
 
+        async fn create_operation_tx(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            device: &DeviceId,
+            spec: &OperationSpec,
+            force: Option<&Force>,
+            now: Timestamp,
+        ) -> Result<OperationRecord, StoreError> {
+                let (kind, arg) = codec::spec_columns(spec);
+                let progress = OpProgress::default();
+                if matches!(spec, OperationSpec::ApplyEnv) && force.is_none() {
+                    // Pending env changes merge: the one not yet applying
+                    // will apply the env as stored when it runs.
+                    let pending = sqlx::query(
+                        "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms \
+                         FROM operations WHERE device_id = $1 AND kind = 'apply_env' \
+                         AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval') ORDER BY id LIMIT 1",
+                    )
+                    .bind(device.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                    if let Some(row) = pending {
+                        return operation_from_row(&row);
+                    }
+                }
+                if matches!(spec, OperationSpec::AssignRelease(_)) {
+                    sqlx::query(
+                        "UPDATE operations SET status = 'superseded', updated_ms = $2 \
+                         WHERE device_id = $1 AND kind = 'assign_release' AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval')",
+                    )
+                    .bind(device.as_str())
+                    .bind(now.0)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                }
+                let row = sqlx::query(
+                    "INSERT INTO operations (device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+                )
+                .bind(device.as_str())
+                .bind(kind)
+                .bind(&arg)
+                .bind(codec::force_to_json(force))
+                .bind(OpStatus::Pending.as_str())
+                .bind(codec::progress_to_json(&progress))
+                .bind(now.0)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(StoreError::on_write("operation", device, "device"))?;
+                let id: i64 = get(&row, "id")?;
+                Ok(OperationRecord {
+                    id: OperationId(id),
+                    device: device.clone(),
+                    spec: spec.clone(),
+                    force: force.cloned(),
+                    status: OpStatus::Pending,
+                    progress,
+                    created: now,
+                    updated: now,
+                })
+        }
+
         async fn append_intents_tx(
             tx: &mut sqlx::Transaction<'static, $db>,
             device: &DeviceId,
@@ -1243,6 +1594,54 @@ macro_rules! impl_store {
                 other => return Err(codec::corrupt("window", &key, format!("unknown scope kind {other:?}"))),
             };
             Ok(Window { id, scope, rule: codec::rule_from_json(&key, &spec)? })
+        }
+
+        const ROLLOUT_COLUMNS: &str = "id, fleet, selector_tag, kind, target, strategy_json, seed, state, current_batch, \
+            batch_met_ms, errors_acknowledged, devices, skipped, message, created_by, created_ms, updated_ms";
+
+        fn rollout_from_row(r: &DbRow) -> Result<$crate::domain::Rollout, StoreError> {
+            use $crate::domain::{RolloutId, RolloutProgress, RolloutState, RolloutTarget};
+            let id: i64 = get(r, "id")?;
+            let key = id.to_string();
+            let bad = |e: $crate::domain::IdError| codec::corrupt("rollout", &key, e);
+            let fleet: String = get(r, "fleet")?;
+            let selector: Option<String> = get(r, "selector_tag")?;
+            let kind: String = get(r, "kind")?;
+            let target: String = get(r, "target")?;
+            let state: String = get(r, "state")?;
+            let current_batch: i64 = get(r, "current_batch")?;
+            let errors: i64 = get(r, "errors_acknowledged")?;
+            let devices: i64 = get(r, "devices")?;
+            let skipped: i64 = get(r, "skipped")?;
+            let seed: i64 = get(r, "seed")?;
+            let strategy: String = get(r, "strategy_json")?;
+            let batch_met: Option<i64> = get(r, "batch_met_ms")?;
+            Ok($crate::domain::Rollout {
+                id: RolloutId(id),
+                fleet: FleetId::new(fleet).map_err(bad)?,
+                selector: selector.map(Tag::new).transpose().map_err(bad)?,
+                target: match kind.as_str() {
+                    "release" => RolloutTarget::Release(ReleaseId::new(target).map_err(bad)?),
+                    "os" => RolloutTarget::OsVersion(target),
+                    other => return Err(codec::corrupt("rollout", &key, format!("unknown kind {other:?}"))),
+                },
+                strategy: codec::strategy_from_json(&key, &strategy)?,
+                seed: seed as u64,
+                progress: RolloutProgress {
+                    state: RolloutState::parse(&state)
+                        .ok_or_else(|| codec::corrupt("rollout", &key, format!("unknown state {state:?}")))?,
+                    current_batch: u32::try_from(current_batch)
+                        .map_err(|_| codec::corrupt("rollout", &key, "current_batch out of range"))?,
+                    batch_met_at: batch_met.map(Timestamp),
+                    errors_acknowledged: errors as u64,
+                },
+                devices: devices as u64,
+                skipped: skipped as u64,
+                message: get(r, "message")?,
+                created_by: get(r, "created_by")?,
+                created: Timestamp(get(r, "created_ms")?),
+                updated: Timestamp(get(r, "updated_ms")?),
+            })
         }
 
         fn operation_from_row(r: &DbRow) -> Result<OperationRecord, StoreError> {

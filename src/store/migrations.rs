@@ -39,6 +39,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "missed occurrence",
         include_str!("../../migrations/postgres/0006_missed_occurrence.sql"),
     ),
+    (
+        7,
+        "rollouts",
+        include_str!("../../migrations/postgres/0007_rollouts.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -71,6 +76,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         6,
         "missed occurrence",
         include_str!("../../migrations/sqlite/0006_missed_occurrence.sql"),
+    ),
+    (
+        7,
+        "rollouts",
+        include_str!("../../migrations/sqlite/0007_rollouts.sql"),
     ),
 ];
 

@@ -20,6 +20,10 @@ use crate::domain::{
     OperationRecord, OperationSpec, Release, ReleaseId, StoredIntent, Tag, Timestamp, Window,
     WindowRule, WindowScope,
 };
+use crate::domain::{
+    BatchCounts, Plan, PlanDevice, Rollout, RolloutId, RolloutProgress, RolloutState,
+    RolloutTarget, Strategy,
+};
 
 pub use pg::PgStore;
 pub use sqlite::SqliteStore;
@@ -182,6 +186,17 @@ pub struct ReleaseSummary {
     pub fleet: FleetId,
     pub blocks: usize,
     pub created: Timestamp,
+}
+
+/// A rollout to create (the store assigns its id and state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRollout {
+    pub fleet: FleetId,
+    pub selector: Option<Tag>,
+    pub target: RolloutTarget,
+    pub strategy: Strategy,
+    pub seed: u64,
+    pub created_by: String,
 }
 
 /// What a lock-report batch did.
@@ -408,6 +423,72 @@ pub trait Store: Clone + Send + Sync + 'static {
         device: &DeviceId,
         seq: IntentSeq,
     ) -> impl Future<Output = Result<Option<(Option<OperationId>, IntentKind)>, StoreError>> + Send;
+
+    // ---- rollouts
+    /// The devices a new rollout would cover (the fleet's, or those with the
+    /// tag), ordered by id, each marked if it already runs the target.
+    fn rollout_candidates(
+        &self,
+        fleet: &FleetId,
+        selector: Option<&Tag>,
+        target: &RolloutTarget,
+    ) -> impl Future<Output = Result<Vec<PlanDevice>, StoreError>> + Send;
+    /// Stores a rollout and its plan in one transaction. Another active
+    /// rollout of the same kind for the fleet is `Conflict`, unless
+    /// `supersede`, which marks it superseded.
+    fn create_rollout(
+        &self,
+        rollout: &NewRollout,
+        plan: &Plan,
+        supersede: bool,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Rollout, StoreError>> + Send;
+    fn get_rollout(
+        &self,
+        id: RolloutId,
+    ) -> impl Future<Output = Result<Rollout, StoreError>> + Send;
+    /// Rollouts, newest first; of one fleet if given.
+    fn list_rollouts(
+        &self,
+        fleet: Option<&FleetId>,
+    ) -> impl Future<Output = Result<Vec<Rollout>, StoreError>> + Send;
+    /// Running and paused rollouts.
+    fn active_rollouts(&self) -> impl Future<Output = Result<Vec<RolloutId>, StoreError>> + Send;
+    /// Each batch's member counts, in batch order.
+    fn rollout_batch_counts(
+        &self,
+        id: RolloutId,
+    ) -> impl Future<Output = Result<Vec<BatchCounts>, StoreError>> + Send;
+    /// Member devices by their device status.
+    fn rollout_device_statuses(
+        &self,
+        id: RolloutId,
+    ) -> impl Future<Output = Result<BTreeMap<DeviceStatus, u64>, StoreError>> + Send;
+    /// Members' operations that have started and not finished.
+    fn rollout_active_operations(
+        &self,
+        id: RolloutId,
+    ) -> impl Future<Output = Result<Vec<OperationRecord>, StoreError>> + Send;
+    /// Stores the controller's progress (and a message, if given) only if
+    /// the stored state is still `expected`; `Conflict` otherwise.
+    fn update_rollout(
+        &self,
+        id: RolloutId,
+        expected: RolloutState,
+        progress: &RolloutProgress,
+        message: Option<&str>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Starts up to `n` queued members of `batch` in plan order: creates
+    /// each one's operation and links it, in one transaction, only while
+    /// the rollout is running. Returns the operations created.
+    fn start_rollout_members(
+        &self,
+        id: RolloutId,
+        batch: u32,
+        n: u64,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<OperationRecord>, StoreError>> + Send;
 
     // ---- policies and maintenance windows
     fn set_fleet_policy(
