@@ -7,7 +7,7 @@
 
 use tokio::sync::broadcast;
 
-use crate::domain::{DeviceId, OperationId, Timestamp};
+use crate::domain::{DeviceId, OperationId, RolloutId, Timestamp};
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,10 +65,23 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// Something happened to a rollout (a batch started, it soaked, paused,
+/// resumed, aborted, completed): watchers re-read its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutNotice {
+    pub at: Timestamp,
+    pub rollout: RolloutId,
+    /// batch_started, soaking, paused, resumed, aborted, completed,
+    /// superseded, devices_started, created.
+    pub kind: &'static str,
+    pub message: String,
+}
+
 /// The event bus. Cheap to clone.
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<Event>,
+    rollouts: broadcast::Sender<RolloutNotice>,
 }
 
 impl Default for Events {
@@ -80,7 +93,8 @@ impl Default for Events {
 impl Events {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Self { tx }
+        let (rollouts, _) = broadcast::channel(capacity.max(1));
+        Self { tx, rollouts }
     }
 
     pub fn publish(&self, device: &DeviceId, operation: Option<OperationId>, kind: EventKind) {
@@ -95,6 +109,19 @@ impl Events {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    pub fn publish_rollout(&self, rollout: RolloutId, kind: &'static str, message: String) {
+        let _ = self.rollouts.send(RolloutNotice {
+            at: crate::clock::now(),
+            rollout,
+            kind,
+            message,
+        });
+    }
+
+    pub fn subscribe_rollouts(&self) -> broadcast::Receiver<RolloutNotice> {
+        self.rollouts.subscribe()
     }
 }
 

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod intents;
 pub mod loadgen;
 pub mod pgtemp;
+pub mod rollouts;
 pub mod scheduler;
 pub mod server;
 pub mod store;

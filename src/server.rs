@@ -48,7 +48,8 @@ pub struct ServeConfig {
 }
 
 /// The gRPC services whose health follows the database's.
-const DB_BACKED: [&str; 5] = [
+const DB_BACKED: [&str; 6] = [
+    "lockstep.v1.RolloutService",
     "lockstep.v1.WindowService",
     "lockstep.v1.CatalogService",
     "lockstep.v1.DeviceService",
@@ -116,6 +117,13 @@ impl Bound {
         let scheduler = tokio::spawn(
             Scheduler::new(store.clone(), hub.clone(), wakeups.clone(), events.clone()).run(),
         );
+        let rollouts = crate::rollouts::Rollouts::new(
+            store.clone(),
+            wakeups.clone(),
+            events.clone(),
+            crate::rollouts::RolloutWakeups::default(),
+        );
+        let rollout_controller = tokio::spawn(crate::rollouts::run_controller(rollouts.clone()));
         let pruning = tokio::spawn(prune_lock_history(
             store.clone(),
             self.config.lock_history_retention,
@@ -147,6 +155,9 @@ impl Bound {
             )
             .add_service(grpc::pb::window_service_server::WindowServiceServer::new(
                 grpc::window::Windows::new(store.clone(), wakeups.clone()),
+            ))
+            .add_service(grpc::pb::rollout_service_server::RolloutServiceServer::new(
+                grpc::rollout::RolloutApi::new(rollouts.clone()),
             ))
             .add_service(grpc::pb::agent_service_server::AgentServiceServer::new(
                 grpc::agent::Agents::new(
@@ -188,6 +199,7 @@ impl Bound {
         background.abort();
         pruning.abort();
         scheduler.abort();
+        rollout_controller.abort();
         ingest_task.abort();
         tracing::info!("lockstep stopped");
         Ok(())

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod convert;
 pub mod device;
 pub mod operation;
+pub mod rollout;
 pub mod window;
 
 use crate::store::StoreError;

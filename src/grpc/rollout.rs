@@ -1,0 +1,383 @@
+//! `RolloutService`: phased rollouts of a release or an OS version. Requests
+//! are converted here (bad input is `INVALID_ARGUMENT` naming the field);
+//! the actions, status and controller live in [`crate::rollouts`].
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert::ConvertError;
+use super::pb::{self, rollout_service_server::RolloutService};
+use super::status_from_store;
+use crate::domain::{
+    Amount, FleetId, OnError, ReleaseId, Rollout, RolloutId, RolloutTarget, Strategy, Tag,
+};
+use crate::rollouts::{CreateRollout, RolloutError, RolloutStatus, Rollouts};
+use crate::store::Store;
+
+pub struct RolloutApi<S> {
+    rollouts: Rollouts<S>,
+}
+
+impl<S: Store> RolloutApi<S> {
+    pub fn new(rollouts: Rollouts<S>) -> Self {
+        Self { rollouts }
+    }
+}
+
+fn status_from_rollout(e: RolloutError) -> Status {
+    match e {
+        RolloutError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+        RolloutError::WrongState { .. } => Status::failed_precondition(e.to_string()),
+        RolloutError::Store(e) => status_from_store(e),
+    }
+}
+
+fn rollout_id(v: u64) -> Result<RolloutId, ConvertError> {
+    i64::try_from(v)
+        .ok()
+        .filter(|v| *v > 0)
+        .map(RolloutId)
+        .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))
+}
+
+fn actor(s: &str) -> String {
+    if s.is_empty() {
+        "unknown".to_owned()
+    } else {
+        s.chars().take(256).collect()
+    }
+}
+
+fn amount_from_pb(field: &str, a: &pb::Amount) -> Result<Amount, ConvertError> {
+    match a.amount {
+        Some(pb::amount::Amount::Count(n)) => Ok(Amount::Count(n)),
+        Some(pb::amount::Amount::Percent(p)) => u8::try_from(p)
+            .ok()
+            .filter(|p| (1..=100).contains(p))
+            .map(Amount::Percent)
+            .ok_or_else(|| ConvertError::new(field, format!("{p}% is not in 1..=100"))),
+        None => Err(ConvertError::new(field, "a count or a percent is required")),
+    }
+}
+
+fn amount_to_pb(a: Amount) -> pb::Amount {
+    pb::Amount {
+        amount: Some(match a {
+            Amount::Count(n) => pb::amount::Amount::Count(n),
+            Amount::Percent(p) => pb::amount::Amount::Percent(u32::from(p)),
+        }),
+    }
+}
+
+impl TryFrom<pb::RolloutStrategy> for Strategy {
+    type Error = ConvertError;
+    fn try_from(s: pb::RolloutStrategy) -> Result<Self, ConvertError> {
+        let batches = s
+            .batches
+            .iter()
+            .enumerate()
+            .map(|(i, a)| amount_from_pb(&format!("strategy.batches[{i}]"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let success_threshold = match s.success_threshold_percent {
+            0 => 100,
+            p => u8::try_from(p).ok().filter(|p| *p <= 100).ok_or_else(|| {
+                ConvertError::new(
+                    "strategy.success_threshold_percent",
+                    format!("{p} is not in 1..=100"),
+                )
+            })?,
+        };
+        let error_threshold = match &s.error_threshold {
+            Some(a) => amount_from_pb("strategy.error_threshold", a)?,
+            None => Amount::Count(1),
+        };
+        let on_error = match s.on_error.as_str() {
+            "" => OnError::Pause,
+            other => OnError::parse(other).ok_or_else(|| {
+                ConvertError::new(
+                    "strategy.on_error",
+                    format!("{other:?}: must be pause or abort"),
+                )
+            })?,
+        };
+        let strategy = Strategy {
+            canary: s.canary,
+            batches,
+            max_in_flight: s.max_in_flight,
+            soak_seconds: s.soak_seconds,
+            success_threshold,
+            error_threshold,
+            on_error,
+        };
+        strategy
+            .validate()
+            .map_err(|e| ConvertError::new(e.field, e.message))?;
+        Ok(strategy)
+    }
+}
+
+fn strategy_to_pb(s: &Strategy) -> pb::RolloutStrategy {
+    pb::RolloutStrategy {
+        canary: s.canary,
+        batches: s.batches.iter().map(|a| amount_to_pb(*a)).collect(),
+        max_in_flight: s.max_in_flight,
+        soak_seconds: s.soak_seconds,
+        success_threshold_percent: u32::from(s.success_threshold),
+        error_threshold: Some(amount_to_pb(s.error_threshold)),
+        on_error: s.on_error.as_str().to_owned(),
+    }
+}
+
+impl TryFrom<pb::CreateRolloutRequest> for CreateRollout {
+    type Error = ConvertError;
+    fn try_from(r: pb::CreateRolloutRequest) -> Result<Self, ConvertError> {
+        let fleet = FleetId::new(r.fleet).map_err(|e| ConvertError::new("fleet", e))?;
+        let selector = match r.tag.as_str() {
+            "" => None,
+            t => Some(Tag::new(t).map_err(|e| ConvertError::new("tag", e))?),
+        };
+        let target = match r.target {
+            Some(pb::create_rollout_request::Target::Release(id)) => RolloutTarget::Release(
+                ReleaseId::new(id).map_err(|e| ConvertError::new("release", e))?,
+            ),
+            Some(pb::create_rollout_request::Target::OsVersion(v)) => RolloutTarget::OsVersion(v),
+            None => {
+                return Err(ConvertError::new(
+                    "target",
+                    "a release or an os_version is required",
+                ));
+            }
+        };
+        Ok(CreateRollout {
+            fleet,
+            selector,
+            target,
+            strategy: r.strategy.unwrap_or_default().try_into()?,
+            supersede: r.supersede,
+            actor: actor(&r.actor),
+            seed: (r.seed != 0).then_some(r.seed),
+        })
+    }
+}
+
+pub(crate) fn rollout_to_pb(r: &Rollout) -> pb::RolloutInfo {
+    pb::RolloutInfo {
+        id: r.id.0 as u64,
+        fleet: r.fleet.to_string(),
+        tag: r.selector.as_ref().map(Tag::to_string).unwrap_or_default(),
+        target: Some(match &r.target {
+            RolloutTarget::Release(id) => pb::rollout_info::Target::Release(id.to_string()),
+            RolloutTarget::OsVersion(v) => pb::rollout_info::Target::OsVersion(v.clone()),
+        }),
+        strategy: Some(strategy_to_pb(&r.strategy)),
+        state: r.progress.state.as_str().to_owned(),
+        current_batch: r.progress.current_batch,
+        devices: r.devices,
+        skipped: r.skipped,
+        message: r.message.clone(),
+        created_by: r.created_by.clone(),
+        created_unix_ms: r.created.0,
+        updated_unix_ms: r.updated.0,
+        seed: r.seed,
+    }
+}
+
+pub(crate) fn status_to_pb(s: &RolloutStatus) -> pb::RolloutStatus {
+    pb::RolloutStatus {
+        rollout: Some(rollout_to_pb(&s.rollout)),
+        batches: s
+            .batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| pb::BatchProgress {
+                index: i as u32,
+                size: b.size(),
+                queued: b.queued,
+                in_flight: b.in_flight,
+                succeeded: b.succeeded,
+                failed: b.failed,
+                cancelled: b.cancelled,
+            })
+            .collect(),
+        device_statuses: s
+            .device_statuses
+            .iter()
+            .map(|(st, n)| pb::StatusCount {
+                status: st.as_str().to_owned(),
+                devices: *n,
+            })
+            .collect(),
+        waiting_lock: s
+            .waiting_lock
+            .iter()
+            .map(|((block, reason), n)| pb::LockWaitCount {
+                block: block.to_string(),
+                reason: pb::Reason::from(*reason) as i32,
+                devices: *n,
+            })
+            .collect(),
+        soak_until_unix_ms: s.soak_until.map(|t| t.0).unwrap_or(0),
+    }
+}
+
+/// How often a watch re-reads the status at most while events arrive.
+const WATCH_COALESCE: Duration = Duration::from_millis(200);
+
+type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::RolloutStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> RolloutService for RolloutApi<S> {
+    async fn create_rollout(
+        &self,
+        req: Request<pb::CreateRolloutRequest>,
+    ) -> Result<Response<pb::CreateRolloutResponse>, Status> {
+        let create: CreateRollout = req.into_inner().try_into()?;
+        let r = self
+            .rollouts
+            .create(create)
+            .await
+            .map_err(status_from_rollout)?;
+        let status = self
+            .rollouts
+            .status(r.id)
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(pb::CreateRolloutResponse {
+            status: Some(status_to_pb(&status)),
+        }))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::GetRolloutResponse>, Status> {
+        let id = rollout_id(req.into_inner().id)?;
+        let status = self.rollouts.status(id).await.map_err(status_from_store)?;
+        Ok(Response::new(pb::GetRolloutResponse {
+            status: Some(status_to_pb(&status)),
+        }))
+    }
+
+    async fn list_rollouts(
+        &self,
+        req: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let req = req.into_inner();
+        let fleet = match req.fleet.as_str() {
+            "" => None,
+            f => Some(FleetId::new(f).map_err(|e| ConvertError::new("fleet", e))?),
+        };
+        let list = self
+            .rollouts
+            .store()
+            .list_rollouts(fleet.as_ref())
+            .await
+            .map_err(status_from_store)?;
+        Ok(Response::new(pb::ListRolloutsResponse {
+            rollouts: list.iter().map(rollout_to_pb).collect(),
+        }))
+    }
+
+    async fn pause_rollout(
+        &self,
+        req: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let req = req.into_inner();
+        let r = self
+            .rollouts
+            .pause(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .await
+            .map_err(status_from_rollout)?;
+        Ok(Response::new(pb::RolloutActionResponse {
+            rollout: Some(rollout_to_pb(&r)),
+        }))
+    }
+
+    async fn resume_rollout(
+        &self,
+        req: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let req = req.into_inner();
+        let r = self
+            .rollouts
+            .resume(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .await
+            .map_err(status_from_rollout)?;
+        Ok(Response::new(pb::RolloutActionResponse {
+            rollout: Some(rollout_to_pb(&r)),
+        }))
+    }
+
+    async fn abort_rollout(
+        &self,
+        req: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let req = req.into_inner();
+        let r = self
+            .rollouts
+            .abort(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .await
+            .map_err(status_from_rollout)?;
+        Ok(Response::new(pb::RolloutActionResponse {
+            rollout: Some(rollout_to_pb(&r)),
+        }))
+    }
+
+    type WatchRolloutStream = StatusStream;
+
+    async fn watch_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let id = rollout_id(req.into_inner().id)?;
+        let rollouts = self.rollouts.clone();
+        // Subscribe before the first read, so nothing between is missed.
+        let mut ops = rollouts.events().subscribe();
+        let mut notices = rollouts.events().subscribe_rollouts();
+        let first = rollouts.status(id).await.map_err(status_from_store)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last = status_to_pb(&first);
+            let mut active = first.rollout.progress.state.is_active();
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            // Re-read at least this often, so a soak's end shows.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            while active {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tick.tick() => {}
+                    r = ops.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
+                    r = notices.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
+                }
+                tokio::time::sleep(WATCH_COALESCE).await;
+                // Drain what arrived meanwhile: one read covers it all.
+                while ops.try_recv().is_ok() {}
+                while notices.try_recv().is_ok() {}
+                match rollouts.status(id).await {
+                    Ok(s) => {
+                        active = s.rollout.progress.state.is_active();
+                        let now = status_to_pb(&s);
+                        if now != last {
+                            last = now.clone();
+                            if tx.send(Ok(now)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(status_from_store(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

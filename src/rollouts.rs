@@ -1,0 +1,602 @@
+//! Rollouts, the imperative shell around [`crate::domain::rollout`]: the
+//! actions operators take (create, pause, resume, abort), the status
+//! dashboards read, and the controller loop that moves every active rollout
+//! along — gather batch counts from the store, [`domain::advance`], act
+//! (start devices' operations, store the progress, tell watchers).
+//!
+//! Each started device gets an ordinary operation; from there the scheduler
+//! decides when it may apply, so windows, approvals, locks and deferral
+//! policy all hold. The controller is woken by operation events, by actions,
+//! and by soak timers; a slow resync (every 30 s, per active rollout, not
+//! per device) covers changes that raise no event, such as an operation an
+//! operator cancelled by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::clock;
+use crate::domain::{
+    self, AuditEntry, BatchCounts, BlockName, DeviceStatus, FleetId, OpStatus, OperationRecord,
+    Reason, Rollout, RolloutEvent, RolloutId, RolloutState, RolloutTarget, Strategy, Tag,
+    Timestamp,
+};
+use crate::events::{EventKind, Events};
+use crate::scheduler::Wakeups;
+use crate::store::{NewRollout, Store, StoreError};
+
+/// Why a rollout action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// Bad input; `field` names it.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// The rollout is not in a state that allows this.
+    #[error("rollout {id} is {state}; {action} needs it {needs}")]
+    WrongState {
+        id: RolloutId,
+        state: &'static str,
+        action: &'static str,
+        needs: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A rollout to create, as the API hands it over.
+#[derive(Debug, Clone)]
+pub struct CreateRollout {
+    pub fleet: FleetId,
+    pub selector: Option<Tag>,
+    pub target: RolloutTarget,
+    pub strategy: Strategy,
+    pub supersede: bool,
+    pub actor: String,
+    /// `None`: a random seed.
+    pub seed: Option<u64>,
+}
+
+/// A rollout and how it is doing: what `GetRollout`, `rollout watch` and
+/// the dashboard show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutStatus {
+    pub rollout: Rollout,
+    pub batches: Vec<BatchCounts>,
+    pub device_statuses: BTreeMap<DeviceStatus, u64>,
+    pub waiting_lock: BTreeMap<(BlockName, Reason), u64>,
+    pub soak_until: Option<Timestamp>,
+}
+
+/// Rollouts waiting for the controller: a set (each at most once) and
+/// soak timers.
+#[derive(Clone, Default)]
+pub struct RolloutWakeups {
+    pending: Arc<Mutex<BTreeSet<RolloutId>>>,
+    timers: Arc<Mutex<BTreeSet<(i64, RolloutId)>>>,
+    notify: Arc<Notify>,
+}
+
+impl RolloutWakeups {
+    pub fn wake(&self, id: RolloutId) {
+        if self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn wake_at(&self, id: RolloutId, at: Timestamp) {
+        self.timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((at.0, id));
+        self.notify.notify_one();
+    }
+
+    /// Moves due timers to the pending set; returns when the next is due.
+    fn due(&self, now: Timestamp) -> Option<i64> {
+        let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        let later = timers.split_off(&(now.0 + 1, RolloutId(i64::MIN)));
+        let due = std::mem::replace(&mut *timers, later);
+        let next = timers.first().map(|(t, _)| *t);
+        drop(timers);
+        for (_, id) in due {
+            self.wake(id);
+        }
+        next
+    }
+
+    fn take(&self) -> BTreeSet<RolloutId> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Rollout actions and status, shared by the gRPC service and the dashboard.
+#[derive(Clone)]
+pub struct Rollouts<S> {
+    store: S,
+    devices: Wakeups,
+    events: Events,
+    wakeups: RolloutWakeups,
+}
+
+/// The longest OS version string accepted.
+const MAX_OS_VERSION: usize = 128;
+
+impl<S: Store> Rollouts<S> {
+    pub fn new(store: S, devices: Wakeups, events: Events, wakeups: RolloutWakeups) -> Self {
+        Self {
+            store,
+            devices,
+            events,
+            wakeups,
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Plans and stores a rollout, then wakes the controller to start it.
+    pub async fn create(&self, req: CreateRollout) -> Result<Rollout, RolloutError> {
+        req.strategy.validate().map_err(|e| RolloutError::Invalid {
+            field: e.field,
+            message: e.message,
+        })?;
+        self.store.get_fleet(&req.fleet).await?;
+        match &req.target {
+            RolloutTarget::Release(r) => {
+                let release = self.store.get_release(r).await?;
+                if release.fleet() != &req.fleet {
+                    return Err(RolloutError::Invalid {
+                        field: "release",
+                        message: format!(
+                            "release {r} belongs to fleet {}, not {}",
+                            release.fleet(),
+                            req.fleet
+                        ),
+                    });
+                }
+            }
+            RolloutTarget::OsVersion(v) => {
+                if v.trim().is_empty()
+                    || v.len() > MAX_OS_VERSION
+                    || v.chars().any(char::is_control)
+                {
+                    return Err(RolloutError::Invalid {
+                        field: "os_version",
+                        message: format!("must be 1..={MAX_OS_VERSION} printable characters"),
+                    });
+                }
+            }
+        }
+        let seed = req.seed.unwrap_or_else(rand::random);
+        let candidates = self
+            .store
+            .rollout_candidates(&req.fleet, req.selector.as_ref(), &req.target)
+            .await?;
+        let plan = domain::plan(&candidates, &req.strategy, seed);
+        let now = clock::now();
+        let rollout = self
+            .store
+            .create_rollout(
+                &NewRollout {
+                    fleet: req.fleet.clone(),
+                    selector: req.selector.clone(),
+                    target: req.target.clone(),
+                    strategy: req.strategy.clone(),
+                    seed,
+                    created_by: req.actor.clone(),
+                },
+                &plan,
+                req.supersede,
+                now,
+            )
+            .await?;
+        let sizes: Vec<String> = plan.batches.iter().map(|b| b.len().to_string()).collect();
+        self.audit(
+            &req.actor,
+            "rollout_created",
+            rollout.id,
+            "",
+            &format!(
+                "{{\"target\":{:?},\"batches\":[{}],\"skipped\":{}}}",
+                target_label(&rollout.target),
+                sizes.join(","),
+                rollout.skipped
+            ),
+        )
+        .await?;
+        tracing::info!(
+            rollout = %rollout.id,
+            fleet = %rollout.fleet,
+            target = %target_label(&rollout.target),
+            devices = rollout.devices,
+            skipped = rollout.skipped,
+            batches = plan.batches.len(),
+            "rollout created"
+        );
+        self.events.publish_rollout(
+            rollout.id,
+            "created",
+            format!(
+                "{} devices in {} batches ({} already at the target)",
+                rollout.devices,
+                plan.batches.len(),
+                rollout.skipped
+            ),
+        );
+        self.wakeups.wake(rollout.id);
+        Ok(rollout)
+    }
+
+    pub async fn pause(
+        &self,
+        id: RolloutId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Rollout, RolloutError> {
+        let r = self.store.get_rollout(id).await?;
+        if r.progress.state != RolloutState::Running {
+            return Err(wrong_state(&r, "pause", "running"));
+        }
+        let next = domain::RolloutProgress {
+            state: RolloutState::Paused,
+            ..r.progress
+        };
+        let message = with_reason("paused by an operator", reason);
+        self.store
+            .update_rollout(
+                id,
+                RolloutState::Running,
+                &next,
+                Some(&message),
+                clock::now(),
+            )
+            .await?;
+        self.audit(actor, "rollout_paused", id, reason, "{}")
+            .await?;
+        self.events.publish_rollout(id, "paused", message);
+        Ok(self.store.get_rollout(id).await?)
+    }
+
+    pub async fn resume(
+        &self,
+        id: RolloutId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Rollout, RolloutError> {
+        let r = self.store.get_rollout(id).await?;
+        let failed: u64 = self
+            .store
+            .rollout_batch_counts(id)
+            .await?
+            .iter()
+            .map(|b| b.failed)
+            .sum();
+        let next = domain::resume(r.progress, failed)
+            .ok_or_else(|| wrong_state(&r, "resume", "paused"))?;
+        self.store
+            .update_rollout(id, RolloutState::Paused, &next, Some(""), clock::now())
+            .await?;
+        self.audit(actor, "rollout_resumed", id, reason, "{}")
+            .await?;
+        self.events
+            .publish_rollout(id, "resumed", with_reason("resumed", reason));
+        self.wakeups.wake(id);
+        Ok(self.store.get_rollout(id).await?)
+    }
+
+    pub async fn abort(
+        &self,
+        id: RolloutId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Rollout, RolloutError> {
+        let r = self.store.get_rollout(id).await?;
+        if !r.progress.state.is_active() {
+            return Err(wrong_state(&r, "abort", "running or paused"));
+        }
+        let next = domain::RolloutProgress {
+            state: RolloutState::Aborted,
+            ..r.progress
+        };
+        let message = with_reason("aborted by an operator", reason);
+        self.store
+            .update_rollout(id, r.progress.state, &next, Some(&message), clock::now())
+            .await?;
+        self.audit(actor, "rollout_aborted", id, reason, "{}")
+            .await?;
+        let cancelled = self.cancel_members(id, &message).await?;
+        self.events.publish_rollout(
+            id,
+            "aborted",
+            format!("{message}; {cancelled} operations cancelled"),
+        );
+        Ok(self.store.get_rollout(id).await?)
+    }
+
+    /// Cancels member operations that have not started applying.
+    async fn cancel_members(&self, id: RolloutId, why: &str) -> Result<u64, StoreError> {
+        let mut cancelled = 0;
+        for op in self.store.rollout_active_operations(id).await? {
+            if !matches!(
+                op.status,
+                OpStatus::Pending
+                    | OpStatus::WaitingLock
+                    | OpStatus::WaitingWindow
+                    | OpStatus::WaitingApproval
+            ) {
+                continue;
+            }
+            let mut next: OperationRecord = op.clone();
+            next.status = OpStatus::Cancelled;
+            next.progress.error = Some(format!("rollout {id}: {why}"));
+            match self
+                .store
+                .record_step(&next, op.status, &[], clock::now())
+                .await
+            {
+                Ok(_) => {
+                    cancelled += 1;
+                    self.events.publish(
+                        &op.device,
+                        Some(op.id),
+                        EventKind::Cancelled {
+                            reason: format!("rollout {id}: {why}"),
+                        },
+                    );
+                    self.devices.wake(&op.device);
+                }
+                // It moved on (e.g. started applying): leave it be.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// The rollout with its batch progress, member statuses, and which
+    /// blocks' locks hold devices up, for which reason.
+    pub async fn status(&self, id: RolloutId) -> Result<RolloutStatus, StoreError> {
+        let rollout = self.store.get_rollout(id).await?;
+        let batches = self.store.rollout_batch_counts(id).await?;
+        let device_statuses = self.store.rollout_device_statuses(id).await?;
+        let active = self.store.rollout_active_operations(id).await?;
+        let waits: Vec<Vec<(BlockName, Reason)>> = active
+            .iter()
+            .filter(|op| op.status == OpStatus::WaitingLock)
+            .map(|op| {
+                op.progress
+                    .waiting_on
+                    .iter()
+                    .map(|w| (w.block.clone(), w.reason))
+                    .collect()
+            })
+            .collect();
+        let waiting_lock = domain::waiting_lock_breakdown(waits.iter().map(Vec::as_slice));
+        let soak_until = match (rollout.progress.state, rollout.progress.batch_met_at) {
+            (RolloutState::Running, Some(met)) => {
+                let until = Timestamp(
+                    met.0
+                        .saturating_add(rollout.strategy.soak_seconds.saturating_mul(1000) as i64),
+                );
+                (until > clock::now()).then_some(until)
+            }
+            _ => None,
+        };
+        Ok(RolloutStatus {
+            rollout,
+            batches,
+            device_statuses,
+            waiting_lock,
+            soak_until,
+        })
+    }
+
+    async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        id: RolloutId,
+        reason: &str,
+        details: &str,
+    ) -> Result<(), StoreError> {
+        self.store
+            .append_audit(&AuditEntry {
+                at: clock::now(),
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                subject: format!("rollout {id}"),
+                reason: reason.to_owned(),
+                details: details.to_owned(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// One controller step for one rollout: gather, decide, act.
+    async fn step(&self, id: RolloutId) -> Result<(), StoreError> {
+        let r = self.store.get_rollout(id).await?;
+        if r.progress.state != RolloutState::Running {
+            return Ok(());
+        }
+        let counts = self.store.rollout_batch_counts(id).await?;
+        let now = clock::now();
+        let adv = domain::advance(&r.strategy, r.progress, &counts, now);
+        let message = adv.events.iter().find_map(|e| match e {
+            RolloutEvent::ErrorThreshold {
+                failed,
+                threshold,
+                then,
+            } => Some(format!(
+                "error threshold crossed: {failed} failed (threshold {threshold}); {}",
+                match then {
+                    domain::OnError::Pause => "paused",
+                    domain::OnError::Abort => "aborted",
+                }
+            )),
+            _ => None,
+        });
+        if adv.progress != r.progress {
+            match self
+                .store
+                .update_rollout(id, r.progress.state, &adv.progress, message.as_deref(), now)
+                .await
+            {
+                Ok(()) => {}
+                // An operator paused or aborted meanwhile: their word stands.
+                Err(StoreError::Conflict { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        for e in &adv.events {
+            let (kind, text) = match e {
+                RolloutEvent::BatchStarted { batch } => {
+                    ("batch_started", format!("batch {batch} started"))
+                }
+                RolloutEvent::Soaking { batch, until } => (
+                    "soaking",
+                    format!(
+                        "batch {batch} met its success threshold; soaking for {} s",
+                        (until.0 - now.0) / 1000
+                    ),
+                ),
+                RolloutEvent::ErrorThreshold { then, .. } => (
+                    match then {
+                        domain::OnError::Pause => "paused",
+                        domain::OnError::Abort => "aborted",
+                    },
+                    message.clone().unwrap_or_default(),
+                ),
+                RolloutEvent::Completed => ("completed", "every batch is done".to_owned()),
+            };
+            tracing::info!(rollout = %id, event = kind, "{text}");
+            if let RolloutEvent::ErrorThreshold { then, .. } = e {
+                let action = match then {
+                    domain::OnError::Pause => "rollout_paused",
+                    domain::OnError::Abort => "rollout_aborted",
+                };
+                self.audit("lockstep", action, id, &text, "{}").await?;
+                if *then == domain::OnError::Abort {
+                    self.cancel_members(id, &text).await?;
+                }
+            }
+            self.events.publish_rollout(id, kind, text);
+        }
+        for (batch, n) in &adv.start {
+            let ops = self
+                .store
+                .start_rollout_members(id, *batch, *n, now)
+                .await?;
+            for op in &ops {
+                self.devices.wake(&op.device);
+            }
+            if !ops.is_empty() {
+                tracing::info!(rollout = %id, batch, devices = ops.len(), "devices started");
+                self.events.publish_rollout(
+                    id,
+                    "devices_started",
+                    format!("{} devices of batch {batch} started", ops.len()),
+                );
+            }
+        }
+        if let Some(at) = adv.wake_at {
+            self.wakeups.wake_at(id, at);
+        }
+        Ok(())
+    }
+}
+
+fn wrong_state(r: &Rollout, action: &'static str, needs: &'static str) -> RolloutError {
+    RolloutError::WrongState {
+        id: r.id,
+        state: r.progress.state.as_str(),
+        action,
+        needs,
+    }
+}
+
+fn with_reason(what: &str, reason: &str) -> String {
+    if reason.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {reason}")
+    }
+}
+
+/// `release r2` or `os 2.1`.
+pub fn target_label(t: &RolloutTarget) -> String {
+    match t {
+        RolloutTarget::Release(r) => format!("release {r}"),
+        RolloutTarget::OsVersion(v) => format!("os {v}"),
+    }
+}
+
+/// How often active rollouts are looked at even without an event.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Runs the controller until the task is aborted.
+pub async fn run_controller<S: Store>(rollouts: Rollouts<S>) {
+    let mut events = rollouts.events.subscribe();
+    let wake_all = |r: &Rollouts<S>| {
+        let r = r.clone();
+        async move {
+            match r.store.active_rollouts().await {
+                Ok(ids) => ids.into_iter().for_each(|id| r.wakeups.wake(id)),
+                Err(e) => tracing::warn!(error = %e, "cannot list active rollouts"),
+            }
+        }
+    };
+    wake_all(&rollouts).await;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let next_timer = rollouts.wakeups.due(clock::now());
+        let timer = async {
+            match next_timer {
+                Some(at) => {
+                    let ms = u64::try_from(at - clock::now().0).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = rollouts.wakeups.notify.notified() => {}
+            _ = timer => {}
+            _ = resync.tick() => wake_all(&rollouts).await,
+            ev = events.recv() => match ev {
+                // A member's operation moved on (or we missed some): every
+                // active rollout takes a look; the set dedups.
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    wake_all(&rollouts).await
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+        rollouts.wakeups.due(clock::now());
+        for id in rollouts.wakeups.take() {
+            if let Err(e) = rollouts.step(id).await {
+                tracing::warn!(rollout = %id, error = %e, "rollout step failed; retrying shortly");
+                let w = rollouts.wakeups.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    w.wake(id);
+                });
+            }
+        }
+    }
+}
