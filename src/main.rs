@@ -47,6 +47,12 @@ enum Command {
     Env(lockstep::cli::Verb<lockstep::cli::EnvCommand>),
     /// Operations on devices: create, get, list, cancel, wait.
     Op(lockstep::cli::Verb<lockstep::cli::OpCommand>),
+    /// Maintenance windows: create, list, delete, next.
+    Window(lockstep::cli::Verb<lockstep::cli::WindowCommand>),
+    /// A fleet's scheduling policy: get, set.
+    Policy(lockstep::cli::Verb<lockstep::cli::PolicyCommand>),
+    /// Customer approvals of operations: list, approve, decline.
+    Approval(lockstep::cli::Verb<lockstep::cli::ApprovalCommand>),
 }
 
 /// Agent settings: flags, else `LOCKSTEP_*` env, else the `--config` JSON file
@@ -370,6 +376,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Device(v) => std::process::exit(v.run().await),
         Command::Env(v) => std::process::exit(v.run().await),
         Command::Op(v) => std::process::exit(v.run().await),
+        Command::Window(v) => std::process::exit(v.run().await),
+        Command::Policy(v) => std::process::exit(v.run().await),
+        Command::Approval(v) => std::process::exit(v.run().await),
     }
     Ok(())
 }

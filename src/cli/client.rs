@@ -13,6 +13,7 @@ use super::parse;
 use crate::grpc::pb::catalog_service_client::CatalogServiceClient;
 use crate::grpc::pb::device_service_client::DeviceServiceClient;
 use crate::grpc::pb::operation_service_client::OperationServiceClient;
+use crate::grpc::pb::window_service_client::WindowServiceClient;
 
 /// How long to wait for the TCP (and HTTP/2) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,6 +87,10 @@ impl Api {
 
     pub fn operations(&self) -> OperationServiceClient<Channel> {
         OperationServiceClient::new(self.channel.clone())
+    }
+
+    pub fn windows(&self) -> WindowServiceClient<Channel> {
+        WindowServiceClient::new(self.channel.clone())
     }
 }
 

@@ -71,6 +71,12 @@ pub enum CliError {
         status: String,
         waited: Duration,
     },
+    /// Something the verb looked up in a list is not there.
+    #[error("NOT_FOUND: {what} not found")]
+    NotFound { what: String },
+    /// `approval approve`: the approval was already decided.
+    #[error("FAILED_PRECONDITION: approval {id} is {status}, not requested")]
+    AlreadyDecided { id: u64, status: String },
 }
 
 impl CliError {
@@ -90,6 +96,8 @@ impl CliError {
             | CliError::ReadInput { .. }
             | CliError::BadInput { .. } => exit::USAGE,
             CliError::Connect { .. } => exit::UNAVAILABLE,
+            CliError::NotFound { .. } => exit::NOT_FOUND,
+            CliError::AlreadyDecided { .. } => exit::CONFLICT,
             CliError::Rpc { status, .. } => code_exit(status.code()),
             CliError::Malformed { .. }
             | CliError::WriteOutput { .. }
@@ -194,7 +202,7 @@ mod tests {
 
     #[test]
     fn errors_read_as_one_line() {
-        let cases: [(CliError, &str, i32); 6] = [
+        let cases: [(CliError, &str, i32); 8] = [
             (
                 CliError::Rpc {
                     call: "GetDevice",
@@ -244,6 +252,21 @@ mod tests {
                 },
                 "UNAVAILABLE: cannot reach the server at http://127.0.0.1:1: connection refused",
                 5,
+            ),
+            (
+                CliError::NotFound {
+                    what: "approval 9".into(),
+                },
+                "NOT_FOUND: approval 9 not found",
+                3,
+            ),
+            (
+                CliError::AlreadyDecided {
+                    id: 9,
+                    status: "declined".into(),
+                },
+                "FAILED_PRECONDITION: approval 9 is declined, not requested",
+                4,
             ),
         ];
         for (e, line, code) in cases {

@@ -1,7 +1,7 @@
-//! The operator CLI: `lockstep fleet|block|release|device|env|op ...` in the
-//! same binary as the server and the agent, so operators and scripts drive
-//! every API without a gRPC tool. Each verb is a thin client of the public
-//! gRPC API: aligned tables for people by default, one JSON document with
+//! The operator CLI: `lockstep fleet|block|release|device|env|op ...` and
+//! `lockstep window|policy|approval ...` in the same binary as the server and
+//! the agent, so operators, customers and scripts drive every API without a
+//! gRPC tool. Each verb is a thin client of the public gRPC API: aligned tables for people by default, one JSON document with
 //! `--output json` for scripts, and exit codes scripts can branch on
 //! ([`exit`]: 0 ok, 1 operation failed, 2 usage, 3 not found, 4 already
 //! exists / failed precondition, 5 server unavailable, 6 other).
@@ -9,6 +9,7 @@
 //! The binary wires each verb group as a subcommand holding a [`Verb`]; the
 //! group enums and [`run`] are usable on their own.
 
+mod approval;
 mod block;
 mod client;
 mod device;
@@ -17,17 +18,22 @@ mod error;
 mod fleet;
 mod op;
 pub mod parse;
+mod policy;
 mod release;
 mod table;
 mod view;
+mod window;
 
+pub use approval::{ApprovalCommand, PickArgs};
 pub use block::{AddVersionArgs, BlockCommand};
 pub use device::DeviceCommand;
 pub use env::{EnvCommand, OwnerArgs};
 pub use error::{CliError, exit};
 pub use fleet::FleetCommand;
 pub use op::{OpCommand, OpCreateArgs, OpKindArgs};
+pub use policy::{PolicyChanges, PolicyCommand};
 pub use release::ReleaseCommand;
+pub use window::{RuleArgs, ScopeArgs, WindowCommand, WindowCreateArgs};
 
 use client::{Api, Target};
 
@@ -96,6 +102,15 @@ pub enum CliCommand {
     /// Operations on devices: create, get, list, cancel, wait.
     #[command(subcommand)]
     Op(OpCommand),
+    /// Maintenance windows: create, list, delete, next.
+    #[command(subcommand)]
+    Window(WindowCommand),
+    /// A fleet's scheduling policy: get, set.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Customer approvals of operations: list, approve, decline.
+    #[command(subcommand)]
+    Approval(ApprovalCommand),
 }
 
 macro_rules! into_cli_command {
@@ -115,6 +130,9 @@ into_cli_command!(
     Device(DeviceCommand),
     Env(EnvCommand),
     Op(OpCommand),
+    Window(WindowCommand),
+    Policy(PolicyCommand),
+    Approval(ApprovalCommand),
 );
 
 /// One verb group as a subcommand of the binary: its verbs plus the client
@@ -160,6 +178,9 @@ pub async fn run(opts: ClientOpts, cmd: CliCommand) -> Result<(), CliError> {
         CliCommand::Device(c) => device::run(&ctx, c).await,
         CliCommand::Env(c) => env::run(&ctx, c).await,
         CliCommand::Op(c) => op::run(&ctx, c).await,
+        CliCommand::Window(c) => window::run(&ctx, c).await,
+        CliCommand::Policy(c) => policy::run(&ctx, c).await,
+        CliCommand::Approval(c) => approval::run(&ctx, c).await,
     }
 }
 
@@ -198,6 +219,9 @@ mod tests {
         Device(Verb<DeviceCommand>),
         Env(Verb<EnvCommand>),
         Op(Verb<OpCommand>),
+        Window(Verb<WindowCommand>),
+        Policy(Verb<PolicyCommand>),
+        Approval(Verb<ApprovalCommand>),
     }
 
     /// Stands in for the server's own `--server`-free subcommands.
@@ -216,6 +240,9 @@ mod tests {
             Group::Device(v) => (v.opts, v.command.into()),
             Group::Env(v) => (v.opts, v.command.into()),
             Group::Op(v) => (v.opts, v.command.into()),
+            Group::Window(v) => (v.opts, v.command.into()),
+            Group::Policy(v) => (v.opts, v.command.into()),
+            Group::Approval(v) => (v.opts, v.command.into()),
         })
     }
 
@@ -306,6 +333,118 @@ mod tests {
                 "lockstep op --server http://h:1 --output json list d1",
                 true,
             ),
+            (
+                "lockstep window create --fleet f --days mon-fri --start 02:00 --time-zone Europe/Amsterdam --duration 2h",
+                true,
+            ),
+            (
+                "lockstep window create --tag t --days 1,3 --start 2:30 --tz UTC --duration 90m",
+                true,
+            ),
+            (
+                "lockstep window create --device d --rrule DTSTART:20260104T020000Z\\nRRULE:FREQ=DAILY --duration 1h",
+                true,
+            ),
+            (
+                "lockstep window create --fleet f --from 2026-11-24T22:00:00Z --until 2026-11-25T02:00:00Z",
+                true,
+            ),
+            (
+                "lockstep window create --fleet f --from 2026-11-24T22:00:00Z --duration 4h",
+                true,
+            ),
+            ("lockstep window create --fleet f", false),
+            (
+                "lockstep window create --days mon --start 02:00 --tz UTC --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --tag t --days mon --start 02:00 --tz UTC --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --days mon --start 02:00 --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --days mon --start 02:00 --tz Mars/Base --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --days funday --start 02:00 --tz UTC --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --days mon --start 25:00 --tz UTC --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --days mon --start 02:00 --tz UTC --duration 90s",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --days mon --rrule DTSTART:20260104T020000Z\\nRRULE:FREQ=DAILY --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --rrule RRULE:FREQ=DAILY --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --rrule DTSTART:20260104T020000Z\\nRRULE:FREQ=DAILY",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --from 2026-11-24T22:00:00Z --until 2026-11-25T02:00:00Z --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --from 2026-11-24 --duration 1h",
+                false,
+            ),
+            (
+                "lockstep window create --fleet f --from 2026-11-24T22:00:00Z --start 02:00 --duration 1h",
+                false,
+            ),
+            ("lockstep window list --output json", true),
+            ("lockstep window delete 3", true),
+            ("lockstep window delete three", false),
+            ("lockstep window next d1 --count 50", true),
+            ("lockstep window next d1 --count 51", false),
+            ("lockstep window next d1 --count 0", false),
+            ("lockstep window next", false),
+            ("lockstep policy get f", true),
+            ("lockstep policy get", false),
+            (
+                "lockstep policy set f --needs-window os_update,reboot --needs-window shutdown --needs-approval none --max-deferral 12h --on-deferral-expiry force --release-mode partial --on-missed-occurrence next",
+                true,
+            ),
+            ("lockstep policy set f", false),
+            ("lockstep policy set f --needs-window nap", false),
+            ("lockstep policy set f --max-deferral 12", false),
+            ("lockstep policy set f --on-deferral-expiry panic", false),
+            ("lockstep policy set f --release-mode half", false),
+            ("lockstep policy set f --on-missed-occurrence skip", false),
+            ("lockstep approval list", true),
+            ("lockstep approval list --status requested", true),
+            ("lockstep approval list --status pending", false),
+            ("lockstep approval approve 3 --index 2 --actor me", true),
+            (
+                "lockstep approval approve 3 --start 2026-11-24T22:00:00Z --actor me",
+                true,
+            ),
+            ("lockstep approval approve 3 --actor me", false),
+            ("lockstep approval approve 3 --index 0 --actor me", false),
+            ("lockstep approval approve 3 --index 1", false),
+            (
+                "lockstep approval approve 3 --index 1 --start 2026-11-24T22:00:00Z --actor me",
+                false,
+            ),
+            (
+                "lockstep approval decline 3 --message harvest --actor me",
+                true,
+            ),
+            ("lockstep approval decline 3 --actor me", false),
         ];
         for (line, ok) in cases {
             let got = parse(line);

@@ -1,7 +1,9 @@
 //! Pure parsers for the operator verbs' arguments (`K=V`, `BLOCK@VERSION`,
-//! `BLOCK[:restart]`, durations, device statuses, server URLs), kept apart
-//! from IO so each is pinned by a table of cases. They are clap value
-//! parsers, so a bad argument is a usage error (exit 2) before any call.
+//! `BLOCK[:restart]`, durations, device statuses, server URLs, and for
+//! maintenance windows weekdays, local times, time zones, instants and
+//! recurrences), kept apart from IO so each is pinned by a table of cases.
+//! They are clap value parsers, so a bad argument is a usage error (exit 2)
+//! before any call.
 
 use std::time::Duration;
 
@@ -85,6 +87,207 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(per_unit)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{s:?}: too long"))
+}
+
+/// `90s`, `15m`, `2h`, `1d`: the largest unit that divides `secs` evenly,
+/// so that [`duration`] reads it back.
+pub fn duration_text(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// How long each occurrence of a window lasts, in whole minutes (`90m`,
+/// `2h`), at most 7 days as the server allows.
+pub fn window_minutes(s: &str) -> Result<u32, String> {
+    let d = duration(s)?;
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs % 60 != 0 {
+        return Err(format!("{s:?}: must be whole minutes, e.g. 90m or 2h"));
+    }
+    match u32::try_from(secs / 60) {
+        Ok(m @ 1..=10_080) => Ok(m),
+        _ => Err(format!("{s:?}: must be between 1m and 7d")),
+    }
+}
+
+/// A fleet's deferral limit in whole seconds (`30m`, `1d`), 1 s to a year.
+pub fn deferral(s: &str) -> Result<u64, String> {
+    let d = duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: must be whole seconds"));
+    }
+    match d.as_secs() {
+        secs @ 1..=31_536_000 => Ok(secs),
+        _ => Err(format!("{s:?}: must be between 1s and 365d")),
+    }
+}
+
+/// ISO weekdays, 1 = Monday ... 7 = Sunday, sorted and without repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Weekdays(pub Vec<u32>);
+
+const WEEKDAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+
+/// `Mon` for 1 ... `Sun` for 7.
+pub fn weekday_name(day: u32) -> String {
+    usize::try_from(day)
+        .ok()
+        .and_then(|d| d.checked_sub(1))
+        .and_then(|d| WEEKDAYS.get(d))
+        .map_or_else(
+            || day.to_string(),
+            |n| {
+                let mut short: String = n.chars().take(3).collect();
+                short[..1].make_ascii_uppercase();
+                short
+            },
+        )
+}
+
+fn weekday(s: &str) -> Option<u32> {
+    let s = s.trim().to_ascii_lowercase();
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=7).contains(&n).then_some(n);
+    }
+    // A name or any prefix of at least three letters: mon, tues, wednesday.
+    if s.len() < 3 {
+        return None;
+    }
+    WEEKDAYS
+        .iter()
+        .position(|d| d.starts_with(&s))
+        .and_then(|i| u32::try_from(i + 1).ok())
+}
+
+/// `mon,wed,fri`, `mon-fri`, `1-5`, `sat-sun`, `fri-mon` (wrapping), `daily`.
+pub fn weekdays(s: &str) -> Result<Weekdays, String> {
+    let expected = "expected weekdays such as mon,wed,fri or mon-fri or 1-5 (1 = Monday)";
+    if s.trim().eq_ignore_ascii_case("daily") {
+        return Ok(Weekdays((1..=7).collect()));
+    }
+    let mut days = std::collections::BTreeSet::new();
+    for part in s.split(',') {
+        let day = |d: &str| {
+            weekday(d).ok_or_else(|| format!("{s:?}: {d:?} is not a weekday; {expected}"))
+        };
+        match part.split_once('-') {
+            Some((from, to)) => {
+                let (from, to) = (day(from)?, day(to)?);
+                let mut d = from;
+                loop {
+                    days.insert(d);
+                    if d == to {
+                        break;
+                    }
+                    d = d % 7 + 1;
+                }
+            }
+            None => {
+                days.insert(day(part)?);
+            }
+        }
+    }
+    Ok(Weekdays(days.into_iter().collect()))
+}
+
+/// A local time of day, `HH:MM` (24 h), printed back as `HH:MM`.
+pub fn local_time(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?}: expected a local time HH:MM, e.g. 02:00 or 22:30");
+    let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let h: u32 = h.parse().map_err(|_| bad())?;
+    let m: u32 = m.parse().map_err(|_| bad())?;
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok(format!("{h:02}:{m:02}"))
+}
+
+/// An IANA time-zone name the server knows (`Europe/Amsterdam`, `UTC`).
+pub fn time_zone(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    jiff::tz::TimeZone::get(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| format!("{s:?} is not an IANA time zone, e.g. Europe/Amsterdam or UTC"))
+}
+
+/// An instant in RFC 3339 (`2026-11-24T22:00:00Z`, `2026-11-24T23:00:00+01:00`),
+/// as Unix milliseconds.
+pub fn instant(s: &str) -> Result<i64, String> {
+    s.trim()
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| {
+            format!("{s:?}: expected a time in RFC 3339 with a zone, e.g. 2026-11-24T22:00:00Z")
+        })
+}
+
+/// An RFC 5545 recurrence: `DTSTART;TZID=Europe/Amsterdam:20260104T020000`
+/// and `RRULE:FREQ=MONTHLY;BYDAY=1SU`, one property a line. On a command
+/// line the properties may be separated by spaces or a literal `\n` too;
+/// the server checks the rule itself.
+pub fn rrule(s: &str) -> Result<String, String> {
+    let lines: Vec<&str> = s.split("\\n").flat_map(str::split_whitespace).collect();
+    if !lines
+        .iter()
+        .any(|l| l.to_ascii_uppercase().starts_with("DTSTART"))
+    {
+        return Err(format!(
+            "{s:?}: expected a DTSTART (e.g. DTSTART;TZID=Europe/Amsterdam:20260104T020000) and an RRULE line"
+        ));
+    }
+    if !lines
+        .iter()
+        .any(|l| l.to_ascii_uppercase().starts_with("RRULE:"))
+    {
+        return Err(format!(
+            "{s:?}: expected an RRULE line (e.g. RRULE:FREQ=MONTHLY;BYDAY=1SU) after DTSTART"
+        ));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// An operation kind a fleet policy names (`os_update`, `reboot`, ...), or
+/// `none` for an empty list.
+pub fn policy_kind(s: &str) -> Result<String, String> {
+    let k = s.trim().to_ascii_lowercase().replace('-', "_");
+    if k == "none" || crate::domain::FleetPolicy::KINDS.contains(&k.as_str()) {
+        Ok(k)
+    } else {
+        Err(format!(
+            "{s:?} is not an operation kind; one of: {}, or none",
+            crate::domain::FleetPolicy::KINDS.join(", ")
+        ))
+    }
+}
+
+/// The kinds a policy flag names: `none` alone means no kinds.
+pub fn policy_kinds(flag: &str, kinds: Vec<String>) -> Result<Vec<String>, String> {
+    if kinds.iter().any(|k| k == "none") {
+        if kinds.len() > 1 {
+            return Err(format!("{flag}: none cannot be combined with other kinds"));
+        }
+        return Ok(Vec::new());
+    }
+    let mut kinds = kinds;
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
 }
 
 /// A device status filter: `in_sync`, `in-sync`, `IN_SYNC` or
@@ -282,6 +485,152 @@ mod tests {
         for bad in ["", "60", "s", "1.5s", "5w", "-1s", "99999999999999999999d"] {
             assert!(duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn duration_texts_read_back() {
+        let cases = [
+            (0, "0s"),
+            (45, "45s"),
+            (90, "90s"),
+            (5400, "90m"),
+            (7200, "2h"),
+            (86_400, "1d"),
+            (90_000, "25h"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(duration_text(secs), want, "{secs}");
+            assert_eq!(duration(want), Ok(Duration::from_secs(secs)), "{want}");
+        }
+    }
+
+    #[test]
+    fn window_durations_are_whole_minutes() {
+        for (input, want) in [("1m", 1), ("90m", 90), ("2h", 120), ("7d", 10_080)] {
+            assert_eq!(window_minutes(input), Ok(want), "{input}");
+        }
+        for bad in ["0m", "90s", "1500ms", "8d", "2", "two hours"] {
+            assert!(window_minutes(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn deferral_limits() {
+        for (input, want) in [
+            ("1s", 1),
+            ("30m", 1800),
+            ("1d", 86_400),
+            ("365d", 31_536_000),
+        ] {
+            assert_eq!(deferral(input), Ok(want), "{input}");
+        }
+        for bad in ["0s", "1500ms", "366d", "1"] {
+            assert!(deferral(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn weekday_lists_and_ranges() {
+        let ok: [(&str, &[u32]); 10] = [
+            ("mon", &[1]),
+            ("Mon,Wed,FRI", &[1, 3, 5]),
+            ("mon-fri", &[1, 2, 3, 4, 5]),
+            ("1-5", &[1, 2, 3, 4, 5]),
+            ("sat-sun", &[6, 7]),
+            ("fri-mon", &[1, 5, 6, 7]),
+            ("tuesday,thurs", &[2, 4]),
+            ("7,1,7", &[1, 7]),
+            ("daily", &[1, 2, 3, 4, 5, 6, 7]),
+            ("wed-wed", &[3]),
+        ];
+        for (input, want) in ok {
+            assert_eq!(weekdays(input), Ok(Weekdays(want.to_vec())), "{input}");
+        }
+        for bad in [
+            "", "0", "8", "mo", "monday-", "-fri", "funday", "mon,,fri", "1-9",
+        ] {
+            assert!(weekdays(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(weekday_name(1), "Mon");
+        assert_eq!(weekday_name(7), "Sun");
+        assert_eq!(weekday_name(9), "9");
+    }
+
+    #[test]
+    fn local_times() {
+        for (input, want) in [("02:00", "02:00"), ("2:30", "02:30"), ("23:59", "23:59")] {
+            assert_eq!(local_time(input).as_deref(), Ok(want), "{input}");
+        }
+        for bad in [
+            "", "24:00", "12:60", "0200", "2:3", "02:00:00", "ab:cd", "-1:00",
+        ] {
+            assert!(local_time(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn time_zones_are_iana_names() {
+        for ok in ["Europe/Amsterdam", "America/New_York", "UTC"] {
+            assert_eq!(time_zone(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "Mars/Olympus", "CEST+1"] {
+            assert!(time_zone(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn instants_are_rfc3339_with_a_zone() {
+        let cases = [
+            ("2026-11-24T22:11:03Z", 1_795_558_263_000),
+            ("2026-11-24T23:11:03+01:00", 1_795_558_263_000),
+            ("2026-11-24T22:11:03.5Z", 1_795_558_263_500),
+        ];
+        for (input, want) in cases {
+            assert_eq!(instant(input), Ok(want), "{input}");
+        }
+        // What the tables print reads back.
+        assert_eq!(
+            instant(&timestamp(1_795_558_263_000)),
+            Ok(1_795_558_263_000)
+        );
+        for bad in ["", "2026-11-24", "2026-11-24T22:11:03", "tomorrow"] {
+            assert!(instant(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn recurrences_take_one_property_a_line() {
+        let want = "DTSTART;TZID=Europe/Amsterdam:20260104T020000\nRRULE:FREQ=MONTHLY;BYDAY=1SU";
+        for input in [
+            want,
+            "DTSTART;TZID=Europe/Amsterdam:20260104T020000 RRULE:FREQ=MONTHLY;BYDAY=1SU",
+            r"DTSTART;TZID=Europe/Amsterdam:20260104T020000\nRRULE:FREQ=MONTHLY;BYDAY=1SU",
+        ] {
+            assert_eq!(rrule(input).as_deref(), Ok(want), "{input}");
+        }
+        for bad in [
+            "",
+            "RRULE:FREQ=DAILY",
+            "DTSTART:20260104T020000Z",
+            "FREQ=DAILY",
+        ] {
+            assert!(rrule(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn policy_kinds_or_none() {
+        assert_eq!(policy_kind("os_update").as_deref(), Ok("os_update"));
+        assert_eq!(policy_kind("OS-UPDATE").as_deref(), Ok("os_update"));
+        assert_eq!(policy_kind("none").as_deref(), Ok("none"));
+        assert!(policy_kind("nap").is_err());
+        let k = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            policy_kinds("--needs-window", k(&["reboot", "os_update", "reboot"])),
+            Ok(k(&["os_update", "reboot"]))
+        );
+        assert_eq!(policy_kinds("--needs-window", k(&["none"])), Ok(vec![]));
+        assert!(policy_kinds("--needs-window", k(&["none", "reboot"])).is_err());
     }
 
     #[test]

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Output;
 use super::error::CliError;
-use super::parse::{cause_name, device_status_name, reason_name, timestamp};
+use super::parse::{
+    cause_name, device_status_name, duration_text, reason_name, timestamp, weekday_name,
+};
 use super::table::{Table, fields};
 use crate::grpc::pb;
 
@@ -992,6 +994,452 @@ impl Human for OperationList {
     }
 }
 
+// ------------------------------------------------------------------ windows
+
+/// Where a window applies: `{"fleet": "inverters"}`, `{"tag": "site-north"}`
+/// or `{"device": "inv-0042"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeView {
+    Fleet(String),
+    Tag(String),
+    Device(String),
+}
+
+impl ScopeView {
+    fn from_pb(s: Option<pb::WindowScope>) -> Option<Self> {
+        use pb::window_scope::Scope;
+        Some(match s?.scope? {
+            Scope::Fleet(f) => ScopeView::Fleet(f),
+            Scope::Tag(t) => ScopeView::Tag(t),
+            Scope::Device(d) => ScopeView::Device(d),
+        })
+    }
+
+    fn text(s: Option<&Self>) -> String {
+        match s {
+            Some(ScopeView::Fleet(x)) => format!("fleet {x}"),
+            Some(ScopeView::Tag(x)) => format!("tag {x}"),
+            Some(ScopeView::Device(x)) => format!("device {x}"),
+            None => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeeklyView {
+    /// ISO weekdays: 1 = Monday ... 7 = Sunday.
+    pub days: Vec<u32>,
+    pub start_local: String,
+    pub duration_minutes: u32,
+    pub time_zone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecurrenceView {
+    pub rrule: String,
+    pub duration_minutes: u32,
+}
+
+/// A span of time: a one-off window, an occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SpanView {
+    pub start_unix_ms: i64,
+    pub end_unix_ms: i64,
+}
+
+impl SpanView {
+    fn duration(&self) -> String {
+        let ms = self.end_unix_ms.saturating_sub(self.start_unix_ms);
+        u64::try_from(ms / 1000)
+            .map(duration_text)
+            .unwrap_or_default()
+    }
+
+    /// `2026-11-24T22:00:00Z to 2026-11-25T00:00:00Z`.
+    fn text(&self) -> String {
+        format!(
+            "{} to {}",
+            timestamp(self.start_unix_ms),
+            timestamp(self.end_unix_ms)
+        )
+    }
+}
+
+impl From<pb::Window> for SpanView {
+    fn from(w: pb::Window) -> Self {
+        SpanView {
+            start_unix_ms: w.start_unix_ms,
+            end_unix_ms: w.end_unix_ms,
+        }
+    }
+}
+
+/// A maintenance window, its rule in the field the proto's `rule` oneof
+/// names (`weekly`, `one_off` or `recurrence`), and `kind` saying which.
+#[derive(Debug, Serialize)]
+pub struct WindowView {
+    pub id: u64,
+    pub scope: Option<ScopeView>,
+    /// weekly, one_off or recurrence.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<WeeklyView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_off: Option<SpanView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recurrence: Option<RecurrenceView>,
+}
+
+impl From<pb::WindowInfo> for WindowView {
+    fn from(w: pb::WindowInfo) -> Self {
+        use pb::window_info::Rule;
+        let mut v = WindowView {
+            id: w.id,
+            scope: ScopeView::from_pb(w.scope),
+            kind: "unknown".into(),
+            weekly: None,
+            one_off: None,
+            recurrence: None,
+        };
+        match w.rule {
+            Some(Rule::Weekly(r)) => {
+                v.kind = "weekly".into();
+                v.weekly = Some(WeeklyView {
+                    days: r.days,
+                    start_local: r.start_local,
+                    duration_minutes: r.duration_minutes,
+                    time_zone: r.time_zone,
+                });
+            }
+            Some(Rule::OneOff(r)) => {
+                v.kind = "one_off".into();
+                v.one_off = Some(SpanView {
+                    start_unix_ms: r.start_unix_ms,
+                    end_unix_ms: r.end_unix_ms,
+                });
+            }
+            Some(Rule::Recurrence(r)) => {
+                v.kind = "recurrence".into();
+                v.recurrence = Some(RecurrenceView {
+                    rrule: r.rrule,
+                    duration_minutes: r.duration_minutes,
+                });
+            }
+            None => {}
+        }
+        v
+    }
+}
+
+impl WindowView {
+    /// `Mon,Wed 02:00 Europe/Amsterdam`, the recurrence on one line, or the
+    /// one-off span.
+    fn when(&self) -> String {
+        if let Some(w) = &self.weekly {
+            format!("{} {} {}", days_text(&w.days), w.start_local, w.time_zone)
+        } else if let Some(o) = &self.one_off {
+            o.text()
+        } else if let Some(r) = &self.recurrence {
+            r.rrule.split_whitespace().collect::<Vec<_>>().join(" ")
+        } else {
+            String::new()
+        }
+    }
+
+    fn duration(&self) -> String {
+        let minutes = |m: u32| duration_text(u64::from(m) * 60);
+        if let Some(w) = &self.weekly {
+            minutes(w.duration_minutes)
+        } else if let Some(o) = &self.one_off {
+            o.duration()
+        } else if let Some(r) = &self.recurrence {
+            minutes(r.duration_minutes)
+        } else {
+            String::new()
+        }
+    }
+}
+
+impl Human for WindowView {
+    fn human(&self) -> String {
+        fields(&[
+            ("window", self.id.to_string()),
+            ("scope", ScopeView::text(self.scope.as_ref())),
+            ("kind", self.kind.clone()),
+            ("when", self.when()),
+            ("duration", self.duration()),
+        ])
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct WindowList {
+    pub windows: Vec<WindowView>,
+}
+
+impl Human for WindowList {
+    fn human(&self) -> String {
+        let mut t = Table::new(&["ID", "SCOPE", "KIND", "DURATION", "WHEN"]);
+        for w in &self.windows {
+            t.row(vec![
+                w.id.to_string(),
+                ScopeView::text(w.scope.as_ref()),
+                w.kind.clone(),
+                w.duration(),
+                w.when(),
+            ]);
+        }
+        t.render()
+    }
+}
+
+/// `Mon,Wed`, `Mon-Fri` (runs of three or more), `daily`.
+fn days_text(days: &[u32]) -> String {
+    let mut days = days.to_vec();
+    days.sort_unstable();
+    days.dedup();
+    if days == [1, 2, 3, 4, 5, 6, 7] {
+        return "daily".into();
+    }
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for d in days {
+        match runs.last_mut() {
+            Some((_, last)) if *last + 1 == d => *last = d,
+            _ => runs.push((d, d)),
+        }
+    }
+    let mut parts = Vec::new();
+    for (first, last) in runs {
+        if last >= first + 2 {
+            parts.push(format!("{}-{}", weekday_name(first), weekday_name(last)));
+        } else {
+            parts.extend((first..=last).map(weekday_name));
+        }
+    }
+    parts.join(",")
+}
+
+/// One upcoming occurrence, numbered from 1 in the order shown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OccurrenceView {
+    pub index: usize,
+    pub start_unix_ms: i64,
+    pub end_unix_ms: i64,
+}
+
+impl OccurrenceView {
+    /// Numbers occurrences from 1.
+    pub fn numbered(windows: Vec<pb::Window>) -> Vec<Self> {
+        windows
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| OccurrenceView {
+                index: i + 1,
+                start_unix_ms: w.start_unix_ms,
+                end_unix_ms: w.end_unix_ms,
+            })
+            .collect()
+    }
+
+    fn span(&self) -> SpanView {
+        SpanView {
+            start_unix_ms: self.start_unix_ms,
+            end_unix_ms: self.end_unix_ms,
+        }
+    }
+
+    fn table(list: &[Self]) -> String {
+        let mut t = Table::new(&["#", "START", "END", "DURATION"]);
+        for o in list {
+            t.row(vec![
+                o.index.to_string(),
+                timestamp(o.start_unix_ms),
+                timestamp(o.end_unix_ms),
+                o.span().duration(),
+            ]);
+        }
+        t.render()
+    }
+}
+
+/// `window next`: a device's next occurrences, the open one first.
+#[derive(Debug, Serialize)]
+pub struct NextView {
+    pub device: String,
+    pub occurrences: Vec<OccurrenceView>,
+}
+
+impl Human for NextView {
+    fn human(&self) -> String {
+        OccurrenceView::table(&self.occurrences)
+    }
+}
+
+// ------------------------------------------------------------------- policy
+
+/// A fleet's policy, in the proto's shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyView {
+    pub fleet: String,
+    pub needs_window: Vec<String>,
+    pub needs_approval: Vec<String>,
+    pub max_deferral_seconds: u64,
+    pub on_deferral_expiry: String,
+    pub release_mode: String,
+    pub on_missed_occurrence: String,
+}
+
+impl From<pb::FleetPolicy> for PolicyView {
+    fn from(p: pb::FleetPolicy) -> Self {
+        PolicyView {
+            fleet: p.fleet,
+            needs_window: p.needs_window,
+            needs_approval: p.needs_approval,
+            max_deferral_seconds: p.max_deferral_seconds,
+            on_deferral_expiry: p.on_deferral_expiry,
+            release_mode: p.release_mode,
+            on_missed_occurrence: p.on_missed_occurrence,
+        }
+    }
+}
+
+impl From<PolicyView> for pb::FleetPolicy {
+    fn from(p: PolicyView) -> Self {
+        pb::FleetPolicy {
+            fleet: p.fleet,
+            needs_window: p.needs_window,
+            needs_approval: p.needs_approval,
+            max_deferral_seconds: p.max_deferral_seconds,
+            on_deferral_expiry: p.on_deferral_expiry,
+            release_mode: p.release_mode,
+            on_missed_occurrence: p.on_missed_occurrence,
+        }
+    }
+}
+
+impl Human for PolicyView {
+    fn human(&self) -> String {
+        let kinds = |k: &[String]| {
+            if k.is_empty() {
+                "(none)".to_owned()
+            } else {
+                k.join(", ")
+            }
+        };
+        fields(&[
+            ("fleet", self.fleet.clone()),
+            ("needs window", kinds(&self.needs_window)),
+            ("needs approval", kinds(&self.needs_approval)),
+            ("max deferral", duration_text(self.max_deferral_seconds)),
+            ("on deferral expiry", self.on_deferral_expiry.clone()),
+            ("release mode", self.release_mode.clone()),
+            ("on missed occurrence", self.on_missed_occurrence.clone()),
+        ])
+    }
+}
+
+// ---------------------------------------------------------------- approvals
+
+#[derive(Debug, Serialize)]
+pub struct ApprovalView {
+    pub id: u64,
+    pub operation_id: u64,
+    pub device: String,
+    /// requested, approved, declined or missed.
+    pub status: String,
+    /// While requested: the occurrences to choose from, numbered from 1.
+    pub candidates: Vec<OccurrenceView>,
+    pub approved: Option<SpanView>,
+    pub decided_by: String,
+    pub message: String,
+}
+
+impl From<pb::ApprovalInfo> for ApprovalView {
+    fn from(a: pb::ApprovalInfo) -> Self {
+        ApprovalView {
+            id: a.id,
+            operation_id: a.operation_id,
+            device: a.device,
+            status: a.status,
+            candidates: OccurrenceView::numbered(a.candidates),
+            approved: a.approved.map(Into::into),
+            decided_by: a.decided_by,
+            message: a.message,
+        }
+    }
+}
+
+impl ApprovalView {
+    fn approved_text(&self) -> String {
+        self.approved.map(|a| a.text()).unwrap_or_default()
+    }
+
+    /// How to pick one of the candidates, and the candidates.
+    fn candidates_text(&self) -> String {
+        format!(
+            "Candidates of approval {id} (approve one with `lockstep approval approve {id} --index N`):\n{}",
+            OccurrenceView::table(&self.candidates),
+            id = self.id,
+        )
+    }
+}
+
+impl Human for ApprovalView {
+    fn human(&self) -> String {
+        let mut out = fields(&[
+            ("approval", self.id.to_string()),
+            ("operation", self.operation_id.to_string()),
+            ("device", self.device.clone()),
+            ("status", self.status.clone()),
+            ("approved", self.approved_text()),
+            ("decided by", self.decided_by.clone()),
+            ("message", self.message.clone()),
+        ]);
+        if !self.candidates.is_empty() {
+            out.push('\n');
+            out.push_str(&self.candidates_text());
+        }
+        out
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApprovalList {
+    pub approvals: Vec<ApprovalView>,
+}
+
+impl Human for ApprovalList {
+    fn human(&self) -> String {
+        let mut t = Table::new(&[
+            "ID",
+            "OPERATION",
+            "DEVICE",
+            "STATUS",
+            "DECIDED BY",
+            "APPROVED",
+            "MESSAGE",
+        ]);
+        for a in &self.approvals {
+            t.row(vec![
+                a.id.to_string(),
+                a.operation_id.to_string(),
+                a.device.clone(),
+                a.status.clone(),
+                a.decided_by.clone(),
+                a.approved_text(),
+                a.message.clone(),
+            ]);
+        }
+        let mut out = t.render();
+        for a in self.approvals.iter().filter(|a| !a.candidates.is_empty()) {
+            out.push('\n');
+            out.push_str(&a.candidates_text());
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1156,6 +1604,160 @@ mod tests {
         assert_eq!(json["blocks"][1]["disturbance"]["because_of"], "telemetry");
         assert_eq!(json["blocks"][0]["cause"], "image");
         assert!(json["blocks"][2]["disturbance"].is_null());
+    }
+
+    #[test]
+    fn windows_read_as_scope_kind_duration_and_when() {
+        use pb::window_info::Rule;
+        use pb::window_scope::Scope;
+        let scope = |s| Some(pb::WindowScope { scope: Some(s) });
+        let list = WindowList {
+            windows: vec![
+                pb::WindowInfo {
+                    id: 1,
+                    scope: scope(Scope::Fleet("inverters".into())),
+                    rule: Some(Rule::Weekly(pb::WeeklyRule {
+                        days: vec![2, 4],
+                        start_local: "02:00".into(),
+                        duration_minutes: 120,
+                        time_zone: "Europe/Amsterdam".into(),
+                    })),
+                }
+                .into(),
+                pb::WindowInfo {
+                    id: 2,
+                    scope: scope(Scope::Tag("site-north".into())),
+                    rule: Some(Rule::Recurrence(pb::RecurrenceRule {
+                        rrule: "DTSTART;TZID=Europe/Amsterdam:20260104T020000\nRRULE:FREQ=MONTHLY;BYDAY=1SU".into(),
+                        duration_minutes: 90,
+                    })),
+                }
+                .into(),
+                pb::WindowInfo {
+                    id: 3,
+                    scope: scope(Scope::Device("inv-0042".into())),
+                    rule: Some(Rule::OneOff(pb::OneOffRule {
+                        start_unix_ms: 1_795_558_263_000,
+                        end_unix_ms: 1_795_558_263_000 + 4 * 3_600_000,
+                    })),
+                }
+                .into(),
+            ],
+        };
+        assert_eq!(
+            list.human(),
+            "ID  SCOPE            KIND        DURATION  WHEN\n\
+             1   fleet inverters  weekly      2h        Tue,Thu 02:00 Europe/Amsterdam\n\
+             2   tag site-north   recurrence  90m       DTSTART;TZID=Europe/Amsterdam:20260104T020000 RRULE:FREQ=MONTHLY;BYDAY=1SU\n\
+             3   device inv-0042  one_off     4h        2026-11-24T22:11:03Z to 2026-11-25T02:11:03Z\n"
+        );
+        let json = serde_json::to_value(&list).unwrap();
+        assert_eq!(json["windows"][0]["scope"]["fleet"], "inverters");
+        assert_eq!(
+            json["windows"][0]["weekly"]["days"],
+            serde_json::json!([2, 4])
+        );
+        assert!(json["windows"][0].get("one_off").is_none(), "{json}");
+        assert_eq!(json["windows"][1]["kind"], "recurrence");
+        assert_eq!(
+            json["windows"][2]["one_off"]["start_unix_ms"],
+            1_795_558_263_000_i64
+        );
+    }
+
+    #[test]
+    fn weekdays_read_as_runs() {
+        let cases: [(&[u32], &str); 6] = [
+            (&[2, 4], "Tue,Thu"),
+            (&[1, 2, 3, 4, 5], "Mon-Fri"),
+            (&[1, 2, 6, 7], "Mon,Tue,Sat,Sun"),
+            (&[1, 2, 3, 5, 6, 7], "Mon-Wed,Fri-Sun"),
+            (&[7, 1, 1], "Mon,Sun"),
+            (&[1, 2, 3, 4, 5, 6, 7], "daily"),
+        ];
+        for (days, want) in cases {
+            assert_eq!(days_text(days), want, "{days:?}");
+        }
+    }
+
+    #[test]
+    fn requested_approvals_show_their_numbered_candidates() {
+        let hour = 3_600_000;
+        let start = 1_795_558_263_000;
+        let list = ApprovalList {
+            approvals: vec![
+                pb::ApprovalInfo {
+                    id: 1,
+                    operation_id: 5,
+                    device: "inv-0042".into(),
+                    status: "declined".into(),
+                    candidates: vec![],
+                    approved: None,
+                    decided_by: "customer@site".into(),
+                    message: "harvest week".into(),
+                }
+                .into(),
+                pb::ApprovalInfo {
+                    id: 2,
+                    operation_id: 6,
+                    device: "inv-0042".into(),
+                    status: "requested".into(),
+                    candidates: vec![
+                        pb::Window {
+                            start_unix_ms: start,
+                            end_unix_ms: start + 2 * hour,
+                        },
+                        pb::Window {
+                            start_unix_ms: start + 24 * hour,
+                            end_unix_ms: start + 26 * hour,
+                        },
+                    ],
+                    approved: None,
+                    decided_by: String::new(),
+                    message: String::new(),
+                }
+                .into(),
+            ],
+        };
+        assert_eq!(
+            list.human(),
+            "ID  OPERATION  DEVICE    STATUS     DECIDED BY     APPROVED  MESSAGE\n\
+             1   5          inv-0042  declined   customer@site  -         harvest week\n\
+             2   6          inv-0042  requested  -              -         -\n\
+             \n\
+             Candidates of approval 2 (approve one with `lockstep approval approve 2 --index N`):\n\
+             #  START                 END                   DURATION\n\
+             1  2026-11-24T22:11:03Z  2026-11-25T00:11:03Z  2h\n\
+             2  2026-11-25T22:11:03Z  2026-11-26T00:11:03Z  2h\n"
+        );
+        let json = serde_json::to_value(&list).unwrap();
+        assert_eq!(json["approvals"][1]["candidates"][1]["index"], 2);
+        assert!(json["approvals"][0]["approved"].is_null(), "{json}");
+    }
+
+    #[test]
+    fn policies_print_durations_and_empty_kinds_readably() {
+        let p = PolicyView {
+            fleet: "inverters".into(),
+            needs_window: vec!["os_update".into(), "reboot".into()],
+            needs_approval: vec![],
+            max_deferral_seconds: 43_200,
+            on_deferral_expiry: "notify".into(),
+            release_mode: "atomic".into(),
+            on_missed_occurrence: "ask".into(),
+        };
+        assert_eq!(
+            p.human(),
+            "fleet:                 inverters\n\
+             needs window:          os_update, reboot\n\
+             needs approval:        (none)\n\
+             max deferral:          12h\n\
+             on deferral expiry:    notify\n\
+             release mode:          atomic\n\
+             on missed occurrence:  ask\n"
+        );
+        let back = PolicyView::from(pb::FleetPolicy::from(p.clone()));
+        assert_eq!(back, p);
     }
 
     #[test]
