@@ -434,6 +434,36 @@ fn advance_transitions_table() {
             wake_at: None,
         },
         Case {
+            name: "after a resume, an accepted failed canary no longer holds the rollout back",
+            strategy: Strategy::default(),
+            progress: RolloutProgress {
+                errors_acknowledged: 1,
+                ..running(0, None)
+            },
+            batches: vec![counts(0, 0, 0, 1, 0), counts(3, 0, 0, 0, 0)],
+            now: 0,
+            state: RolloutState::Running,
+            batch: 1,
+            start: vec![(1, 3)],
+            events: vec![RolloutEvent::BatchStarted { batch: 1 }],
+            wake_at: None,
+        },
+        Case {
+            name: "a failed canary without a resume holds the rollout back",
+            strategy: Strategy {
+                error_threshold: Amount::Count(5),
+                ..Strategy::default()
+            },
+            progress: running(0, None),
+            batches: vec![counts(0, 0, 0, 1, 0), counts(3, 0, 0, 0, 0)],
+            now: 0,
+            state: RolloutState::Running,
+            batch: 0,
+            start: vec![],
+            events: vec![],
+            wake_at: None,
+        },
+        Case {
             name: "below the success threshold the next batch waits",
             strategy: Strategy {
                 success_threshold: 80,

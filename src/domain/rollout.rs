@@ -411,9 +411,11 @@ impl BatchCounts {
             MemberState::Cancelled => self.cancelled += n,
         }
     }
-    /// Whether enough of the batch succeeded for the next one to start.
-    pub fn meets(&self, success_threshold: u8) -> bool {
-        let counted = self.size() - self.cancelled;
+    /// Whether enough of the batch succeeded for the next one to start;
+    /// `excused` failures (accepted by an operator's resume) do not count
+    /// against it.
+    pub fn meets(&self, success_threshold: u8, excused: u64) -> bool {
+        let counted = self.size() - self.cancelled - excused.min(self.failed);
         self.succeeded * 100 >= u64::from(success_threshold) * counted
     }
 }
@@ -426,8 +428,8 @@ pub struct RolloutProgress {
     pub current_batch: u32,
     /// When the current batch met its success threshold (its soak started).
     pub batch_met_at: Option<Timestamp>,
-    /// Failures counted before the last resume (they no longer count
-    /// towards the error threshold).
+    /// Failures accepted by the last resume: they no longer count towards
+    /// the error threshold, nor against their batch's success threshold.
     pub errors_acknowledged: u64,
 }
 
@@ -516,6 +518,17 @@ pub fn advance(
         out.events.push(RolloutEvent::Completed);
         return out;
     }
+    // Failures an operator accepted by resuming, assigned to the earliest
+    // batches first: they no longer hold those batches back.
+    let mut left = progress.errors_acknowledged;
+    let excused: Vec<u64> = batches
+        .iter()
+        .map(|b| {
+            let e = left.min(b.failed);
+            left -= e;
+            e
+        })
+        .collect();
     let last = batches.len() as u32 - 1;
     let soak = strategy.soak_seconds.saturating_mul(1000) as i64;
     // Move through every batch that met its threshold and finished soaking.
@@ -527,7 +540,7 @@ pub fn advance(
             // Not started yet: nothing to measure.
             break;
         }
-        if !counts.meets(strategy.success_threshold) {
+        if !counts.meets(strategy.success_threshold, excused[b as usize]) {
             out.progress.batch_met_at = None;
             break;
         }
@@ -581,8 +594,10 @@ pub fn advance(
     out
 }
 
-/// Resuming a paused rollout: failures so far are acknowledged, so only new
-/// ones count towards the threshold. `None` unless it is paused.
+/// Resuming a paused rollout: the operator accepts the failures so far, so
+/// only new ones count towards the error threshold, and the accepted ones no
+/// longer hold their batch back from its success threshold (a failed canary
+/// does not block the rollout forever). `None` unless it is paused.
 pub fn resume(progress: RolloutProgress, failed_so_far: u64) -> Option<RolloutProgress> {
     (progress.state == RolloutState::Paused).then_some(RolloutProgress {
         state: RolloutState::Running,
