@@ -32,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run the device agent beside the blocks on a device.
     Agent(Box<AgentArgs>),
+    /// See Lockstep work: a server, simulated devices and a narrated rollout.
+    Demo(lockstep::cli::demo::DemoArgs),
     /// Tools for developers (load generation).
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -205,6 +207,13 @@ enum DebugCommand {
     /// Push synthetic lock reports through the real ingest path, printing
     /// each acknowledgement.
     IngestLoad(IngestLoadArgs),
+    /// The sample block `lockstep demo` runs (controller holds its lock).
+    DemoBlock {
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value_t = 2000)]
+        cycle_ms: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -369,6 +378,10 @@ async fn main() -> anyhow::Result<()> {
             lockstep::agent::run::run(cfg, shutdown_signal()).await?;
         }
         Command::Debug(DebugCommand::IngestLoad(args)) => ingest_load(args).await?,
+        Command::Debug(DebugCommand::DemoBlock { role, cycle_ms }) => {
+            lockstep::cli::demo::run_block(&role, Duration::from_millis(cycle_ms))?
+        }
+        Command::Demo(args) => std::process::exit(lockstep::cli::demo::run(args).await?),
         // Operator verbs: each prints its own error line and picks the exit code.
         Command::Fleet(v) => std::process::exit(v.run().await),
         Command::Block(v) => std::process::exit(v.run().await),

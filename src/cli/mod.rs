@@ -12,6 +12,7 @@
 mod approval;
 mod block;
 mod client;
+pub mod demo;
 mod device;
 mod env;
 mod error;
