@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod agent;
+pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod clock;
