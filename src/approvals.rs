@@ -108,12 +108,17 @@ impl<S: Store> Approvals<S> {
         })
     }
 
-    /// Approvals with `status` (all when `None`), oldest first.
+    /// Approvals with `status` (all when `None`), oldest first; with
+    /// `newest`, only that many of the most recent.
     pub async fn list(
         &self,
         status: Option<ApprovalStatus>,
+        newest: Option<usize>,
     ) -> Result<Vec<ApprovalView>, ApprovalError> {
-        let list = self.store.list_approvals(status).await?;
+        let mut list = self.store.list_approvals(status).await?;
+        if let Some(n) = newest {
+            list.drain(..list.len().saturating_sub(n));
+        }
         let mut out = Vec::with_capacity(list.len());
         for a in list {
             out.push(self.view(a).await?);

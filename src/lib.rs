@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod dashboard;
 pub mod domain;
 pub mod events;
 pub mod grpc;

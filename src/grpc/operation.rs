@@ -134,12 +134,7 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
             blocks: f.blocks().iter().map(ToString::to_string).collect(),
             reason: f.reason().to_owned(),
         }),
-        // A holder past the fleet's deferral limit shows as overdue.
-        status: if op.progress.overdue && !op.status.is_terminal() {
-            "overdue".to_owned()
-        } else {
-            op.status.as_str().to_owned()
-        },
+        status: op.shown_status().to_owned(),
         waiting_on: op
             .progress
             .waiting_on

@@ -235,7 +235,7 @@ impl<S: Store> WindowService for Windows<S> {
         };
         let list = self
             .approvals
-            .list(status)
+            .list(status, None)
             .await
             .map_err(status_from_approval)?;
         Ok(Response::new(pb::ListApprovalsResponse {
