@@ -406,9 +406,14 @@ fn sent_summary(body: &str) -> (Option<String>, String) {
             target,
             ..
         }) => {
+            let what = if target.is_empty() || target == reason {
+                String::new()
+            } else {
+                format!(" for {target}")
+            };
             let how = if handover { " (handover possible)" } else { "" };
-            let summary = format!("asked {block} to release its lock: {reason} {target}{how}");
-            (Some(block), summary.trim_end().to_owned())
+            let summary = format!("asked {block} to release its lock: {reason}{what}{how}");
+            (Some(block), summary)
         }
         Ok(IntentBody::Apply {
             operation,
@@ -598,7 +603,7 @@ mod tests {
             sent_summary(&rr.to_json()),
             (
                 Some("a".into()),
-                "asked a to release its lock: os_update 2.0".into()
+                "asked a to release its lock: os_update for 2.0".into()
             )
         );
         let apply = IntentBody::Apply {

@@ -45,14 +45,14 @@
     box.className = 'card';
     box.dataset.status = op.status;
     box.dataset.operation = String(op.id);
-    box.replaceChildren(
+    box.replaceChildren(...[
       h('p', {}, h('strong', {}, opLabel(op)), ' ', badge(op.status), ' · created ', time(op.created_ms)),
       op.waiting_on.length ? h('ul', { class: 'waits' }, op.waiting_on.map(waitItem)) : null,
       op.window ? h('p', {}, 'Window: ', range(op.window)) : null,
       op.phase ? h('p', {}, 'Phase: ', op.phase) : null,
       op.force ? h('p', {}, `Forced over the locks of ${op.force.blocks.join(', ')}: ${op.force.reason}`) : null,
       op.error ? h('p', { class: 'error' }, op.error) : null,
-    );
+    ].filter(Boolean));
   }
 
   function blocks(d) {
