@@ -649,6 +649,16 @@ async fn a_customer_declines_then_approves_a_window_on_the_approvals_page() {
     assert_eq!(decided["approvals"][0]["operation"]["id"], second);
     assert_eq!(decided["approvals"][0]["decided_by"], "customer@site");
     assert_eq!(decided["approvals"][0]["approved"]["start_ms"], start);
+    // Decided once: deciding again is refused, whichever way.
+    let id = decided["approvals"][0]["id"].as_i64().unwrap();
+    let (status, again) = fx
+        .post(
+            &format!("api/approvals/{id}/decline"),
+            r#"{"message":"changed my mind","actor":"customer@site"}"#,
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(fx.op(second).await.status, "waiting_window");
     browser.reply(serde_json::json!({})).await;
     browser.finish().await;
 }
