@@ -1,13 +1,19 @@
 //! Live events for dashboards and customers: what just happened to which
 //! device's operation (approval requested, blocked by a lock, deferred,
-//! waiting for a window, applying, applied, failed, overdue, time-forced).
-//! A bounded broadcast in this process; the database stays the truth (the
-//! same facts are in operations and the audit log), so a watcher that lags
-//! is told so and re-reads state.
+//! waiting for a window, applying, applied, failed, overdue, time-forced,
+//! cancelled) and to the device itself (a lock changed, its agent came online
+//! or went offline). A bounded broadcast in this process; the database stays
+//! the truth (the same facts are in operations, locks and the audit log), so
+//! a watcher that lags is told so and re-reads state. [`Watch`] is the one
+//! filter (by fleet or device) that every watcher — gRPC `WatchEvents`, the
+//! dashboard's event stream — goes through.
+
+use std::collections::HashMap;
 
 use tokio::sync::broadcast;
 
-use crate::domain::{DeviceId, OperationId, RolloutId, Timestamp};
+use crate::domain::{DeviceId, FleetId, OperationId, RolloutId, Timestamp};
+use crate::store::Store;
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +44,14 @@ pub enum EventKind {
     Cancelled {
         reason: String,
     },
+    /// The agent reported these locks (`block:held` or `block:free`).
+    LockChanged {
+        locks: Vec<String>,
+    },
+    /// The device's agent connected.
+    Online,
+    /// The device's agent disconnected.
+    Offline,
 }
 
 impl EventKind {
@@ -53,6 +67,9 @@ impl EventKind {
             EventKind::Overdue { .. } => "overdue",
             EventKind::TimeForced { .. } => "time_forced",
             EventKind::Cancelled { .. } => "cancelled",
+            EventKind::LockChanged { .. } => "lock_changed",
+            EventKind::Online => "online",
+            EventKind::Offline => "offline",
         }
     }
 }
@@ -125,6 +142,73 @@ impl Events {
     }
 }
 
+/// What a watcher receives next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    Event(Event),
+    /// The watcher fell behind and this many events were dropped for it:
+    /// re-read the state.
+    Lagged(u64),
+}
+
+/// One watcher's view of the bus: the events of one fleet and/or one
+/// device (all when neither is given). Subscribed when created, so nothing
+/// published afterwards is missed unless the watcher lags.
+pub struct Watch<S> {
+    rx: broadcast::Receiver<Event>,
+    store: S,
+    fleet: Option<FleetId>,
+    device: Option<DeviceId>,
+    /// Device → fleet, looked up once per device seen.
+    fleets: HashMap<DeviceId, FleetId>,
+}
+
+impl<S: Store> Watch<S> {
+    pub fn new(
+        events: &Events,
+        store: S,
+        fleet: Option<FleetId>,
+        device: Option<DeviceId>,
+    ) -> Self {
+        Self {
+            rx: events.subscribe(),
+            store,
+            fleet,
+            device,
+            fleets: HashMap::new(),
+        }
+    }
+
+    /// The next matching event, or how many were missed; `None` once the
+    /// bus is gone. A device whose fleet cannot be looked up is skipped.
+    pub async fn next(&mut self) -> Option<Watched> {
+        loop {
+            let e = match self.rx.recv().await {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(n)) => return Some(Watched::Lagged(n)),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            if self.device.as_ref().is_some_and(|d| *d != e.device) {
+                continue;
+            }
+            if let Some(f) = &self.fleet {
+                if !self.fleets.contains_key(&e.device) {
+                    match self.store.get_device(&e.device).await {
+                        Ok(d) => {
+                            self.fleets.insert(e.device.clone(), d.fleet);
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                if self.fleets.get(&e.device) != Some(f) {
+                    continue;
+                }
+            }
+            return Some(Watched::Event(e));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +232,71 @@ mod tests {
             rx.recv().await,
             Err(broadcast::error::RecvError::Lagged(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+    use crate::domain::{DeviceRecord, DeviceStatus, Fleet};
+
+    async fn store_with_devices() -> (crate::store::SqliteStore, tempfile::TempDir) {
+        let (store, dir) = crate::testkit::sqlite_store().await;
+        for (f, d) in [("north", "n1"), ("south", "s1")] {
+            let fleet = FleetId::new(f).unwrap();
+            store
+                .create_fleet(&Fleet {
+                    id: fleet.clone(),
+                    name: String::new(),
+                    created: Timestamp(1),
+                })
+                .await
+                .unwrap();
+            store
+                .register_device(
+                    &DeviceRecord {
+                        id: DeviceId::new(d).unwrap(),
+                        fleet,
+                        tags: Default::default(),
+                        status: DeviceStatus::Unknown,
+                        credential_revoked: false,
+                        created: Timestamp(1),
+                    },
+                    "h",
+                )
+                .await
+                .unwrap();
+        }
+        (store, dir)
+    }
+
+    fn kinds_of(w: Option<Watched>) -> (String, &'static str) {
+        match w {
+            Some(Watched::Event(e)) => (e.device.to_string(), e.kind.name()),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_sees_only_its_fleet_or_device_and_is_told_when_it_lags() {
+        let (store, _dir) = store_with_devices().await;
+        let events = Events::new(4);
+        let n1 = DeviceId::new("n1").unwrap();
+        let s1 = DeviceId::new("s1").unwrap();
+        let mut by_fleet = Watch::new(
+            &events,
+            store.clone(),
+            Some(FleetId::new("south").unwrap()),
+            None,
+        );
+        let mut by_device = Watch::new(&events, store.clone(), None, Some(n1.clone()));
+        events.publish(&n1, None, EventKind::Online);
+        events.publish(&s1, None, EventKind::Offline);
+        assert_eq!(kinds_of(by_fleet.next().await), ("s1".into(), "offline"));
+        assert_eq!(kinds_of(by_device.next().await), ("n1".into(), "online"));
+        for _ in 0..10 {
+            events.publish(&s1, None, EventKind::Applying);
+        }
+        assert!(matches!(by_fleet.next().await, Some(Watched::Lagged(_))));
     }
 }

@@ -4,9 +4,11 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod agent;
+pub mod approvals;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod dashboard;
 pub mod domain;
 pub mod events;
 pub mod grpc;

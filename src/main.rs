@@ -268,6 +268,10 @@ struct ServeArgs {
     /// Address for the gRPC API.
     #[arg(long, env = "LOCKSTEP_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Address for the web dashboard, or `off`. It has no login: keep it on
+    /// loopback or behind an authenticating proxy.
+    #[arg(long, env = "LOCKSTEP_DASHBOARD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_dashboard_listen)]
+    dashboard_listen: DashboardListen,
     /// Where the embedded SQLite database lives (used unless --database-url is given).
     #[arg(long, env = "LOCKSTEP_DATA_DIR", default_value = "./lockstep-data")]
     data_dir: PathBuf,
@@ -283,6 +287,19 @@ struct ServeArgs {
     /// Lock history older than this is pruned.
     #[arg(long, env = "LOCKSTEP_LOCK_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
     lock_history_retention: Duration,
+}
+
+/// `--dashboard-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DashboardListen(Option<SocketAddr>);
+
+fn parse_dashboard_listen(s: &str) -> Result<DashboardListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(DashboardListen(None));
+    }
+    s.parse()
+        .map(|a| DashboardListen(Some(a)))
+        .map_err(|_| format!("{s:?}: expected an address such as 127.0.0.1:8080, or off"))
 }
 
 /// `250ms`, `90s`, `15m`, `12h`, `30d`.
@@ -319,6 +336,7 @@ fn redact(url: &str) -> String {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig {
         listen: args.listen,
+        dashboard: args.dashboard_listen.0,
         lock_history_retention: args.lock_history_retention,
     };
     let pool = PoolOptions {
@@ -409,6 +427,19 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn the_dashboard_listens_on_an_address_or_is_off() {
+        assert_eq!(
+            parse_dashboard_listen("127.0.0.1:8080"),
+            Ok(DashboardListen(Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                8080
+            )))))
+        );
+        assert_eq!(parse_dashboard_listen("off"), Ok(DashboardListen(None)));
+        assert!(parse_dashboard_listen("8080").is_err());
     }
 
     #[test]

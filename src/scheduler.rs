@@ -556,12 +556,10 @@ impl<S: Store> Scheduler<S> {
                     .as_ref()
                     .and_then(|a| a.message.clone())
                     .unwrap_or_default();
+                let reason = format!("declined by {who}: {why}");
                 self.store
                     .record_step(
-                        &set_status(
-                            OpStatus::Cancelled,
-                            Some(format!("declined by {who}: {why}")),
-                        ),
+                        &set_status(OpStatus::Cancelled, Some(reason.clone())),
                         op.status,
                         &[],
                         now,
@@ -570,6 +568,8 @@ impl<S: Store> Scheduler<S> {
                 self.store
                     .set_device_status(device, DeviceStatus::Pending)
                     .await?;
+                self.events
+                    .publish(device, Some(op.id), EventKind::Cancelled { reason });
                 Ok(None)
             }
         }

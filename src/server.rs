@@ -1,5 +1,6 @@
 //! `lockstep serve`: assembles the gRPC server (our services, health,
-//! reflection) and runs it until SIGINT or SIGTERM.
+//! reflection) and the web dashboard over the same store, scheduler and
+//! events, and runs them until SIGINT or SIGTERM.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::dashboard::{self, Dashboard};
 use crate::events::Events;
 use crate::grpc;
 use crate::hub::Hub;
@@ -43,6 +45,8 @@ pub enum ServeError {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// Where the web dashboard listens; `None` runs none.
+    pub dashboard: Option<SocketAddr>,
     /// Lock history older than this is pruned (hourly).
     pub lock_history_retention: Duration,
 }
@@ -61,23 +65,39 @@ const DB_BACKED: [&str; 6] = [
 /// binding to port 0.
 pub struct Bound {
     listener: TcpListener,
+    dashboard: Option<TcpListener>,
     config: ServeConfig,
 }
 
 impl Bound {
+    /// Binds the gRPC address, then the dashboard's (if any): a taken
+    /// address is an error before anything is served.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
-        let listener =
-            TcpListener::bind(config.listen)
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        Ok(Self { listener, config })
+                .map_err(|source| ServeError::Bind { addr, source })
+        };
+        let listener = bind(config.listen).await?;
+        let dashboard = match config.dashboard {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            dashboard,
+            config,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Where the dashboard listens, if it runs.
+    pub fn dashboard_addr(&self) -> Option<SocketAddr> {
+        let l = self.dashboard.as_ref()?;
+        l.local_addr().ok().or(self.config.dashboard)
     }
 
     /// Serves until `shutdown` completes, then drains in-flight calls for at
@@ -129,9 +149,25 @@ impl Bound {
             self.config.lock_history_retention,
         ));
 
-        tracing::info!(addr = %self.local_addr(), "lockstep listening");
-        let incoming = TcpListenerStream::new(self.listener);
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        tracing::info!(addr = %self.local_addr(), "lockstep listening");
+        let dashboard_url = self.dashboard_addr().map(|a| format!("http://{a}/"));
+        let web = self.dashboard.map(|listener| {
+            let app = dashboard::router(Dashboard::new(
+                store.clone(),
+                wakeups.clone(),
+                events.clone(),
+                stop_rx.clone(),
+            ));
+            let mut stopped = stop_rx.clone();
+            tokio::spawn(dashboard::serve(listener, app, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        });
+        if let Some(url) = &dashboard_url {
+            tracing::info!(url = %url, "dashboard listening");
+        }
+        let incoming = TcpListenerStream::new(self.listener);
         let mut stopped = stop_rx.clone();
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -194,6 +230,17 @@ impl Bound {
                     tracing::warn!(grace = ?DRAIN_GRACE, "connections still open after the drain grace period; closing them");
                     break;
                 }
+            }
+        }
+        if let Some(web) = web {
+            // Live streams end on the stop signal; plain requests are short.
+            match tokio::time::timeout(DRAIN_GRACE, web).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the dashboard stopped with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the dashboard task failed"),
+                Err(_) => tracing::warn!(
+                    "dashboard requests still open after the drain grace period; closing them"
+                ),
             }
         }
         background.abort();

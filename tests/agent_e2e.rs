@@ -562,6 +562,15 @@ async fn agent_connects_reports_locks_and_relays_intents_both_ways() {
         ("dev-1", vec!["a:reboot".to_owned()])
     );
     assert_eq!(seen[pos("deferred")].blocks, vec!["a".to_owned()]);
+    // a letting go of its lock is an event too, before the reboot goes ahead.
+    let freed = seen
+        .iter()
+        .position(|e| e.kind == "lock_changed" && e.blocks.contains(&"a:free".to_owned()))
+        .unwrap_or_else(|| panic!("no lock_changed a:free in {kinds:?}"));
+    assert!(
+        pos("deferred") < freed && freed < pos("applying"),
+        "{kinds:?}"
+    );
 }
 
 #[tokio::test]

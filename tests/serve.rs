@@ -118,7 +118,14 @@ fn serve_refuses_an_address_in_use_with_a_clear_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(support::BIN)
-        .args(["serve", "--listen", &addr, "--data-dir"])
+        .args([
+            "serve",
+            "--dashboard-listen",
+            "off",
+            "--listen",
+            &addr,
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

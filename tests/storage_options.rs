@@ -46,6 +46,8 @@ fn unreachable_database_at_start_up_exits_non_zero_with_a_clear_error() {
     let out = std::process::Command::new(support::BIN)
         .args([
             "serve",
+            "--dashboard-listen",
+            "off",
             "--listen",
             "127.0.0.1:0",
             "--database-url",
@@ -73,7 +75,14 @@ fn unreachable_database_at_start_up_exits_non_zero_with_a_clear_error() {
 fn a_bad_data_dir_is_a_clear_error() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let out = std::process::Command::new(support::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--dashboard-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(file.path())
         .output()
         .unwrap();

@@ -772,6 +772,125 @@ async fn acknowledged_intents_leave_the_outbox<S: Store>(s: S) {
     ));
 }
 
+async fn a_device_timeline_interleaves_intents_and_answers_newest_first<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    for d in ["d1", "d2"] {
+        s.register_device(&device(d, "f1", &[]), "h").await.unwrap();
+    }
+    let op = s
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(5))
+        .await
+        .unwrap();
+    let intent = |kind, body: &str| NewIntent {
+        kind,
+        body: body.into(),
+        operation: Some(op.id),
+    };
+    s.append_intents(
+        &dev("d1"),
+        &[intent(IntentKind::ReleaseRequest, "{\"block\":\"a\"}")],
+        ts(10),
+    )
+    .await
+    .unwrap();
+    s.append_intents(&dev("d2"), &[intent(IntentKind::Notice, "{}")], ts(11))
+        .await
+        .unwrap();
+    s.ack_intent(&dev("d1"), IntentSeq(1), "received", "{}", ts(12))
+        .await
+        .unwrap();
+    s.append_intents(&dev("d1"), &[intent(IntentKind::Apply, "{}")], ts(13))
+        .await
+        .unwrap();
+    s.ack_intent(
+        &dev("d1"),
+        IntentSeq(1),
+        "released",
+        "{\"block\":\"a\"}",
+        ts(14),
+    )
+    .await
+    .unwrap();
+    s.ack_intent(&dev("d1"), IntentSeq(2), "applied", "{}", ts(14))
+        .await
+        .unwrap();
+
+    let all = s.device_timeline(&dev("d1"), 100).await.unwrap();
+    let seen: Vec<(i64, u64, String)> = all
+        .iter()
+        .map(|e| {
+            let what = match &e.event {
+                TimelineEvent::Sent { kind, .. } => format!("sent {}", kind.as_str()),
+                TimelineEvent::Acked { answer, .. } => format!("acked {answer}"),
+            };
+            (e.at.0, e.seq.0, what)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (14, 2, "acked applied".to_owned()),
+            (14, 1, "acked released".to_owned()),
+            (13, 2, "sent apply".to_owned()),
+            (12, 1, "acked received".to_owned()),
+            (10, 1, "sent release_request".to_owned()),
+        ]
+    );
+    assert!(all.iter().all(|e| e.operation == Some(op.id)));
+    assert_eq!(
+        all[1].event,
+        TimelineEvent::Acked {
+            answer: "released".into(),
+            body: "{\"block\":\"a\"}".into()
+        }
+    );
+    assert_eq!(
+        all[4].event,
+        TimelineEvent::Sent {
+            kind: IntentKind::ReleaseRequest,
+            body: "{\"block\":\"a\"}".into()
+        }
+    );
+    // The limit keeps the newest.
+    let two = s.device_timeline(&dev("d1"), 2).await.unwrap();
+    assert_eq!(two, all[..2].to_vec());
+    assert_eq!(s.device_timeline(&dev("d2"), 100).await.unwrap().len(), 1);
+    assert!(
+        s.device_timeline(&dev("nobody"), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn device_status_counts_are_per_fleet_and_status<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    with_fleet(&s, "f2").await;
+    assert!(s.device_status_counts().await.unwrap().is_empty());
+    for (d, f) in [("a1", "f1"), ("a2", "f1"), ("a3", "f1"), ("b1", "f2")] {
+        s.register_device(&device(d, f, &[]), "h").await.unwrap();
+    }
+    s.set_device_status(&dev("a1"), DeviceStatus::WaitingLock)
+        .await
+        .unwrap();
+    s.set_device_status(&dev("a2"), DeviceStatus::WaitingLock)
+        .await
+        .unwrap();
+    s.set_device_status(&dev("b1"), DeviceStatus::Offline)
+        .await
+        .unwrap();
+    let counts = s.device_status_counts().await.unwrap();
+    assert_eq!(
+        counts.get(&fleet_id("f1")),
+        Some(&[(DeviceStatus::Unknown, 1), (DeviceStatus::WaitingLock, 2)].into())
+    );
+    assert_eq!(
+        counts.get(&fleet_id("f2")),
+        Some(&[(DeviceStatus::Offline, 1)].into())
+    );
+    assert_eq!(counts.len(), 2);
+}
+
 async fn audit_entries_append_and_list_in_order<S: Store>(s: S) {
     let e = |n: i64| AuditEntry {
         at: ts(n),
@@ -1208,6 +1327,8 @@ conformance!(
     lock_history_is_pruned_by_age,
     intent_sequences_have_no_gaps_under_concurrent_writers,
     acknowledged_intents_leave_the_outbox,
+    a_device_timeline_interleaves_intents_and_answers_newest_first,
+    device_status_counts_are_per_fleet_and_status,
     audit_entries_append_and_list_in_order,
     operations_supersede_and_steps_are_atomic_with_their_intents,
     windows_and_policies_attach_to_fleets_tags_and_devices,

@@ -183,6 +183,25 @@ pub struct StoredIntent {
     pub acked: Option<Timestamp>,
 }
 
+/// One entry of a device's timeline of intents and answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub at: Timestamp,
+    /// The intent the entry is about.
+    pub seq: IntentSeq,
+    pub operation: Option<OperationId>,
+    pub event: TimelineEvent,
+}
+
+/// What happened to an intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimelineEvent {
+    /// Stored in the device's outbox (sent whenever its agent is connected).
+    Sent { kind: IntentKind, body: String },
+    /// The agent answered (`received`, `released`, `deferred`, `applied`, ...).
+    Acked { answer: String, body: String },
+}
+
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {

@@ -67,7 +67,7 @@ pub use env::{
 };
 pub use fleet::{
     AuditEntry, DeviceRecord, DeviceReport, DeviceStatus, Fleet, IntentKind, LockReport, NewIntent,
-    ReportedBlock, StoredIntent,
+    ReportedBlock, StoredIntent, TimelineEntry, TimelineEvent,
 };
 pub use gate::{Decision, Force, ForceError, ReleaseRequest, decide, gate};
 pub use ids::{

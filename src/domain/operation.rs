@@ -137,6 +137,18 @@ pub struct OperationRecord {
     pub updated: Timestamp,
 }
 
+impl OperationRecord {
+    /// The status shown to people and API clients: an unfinished operation
+    /// whose holder is past the fleet's deferral limit shows as `overdue`.
+    pub fn shown_status(&self) -> &'static str {
+        if self.progress.overdue && !self.status.is_terminal() {
+            "overdue"
+        } else {
+            self.status.as_str()
+        }
+    }
+}
+
 /// What the maintenance windows say about applying an operation now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowGate {

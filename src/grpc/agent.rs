@@ -144,6 +144,17 @@ fn locks_to_reports(
         .collect()
 }
 
+/// The live event for a lock report: each lock as `block:held` or
+/// `block:free`; `None` for an empty report.
+fn lock_changed(reports: &[LockReport]) -> Option<crate::events::EventKind> {
+    (!reports.is_empty()).then(|| crate::events::EventKind::LockChanged {
+        locks: reports
+            .iter()
+            .map(|r| format!("{}:{}", r.block, if r.state.held { "held" } else { "free" }))
+            .collect(),
+    })
+}
+
 fn reason_to_pb(s: &str) -> i32 {
     crate::intents::reason_from_str(s)
         .map(|r| pb::Reason::from(r) as i32)
@@ -439,10 +450,14 @@ impl<S: Store> Session<S> {
         }
         self.last_report_seq = r.seq;
         let reports = locks_to_reports(&self.device, r.locks)?;
+        let changed = lock_changed(&reports);
         self.ingestor
             .submit(reports)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Some(kind) = changed {
+            self.events.publish(&self.device, None, kind);
+        }
         self.wakeups.wake(&self.device);
         Ok(())
     }
@@ -554,6 +569,7 @@ impl<S: Store> AgentService for Agents<S> {
         let locks = hello.locks.unwrap_or_default();
         let last_report_seq = locks.seq;
         let reports = locks_to_reports(&device, locks.locks)?;
+        let changed = lock_changed(&reports);
         self.ingestor
             .submit(reports)
             .await
@@ -574,6 +590,11 @@ impl<S: Store> AgentService for Agents<S> {
                 .set_device_status(&device, crate::domain::DeviceStatus::InSync)
                 .await
                 .map_err(status_from_store)?;
+        }
+        self.events
+            .publish(&device, None, crate::events::EventKind::Online);
+        if let Some(kind) = changed {
+            self.events.publish(&device, None, kind);
         }
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let welcome = pb::ServerMessage {
@@ -636,13 +657,21 @@ impl<S: Store> AgentService for Agents<S> {
             session.hub.unregister(&session.device, registration.id);
             tracing::info!(device = %session.device, "agent disconnected");
             // Offline, not failed — unless a newer stream already took over.
-            if !session.hub.is_connected(&session.device)
-                && let Err(e) = session
+            if !session.hub.is_connected(&session.device) {
+                match session
                     .store
                     .set_device_status(&session.device, crate::domain::DeviceStatus::Offline)
                     .await
-            {
-                tracing::warn!(device = %session.device, error = %e, "cannot mark the device offline");
+                {
+                    Ok(()) => session.events.publish(
+                        &session.device,
+                        None,
+                        crate::events::EventKind::Offline,
+                    ),
+                    Err(e) => {
+                        tracing::warn!(device = %session.device, error = %e, "cannot mark the device offline");
+                    }
+                }
             }
             session.wakeups.wake(&session.device);
         });

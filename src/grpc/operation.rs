@@ -14,7 +14,7 @@ use crate::domain::{
     AuditEntry, DeviceId, Disturbance, Force, OpStatus, OperationId, OperationRecord,
     OperationSpec, ReleaseId,
 };
-use crate::events::{Event, EventKind, Events};
+use crate::events::{Event, EventKind, Events, Watch, Watched};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
@@ -47,9 +47,12 @@ fn event_to_pb(e: &Event) -> pb::Event {
         ),
         EventKind::Failed { error } => (vec![], error.clone()),
         EventKind::Cancelled { reason } => (vec![], reason.clone()),
-        EventKind::ApprovalRequested | EventKind::Applying | EventKind::Applied => {
-            (vec![], String::new())
-        }
+        EventKind::LockChanged { locks } => (locks.clone(), String::new()),
+        EventKind::ApprovalRequested
+        | EventKind::Applying
+        | EventKind::Applied
+        | EventKind::Online
+        | EventKind::Offline => (vec![], String::new()),
     };
     pb::Event {
         at_unix_ms: e.at.0,
@@ -131,12 +134,7 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
             blocks: f.blocks().iter().map(ToString::to_string).collect(),
             reason: f.reason().to_owned(),
         }),
-        // A holder past the fleet's deferral limit shows as overdue.
-        status: if op.progress.overdue && !op.status.is_terminal() {
-            "overdue".to_owned()
-        } else {
-            op.status.as_str().to_owned()
-        },
+        status: op.shown_status().to_owned(),
         waiting_on: op
             .progress
             .waiting_on
@@ -210,40 +208,18 @@ impl<S: Store> OperationService for Operations<S> {
         if let Some(f) = &fleet {
             self.store.get_fleet(f).await.map_err(status_from_store)?;
         }
-        let mut rx = self.events.subscribe();
-        let store = self.store.clone();
+        let mut watch = Watch::new(&self.events, self.store.clone(), fleet, device);
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
-            // Device → fleet, looked up once per device seen.
-            let mut fleets: std::collections::HashMap<DeviceId, FleetId> = Default::default();
-            loop {
-                let msg = match rx.recv().await {
-                    Ok(e) => {
-                        if device.as_ref().is_some_and(|d| *d != e.device) {
-                            continue;
-                        }
-                        if let Some(f) = &fleet {
-                            if !fleets.contains_key(&e.device) {
-                                match store.get_device(&e.device).await {
-                                    Ok(d) => {
-                                        fleets.insert(e.device.clone(), d.fleet);
-                                    }
-                                    Err(_) => continue,
-                                }
-                            }
-                            if fleets.get(&e.device) != Some(f) {
-                                continue;
-                            }
-                        }
-                        event_to_pb(&e)
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => pb::Event {
+            while let Some(w) = watch.next().await {
+                let msg = match w {
+                    Watched::Event(e) => event_to_pb(&e),
+                    Watched::Lagged(n) => pb::Event {
                         at_unix_ms: clock::now().0,
                         kind: "lagged".into(),
                         message: format!("{n} events missed; re-read the state"),
                         ..Default::default()
                     },
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
@@ -370,11 +346,16 @@ impl<S: Store> OperationService for Operations<S> {
                 actor: actor(&req.actor),
                 action: "operation_cancelled".into(),
                 subject: format!("device {} operation {id}", op.device),
-                reason: req.reason,
+                reason: req.reason.clone(),
                 details: "{}".into(),
             })
             .await
             .map_err(status_from_store)?;
+        self.events.publish(
+            &op.device,
+            Some(op.id),
+            EventKind::Cancelled { reason: req.reason },
+        );
         self.wakeups.wake(&op.device);
         let op = self
             .store

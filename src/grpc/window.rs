@@ -1,6 +1,8 @@
 //! `WindowService`: maintenance windows (weekly in an IANA time zone, or
 //! one-off) attached to a fleet, a tag or a device, and the per-fleet policy
-//! of which operations need one. Changes wake the scheduler.
+//! of which operations need one. Changes wake the scheduler. Customer
+//! approvals are listed and decided by `crate::approvals`, shared with the
+//! web dashboard; this edge only converts.
 
 use std::collections::BTreeSet;
 
@@ -9,10 +11,11 @@ use tonic::{Request, Response, Status};
 use super::convert::ConvertError;
 use super::pb::{self, window_service_server::WindowService};
 use super::status_from_store;
+use crate::approvals::{self, ApprovalError, ApprovalView, Approvals};
 use crate::clock;
 use crate::domain::{
-    Approval, ApprovalStatus, AuditEntry, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag,
-    Timestamp, Window, WindowRule, WindowScope,
+    ApprovalStatus, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window,
+    WindowRule, WindowScope,
 };
 use crate::scheduler::Wakeups;
 use crate::store::Store;
@@ -20,11 +23,16 @@ use crate::store::Store;
 pub struct Windows<S> {
     store: S,
     wakeups: Wakeups,
+    approvals: Approvals<S>,
 }
 
 impl<S: Store> Windows<S> {
     pub fn new(store: S, wakeups: Wakeups) -> Self {
-        Self { store, wakeups }
+        Self {
+            approvals: Approvals::new(store.clone(), wakeups.clone()),
+            store,
+            wakeups,
+        }
     }
 
     /// Windows or policy changed: every device with unfinished work decides again.
@@ -158,99 +166,36 @@ fn policy_to_pb(fleet: &FleetId, p: &FleetPolicy) -> pb::FleetPolicy {
     }
 }
 
-impl<S: Store> Windows<S> {
-    async fn candidates(
-        &self,
-        device: &DeviceId,
-        count: usize,
-    ) -> Result<Vec<crate::domain::Occurrence>, Status> {
-        let rules: Vec<WindowRule> = self
-            .store
-            .windows_for_device(device)
-            .await
-            .map_err(status_from_store)?
-            .into_iter()
-            .map(|w| w.rule)
-            .collect();
-        let now = clock::now();
-        let mut all: Vec<_> = rules
-            .iter()
-            .flat_map(|r| r.occurrences(now, count))
-            .collect();
-        all.sort();
-        all.dedup();
-        all.truncate(count);
-        Ok(all)
+/// The wire form of an approval: candidates only while it is open.
+fn approval_to_pb(v: &ApprovalView) -> pb::ApprovalInfo {
+    let a = &v.approval;
+    let w = |o: &crate::domain::Occurrence| pb::Window {
+        start_unix_ms: o.start.0,
+        end_unix_ms: o.end.0,
+    };
+    pb::ApprovalInfo {
+        id: u64::try_from(a.id).unwrap_or(0),
+        operation_id: u64::try_from(a.operation.0).unwrap_or(0),
+        device: v.operation.device.to_string(),
+        status: a.status.as_str().to_owned(),
+        candidates: v.candidates.iter().map(w).collect(),
+        approved: a.occurrence.as_ref().map(w),
+        decided_by: a.decided_by.clone().unwrap_or_default(),
+        message: a.message.clone().unwrap_or_default(),
     }
+}
 
-    async fn approval_info(&self, a: &Approval) -> Result<pb::ApprovalInfo, Status> {
-        let op = self
-            .store
-            .get_operation(a.operation)
-            .await
-            .map_err(status_from_store)?;
-        let candidates = if a.status == ApprovalStatus::Requested {
-            self.candidates(&op.device, 5).await?
-        } else {
-            vec![]
-        };
-        let w = |o: &crate::domain::Occurrence| pb::Window {
-            start_unix_ms: o.start.0,
-            end_unix_ms: o.end.0,
-        };
-        Ok(pb::ApprovalInfo {
-            id: u64::try_from(a.id).unwrap_or(0),
-            operation_id: u64::try_from(a.operation.0).unwrap_or(0),
-            device: op.device.to_string(),
-            status: a.status.as_str().to_owned(),
-            candidates: candidates.iter().map(w).collect(),
-            approved: a.occurrence.as_ref().map(w),
-            decided_by: a.decided_by.clone().unwrap_or_default(),
-            message: a.message.clone().unwrap_or_default(),
-        })
+/// Approval errors as gRPC statuses: bad input names the field, the rest
+/// maps like every store error.
+fn status_from_approval(e: ApprovalError) -> Status {
+    match e {
+        ApprovalError::Invalid { field, message } => ConvertError::new(field, message).into(),
+        ApprovalError::Store(e) => status_from_store(e),
     }
+}
 
-    async fn decide(
-        &self,
-        id: u64,
-        decision: impl FnOnce(&Approval) -> Approval,
-        action: &str,
-        actor: &str,
-    ) -> Result<pb::ApprovalInfo, Status> {
-        let id = i64::try_from(id).map_err(|_| ConvertError::new("approval_id", "out of range"))?;
-        let current = self
-            .store
-            .get_approval(id)
-            .await
-            .map_err(status_from_store)?;
-        let next = decision(&current);
-        let now = clock::now();
-        self.store
-            .decide_approval(id, ApprovalStatus::Requested, &next, now)
-            .await
-            .map_err(status_from_store)?;
-        let op = self
-            .store
-            .get_operation(current.operation)
-            .await
-            .map_err(status_from_store)?;
-        self.store
-            .append_audit(&AuditEntry {
-                at: now,
-                actor: actor.to_owned(),
-                action: action.to_owned(),
-                subject: format!("device {} operation {} approval {id}", op.device, op.id),
-                reason: next.message.clone().unwrap_or_default(),
-                details: serde_json::json!({
-                    "occurrence": next.occurrence.map(|o| (o.start.0, o.end.0)),
-                })
-                .to_string(),
-            })
-            .await
-            .map_err(status_from_store)?;
-        self.wakeups.wake(&op.device);
-        self.approval_info(&next).await
-    }
+fn approval_id(id: u64) -> Result<i64, ConvertError> {
+    i64::try_from(id).map_err(|_| ConvertError::new("approval_id", "out of range"))
 }
 
 /// Operation kinds named in a policy, each checked.
@@ -271,13 +216,6 @@ fn policy_kinds(field: &str, kinds: &[String]) -> Result<BTreeSet<String>, Conve
         .collect()
 }
 
-fn actor_of(s: &str) -> Result<String, ConvertError> {
-    if s.trim().is_empty() {
-        return Err(ConvertError::new("actor", "who decides is required"));
-    }
-    Ok(s.chars().take(256).collect())
-}
-
 #[tonic::async_trait]
 impl<S: Store> WindowService for Windows<S> {
     async fn list_approvals(
@@ -296,15 +234,13 @@ impl<S: Store> WindowService for Windows<S> {
             })?)
         };
         let list = self
-            .store
-            .list_approvals(status)
+            .approvals
+            .list(status, None)
             .await
-            .map_err(status_from_store)?;
-        let mut approvals = Vec::with_capacity(list.len());
-        for a in &list {
-            approvals.push(self.approval_info(a).await?);
-        }
-        Ok(Response::new(pb::ListApprovalsResponse { approvals }))
+            .map_err(status_from_approval)?;
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: list.iter().map(approval_to_pb).collect(),
+        }))
     }
 
     async fn approve(
@@ -312,7 +248,9 @@ impl<S: Store> WindowService for Windows<S> {
         req: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::ApproveResponse>, Status> {
         let req = req.into_inner();
-        let actor = actor_of(&req.actor)?;
+        // Checked here first too, so bad input is reported in the same order
+        // as ever (actor, occurrence, approval_id).
+        let actor = approvals::actor(&req.actor).map_err(status_from_approval)?;
         let w = req.occurrence.ok_or_else(|| {
             ConvertError::new("occurrence", "one of the candidate occurrences is required")
         })?;
@@ -320,40 +258,14 @@ impl<S: Store> WindowService for Windows<S> {
             start: Timestamp(w.start_unix_ms),
             end: Timestamp(w.end_unix_ms),
         };
-        let id = i64::try_from(req.approval_id)
-            .map_err(|_| ConvertError::new("approval_id", "out of range"))?;
-        let current = self
-            .store
-            .get_approval(id)
+        let id = approval_id(req.approval_id)?;
+        let view = self
+            .approvals
+            .approve(id, Some(chosen), &actor)
             .await
-            .map_err(status_from_store)?;
-        let op = self
-            .store
-            .get_operation(current.operation)
-            .await
-            .map_err(status_from_store)?;
-        if !self.candidates(&op.device, 50).await?.contains(&chosen) {
-            return Err(ConvertError::new(
-                "occurrence",
-                "is not an upcoming occurrence of a window of this device; pick one of the candidates",
-            )
-            .into());
-        }
-        let info = self
-            .decide(
-                req.approval_id,
-                |a| Approval {
-                    status: ApprovalStatus::Approved,
-                    occurrence: Some(chosen),
-                    decided_by: Some(actor.clone()),
-                    ..a.clone()
-                },
-                "approval_approved",
-                &actor,
-            )
-            .await?;
+            .map_err(status_from_approval)?;
         Ok(Response::new(pb::ApproveResponse {
-            approval: Some(info),
+            approval: Some(approval_to_pb(&view)),
         }))
     }
 
@@ -362,23 +274,15 @@ impl<S: Store> WindowService for Windows<S> {
         req: Request<pb::DeclineRequest>,
     ) -> Result<Response<pb::DeclineResponse>, Status> {
         let req = req.into_inner();
-        let actor = actor_of(&req.actor)?;
-        let message = req.message;
-        let info = self
-            .decide(
-                req.approval_id,
-                |a| Approval {
-                    status: ApprovalStatus::Declined,
-                    decided_by: Some(actor.clone()),
-                    message: Some(message.clone()),
-                    ..a.clone()
-                },
-                "approval_declined",
-                &actor,
-            )
-            .await?;
+        let actor = approvals::actor(&req.actor).map_err(status_from_approval)?;
+        let id = approval_id(req.approval_id)?;
+        let view = self
+            .approvals
+            .decline(id, &req.message, &actor)
+            .await
+            .map_err(status_from_approval)?;
         Ok(Response::new(pb::DeclineResponse {
-            approval: Some(info),
+            approval: Some(approval_to_pb(&view)),
         }))
     }
 
@@ -465,22 +369,9 @@ impl<S: Store> WindowService for Windows<S> {
             0 => 5,
             n => n.min(50) as usize,
         };
-        let rules: Vec<WindowRule> = self
-            .store
-            .windows_for_device(&device)
+        let all = approvals::upcoming_occurrences(&self.store, &device, count)
             .await
-            .map_err(status_from_store)?
-            .into_iter()
-            .map(|w| w.rule)
-            .collect();
-        let now = clock::now();
-        let mut all: Vec<_> = rules
-            .iter()
-            .flat_map(|r| r.occurrences(now, count))
-            .collect();
-        all.sort();
-        all.dedup();
-        all.truncate(count);
+            .map_err(status_from_store)?;
         Ok(Response::new(pb::NextWindowsResponse {
             occurrences: all
                 .into_iter()

@@ -427,6 +427,28 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn device_status_counts(
+                &self,
+            ) -> Result<std::collections::BTreeMap<FleetId, std::collections::BTreeMap<DeviceStatus, u64>>, StoreError> {
+                let rows = sqlx::query("SELECT fleet, status, COUNT(*) AS n FROM devices GROUP BY fleet, status")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                let mut out: std::collections::BTreeMap<FleetId, std::collections::BTreeMap<DeviceStatus, u64>> =
+                    Default::default();
+                for r in &rows {
+                    let fleet: String = get(r, "fleet")?;
+                    let status: String = get(r, "status")?;
+                    let key = format!("{fleet}/{status}");
+                    let fleet = FleetId::new(fleet).map_err(|e| codec::corrupt("device", &key, e))?;
+                    let status = DeviceStatus::parse(&status)
+                        .ok_or_else(|| codec::corrupt("device", &key, "unknown status"))?;
+                    let n = codec::to_u64("device count", &key, get(r, "n")?)?;
+                    *out.entry(fleet).or_default().entry(status).or_default() += n;
+                }
+                Ok(out)
+            }
+
             async fn set_env(&self, owner: &EnvOwner, vars: &[EnvVar], now: Timestamp) -> Result<(), StoreError> {
                 let mut tx = self.begin().await?;
                 ensure_owner(&mut *tx, owner).await?;
@@ -1307,6 +1329,59 @@ macro_rules! impl_store {
                 .await
                 .map_err(StoreError::from_sqlx)?;
                 rows.iter().map(window_from_row).collect()
+            }
+
+            async fn device_timeline(
+                &self,
+                device: &DeviceId,
+                limit: u32,
+            ) -> Result<Vec<crate::domain::TimelineEntry>, StoreError> {
+                use crate::domain::{TimelineEntry, TimelineEvent};
+                let limit = i64::from(limit.clamp(1, 1000));
+                // Each side bounded by the limit first, then merged newest first;
+                // an answer sorts after the intent it answers.
+                let rows = sqlx::query(
+                    "SELECT entry, seq, kind, body_json, operation_id, at_ms, ack_id FROM ( \
+                       SELECT * FROM (SELECT CAST(0 AS BIGINT) AS entry, seq, kind, body_json, operation_id, \
+                              created_ms AS at_ms, CAST(0 AS BIGINT) AS ack_id \
+                         FROM intents WHERE device_id = $1 ORDER BY seq DESC LIMIT $2) AS sent \
+                       UNION ALL \
+                       SELECT * FROM (SELECT CAST(1 AS BIGINT) AS entry, a.seq, a.kind, a.body_json, i.operation_id, \
+                              a.received_ms AS at_ms, a.id AS ack_id \
+                         FROM intent_acks a JOIN intents i ON i.device_id = a.device_id AND i.seq = a.seq \
+                        WHERE a.device_id = $1 ORDER BY a.id DESC LIMIT $2) AS acked \
+                     ) AS t ORDER BY at_ms DESC, seq DESC, entry DESC, ack_id DESC LIMIT $2",
+                )
+                .bind(device.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let key = device.as_str();
+                        let entry: i64 = get(r, "entry")?;
+                        let kind: String = get(r, "kind")?;
+                        let body: String = get(r, "body_json")?;
+                        let op: Option<i64> = get(r, "operation_id")?;
+                        let event = if entry == 0 {
+                            TimelineEvent::Sent {
+                                kind: IntentKind::parse(&kind).ok_or_else(|| {
+                                    codec::corrupt("intent", key, format!("unknown kind {kind:?}"))
+                                })?,
+                                body,
+                            }
+                        } else {
+                            TimelineEvent::Acked { answer: kind, body }
+                        };
+                        Ok(TimelineEntry {
+                            at: Timestamp(get(r, "at_ms")?),
+                            seq: IntentSeq(codec::to_u64("intent", key, get(r, "seq")?)?),
+                            operation: op.map(OperationId),
+                            event,
+                        })
+                    })
+                    .collect()
             }
 
             async fn intent_info(

@@ -17,8 +17,8 @@ use crate::domain::{
     Approval, ApprovalStatus, AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord,
     DeviceReport, DeviceStatus, EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy,
     Force, IntentKind, IntentSeq, LockReport, LockState, NewIntent, OpStatus, OperationId,
-    OperationRecord, OperationSpec, Release, ReleaseId, StoredIntent, Tag, Timestamp, Window,
-    WindowRule, WindowScope,
+    OperationRecord, OperationSpec, Release, ReleaseId, StoredIntent, Tag, TimelineEntry,
+    Timestamp, Window, WindowRule, WindowScope,
 };
 use crate::domain::{
     BatchCounts, Plan, PlanDevice, Rollout, RolloutId, RolloutProgress, RolloutState,
@@ -301,6 +301,11 @@ pub trait Store: Clone + Send + Sync + 'static {
         id: &DeviceId,
         status: DeviceStatus,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// How many devices each fleet has in each status (statuses without
+    /// devices are left out).
+    fn device_status_counts(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<FleetId, BTreeMap<DeviceStatus, u64>>, StoreError>> + Send;
 
     // ---- env
     /// Sets variables for a fleet or device (upsert per name and scope).
@@ -417,6 +422,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         intents: &[NewIntent],
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IntentSeq>, StoreError>> + Send;
+    /// The device's intents and the agent's answers to them, newest first,
+    /// at most `limit` entries (1 to 1000). An unknown device has none.
+    fn device_timeline(
+        &self,
+        device: &DeviceId,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TimelineEntry>, StoreError>> + Send;
     /// The operation and kind of a stored intent.
     fn intent_info(
         &self,

@@ -43,15 +43,19 @@ impl Server {
         Self::spawn_at("127.0.0.1:0", args, cwd)
     }
 
-    /// As [`Server::spawn`], listening on `listen`.
+    /// As [`Server::spawn`], listening on `listen`. The web dashboard is
+    /// off unless `args` names `--dashboard-listen` (tests run in parallel;
+    /// its default port would collide).
     pub fn spawn_at(listen: &str, args: &[&str], cwd: Option<&std::path::Path>) -> Server {
         let mut cmd = Command::new(BIN);
         if let Some(cwd) = cwd {
             cmd.current_dir(cwd);
         }
+        cmd.arg("serve").args(["--listen", listen]);
+        if !args.contains(&"--dashboard-listen") {
+            cmd.args(["--dashboard-listen", "off"]);
+        }
         let child = cmd
-            .arg("serve")
-            .args(["--listen", listen])
             .args(args)
             .env("LOCKSTEP_LOG", "info")
             .stdin(Stdio::null())

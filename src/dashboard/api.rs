@@ -1,0 +1,336 @@
+//! The dashboard's JSON API under `/api/`: reads straight from the store,
+//! decisions through `crate::approvals`. Every input is checked here and a
+//! bad one is a 400 naming the field (query parameter, path segment or JSON
+//! member); a missing thing is a 404.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+
+use super::views::{
+    ApprovalItem, ApprovalsView, DeviceRow, DeviceView, DevicesView, FleetView, FleetsView,
+    OperationView, TimelineView,
+};
+use super::{Dashboard, DashboardError};
+use crate::domain::{
+    ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Timestamp,
+};
+use crate::store::{DeviceFilter, PageRequest, Store};
+
+type Params = BTreeMap<String, String>;
+
+/// Query parameters, refusing any this endpoint does not know.
+pub(super) fn params(
+    q: Result<Query<Params>, QueryRejection>,
+    known: &[&str],
+) -> Result<Params, DashboardError> {
+    let Query(q) = q.map_err(|e| DashboardError::bad("query", e.body_text()))?;
+    if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(DashboardError::bad(
+            k.clone(),
+            format!("unknown parameter; expected one of {}", known.join(", ")),
+        ));
+    }
+    Ok(q)
+}
+
+/// The `{id}` path segment.
+fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, DashboardError> {
+    p.map(|Path(id)| id)
+        .map_err(|e| DashboardError::bad("id", e.body_text()))
+}
+
+pub(super) fn device_id(field: &str, s: &str) -> Result<DeviceId, DashboardError> {
+    DeviceId::new(s).map_err(|e| DashboardError::bad(field, e))
+}
+
+pub(super) fn fleet_id(field: &str, s: &str) -> Result<FleetId, DashboardError> {
+    FleetId::new(s).map_err(|e| DashboardError::bad(field, e))
+}
+
+/// A positive integer parameter within `range`.
+fn number(
+    field: &str,
+    s: &str,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, DashboardError> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            DashboardError::bad(
+                field,
+                format!(
+                    "{s:?} is not a number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
+fn positive_id(field: &str, s: &str) -> Result<i64, DashboardError> {
+    s.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| DashboardError::bad(field, format!("{s:?} is not a positive integer")))
+}
+
+/// GET /api/fleets: every fleet with its device counts per status.
+pub async fn fleets<S: Store>(
+    State(d): State<Dashboard<S>>,
+) -> Result<Json<FleetsView>, DashboardError> {
+    let fleets = d.store.list_fleets().await?;
+    let counts = d.store.device_status_counts().await?;
+    Ok(Json(FleetsView {
+        statuses: super::views::COUNTED.iter().map(|s| s.as_str()).collect(),
+        fleets: fleets
+            .iter()
+            .map(|f| FleetView::new(f, counts.get(&f.id)))
+            .collect(),
+    }))
+}
+
+/// GET /api/devices?fleet=&status=&page_size=&page_token=: devices with
+/// their status and what their current operation waits on.
+pub async fn devices<S: Store>(
+    State(d): State<Dashboard<S>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<DevicesView>, DashboardError> {
+    let q = params(q, &["fleet", "status", "page_size", "page_token"])?;
+    let fleet = q
+        .get("fleet")
+        .filter(|s| !s.is_empty())
+        .map(|s| fleet_id("fleet", s))
+        .transpose()?;
+    let status = q
+        .get("status")
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            DeviceStatus::parse(s).ok_or_else(|| {
+                DashboardError::bad("status", format!("{s:?} is not a device status"))
+            })
+        })
+        .transpose()?;
+    let size = q
+        .get("page_size")
+        .map(|s| number("page_size", s, 1..=PageRequest::MAX_SIZE))
+        .transpose()?
+        .unwrap_or(50);
+    if let Some(f) = &fleet {
+        d.store.get_fleet(f).await?;
+    }
+    let page = d
+        .store
+        .list_devices(
+            &DeviceFilter {
+                fleet,
+                tag: None,
+                status,
+            },
+            &PageRequest {
+                size,
+                token: q.get("page_token").filter(|t| !t.is_empty()).cloned(),
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Invalid { message } => {
+                DashboardError::bad("page_token", message)
+            }
+            other => other.into(),
+        })?;
+    let mut devices = Vec::with_capacity(page.items.len());
+    for dev in &page.items {
+        let current = d.store.current_operation(&dev.id).await?;
+        devices.push(DeviceRow::new(dev, current.as_ref()));
+    }
+    Ok(Json(DevicesView {
+        devices,
+        next_page_token: page.next,
+    }))
+}
+
+/// How many operations the device page lists.
+const RECENT_OPERATIONS: usize = 10;
+
+/// GET /api/devices/{id}: blocks, locks, status, the current operation
+/// with its waits, and the latest operations.
+pub async fn device<S: Store>(
+    State(d): State<Dashboard<S>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<DeviceView>, DashboardError> {
+    let id = device_id("id", &path_id(id)?)?;
+    let record = d.store.get_device(&id).await?;
+    let report = d.store.device_report(&id).await?;
+    let locks = d.store.device_locks(&id).await?;
+    let current = d.store.current_operation(&id).await?;
+    let mut recent = d.store.list_operations(&id).await?;
+    recent.truncate(RECENT_OPERATIONS);
+    Ok(Json(DeviceView::new(
+        &record,
+        report.as_ref(),
+        &locks,
+        current.as_ref(),
+        &recent,
+    )))
+}
+
+/// GET /api/devices/{id}/timeline?limit=: intents sent and answers, newest first.
+pub async fn timeline<S: Store>(
+    State(d): State<Dashboard<S>>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<TimelineView>, DashboardError> {
+    let id = device_id("id", &path_id(id)?)?;
+    let q = params(q, &["limit"])?;
+    let limit = q
+        .get("limit")
+        .map(|s| number("limit", s, 1..=500))
+        .transpose()?
+        .unwrap_or(50);
+    d.store.get_device(&id).await?;
+    let entries = d.store.device_timeline(&id, limit).await?;
+    Ok(Json(TimelineView {
+        entries: entries.iter().map(Into::into).collect(),
+    }))
+}
+
+/// GET /api/operations/{id}
+pub async fn operation<S: Store>(
+    State(d): State<Dashboard<S>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<OperationView>, DashboardError> {
+    let id = OperationId(positive_id("id", &path_id(id)?)?);
+    let op = d.store.get_operation(id).await?;
+    Ok(Json(OperationView::new(&op)))
+}
+
+/// GET /api/approvals?status=&limit=: approvals (oldest first), each with
+/// its operation and, while open, the occurrences to choose from; `limit`
+/// keeps the most recent.
+pub async fn approvals<S: Store>(
+    State(d): State<Dashboard<S>>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<ApprovalsView>, DashboardError> {
+    let q = params(q, &["status", "limit"])?;
+    let status = q
+        .get("status")
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            ApprovalStatus::parse(s).ok_or_else(|| {
+                DashboardError::bad(
+                    "status",
+                    format!("{s:?} is not requested, approved, declined or missed"),
+                )
+            })
+        })
+        .transpose()?;
+    let limit = q
+        .get("limit")
+        .map(|s| number("limit", s, 1..=1000))
+        .transpose()?;
+    let list = d.approvals.list(status, limit.map(|n| n as usize)).await?;
+    Ok(Json(ApprovalsView {
+        approvals: list.iter().map(ApprovalItem::from).collect(),
+    }))
+}
+
+/// A JSON object body; writes must say `Content-Type: application/json`
+/// (a cross-site form cannot).
+fn json_object(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<serde_json::Map<String, serde_json::Value>, DashboardError> {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(DashboardError::UnsupportedMediaType(
+            "send the body as Content-Type: application/json".into(),
+        ));
+    }
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(DashboardError::bad("body", "a JSON object is required")),
+        Err(e) => Err(DashboardError::bad("body", format!("not JSON: {e}"))),
+    }
+}
+
+/// An optional string member; `""` when absent.
+fn string_member<'a>(
+    m: &'a serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<&'a str, DashboardError> {
+    match m.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(""),
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(_) => Err(DashboardError::bad(field, "must be a string")),
+    }
+}
+
+/// `{"start_ms": …, "end_ms": …}`, as the candidates are listed.
+fn occurrence_member(
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<Occurrence>, DashboardError> {
+    let o = match m.get("occurrence") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Object(o)) => o,
+        Some(_) => {
+            return Err(DashboardError::bad(
+                "occurrence",
+                "must be an object with start_ms and end_ms",
+            ));
+        }
+    };
+    let ms = |k: &str| {
+        o.get(k).and_then(serde_json::Value::as_i64).ok_or_else(|| {
+            DashboardError::bad(
+                format!("occurrence.{k}"),
+                "milliseconds since the epoch (an integer) are required",
+            )
+        })
+    };
+    Ok(Some(Occurrence {
+        start: Timestamp(ms("start_ms")?),
+        end: Timestamp(ms("end_ms")?),
+    }))
+}
+
+/// POST /api/approvals/{id}/approve with `{"occurrence": {...}, "actor": ...}`.
+pub async fn approve<S: Store>(
+    State(d): State<Dashboard<S>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ApprovalItem>, DashboardError> {
+    let id = positive_id("id", &path_id(id)?)?;
+    let m = json_object(&headers, &body)?;
+    let actor = string_member(&m, "actor")?;
+    let occurrence = occurrence_member(&m)?;
+    let view = d.approvals.approve(id, occurrence, actor).await?;
+    tracing::info!(approval = id, actor, "approval approved on the dashboard");
+    Ok(Json(ApprovalItem::from(&view)))
+}
+
+/// POST /api/approvals/{id}/decline with `{"message": ..., "actor": ...}`.
+pub async fn decline<S: Store>(
+    State(d): State<Dashboard<S>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ApprovalItem>, DashboardError> {
+    let id = positive_id("id", &path_id(id)?)?;
+    let m = json_object(&headers, &body)?;
+    let actor = string_member(&m, "actor")?;
+    let message = string_member(&m, "message")?;
+    let view = d.approvals.decline(id, message, actor).await?;
+    tracing::info!(approval = id, actor, "approval declined on the dashboard");
+    Ok(Json(ApprovalItem::from(&view)))
+}

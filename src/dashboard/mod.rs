@@ -1,0 +1,183 @@
+//! The web dashboard `lockstep serve` runs beside its gRPC API (flag
+//! `--dashboard-listen`): a few plain HTML pages for people — the fleet
+//! overview, one device, pending approvals — over a small JSON API under
+//! `/api/` and a server-sent event stream (`/api/events`) that tells pages
+//! what to re-read. It reads the store and calls the shared logic
+//! (`crate::approvals`, `crate::events::Watch`) directly, never through
+//! gRPC, and holds no decision of its own. Its view types (serde) live
+//! here: domain types stay free of serde. Assets are compiled into the
+//! binary; pages load nothing from the network.
+//!
+//! There is no login: keep it on loopback (the default) or behind an
+//! authenticating proxy. Writes require `Content-Type: application/json`,
+//! which a cross-site form cannot send.
+
+mod api;
+mod live;
+mod pages;
+mod views;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::approvals::{ApprovalError, Approvals};
+use crate::events::Events;
+use crate::scheduler::Wakeups;
+use crate::store::{Store, StoreError};
+
+/// Why a dashboard request failed; each maps to one HTTP status and a JSON
+/// body `{"error": ..., "field": ...}` (`field` only for bad input).
+#[derive(Debug, thiserror::Error)]
+pub enum DashboardError {
+    #[error("{field}: {message}")]
+    BadRequest { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but the state does not allow it (already decided).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("database unavailable; retry later")]
+    Unavailable,
+    #[error("internal error; see the server log")]
+    Internal,
+}
+
+impl DashboardError {
+    pub(crate) fn bad(field: impl Into<String>, message: impl ToString) -> Self {
+        DashboardError::BadRequest {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            DashboardError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            DashboardError::NotFound(_) => StatusCode::NOT_FOUND,
+            DashboardError::Conflict(_) => StatusCode::CONFLICT,
+            DashboardError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            DashboardError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            DashboardError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<StoreError> for DashboardError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::NotFound { .. } => DashboardError::NotFound(e.to_string()),
+            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => {
+                DashboardError::Conflict(e.to_string())
+            }
+            StoreError::Invalid { message } => DashboardError::bad("request", message),
+            StoreError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "database unavailable");
+                DashboardError::Unavailable
+            }
+            StoreError::Corrupt { .. }
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::Database { .. }
+            | StoreError::Migrate { .. } => {
+                tracing::error!(error = %e, "store error");
+                DashboardError::Internal
+            }
+        }
+    }
+}
+
+impl From<ApprovalError> for DashboardError {
+    fn from(e: ApprovalError) -> Self {
+        match e {
+            ApprovalError::Invalid { field, message } => DashboardError::bad(field, message),
+            ApprovalError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl IntoResponse for DashboardError {
+    fn into_response(self) -> Response {
+        let body = match &self {
+            DashboardError::BadRequest { field, message } => {
+                serde_json::json!({ "error": format!("{field}: {message}"), "field": field })
+            }
+            other => serde_json::json!({ "error": other.to_string() }),
+        };
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+pub struct Dashboard<S> {
+    store: S,
+    events: Events,
+    approvals: std::sync::Arc<Approvals<S>>,
+    /// Flips to `true` when the server stops: live streams end then, so a
+    /// graceful shutdown is not held up by open pages.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<S: Clone> Clone for Dashboard<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            events: self.events.clone(),
+            approvals: self.approvals.clone(),
+            stopping: self.stopping.clone(),
+        }
+    }
+}
+
+impl<S: Store> Dashboard<S> {
+    pub fn new(
+        store: S,
+        wakeups: Wakeups,
+        events: Events,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            approvals: std::sync::Arc::new(Approvals::new(store.clone(), wakeups)),
+            store,
+            events,
+            stopping,
+        }
+    }
+}
+
+/// Every route of the dashboard: pages, assets, the JSON API and events.
+pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
+    Router::new()
+        .route("/", get(pages::fleet))
+        .route("/devices/{id}", get(pages::device::<S>))
+        .route("/approvals", get(pages::approvals))
+        .route("/assets/{name}", get(pages::asset))
+        .route("/api/fleets", get(api::fleets::<S>))
+        .route("/api/devices", get(api::devices::<S>))
+        .route("/api/devices/{id}", get(api::device::<S>))
+        .route("/api/devices/{id}/timeline", get(api::timeline::<S>))
+        .route("/api/operations/{id}", get(api::operation::<S>))
+        .route("/api/approvals", get(api::approvals::<S>))
+        .route("/api/approvals/{id}/approve", post(api::approve::<S>))
+        .route("/api/approvals/{id}/decline", post(api::decline::<S>))
+        .route("/api/events", get(live::events::<S>))
+        .fallback(pages::not_found)
+        .with_state(dashboard)
+}
+
+/// Serves the dashboard on `listener` until `shutdown` completes, then lets
+/// in-flight requests finish (live streams end on the same signal).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,257 @@
+//! The dashboard's pages and assets, compiled into the binary from
+//! `src/dashboard/assets/`. Every page is the same shell — shared nav,
+//! `app.css`, `app.js` (fetch, live-event and formatting helpers) — around
+//! its own body (`<page>.html`) and script (`<page>.js`). Adding a page:
+//! write those two files, add a [`Page`] below, route it in `mod.rs`, and
+//! add a [`NAV`] entry if it should be in the nav.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+
+use super::{Dashboard, DashboardError};
+use crate::domain::DeviceId;
+use crate::store::{Store, StoreError};
+
+/// The nav, in order: (path, label). Only pages that exist are listed, so
+/// there is never a dead link; a rollouts list goes here once it exists
+/// (a rollout's own page, `/rollouts/<id>`, is linked from where rollouts
+/// are listed).
+const NAV: &[(&str, &str)] = &[("/", "Fleet"), ("/approvals", "Approvals")];
+
+/// One page: its asset names and the nav entry it belongs to.
+struct Page {
+    /// `<name>.js` is its script.
+    name: &'static str,
+    title: &'static str,
+    body: &'static str,
+    /// The nav path shown as current.
+    nav: &'static str,
+}
+
+const FLEET: Page = Page {
+    name: "fleet",
+    title: "Fleet",
+    body: include_str!("assets/fleet.html"),
+    nav: "/",
+};
+const DEVICE: Page = Page {
+    name: "device",
+    title: "Device",
+    body: include_str!("assets/device.html"),
+    nav: "/",
+};
+const APPROVALS: Page = Page {
+    name: "approvals",
+    title: "Approvals",
+    body: include_str!("assets/approvals.html"),
+    nav: "/approvals",
+};
+
+/// (name, content type, content) of every file under `/assets/`.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/app.css"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/app.js"),
+    ),
+    (
+        "fleet.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/fleet.js"),
+    ),
+    (
+        "device.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/device.js"),
+    ),
+    (
+        "approvals.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/approvals.js"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("assets/favicon.svg"),
+    ),
+];
+
+/// Everything is served from here; nothing is loaded from elsewhere.
+const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A page in the shell. `data` becomes `data-*` attributes of `<body>`
+/// (the page's script reads them from `document.body.dataset`).
+fn render(page: &Page, title: &str, data: &[(&str, &str)]) -> Response {
+    shell(
+        Some(page.name),
+        page.nav,
+        title,
+        page.body,
+        data,
+        StatusCode::OK,
+    )
+}
+
+/// The shared shell: nav, stylesheet, `app.js`, and the page's own script.
+fn shell(
+    script: Option<&str>,
+    nav_current: &str,
+    title: &str,
+    body: &str,
+    data: &[(&str, &str)],
+    status: StatusCode,
+) -> Response {
+    let nav: String = NAV
+        .iter()
+        .map(|(href, label)| {
+            let current = if *href == nav_current {
+                " aria-current=\"page\""
+            } else {
+                ""
+            };
+            format!("<a href=\"{href}\"{current}>{label}</a>")
+        })
+        .collect();
+    let attrs: String = data
+        .iter()
+        .map(|(k, v)| format!(" data-{k}=\"{}\"", escape(v)))
+        .collect();
+    let page_script = script
+        .map(|name| format!("<script src=\"/assets/{name}.js\"></script>\n"))
+        .unwrap_or_default();
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{title} · Lockstep</title>\n\
+         <link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\">\n\
+         <link rel=\"stylesheet\" href=\"/assets/app.css\">\n</head>\n\
+         <body data-page=\"{name}\"{attrs}>\n\
+         <header class=\"top\">\n<a class=\"brand\" href=\"/\">Lockstep</a>\n\
+         <nav aria-label=\"Main\">{nav}</nav>\n\
+         <span id=\"live\" class=\"live\" role=\"status\" data-state=\"idle\"></span>\n\
+         </header>\n<main id=\"main\">\n{body}</main>\n\
+         <script src=\"/assets/app.js\"></script>\n{page_script}</body>\n</html>\n",
+        title = escape(title),
+        name = script.unwrap_or("plain"),
+    );
+    let mut resp = (status, Html(html)).into_response();
+    secure(&mut resp);
+    resp
+}
+
+fn secure(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+/// `/`: fleets, device counts per status, devices.
+pub async fn fleet() -> Response {
+    render(&FLEET, FLEET.title, &[])
+}
+
+/// `/approvals`: pending approvals to decide, and recent decisions.
+pub async fn approvals() -> Response {
+    render(&APPROVALS, APPROVALS.title, &[])
+}
+
+/// `/devices/{id}`: one device; 404 when there is no such device.
+pub async fn device<S: Store>(
+    State(d): State<Dashboard<S>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Some(device) = id.ok().and_then(|Path(id)| DeviceId::new(id).ok()) else {
+        return message(StatusCode::NOT_FOUND, "Not found", "No such device.");
+    };
+    match d.store.get_device(&device).await {
+        Ok(_) => render(
+            &DEVICE,
+            &format!("Device {device}"),
+            &[("device", device.as_str())],
+        ),
+        Err(StoreError::NotFound { .. }) => message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            &format!("No device {device}."),
+        ),
+        Err(e) => {
+            let e = DashboardError::from(e);
+            message(e.status(), "Unavailable", &e.to_string())
+        }
+    }
+}
+
+/// A page that only says something (not found, unavailable).
+fn message(status: StatusCode, title: &str, text: &str) -> Response {
+    let body = format!(
+        "<h1>{}</h1>\n<p>{}</p>\n<p><a href=\"/\">Back to the fleet</a></p>\n",
+        escape(title),
+        escape(text)
+    );
+    shell(None, "", title, &body, &[], status)
+}
+
+/// `/assets/{name}`.
+pub async fn asset(name: Result<Path<String>, PathRejection>) -> Response {
+    let found = name
+        .ok()
+        .and_then(|Path(n)| ASSETS.iter().find(|(a, _, _)| *a == n));
+    match found {
+        Some((_, content_type, content)) => {
+            let mut resp = (
+                [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+                *content,
+            )
+                .into_response();
+            secure(&mut resp);
+            resp
+        }
+        None => DashboardError::NotFound("no such asset".into()).into_response(),
+    }
+}
+
+/// Anything else: JSON under `/api/`, a page otherwise.
+pub async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") || uri.path() == "/api" {
+        DashboardError::NotFound(format!("no endpoint {}", uri.path())).into_response()
+    } else {
+        message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            &format!("There is no page at {}.", uri.path()),
+        )
+    }
+}

@@ -1,0 +1,937 @@
+//! The web dashboard end to end: a real `lockstep serve` (embedded SQLite)
+//! with its dashboard on a free loopback port, seeded through the gRPC API,
+//! real agents and flock-holding blocks where a scenario needs them, and
+//! headless Chromium (Debian's `/usr/bin/chromium`, driven by playwright-core
+//! from `tests/browser/`) looking at the pages. Plain HTTP checks cover the
+//! JSON API's errors and the event stream.
+//!
+//! The browser tests fail — never skip — when node, Chromium or
+//! playwright-core is missing, naming the command that installs it.
+//! Screenshots land in `<target dir>/dashboard-screenshots/<scenario>/`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockstep::grpc::pb;
+use pb::catalog_service_client::CatalogServiceClient;
+use pb::device_service_client::DeviceServiceClient;
+use pb::operation_service_client::OperationServiceClient;
+use pb::window_service_client::WindowServiceClient;
+use support::{Agent, Server, eventually, free_port};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// Block `a` holds its lock while `<lock-dir>/hold` exists.
+const LOCKING_BLOCK: &str = r#"echo $$ > "$LOCKSTEP_LOCK_DIR/pid"
+while true; do
+  if [ -f "$LOCKSTEP_LOCK_DIR/hold" ]; then
+    flock "$LOCKSTEP_LOCK_FILE" sh -c 'while [ -f "$LOCKSTEP_LOCK_DIR/hold" ]; do sleep 0.05; done'
+  fi
+  sleep 0.05
+done"#;
+
+const PLAIN_BLOCK: &str = "echo $$ > \"$LOCKSTEP_LOCK_DIR/pid\"\nwhile true; do sleep 0.2; done";
+
+const BLOCKS: [&str; 2] = ["a", "b"];
+
+/// A server with its dashboard, fleet `site` (no windows needed unless a
+/// test says so), blocks `a` (takes its lock on demand) and `b`, release
+/// `r1`, and device `dev-1` with its credential and manifest on disk.
+struct Fixture {
+    server: Server,
+    /// The dashboard's base URL, with a trailing slash.
+    dashboard: String,
+    agent: Option<Agent>,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("server-data");
+        let server = Server::spawn(
+            &[
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--dashboard-listen",
+                "127.0.0.1:0",
+            ],
+            None,
+        );
+        let dashboard = dashboard_url(&server);
+        let fx = Fixture {
+            server,
+            dashboard,
+            agent: None,
+            dir,
+        };
+        let ch = fx.server.channel().await;
+        let mut cat = CatalogServiceClient::new(ch.clone());
+        let mut devs = DeviceServiceClient::new(ch);
+        devs.create_fleet(pb::CreateFleetRequest {
+            id: "site".into(),
+            name: "North site".into(),
+        })
+        .await
+        .unwrap();
+        fx.set_policy(&[], &[]).await;
+        let mut manifest_blocks = Vec::new();
+        for (i, block) in BLOCKS.into_iter().enumerate() {
+            cat.create_block(pb::CreateBlockRequest {
+                name: block.into(),
+                description: String::new(),
+            })
+            .await
+            .unwrap();
+            cat.create_block_version(pb::CreateBlockVersionRequest {
+                block_version: Some(pb::BlockVersion {
+                    block: block.into(),
+                    version: "1.0.0".into(),
+                    image_digest: format!("sha256:{:064x}", i + 1),
+                    config: Some(pb::BlockConfig {
+                        command: command(block),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+            manifest_blocks.push(serde_json::json!({
+                "name": block, "version": "1.0.0", "command": command(block), "env": {}
+            }));
+        }
+        cat.create_release(pb::CreateReleaseRequest {
+            id: "r1".into(),
+            fleet: "site".into(),
+            blocks: BLOCKS
+                .iter()
+                .map(|b| pb::BlockRef {
+                    block: (*b).into(),
+                    version: "1.0.0".into(),
+                })
+                .collect(),
+            env: Default::default(),
+        })
+        .await
+        .unwrap();
+        let reg = devs
+            .register_device(pb::RegisterDeviceRequest {
+                id: "dev-1".into(),
+                fleet: "site".into(),
+                tags: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        std::fs::write(fx.dir.path().join("credential"), &reg.credential).unwrap();
+        let manifest =
+            serde_json::json!({ "release": "r1", "os_version": "1.0", "blocks": manifest_blocks });
+        std::fs::write(fx.dir.path().join("manifest.json"), manifest.to_string()).unwrap();
+        fx
+    }
+
+    fn lock_dir(&self, block: &str) -> PathBuf {
+        self.dir.path().join("locks").join(block)
+    }
+
+    /// Starts `lockstep agent` for dev-1 (reboot and OS update hooks succeed).
+    fn start_agent(&mut self) {
+        let d = self.dir.path();
+        let args: Vec<String> = vec![
+            "--server".into(),
+            self.server.url(),
+            "--device".into(),
+            "dev-1".into(),
+            "--credential-file".into(),
+            d.join("credential").to_str().unwrap().into(),
+            "--lock-root".into(),
+            d.join("locks").to_str().unwrap().into(),
+            "--state-dir".into(),
+            d.join("agent-state").to_str().unwrap().into(),
+            "--manifest".into(),
+            d.join("manifest.json").to_str().unwrap().into(),
+            "--api-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--lock-poll".into(),
+            "100ms".into(),
+            "--hook-reboot".into(),
+            "true".into(),
+            "--hook-os-update".into(),
+            "true".into(),
+        ];
+        let agent = Agent::spawn(&args);
+        agent.wait_log("connected to the server");
+        self.agent = Some(agent);
+    }
+
+    fn hold(&self, block: &str, on: bool) {
+        let f = self.lock_dir(block).join("hold");
+        if on {
+            std::fs::write(f, b"").unwrap();
+        } else {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+
+    async fn set_policy(&self, needs_window: &[&str], needs_approval: &[&str]) {
+        let list = |l: &[&str]| l.iter().map(|k| (*k).to_string()).collect();
+        WindowServiceClient::new(self.server.channel().await)
+            .set_fleet_policy(pb::SetFleetPolicyRequest {
+                policy: Some(pb::FleetPolicy {
+                    fleet: "site".into(),
+                    needs_window: list(needs_window),
+                    needs_approval: list(needs_approval),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn lock_held(&self, block: &str) -> bool {
+        DeviceServiceClient::new(self.server.channel().await)
+            .get_device_state(pb::GetDeviceStateRequest { id: "dev-1".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .locks
+            .iter()
+            .any(|l| l.block == block && l.held)
+    }
+
+    async fn create_op(&self, spec: pb::operation_spec::Kind) -> u64 {
+        OperationServiceClient::new(self.server.channel().await)
+            .create_operation(pb::CreateOperationRequest {
+                device: "dev-1".into(),
+                spec: Some(pb::OperationSpec { kind: Some(spec) }),
+                force: None,
+                actor: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .operation
+            .unwrap()
+            .id
+    }
+
+    async fn op(&self, id: u64) -> pb::OperationInfo {
+        OperationServiceClient::new(self.server.channel().await)
+            .get_operation(pb::GetOperationRequest { id })
+            .await
+            .unwrap()
+            .into_inner()
+            .operation
+            .unwrap()
+    }
+
+    async fn wait_op(&self, id: u64, status: &str) -> pb::OperationInfo {
+        eventually(30, &format!("operation {id} to be {status}"), || async {
+            let op = self.op(id).await;
+            (op.status == status).then_some(op)
+        })
+        .await
+    }
+
+    /// GET a dashboard path (no leading slash); (status, JSON body).
+    async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, _, body) = http(&self.dashboard, "GET", path, None, "").await;
+        (status, serde_json::from_str(&body).unwrap_or_default())
+    }
+
+    /// POST a JSON body to a dashboard path; (status, JSON body).
+    async fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let (status, _, body) = http(
+            &self.dashboard,
+            "POST",
+            path,
+            Some("application/json"),
+            body,
+        )
+        .await;
+        (status, serde_json::from_str(&body).unwrap_or_default())
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.agent.take();
+        // Block processes outlive their agent by design: end this test's,
+        // by the pids they wrote.
+        for block in BLOCKS {
+            if let Ok(pid) = std::fs::read_to_string(self.lock_dir(block).join("pid")) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", pid.trim()])
+                    .status();
+            }
+        }
+    }
+}
+
+fn command(block: &str) -> Vec<String> {
+    let body = if block == "a" {
+        LOCKING_BLOCK
+    } else {
+        PLAIN_BLOCK
+    };
+    vec!["sh".into(), "-c".into(), body.into()]
+}
+
+/// The dashboard URL the server logs right after it starts listening.
+fn dashboard_url(server: &Server) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = server
+            .log
+            .recv_timeout(left)
+            .expect("the server logs its dashboard URL at start");
+        if line.contains("dashboard listening") {
+            let url = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("url="))
+                .expect("url= in the dashboard line");
+            assert!(
+                url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
+                "{url}"
+            );
+            return url.to_owned();
+        }
+    }
+}
+
+/// One HTTP/1.1 request over a plain TCP connection; (status, headers, body).
+async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let host = base
+        .strip_prefix("http://")
+        .and_then(|r| r.strip_suffix('/'))
+        .expect("http://host:port/");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let ct = content_type
+        .map(|c| format!("Content-Type: {c}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf))
+        .await
+        .expect("the dashboard answers within 30 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+// ------------------------------------------------------------ the browser
+
+/// Fails (never skips) unless node, Debian's Chromium and the committed
+/// playwright-core are installed; the message says how to install them.
+fn browser_prerequisites() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let mut missing = Vec::new();
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        missing.push("Node.js 20 or newer (`node` on PATH)");
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        missing.push(
+            "Chromium at /usr/bin/chromium: apt-get install -y --no-install-recommends chromium",
+        );
+    }
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        missing.push("playwright-core: npm ci --prefix tests/browser");
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard's browser tests need: {}. (.ci/run installs them when missing.)",
+        missing.join("; ")
+    );
+    dir
+}
+
+/// Where a scenario's screenshots go: `<target dir>/dashboard-screenshots/<name>`,
+/// emptied first.
+fn screenshot_dir(name: &str) -> PathBuf {
+    let target = Path::new(support::BIN)
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in <target>/<profile>/");
+    let dir = target.join("dashboard-screenshots").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A browser scenario (`node tests/browser/<script> <url> <screenshot-dir>`)
+/// driven step by step: it stops at each `STEP`, the test acts and replies.
+struct Browser {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    stderr: tokio::task::JoinHandle<String>,
+    output: Vec<String>,
+    screenshots: Vec<String>,
+}
+
+/// How long a scenario may take between two steps.
+const STEP_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl Browser {
+    fn start(script: &str, url: &str, shots: &Path) -> Browser {
+        let dir = browser_prerequisites();
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join(script))
+            .arg(url)
+            .arg(shots)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run node");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s).await;
+            s
+        });
+        Browser {
+            child,
+            stdin,
+            lines,
+            stderr,
+            output: Vec::new(),
+            screenshots: Vec::new(),
+        }
+    }
+
+    /// The next line that is not a screenshot; `None` at the end of output.
+    async fn line(&mut self) -> Option<String> {
+        loop {
+            let line = tokio::time::timeout(STEP_TIMEOUT, self.lines.next_line())
+                .await
+                .expect("the browser scenario said nothing for 90 s")
+                .unwrap()?;
+            eprintln!("[browser] {line}");
+            self.output.push(line.clone());
+            match line.strip_prefix("SHOT ") {
+                Some(path) => {
+                    println!("screenshot: {path}");
+                    self.screenshots.push(path.to_owned());
+                }
+                None => return Some(line),
+            }
+        }
+    }
+
+    /// Waits for the scenario's next step: its name and data.
+    async fn step(&mut self, expected: &str) -> serde_json::Value {
+        loop {
+            let Some(line) = self.line().await else {
+                let report = self.report().await;
+                panic!("the browser scenario ended before step {expected}:\n{report}");
+            };
+            if let Some(rest) = line.strip_prefix("STEP ") {
+                let (name, data) = rest.split_once(' ').unwrap_or((rest, "{}"));
+                assert_eq!(name, expected, "the scenario's steps");
+                return serde_json::from_str(data).unwrap_or_default();
+            }
+        }
+    }
+
+    async fn reply(&mut self, data: serde_json::Value) {
+        self.stdin
+            .write_all(format!("{data}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Everything the scenario printed, for a failure message.
+    async fn report(&mut self) -> String {
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let stderr = tokio::time::timeout(Duration::from_secs(5), &mut self.stderr)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        format!(
+            "stdout:\n{}\nstderr:\n{stderr}\nscreenshots: {:?}",
+            self.output.join("\n"),
+            self.screenshots
+        )
+    }
+
+    /// Waits for the scenario to end; it must print OK and exit 0.
+    async fn finish(mut self) -> Vec<String> {
+        while self.line().await.is_some() {}
+        let status = tokio::time::timeout(STEP_TIMEOUT, self.child.wait())
+            .await
+            .expect("node exits")
+            .unwrap();
+        let ok = self.output.iter().any(|l| l == "OK");
+        if !status.success() || !ok {
+            let report = self.report().await;
+            panic!("the browser scenario failed ({status}):\n{report}");
+        }
+        assert!(
+            !self.screenshots.is_empty(),
+            "the scenario took screenshots"
+        );
+        for s in &self.screenshots {
+            assert!(Path::new(s).is_file(), "screenshot {s} was written");
+        }
+        self.screenshots
+    }
+}
+
+#[tokio::test]
+async fn the_device_page_shows_a_wait_on_a_held_lock_and_follows_its_release_live() {
+    browser_prerequisites();
+    let mut fx = Fixture::start().await;
+    fx.start_agent();
+    fx.hold("a", true);
+    eventually(20, "a's lock reported held", || async {
+        fx.lock_held("a").await.then_some(())
+    })
+    .await;
+    let op = fx
+        .create_op(pb::operation_spec::Kind::Reboot(
+            pb::operation_spec::Empty {},
+        ))
+        .await;
+    fx.wait_op(op, "waiting_lock").await;
+
+    // The overview's API says what the page will show.
+    let (status, list) = fx.get("api/devices?fleet=site").await;
+    assert_eq!(status, 200, "{list}");
+    let dev = &list["devices"][0];
+    assert_eq!(
+        (
+            dev["id"].as_str(),
+            dev["status"].as_str(),
+            dev["waiting_on"][0]["block"].as_str(),
+            dev["waiting_on"][0]["reason"].as_str()
+        ),
+        (
+            Some("dev-1"),
+            Some("waiting_lock"),
+            Some("a"),
+            Some("reboot")
+        ),
+        "{list}"
+    );
+    let (_, fleets) = fx.get("api/fleets").await;
+    assert_eq!(fleets["fleets"][0]["counts"]["waiting_lock"], 1, "{fleets}");
+
+    let shots = screenshot_dir("device-lock");
+    let mut browser = Browser::start("device_lock.mjs", &fx.dashboard, &shots);
+    browser.step("ready").await;
+    browser
+        .reply(serde_json::json!({ "device": "dev-1" }))
+        .await;
+    browser.step("release-lock").await;
+    fx.hold("a", false);
+    browser.reply(serde_json::json!({})).await;
+    browser.step("done").await;
+    assert_eq!(fx.op(op).await.status, "done");
+    let (_, device) = fx.get("api/devices/dev-1").await;
+    assert_eq!(device["device"]["status"], "in_sync", "{device}");
+    browser.reply(serde_json::json!({})).await;
+    let screenshots = browser.finish().await;
+    assert!(
+        screenshots
+            .iter()
+            .any(|s| s.ends_with("device-waiting-on-lock.png")),
+        "{screenshots:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_customer_declines_then_approves_a_window_on_the_approvals_page() {
+    use pb::operation_spec::Kind;
+    browser_prerequisites();
+    let mut fx = Fixture::start().await;
+    fx.set_policy(&["os_update"], &["os_update"]).await;
+    // A window an hour from now: once approved, the update waits for it.
+    let start = lockstep::clock::now().0 + 3_600_000;
+    let end = start + 7_200_000;
+    WindowServiceClient::new(fx.server.channel().await)
+        .create_window(pb::CreateWindowRequest {
+            scope: Some(pb::WindowScope {
+                scope: Some(pb::window_scope::Scope::Fleet("site".into())),
+            }),
+            rule: Some(pb::create_window_request::Rule::OneOff(pb::OneOffRule {
+                start_unix_ms: start,
+                end_unix_ms: end,
+            })),
+        })
+        .await
+        .unwrap();
+    fx.start_agent();
+    let first = fx.create_op(Kind::OsUpdate("2.0".into())).await;
+    fx.wait_op(first, "waiting_approval").await;
+
+    let shots = screenshot_dir("approvals");
+    let mut browser = Browser::start("approvals.mjs", &fx.dashboard, &shots);
+    browser.step("ready").await;
+    browser
+        .reply(serde_json::json!({ "operation": first }))
+        .await;
+
+    // Declined on the page: the operation is cancelled, naming who and why.
+    browser.step("declined").await;
+    let cancelled = fx.wait_op(first, "cancelled").await;
+    assert!(
+        cancelled.error.contains("customer@site") && cancelled.error.contains("harvest week"),
+        "{}",
+        cancelled.error
+    );
+    let (status, op) = fx.get(&format!("api/operations/{first}")).await;
+    assert_eq!((status, op["status"].as_str()), (200, Some("cancelled")));
+
+    // A second request, approved on the page: scheduled for the window.
+    let second = fx.create_op(Kind::OsUpdate("2.0".into())).await;
+    fx.wait_op(second, "waiting_approval").await;
+    browser
+        .reply(serde_json::json!({ "operation": second }))
+        .await;
+    let approved = browser.step("approved").await;
+    assert_eq!(approved["start"], start, "the next occurrence was approved");
+    fx.wait_op(second, "waiting_window").await;
+    let approvals = WindowServiceClient::new(fx.server.channel().await)
+        .list_approvals(pb::ListApprovalsRequest {
+            status: "approved".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(
+        approvals
+            .iter()
+            .map(|a| (
+                a.operation_id,
+                a.approved.map(|w| (w.start_unix_ms, w.end_unix_ms))
+            ))
+            .collect::<Vec<_>>(),
+        vec![(second, Some((start, end)))],
+        "the approved occurrence is the operation's window"
+    );
+    let (status, view) = fx.get(&format!("api/operations/{second}")).await;
+    assert_eq!(
+        (status, view["status"].as_str()),
+        (200, Some("waiting_window")),
+        "{view}"
+    );
+    let (_, decided) = fx.get("api/approvals?status=approved").await;
+    assert_eq!(decided["approvals"][0]["operation"]["id"], second);
+    assert_eq!(decided["approvals"][0]["decided_by"], "customer@site");
+    assert_eq!(decided["approvals"][0]["approved"]["start_ms"], start);
+    // Decided once: deciding again is refused, whichever way.
+    let id = decided["approvals"][0]["id"].as_i64().unwrap();
+    let (status, again) = fx
+        .post(
+            &format!("api/approvals/{id}/decline"),
+            r#"{"message":"changed my mind","actor":"customer@site"}"#,
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(fx.op(second).await.status, "waiting_window");
+    browser.reply(serde_json::json!({})).await;
+    browser.finish().await;
+}
+
+// ------------------------------------------------------------ plain HTTP
+
+#[tokio::test]
+async fn the_json_api_refuses_bad_input_with_400_naming_the_field() {
+    let fx = Fixture::start().await;
+    for (path, field) in [
+        ("api/devices?status=sleeping", "status"),
+        ("api/devices?page_size=0", "page_size"),
+        ("api/devices?fleet=Bad%20Fleet!", "fleet"),
+        ("api/devices?colour=red", "colour"),
+        ("api/devices/dev-1/timeline?limit=lots", "limit"),
+        ("api/operations/0", "id"),
+        ("api/operations/abc", "id"),
+        ("api/approvals?status=maybe", "status"),
+        ("api/events?device=no%20spaces", "device"),
+    ] {
+        let (status, body) = fx.get(path).await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (400, Some(field)),
+            "{path}: {body}"
+        );
+        assert!(
+            body["error"].as_str().unwrap_or("").starts_with(field),
+            "{path}: {body}"
+        );
+    }
+    for (body, field) in [
+        (r#"{"occurrence":{"start_ms":1,"end_ms":2}}"#, "actor"),
+        (r#"{"actor":"x"}"#, "occurrence"),
+        (r#"{"actor":"x","occurrence":"soon"}"#, "occurrence"),
+        (
+            r#"{"actor":"x","occurrence":{"start_ms":"noon","end_ms":2}}"#,
+            "occurrence.start_ms",
+        ),
+        (r#"{"actor":7}"#, "actor"),
+        ("not json", "body"),
+        ("[1]", "body"),
+    ] {
+        let (status, answer) = fx.post("api/approvals/1/approve", body).await;
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {answer}"
+        );
+    }
+    let (status, answer) = fx
+        .post(
+            "api/approvals/1/decline",
+            r#"{"message":["no"],"actor":"x"}"#,
+        )
+        .await;
+    assert_eq!((status, answer["field"].as_str()), (400, Some("message")));
+    // A write must say it is JSON (a cross-site form cannot).
+    let (status, _, _) = http(
+        &fx.dashboard,
+        "POST",
+        "api/approvals/1/decline",
+        Some("application/x-www-form-urlencoded"),
+        "message=x&actor=y",
+    )
+    .await;
+    assert_eq!(status, 415);
+}
+
+#[tokio::test]
+async fn the_json_api_answers_404_for_what_does_not_exist() {
+    let fx = Fixture::start().await;
+    for path in [
+        "api/devices/dev-9",
+        "api/devices/dev-9/timeline",
+        "api/operations/999",
+        "api/devices?fleet=elsewhere",
+        "api/events?fleet=elsewhere",
+        "api/events?device=dev-9",
+        "api/nothing-here",
+    ] {
+        let (status, body) = fx.get(path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = fx
+        .post(
+            "api/approvals/999/decline",
+            r#"{"message":"no","actor":"customer@site"}"#,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("999"), "{body}");
+    let (status, _, page) = http(&fx.dashboard, "GET", "devices/dev-9", None, "").await;
+    assert_eq!(status, 404);
+    assert!(page.contains("No device dev-9"), "{page}");
+}
+
+#[tokio::test]
+async fn the_pages_and_assets_are_served_from_the_binary_with_a_shared_nav() {
+    let fx = Fixture::start().await;
+    for (path, marker) in [
+        ("", "data-page=\"fleet\""),
+        ("approvals", "data-page=\"approvals\""),
+        ("devices/dev-1", "data-device=\"dev-1\""),
+    ] {
+        let (status, head, page) = http(&fx.dashboard, "GET", path, None, "").await;
+        assert_eq!(status, 200, "/{path}");
+        assert!(head.contains("content-type: text/html"), "/{path}: {head}");
+        assert!(
+            head.contains("content-security-policy: default-src 'self'"),
+            "{head}"
+        );
+        assert!(page.contains(marker), "/{path}: {page}");
+        for link in ["<a href=\"/\"", "<a href=\"/approvals\""] {
+            assert!(page.contains(link), "/{path} has the nav link {link}");
+        }
+        assert!(page.contains("/assets/app.js") && page.contains("/assets/app.css"));
+    }
+    for (asset, kind) in [
+        ("app.js", "text/javascript"),
+        ("app.css", "text/css"),
+        ("fleet.js", "text/javascript"),
+        ("device.js", "text/javascript"),
+        ("approvals.js", "text/javascript"),
+    ] {
+        let (status, head, body) =
+            http(&fx.dashboard, "GET", &format!("assets/{asset}"), None, "").await;
+        assert_eq!(status, 200, "{asset}");
+        assert!(head.contains(kind), "{asset}: {head}");
+        assert!(!body.is_empty());
+    }
+    let (status, _, _) = http(&fx.dashboard, "GET", "assets/missing.js", None, "").await;
+    assert_eq!(status, 404);
+}
+
+/// Reads the event stream until a `data:` line, and parses it.
+async fn next_event(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> serde_json::Value {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let text = String::from_utf8_lossy(buf).into_owned();
+            if let Some(at) = text.find("\ndata: ") {
+                let rest = &text[at + 7..];
+                if let Some(end) = rest.find('\n') {
+                    let json = rest[..end].trim().to_owned();
+                    buf.drain(..at + 7 + end);
+                    return serde_json::from_str(&json).unwrap();
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the event stream closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("an event within 20 s")
+}
+
+#[tokio::test]
+async fn the_event_stream_sends_the_watched_devices_events_as_json() {
+    let fx = Fixture::start().await;
+    DeviceServiceClient::new(fx.server.channel().await)
+        .register_device(pb::RegisterDeviceRequest {
+            id: "dev-2".into(),
+            fleet: "site".into(),
+            tags: vec![],
+        })
+        .await
+        .unwrap();
+    let host = fx
+        .dashboard
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    stream
+        .write_all(
+            format!("GET /api/events?device=dev-1 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Subscribed once the headers arrive.
+    let mut buf = Vec::new();
+    while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut chunk))
+            .await
+            .expect("headers within 20 s")
+            .unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+
+    // Cancelling operations publishes events: dev-2's is filtered out.
+    let mut ops = OperationServiceClient::new(fx.server.channel().await);
+    for device in ["dev-2", "dev-1"] {
+        let op = ops
+            .create_operation(pb::CreateOperationRequest {
+                device: device.into(),
+                spec: Some(pb::OperationSpec {
+                    kind: Some(pb::operation_spec::Kind::Reboot(
+                        pb::operation_spec::Empty {},
+                    )),
+                }),
+                force: None,
+                actor: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .operation
+            .unwrap();
+        ops.cancel_operation(pb::CancelOperationRequest {
+            id: op.id,
+            actor: "ops@example".into(),
+            reason: format!("not today on {device}"),
+        })
+        .await
+        .unwrap();
+    }
+    let event = next_event(&mut stream, &mut buf).await;
+    assert_eq!(event["kind"], "cancelled", "{event}");
+    assert_eq!(event["device"], "dev-1", "{event}");
+    assert_eq!(event["message"], "not today on dev-1", "{event}");
+    assert!(
+        event["operation"].as_i64().is_some_and(|id| id > 0),
+        "{event}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_dashboard_address_in_use_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--dashboard-listen",
+            &addr,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains(&addr),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_dashboard_listen_flag_refuses_what_is_not_an_address_or_off() {
+    let out = std::process::Command::new(support::BIN)
+        .args(["serve", "--dashboard-listen", "everywhere"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--dashboard-listen") && err.contains("off"),
+        "{err}"
+    );
+}
