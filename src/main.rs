@@ -213,6 +213,9 @@ enum DebugCommand {
         role: String,
         #[arg(long, default_value_t = 2000)]
         cycle_ms: u64,
+        /// Exit when this process (the demo) is gone.
+        #[arg(long)]
+        demo_pid: u32,
     },
 }
 
@@ -396,9 +399,11 @@ async fn main() -> anyhow::Result<()> {
             lockstep::agent::run::run(cfg, shutdown_signal()).await?;
         }
         Command::Debug(DebugCommand::IngestLoad(args)) => ingest_load(args).await?,
-        Command::Debug(DebugCommand::DemoBlock { role, cycle_ms }) => {
-            lockstep::cli::demo::run_block(&role, Duration::from_millis(cycle_ms))?
-        }
+        Command::Debug(DebugCommand::DemoBlock {
+            role,
+            cycle_ms,
+            demo_pid,
+        }) => lockstep::cli::demo::run_block(&role, Duration::from_millis(cycle_ms), demo_pid)?,
         Command::Demo(args) => std::process::exit(lockstep::cli::demo::run(args).await?),
         // Operator verbs: each prints its own error line and picks the exit code.
         Command::Fleet(v) => std::process::exit(v.run().await),

@@ -128,10 +128,13 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     };
     let mut children = Children(Vec::new());
     n.say("demo", format!("working in {}", dir.display()));
+    let mut args = args;
+    args.listen = concrete_addr(&args.listen, "--listen")?;
+    args.dashboard_listen = concrete_addr(&args.dashboard_listen, "--dashboard-listen")?;
 
     // 1. The server, on the embedded SQLite database.
-    let server_log = std::fs::File::create(dir.join("server.log"))
-        .map_err(io("creating server.log"))?;
+    let server_log =
+        std::fs::File::create(dir.join("server.log")).map_err(io("creating server.log"))?;
     let server = Command::new(&exe)
         .args(["serve", "--listen", &args.listen])
         .args(["--dashboard-listen", &args.dashboard_listen])
@@ -195,6 +198,8 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
             role.into(),
             "--cycle-ms".into(),
             args.cycle.as_millis().to_string(),
+            "--demo-pid".into(),
+            std::process::id().to_string(),
         ]
     };
     let versions = [
@@ -223,11 +228,19 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     for (id, set) in [
         (
             "r1",
-            [("telemetry", "1.25.3"), ("controller", "4.0.0"), ("ui", "2.0.0")],
+            [
+                ("telemetry", "1.25.3"),
+                ("controller", "4.0.0"),
+                ("ui", "2.0.0"),
+            ],
         ),
         (
             "r2",
-            [("telemetry", "1.26.0"), ("controller", "4.1.0"), ("ui", "2.0.0")],
+            [
+                ("telemetry", "1.26.0"),
+                ("controller", "4.1.0"),
+                ("ui", "2.0.0"),
+            ],
         ),
     ] {
         cat.create_release(pb::CreateReleaseRequest {
@@ -274,7 +287,8 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
         let d = dir.join(&id);
         std::fs::create_dir_all(&d).map_err(io(format!("creating {}", d.display())))?;
         write(&d.join("credential"), &reg.credential)?;
-        let manifest = serde_json::json!({"release": "r1", "os_version": "1.0", "blocks": manifest_blocks});
+        let manifest =
+            serde_json::json!({"release": "r1", "os_version": "1.0", "blocks": manifest_blocks});
         write(&d.join("manifest.json"), &manifest.to_string())?;
         let log = std::fs::File::create(d.join("agent.log")).map_err(io("creating agent.log"))?;
         let agent = Command::new(&exe)
@@ -318,6 +332,15 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
         .await
         .map_err(api("diffing r1 and r2"))?
         .into_inner();
+    let applied = diff
+        .blocks
+        .iter()
+        .map(|b| match &b.disturbance {
+            Some(_) => format!("{} {} -> {}", b.block, b.from_version, b.to_version),
+            None => format!("{} untouched", b.block),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     for b in &diff.blocks {
         let what = match &b.disturbance {
             Some(d) => format!(
@@ -325,7 +348,11 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
                 b.from_version,
                 b.to_version,
                 reason_text(d.reason),
-                if d.handover { " (handover possible)" } else { "" }
+                if d.handover {
+                    " (handover possible)"
+                } else {
+                    ""
+                }
             ),
             None => format!("{}: untouched, keeps running", b.to_version),
         };
@@ -391,7 +418,7 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     loop {
         tokio::select! {
             ev = events.message(), if events_open => match ev {
-                Ok(Some(e)) => narrate_event(&n, &mut devs, &e).await,
+                Ok(Some(e)) => narrate_event(&n, &applied, &e),
                 _ => events_open = false,
             },
             st = watch.message() => match st {
@@ -411,7 +438,7 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     // Let the last events of the final devices print.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while let Ok(Some(e)) = events.message().await {
-            narrate_event(&n, &mut devs, &e).await;
+            narrate_event(&n, &applied, &e);
         }
     })
     .await;
@@ -422,7 +449,10 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
             .await
         {
             let st = st.into_inner();
-            n.say(id, format!("runs {}: {}", st.current_release, versions_text(&st.blocks)));
+            n.say(
+                id,
+                format!("runs {}: {}", st.current_release, versions_text(&st.blocks)),
+            );
         }
     }
     if args.exit_when_done {
@@ -439,6 +469,21 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     n.say("demo", "stopping");
     drop(children);
     Ok(0)
+}
+
+/// The address itself, or with port 0, a free port on that host (so the
+/// demo knows the URL to print and connect to).
+fn concrete_addr(addr: &str, flag: &str) -> Result<String, DemoError> {
+    let parsed: std::net::SocketAddr = addr.parse().map_err(|e| DemoError::Io {
+        what: format!("{flag} {addr:?}"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
+    if parsed.port() != 0 {
+        return Ok(addr.to_owned());
+    }
+    let l = std::net::TcpListener::bind(parsed).map_err(io(format!("{flag} {addr}")))?;
+    let a = l.local_addr().map_err(io(format!("{flag} {addr}")))?;
+    Ok(a.to_string())
 }
 
 fn write(path: &Path, body: &str) -> Result<(), DemoError> {
@@ -468,10 +513,7 @@ async fn connect(url: &str, log: &Path, server: &mut Child) -> Result<Channel, D
     }
 }
 
-async fn wait_reported(
-    devs: &mut DeviceServiceClient<Channel>,
-    id: &str,
-) -> Result<(), DemoError> {
+async fn wait_reported(devs: &mut DeviceServiceClient<Channel>, id: &str) -> Result<(), DemoError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = devs
@@ -514,7 +556,7 @@ fn versions_text(blocks: &[pb::ReportedBlock]) -> String {
         .join(" ")
 }
 
-async fn narrate_event(n: &Narrator, devs: &mut DeviceServiceClient<Channel>, e: &pb::Event) {
+fn narrate_event(n: &Narrator, applied: &str, e: &pb::Event) {
     let text = match e.kind.as_str() {
         "blocked_by_lock" => {
             let holders: Vec<String> = e
@@ -531,19 +573,23 @@ async fn narrate_event(n: &Narrator, devs: &mut DeviceServiceClient<Channel>, e:
             )
         }
         "deferred" => format!("{} defers until {}", e.blocks.join(", "), e.message),
-        "applying" => "locks released; applying r2 (the agent takes every impacted lock at once)".into(),
-        "applied" => {
-            let versions = match devs
-                .get_device_state(pb::GetDeviceStateRequest {
-                    id: e.device.clone(),
-                })
-                .await
-            {
-                Ok(st) => versions_text(&st.into_inner().blocks),
-                Err(_) => String::new(),
-            };
-            format!("applied: now {versions}")
+        "applying" => {
+            "locks released; applying r2 (the agent takes every impacted lock at once)".into()
         }
+        "applied" => format!("applied r2: {applied}"),
+        "lock_changed" => {
+            let locks: Vec<String> = e
+                .blocks
+                .iter()
+                .map(|l| match l.split_once(':') {
+                    Some((b, "held")) => format!("{b} took its lock"),
+                    Some((b, "free")) => format!("{b} released its lock"),
+                    _ => l.clone(),
+                })
+                .collect();
+            locks.join(", ")
+        }
+        "online" | "offline" => format!("agent {}", e.kind),
         "failed" => format!("failed: {}", e.message),
         "waiting_window" => format!("waits for a maintenance window ({})", e.message),
         "approval_requested" => "waits for a customer to approve a window".into(),
@@ -566,7 +612,11 @@ fn narrate_rollout(n: &Narrator, before: Option<&pb::RolloutStatus>, now: &pb::R
     if was.map(|w| w.current_batch) != Some(r.current_batch) && r.current_batch > 0 {
         n.say(
             "rollout",
-            format!("batch {} met its success threshold: batch {} starts", r.current_batch - 1, r.current_batch),
+            format!(
+                "batch {} met its success threshold: batch {} starts",
+                r.current_batch - 1,
+                r.current_batch
+            ),
         );
     }
     if now.soak_until_unix_ms != 0
@@ -574,7 +624,10 @@ fn narrate_rollout(n: &Narrator, before: Option<&pb::RolloutStatus>, now: &pb::R
     {
         n.say(
             "rollout",
-            format!("batch {} succeeded; soaking before the next one", r.current_batch),
+            format!(
+                "batch {} succeeded; soaking before the next one",
+                r.current_batch
+            ),
         );
     }
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
@@ -620,13 +673,20 @@ fn narrate_rollout(n: &Narrator, before: Option<&pb::RolloutStatus>, now: &pb::R
 /// holds its update lock (flock on `$LOCKSTEP_LOCK_FILE`) while it runs its
 /// control cycle; when its `intent.json` shows a new release request, it
 /// finishes the cycle (`cycle`) and lets go. Other roles just run.
-pub fn run_block(role: &str, cycle: Duration) -> Result<(), DemoError> {
+/// Blocks outlive their agent by design (a restarted agent adopts them);
+/// the demo's blocks end with the demo (`demo_pid`).
+pub fn run_block(role: &str, cycle: Duration, demo_pid: u32) -> Result<(), DemoError> {
     let version = std::env::var("LOCKSTEP_BLOCK_VERSION").unwrap_or_default();
     println!("{role} {version} running");
-    if role != "controller" {
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
+    let demo = PathBuf::from(format!("/proc/{demo_pid}"));
+    let wait_for_demo_end = || {
+        while demo.exists() {
+            std::thread::sleep(Duration::from_millis(500));
         }
+        std::process::exit(0);
+    };
+    if role != "controller" {
+        wait_for_demo_end();
     }
     let lock_file = std::env::var("LOCKSTEP_LOCK_FILE")
         .map_err(|_| DemoError::Server("LOCKSTEP_LOCK_FILE is not set".into()))?;
@@ -649,14 +709,16 @@ pub fn run_block(role: &str, cycle: Duration) -> Result<(), DemoError> {
         if newest_release_request(&intents) > seen {
             break;
         }
+        if !demo.exists() {
+            std::process::exit(0);
+        }
     }
     println!("controller asked to release: finishing the control cycle");
     std::thread::sleep(cycle);
     drop(file);
     println!("controller released its lock");
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    wait_for_demo_end();
+    Ok(())
 }
 
 /// The highest sequence of a release request in a block's `intent.json`.

@@ -1,0 +1,78 @@
+//! `lockstep demo` end to end: the real binary starts its server, agents and
+//! sample blocks, rolls r2 out, narrates, and exits when the rollout is done
+//! (`--exit-when-done`), leaving no process behind.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(support::BIN)
+        .args([
+            "demo",
+            "--devices",
+            "3",
+            "--exit-when-done",
+            "--cycle",
+            "500ms",
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--dashboard-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    eprintln!("{out}\n{err}");
+    assert!(status.success(), "demo exited with {status}");
+    for needle in [
+        "dashboard: http://127.0.0.1:",
+        "ui         2.0.0: untouched, keeps running",
+        "controller (update_restart) holds its lock; asked to release",
+        "batch 1 starts",
+        "rollout 1 is completed",
+        "inv-03     runs r2: controller@4.1.0 telemetry@1.26.0 ui@2.0.0",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    // The sample blocks end with the demo.
+    let marker = format!("--demo-pid {}", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        if left.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "demo blocks still running: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
