@@ -25,7 +25,12 @@
       h('option', { value: v, selected: v === current }, label)));
   }
 
-  function renderFleets(data) {
+  /** Statuses shown as columns only when some fleet has such a device. */
+  const RARE = ['unknown', 'done'];
+
+  function renderFleets(all) {
+    const shown = all.statuses.filter((s) => !RARE.includes(s) || all.fleets.some((f) => f.counts[s]));
+    const data = { ...all, statuses: shown };
     const table = document.getElementById('fleets');
     table.tHead.rows[0].replaceChildren(
       h('th', { scope: 'col' }, 'Fleet'),
@@ -43,7 +48,7 @@
       }),
     )), 'No fleets yet.', data.statuses.length + 2);
     fillSelect(form.elements.fleet, data.fleets.map((f) => [f.id, f.id]), filter.fleet);
-    fillSelect(form.elements.status, data.statuses.map((s) => [s, s.replace(/_/g, ' ')]), filter.status);
+    fillSelect(form.elements.status, all.statuses.map((s) => [s, s.replace(/_/g, ' ')]), filter.status);
   }
 
   function renderDevices(data) {
