@@ -101,6 +101,15 @@ struct AgentArgs {
     hook_release: Option<String>,
     #[arg(long, env = "LOCKSTEP_HOOK_RESTART_BLOCK")]
     hook_restart_block: Option<String>,
+    /// PEM CA certificate(s) to trust for an https:// server.
+    #[arg(long, env = "LOCKSTEP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (must name this device id).
+    #[arg(long, env = "LOCKSTEP_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LOCKSTEP_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -120,6 +129,9 @@ struct AgentFile {
     hook_os_update: Option<String>,
     hook_release: Option<String>,
     hook_restart_block: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn agent_config(a: AgentArgs) -> anyhow::Result<lockstep::agent::run::AgentConfig> {
@@ -176,7 +188,14 @@ fn agent_config(a: AgentArgs) -> anyhow::Result<lockstep::agent::run::AgentConfi
         api_listen.ip().is_loopback(),
         "--api-listen must be a loopback address, not {api_listen}"
     );
+    let tls = lockstep::tls::ClientTls::load(
+        a.tls_ca.or(file.tls_ca).as_deref(),
+        a.tls_cert.or(file.tls_cert).as_deref(),
+        a.tls_key.or(file.tls_key).as_deref(),
+    )
+    .context("agent TLS")?;
     Ok(AgentConfig {
+        tls,
         server,
         device,
         credential,
@@ -290,6 +309,31 @@ struct ServeArgs {
     /// Lock history older than this is pruned.
     #[arg(long, env = "LOCKSTEP_LOCK_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
     lock_history_retention: Duration,
+    /// PEM certificate chain: serves gRPC and the dashboard over TLS.
+    #[arg(long, env = "LOCKSTEP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LOCKSTEP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): agents must present a client certificate signed
+    /// by it that names their device id (a DNS subject alternative name).
+    #[arg(long, env = "LOCKSTEP_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Allows plain text on a non-loopback address (traffic is readable on the network).
+    #[arg(long, env = "LOCKSTEP_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
+    /// Longest a unary gRPC call may take (streams are exempt).
+    #[arg(long, env = "LOCKSTEP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Unary gRPC calls handled at once; more are refused with UNAVAILABLE.
+    #[arg(long, env = "LOCKSTEP_MAX_IN_FLIGHT", default_value_t = 256)]
+    max_in_flight: usize,
+    /// Streams (agents, watchers) open at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LOCKSTEP_MAX_STREAMS", default_value_t = 20_000)]
+    max_streams: usize,
+    /// Unary gRPC calls per second per client (token, else address); burst twice that; 0 = off.
+    #[arg(long, env = "LOCKSTEP_RATE_LIMIT", default_value_t = 100)]
+    rate_limit: u32,
 }
 
 /// `--dashboard-listen`: an address, or `off`.
@@ -337,10 +381,26 @@ fn redact(url: &str) -> String {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            lockstep::tls::ServerTls::load(cert, key, args.tls_client_ca.as_deref())
+                .context("setting up TLS")?,
+        ),
+        _ => None,
+    };
     let config = ServeConfig {
         listen: args.listen,
         dashboard: args.dashboard_listen.0,
         lock_history_retention: args.lock_history_retention,
+        tls,
+        insecure_plaintext: args.insecure_plaintext,
+        overload: lockstep::overload::OverloadConfig {
+            request_timeout: args.request_timeout,
+            max_in_flight: args.max_in_flight,
+            max_streams: args.max_streams,
+            rate_per_client: args.rate_limit,
+            rate_burst: args.rate_limit.saturating_mul(2),
+        },
     };
     let pool = PoolOptions {
         max_connections: args.db_max_connections,

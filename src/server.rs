@@ -14,8 +14,11 @@ use crate::events::Events;
 use crate::grpc;
 use crate::hub::Hub;
 use crate::ingest::{IngestConfig, Ingestor};
+use crate::limits::MAX_MESSAGE_BYTES;
+use crate::overload::{OverloadConfig, OverloadLayer};
 use crate::scheduler::{Scheduler, Wakeups};
 use crate::store::Store;
+use crate::tls::ServerTls;
 
 /// How long in-flight calls may finish after a shutdown signal.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -39,6 +42,10 @@ pub enum ServeError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(
+        "refusing plain text on {addr}, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-plaintext to accept that traffic is readable on the network"
+    )]
+    Plaintext { addr: SocketAddr },
 }
 
 /// How to run the server.
@@ -49,6 +56,37 @@ pub struct ServeConfig {
     pub dashboard: Option<SocketAddr>,
     /// Lock history older than this is pruned (hourly).
     pub lock_history_retention: Duration,
+    /// TLS for gRPC and the dashboard; `None` serves plain text.
+    pub tls: Option<ServerTls>,
+    /// Allows plain text on a non-loopback address.
+    pub insecure_plaintext: bool,
+    /// Timeouts, in-flight and rate limits of the gRPC server.
+    pub overload: OverloadConfig,
+}
+
+impl ServeConfig {
+    /// Plain text is for loopback development: on any other address it is
+    /// refused unless explicitly accepted.
+    fn check_plaintext(&self) -> Result<(), ServeError> {
+        if self.tls.is_some() || self.insecure_plaintext {
+            return Ok(());
+        }
+        for addr in std::iter::once(self.listen).chain(self.dashboard) {
+            if !addr.ip().is_loopback() {
+                return Err(ServeError::Plaintext { addr });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies the message-size limit to a generated service server.
+macro_rules! limited {
+    ($server:expr) => {
+        $server
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
 }
 
 /// The gRPC services whose health follows the database's.
@@ -73,6 +111,7 @@ impl Bound {
     /// Binds the gRPC address, then the dashboard's (if any): a taken
     /// address is an error before anything is served.
     pub async fn bind(config: ServeConfig) -> Result<Self, ServeError> {
+        config.check_plaintext()?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -150,8 +189,15 @@ impl Bound {
         ));
 
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        tracing::info!(addr = %self.local_addr(), "lockstep listening");
-        let dashboard_url = self.dashboard_addr().map(|a| format!("http://{a}/"));
+        let tls = self.config.tls.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %self.local_addr(), tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(ServerTls::mutual), "lockstep listening");
+        if tls.is_none() {
+            tracing::warn!(
+                "serving gRPC and the dashboard in PLAIN TEXT: anyone on the path can read and change the traffic; use --tls-cert and --tls-key outside loopback development"
+            );
+        }
+        let dashboard_url = self.dashboard_addr().map(|a| format!("{scheme}://{a}/"));
         let web = self.dashboard.map(|listener| {
             let app = dashboard::router(Dashboard::new(
                 store.clone(),
@@ -160,7 +206,8 @@ impl Bound {
                 stop_rx.clone(),
             ));
             let mut stopped = stop_rx.clone();
-            tokio::spawn(dashboard::serve(listener, app, async move {
+            let acceptor = tls.as_ref().map(ServerTls::dashboard);
+            tokio::spawn(dashboard::serve(listener, acceptor, app, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }))
         });
@@ -169,43 +216,64 @@ impl Bound {
         }
         let incoming = TcpListenerStream::new(self.listener);
         let mut stopped = stop_rx.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.grpc())
+                .map_err(|source| ServeError::Transport { source })?;
+        }
+        let server = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(16))
-            .add_service(health_service)
-            .add_service(grpc::pb::catalog_service_server::CatalogServiceServer::new(
-                grpc::catalog::Catalog::new(store.clone()),
+            .layer(OverloadLayer::new(
+                self.config.overload.clone(),
+                crate::overload::served_streaming_methods(),
             ))
-            .add_service(grpc::pb::device_service_server::DeviceServiceServer::new(
-                grpc::device::Devices::new(store.clone(), wakeups.clone()),
+            .add_service(limited!(health_service))
+            .add_service(limited!(
+                grpc::pb::catalog_service_server::CatalogServiceServer::new(
+                    grpc::catalog::Catalog::new(store.clone()),
+                )
             ))
-            .add_service(
+            .add_service(limited!(
+                grpc::pb::device_service_server::DeviceServiceServer::new(
+                    grpc::device::Devices::new(store.clone(), wakeups.clone()),
+                )
+            ))
+            .add_service(limited!(
                 grpc::pb::operation_service_server::OperationServiceServer::new(
                     grpc::operation::Operations::new(
                         store.clone(),
                         wakeups.clone(),
                         events.clone(),
                     ),
-                ),
-            )
-            .add_service(grpc::pb::window_service_server::WindowServiceServer::new(
-                grpc::window::Windows::new(store.clone(), wakeups.clone()),
+                )
             ))
-            .add_service(grpc::pb::rollout_service_server::RolloutServiceServer::new(
-                grpc::rollout::RolloutApi::new(rollouts.clone()),
+            .add_service(limited!(
+                grpc::pb::window_service_server::WindowServiceServer::new(
+                    grpc::window::Windows::new(store.clone(), wakeups.clone()),
+                )
             ))
-            .add_service(grpc::pb::agent_service_server::AgentServiceServer::new(
-                grpc::agent::Agents::new(
-                    store.clone(),
-                    hub.clone(),
-                    wakeups.clone(),
-                    ingestor,
-                    events.clone(),
-                ),
+            .add_service(limited!(
+                grpc::pb::rollout_service_server::RolloutServiceServer::new(
+                    grpc::rollout::RolloutApi::new(rollouts.clone()),
+                )
             ))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_service(limited!(
+                grpc::pb::agent_service_server::AgentServiceServer::new(
+                    grpc::agent::Agents::new(
+                        store.clone(),
+                        hub.clone(),
+                        wakeups.clone(),
+                        ingestor,
+                        events.clone(),
+                    )
+                    .require_client_cert(tls.as_ref().is_some_and(ServerTls::mutual)),
+                )
+            ))
+            .add_service(limited!(reflection_v1))
+            .add_service(limited!(reflection_v1alpha))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             });

@@ -37,6 +37,8 @@ pub enum RuntimeKind {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub server: String,
+    /// TLS for an `https://` server (CA, and a client certificate for mTLS).
+    pub tls: Option<crate::tls::ClientTls>,
     pub device: String,
     pub credential: String,
     pub lock_root: PathBuf,
@@ -720,7 +722,7 @@ pub async fn run(
         }
     });
     let (core_tx, mut core_rx) = mpsc::channel::<CoreEvent>(64);
-    let endpoint = tonic::transport::Endpoint::from_shared(cfg.server.clone())
+    let endpoint = crate::tls::endpoint(&cfg.server, cfg.tls.as_ref())
         .map_err(|e| AgentError::Server {
             url: cfg.server.clone(),
             message: e.to_string(),
@@ -841,7 +843,9 @@ async fn session(
             .parse()
             .map_err(|_| tonic::Status::invalid_argument("credential is not valid metadata"))?,
     );
-    let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
+    let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
+        .max_decoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::limits::MAX_MESSAGE_BYTES);
     let mut inbound = client.connect(request).await?.into_inner();
     core.send(CoreEvent::Connected(out_tx))
         .await

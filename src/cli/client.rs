@@ -1,11 +1,12 @@
 //! The operator verbs' connection to `lockstep serve`: dials `--server`
-//! once per invocation, with bounded connect and call times, and stamps every
-//! request with the `--token` bearer metadata when one is given.
+//! once per invocation (over TLS for `https://`, trusting `--tls-ca`), with
+//! bounded connect and call times, and stamps every request with the
+//! `--token` bearer metadata when one is given.
 
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::ClientOpts;
 use super::error::CliError;
@@ -14,6 +15,8 @@ use crate::grpc::pb::catalog_service_client::CatalogServiceClient;
 use crate::grpc::pb::device_service_client::DeviceServiceClient;
 use crate::grpc::pb::operation_service_client::OperationServiceClient;
 use crate::grpc::pb::window_service_client::WindowServiceClient;
+use crate::limits::MAX_MESSAGE_BYTES;
+use crate::tls::ClientTls;
 
 /// How long to wait for the TCP (and HTTP/2) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,6 +28,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Target {
     server: String,
     auth: Option<MetadataValue<Ascii>>,
+    tls: Option<ClientTls>,
 }
 
 impl Target {
@@ -39,11 +43,15 @@ impl Target {
                 MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| CliError::BadToken)?,
             ),
         };
-        Ok(Target { server, auth })
+        let tls =
+            ClientTls::load(opts.tls_ca.as_deref(), None, None).map_err(|e| CliError::Usage {
+                message: e.to_string(),
+            })?;
+        Ok(Target { server, auth, tls })
     }
 
     pub async fn connect(&self) -> Result<Api, CliError> {
-        let endpoint = Endpoint::from_shared(self.server.clone())
+        let endpoint = crate::tls::endpoint(&self.server, self.tls.as_ref())
             .map_err(|e| CliError::BadServer {
                 server: self.server.clone(),
                 reason: error_chain(&e),
@@ -79,18 +87,26 @@ impl Api {
 
     pub fn catalog(&self) -> CatalogServiceClient<Channel> {
         CatalogServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     pub fn devices(&self) -> DeviceServiceClient<Channel> {
         DeviceServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     pub fn operations(&self) -> OperationServiceClient<Channel> {
         OperationServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     pub fn windows(&self) -> WindowServiceClient<Channel> {
         WindowServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 

@@ -71,6 +71,14 @@ pub struct ClientOpts {
         help_heading = "Client options"
     )]
     pub token: Option<String>,
+    /// PEM CA certificate(s) to trust for an https:// server.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_TLS_CA",
+        help_heading = "Client options"
+    )]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// table (for people) or json (for scripts).
     #[arg(
         long,

@@ -170,14 +170,28 @@ pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
         .with_state(dashboard)
 }
 
-/// Serves the dashboard on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish (live streams end on the same signal).
+/// Serves the dashboard on `listener` (over TLS with `tls`) until
+/// `shutdown` completes, then lets in-flight requests finish (live streams
+/// end on the same signal).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = app.layer(axum::extract::DefaultBodyLimit::max(
+        crate::limits::MAX_DASHBOARD_BODY_BYTES,
+    ));
+    match tls {
+        Some(acceptor) => {
+            axum::serve(crate::tls::TlsListener::new(listener, acceptor)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }

@@ -22,6 +22,11 @@ use jiff::{SignedDuration, ToSpan as _};
 
 use super::ids::Timestamp;
 
+/// Largest recurrence text (`DTSTART` plus `RRULE`/`EXRULE`/`RDATE` lines).
+pub const MAX_RECURRENCE_BYTES: usize = 2048;
+/// Most lines in a recurrence.
+pub const MAX_RECURRENCE_LINES: usize = 16;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
     #[error("unknown time zone {tz:?} (use an IANA name such as Europe/Amsterdam)")]
@@ -203,9 +208,14 @@ impl WindowRule {
 /// Parses and checks a recurrence: bounded size, and a DTSTART that names its
 /// zone (a floating local time would depend on the server's own zone).
 fn parse_recurrence(rule: &str) -> Result<rrule::RRuleSet, WindowError> {
-    if rule.len() > 2048 {
+    if rule.len() > MAX_RECURRENCE_BYTES {
         return Err(WindowError::BadRecurrence {
-            message: "longer than 2048 bytes".into(),
+            message: format!("longer than {MAX_RECURRENCE_BYTES} bytes"),
+        });
+    }
+    if rule.lines().count() > MAX_RECURRENCE_LINES {
+        return Err(WindowError::BadRecurrence {
+            message: format!("more than {MAX_RECURRENCE_LINES} lines"),
         });
     }
     let set: rrule::RRuleSet =

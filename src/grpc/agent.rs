@@ -24,6 +24,11 @@ use crate::events::Events;
 use crate::hub::Hub;
 use crate::ingest::Ingestor;
 use crate::intents::{ApplyOp, IntentBody, TargetBlock};
+use crate::limits::{
+    AGENT_MESSAGE_BURST, AGENT_MESSAGES_PER_SEC, MAX_LOCKS, MAX_PHASE_BYTES, MAX_RELEASE_BLOCKS,
+    MAX_TEXT_BYTES, MAX_VERSION_BYTES,
+};
+use crate::overload::TokenBucket;
 use crate::scheduler::{Wakeups, on_apply_outcome};
 use crate::store::{Store, StoreError};
 
@@ -40,6 +45,7 @@ pub struct Agents<S> {
     wakeups: Wakeups,
     ingestor: Ingestor,
     events: Events,
+    require_client_cert: bool,
 }
 
 impl<S: Store> Agents<S> {
@@ -50,8 +56,42 @@ impl<S: Store> Agents<S> {
             wakeups,
             ingestor,
             events,
+            require_client_cert: false,
         }
     }
+
+    /// With mutual TLS: every stream must come with a client certificate
+    /// (verified against the client CA in the handshake) that names its
+    /// device id as a DNS subject alternative name.
+    pub fn require_client_cert(mut self, required: bool) -> Self {
+        self.require_client_cert = required;
+        self
+    }
+}
+
+/// Under mutual TLS, the stream's client certificate must name `device`.
+fn check_client_cert<T>(req: &Request<T>, device: &DeviceId) -> Result<(), Status> {
+    let certs = req.peer_certs().unwrap_or_default();
+    let Some(leaf) = certs.first() else {
+        return Err(Status::unauthenticated(
+            "a client certificate is required (mutual TLS)",
+        ));
+    };
+    if crate::tls::cert_names_device(leaf, device.as_str()) {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(format!(
+            "the client certificate does not name device {device}"
+        )))
+    }
+}
+
+/// Refuses a string field longer than `max` bytes, naming it.
+fn at_most(field: impl Into<String>, value: &str, max: usize) -> Result<(), ConvertError> {
+    if value.len() > max {
+        return Err(ConvertError::new(field, format!("at most {max} bytes")));
+    }
+    Ok(())
 }
 
 async fn authenticate<S: Store>(
@@ -94,9 +134,21 @@ fn state_to_report(
         .then(|| ReleaseId::new(&state.current_release))
         .transpose()
         .map_err(|e| ConvertError::new("state.current_release", e))?;
+    at_most("state.os_version", &state.os_version, MAX_VERSION_BYTES)?;
+    if state.blocks.len() > MAX_RELEASE_BLOCKS {
+        return Err(ConvertError::new(
+            "state.blocks",
+            format!("at most {MAX_RELEASE_BLOCKS} blocks"),
+        ));
+    }
     let mut blocks = std::collections::BTreeMap::new();
     for (i, b) in state.blocks.into_iter().enumerate() {
         let name = block_name(&format!("state.blocks[{i}].block"), &b.block)?;
+        at_most(
+            format!("state.blocks[{i}].version"),
+            &b.version,
+            MAX_VERSION_BYTES,
+        )?;
         let version = semver::Version::parse(&b.version)
             .map_err(|e| ConvertError::new(format!("state.blocks[{i}].version"), e))?;
         let env_fingerprint = Fingerprint::from_hex(&b.env_fingerprint).ok_or_else(|| {
@@ -127,6 +179,12 @@ fn locks_to_reports(
     device: &DeviceId,
     locks: Vec<pb::BlockLock>,
 ) -> Result<Vec<LockReport>, ConvertError> {
+    if locks.len() > MAX_LOCKS {
+        return Err(ConvertError::new(
+            "locks",
+            format!("at most {MAX_LOCKS} locks"),
+        ));
+    }
     locks
         .into_iter()
         .enumerate()
@@ -322,6 +380,31 @@ fn ack_name_and_outcome(kind: &pb::intent_ack::Kind) -> (&'static str, Option<Ap
     }
 }
 
+/// An answer's free text and lists are bounded like every other input.
+fn check_ack(ack: &pb::IntentAck) -> Result<(), ConvertError> {
+    use pb::intent_ack::Kind as K;
+    at_most("ack.block", &ack.block, MAX_TEXT_BYTES)?;
+    match &ack.kind {
+        Some(K::Deferred(d)) => at_most("ack.deferred.message", &d.message, MAX_TEXT_BYTES),
+        Some(K::Refused(r)) => at_most("ack.refused.message", &r.message, MAX_TEXT_BYTES),
+        Some(K::Stale(s)) => at_most("ack.stale.message", &s.message, MAX_TEXT_BYTES),
+        Some(K::Failed(f)) => {
+            at_most("ack.failed.error", &f.error, MAX_TEXT_BYTES)?;
+            if f.held_by.len() > MAX_RELEASE_BLOCKS {
+                return Err(ConvertError::new(
+                    "ack.failed.held_by",
+                    format!("at most {MAX_RELEASE_BLOCKS} blocks"),
+                ));
+            }
+            for (i, b) in f.held_by.iter().enumerate() {
+                at_most(format!("ack.failed.held_by[{i}]"), b, MAX_TEXT_BYTES)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn ack_body(ack: &pb::IntentAck) -> String {
     use pb::intent_ack::Kind as K;
     let detail = match &ack.kind {
@@ -407,9 +490,7 @@ impl<S: Store> Session<S> {
             Some(Msg::Ack(ack)) => self.ack(ack).await,
             Some(Msg::Progress(p)) => {
                 tracing::info!(device = %self.device, seq = p.intent_seq, phase = %p.phase, "operation progress");
-                if p.phase.len() > 64 {
-                    return Err(ConvertError::new("progress.phase", "at most 64 bytes").into());
-                }
+                at_most("progress.phase", &p.phase, MAX_PHASE_BYTES)?;
                 let info = self
                     .store
                     .intent_info(&self.device, IntentSeq(p.intent_seq))
@@ -466,6 +547,7 @@ impl<S: Store> Session<S> {
         let Some(kind) = &ack.kind else {
             return Err(ConvertError::new("ack.kind", "required").into());
         };
+        check_ack(&ack)?;
         let (name, outcome) = ack_name_and_outcome(kind);
         let seq = IntentSeq(ack.intent_seq);
         match self
@@ -548,6 +630,9 @@ impl<S: Store> AgentService for Agents<S> {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let device = authenticate(&self.store, req.metadata()).await?;
+        if self.require_client_cert {
+            check_client_cert(&req, &device)?;
+        }
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -560,7 +645,13 @@ impl<S: Store> AgentService for Agents<S> {
                 "the first message must be a hello",
             ));
         };
-        let mut report = state_to_report(hello.state.unwrap_or_default(), hello.last_intent_seq)?;
+        at_most(
+            "hello.agent_version",
+            &hello.agent_version,
+            MAX_VERSION_BYTES,
+        )?;
+        let mut report = state_to_report(hello.state.unwrap_or_default(), hello.last_intent_seq)
+            .map_err(|e| e.within("hello"))?;
         report.agent_version = hello.agent_version;
         self.store
             .record_device_report(&device, &report)
@@ -568,7 +659,8 @@ impl<S: Store> AgentService for Agents<S> {
             .map_err(status_from_store)?;
         let locks = hello.locks.unwrap_or_default();
         let last_report_seq = locks.seq;
-        let reports = locks_to_reports(&device, locks.locks)?;
+        let reports =
+            locks_to_reports(&device, locks.locks).map_err(|e| e.within("hello.locks"))?;
         let changed = lock_changed(&reports);
         self.ingestor
             .submit(reports)
@@ -617,6 +709,7 @@ impl<S: Store> AgentService for Agents<S> {
             last_report_seq,
         };
         self.wakeups.wake(&device);
+        let mut rate = TokenBucket::new(AGENT_MESSAGES_PER_SEC, AGENT_MESSAGE_BURST);
         tokio::spawn(async move {
             let mut superseded = registration.superseded.clone();
             let outcome: Result<(), ()> = async {
@@ -624,6 +717,14 @@ impl<S: Store> AgentService for Agents<S> {
                 loop {
                     tokio::select! {
                         msg = inbound.message() => match msg {
+                            Ok(Some(_)) if !rate.take() => {
+                                tracing::warn!(device = %session.device, "agent stream over its message rate; ending it");
+                                let status = Status::resource_exhausted(format!(
+                                    "more than {AGENT_MESSAGES_PER_SEC} messages per second; reconnect and resend"
+                                ));
+                                let _ = session.tx.send(Box::new(Err(status))).await;
+                                return Err(());
+                            }
                             Ok(Some(m)) => {
                                 // Boxed so the idle session future stays small.
                                 if let Err(status) = Box::pin(session.handle(m)).await {
