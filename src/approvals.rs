@@ -9,6 +9,7 @@ use crate::clock;
 use crate::domain::{
     Approval, ApprovalStatus, AuditEntry, DeviceId, Occurrence, OperationRecord, WindowRule,
 };
+use crate::limits::{MAX_ACTOR_BYTES, MAX_TEXT_BYTES};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
@@ -49,12 +50,18 @@ pub struct ApprovalView {
     pub candidates: Vec<Occurrence>,
 }
 
-/// Who decides: required, at most 256 characters kept.
+/// Who decides: required, at most [`MAX_ACTOR_BYTES`].
 pub fn actor(s: &str) -> Result<String, ApprovalError> {
     if s.trim().is_empty() {
         return Err(ApprovalError::invalid("actor", "who decides is required"));
     }
-    Ok(s.chars().take(256).collect())
+    if s.len() > MAX_ACTOR_BYTES {
+        return Err(ApprovalError::invalid(
+            "actor",
+            format!("{} bytes; at most {MAX_ACTOR_BYTES}", s.len()),
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 /// The device's next `count` window occurrences (of every window that
@@ -173,6 +180,12 @@ impl<S: Store> Approvals<S> {
         actor_name: &str,
     ) -> Result<ApprovalView, ApprovalError> {
         let actor_name = actor(actor_name)?;
+        if message.len() > MAX_TEXT_BYTES {
+            return Err(ApprovalError::invalid(
+                "message",
+                format!("{} bytes; at most {MAX_TEXT_BYTES}", message.len()),
+            ));
+        }
         self.decide(
             id,
             |a| Approval {
@@ -231,7 +244,11 @@ mod tests {
             actor("  "),
             Err(ApprovalError::Invalid { field: "actor", .. })
         ));
-        assert_eq!(actor(&"x".repeat(300)).unwrap().len(), 256);
+        assert_eq!(actor(&"x".repeat(256)).unwrap().len(), 256);
+        assert!(matches!(
+            actor(&"x".repeat(257)),
+            Err(ApprovalError::Invalid { field, .. }) if field == "actor"
+        ));
         assert_eq!(actor("customer@site").unwrap(), "customer@site");
     }
 }

@@ -18,6 +18,8 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_DASHBOARD_BODY_BYTES: usize = 64 * 1024;
 /// Largest body the agent's local API accepts.
 pub const MAX_LOCAL_API_BODY_BYTES: usize = 16 * 1024;
+/// Largest agent manifest file.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// How long a TLS handshake on the dashboard may take.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

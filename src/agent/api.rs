@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::state::{BlockIntent, StateFile};
+use crate::limits::{MAX_LOCAL_API_BODY_BYTES, MAX_TEXT_BYTES};
 
 /// What a block asks of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +162,15 @@ async fn ack(
             format!("block {block:?} has no pending intent {seq}"),
         );
     }
+    if body.message.len() > MAX_TEXT_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "message: {} bytes; at most {MAX_TEXT_BYTES}",
+                body.message.len()
+            ),
+        );
+    }
     let answer = match body.answer.as_str() {
         "release" => Answer::Release,
         "defer" => match body.until_unix_ms {
@@ -227,10 +237,15 @@ async fn trigger(
     }
 }
 
+/// Every route of the local API; bodies over
+/// [`MAX_LOCAL_API_BODY_BYTES`] are refused with 413.
 pub fn router(api: ApiState) -> axum::Router {
     axum::Router::new()
         .route("/v1/blocks/{block}/intents", get(list))
         .route("/v1/blocks/{block}/intents/{seq}/ack", post(ack))
         .route("/v1/blocks/{block}/trigger", post(trigger))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            MAX_LOCAL_API_BODY_BYTES,
+        ))
         .with_state(api)
 }

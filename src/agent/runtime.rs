@@ -81,6 +81,7 @@ use tokio::time::Instant;
 use super::locks::{LockDir, LockError, write_atomic};
 use crate::domain::env::{EnvError, EnvName, fingerprint};
 use crate::domain::{BlockName, Fingerprint, IdError, ReleaseId};
+use crate::limits::{MAX_COMMAND_ARGS, MAX_MANIFEST_BYTES, MAX_RELEASE_BLOCKS};
 
 /// How long a stopped block gets between `SIGTERM` and `SIGKILL`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -154,6 +155,12 @@ pub enum SpecError {
         #[source]
         source: IdError,
     },
+    #[error("{count} entries; at most {max}")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
 impl SpecError {
@@ -167,6 +174,7 @@ impl SpecError {
             Self::BadFingerprint { .. } => "env_fingerprint",
             Self::BadHandOverTimeout { .. } => "hand_over_timeout_secs",
             Self::BadRelease { .. } => "release",
+            Self::TooMany { field, .. } => field,
         }
     }
 }
@@ -238,21 +246,60 @@ pub struct Manifest {
 /// (`blocks[1].version`). Missing env fingerprints are computed.
 pub fn load_manifest(path: impl AsRef<Path>) -> Result<Manifest, RuntimeError> {
     let path = path.as_ref();
-    let text = std::fs::read(path).map_err(|source| RuntimeError::Io {
+    let io = |source| RuntimeError::Io {
         op: "read manifest",
         path: path.to_owned(),
         source,
-    })?;
-    let mut manifest: Manifest =
-        serde_json::from_slice(&text).map_err(|source| RuntimeError::ManifestParse {
-            path: path.to_owned(),
-            source,
-        })?;
+    };
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_MANIFEST_BYTES as u64 + 1).read_to_end(&mut text))
+        .map_err(io)?;
+    parse_manifest(path, &text)
+}
+
+/// Parses and validates manifest text; `path` names it in errors. At most
+/// [`MAX_MANIFEST_BYTES`], [`MAX_RELEASE_BLOCKS`] blocks and
+/// [`MAX_COMMAND_ARGS`] arguments per block.
+pub fn parse_manifest(path: &Path, text: &[u8]) -> Result<Manifest, RuntimeError> {
     let bad = |field: String, source: SpecError| RuntimeError::Manifest {
         path: path.to_owned(),
         field,
         source: Box::new(source),
     };
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(RuntimeError::Io {
+            op: "read manifest",
+            path: path.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+            ),
+        });
+    }
+    let mut manifest: Manifest =
+        serde_json::from_slice(text).map_err(|source| RuntimeError::ManifestParse {
+            path: path.to_owned(),
+            source,
+        })?;
+    if manifest.blocks.len() > MAX_RELEASE_BLOCKS {
+        let e = SpecError::TooMany {
+            field: "blocks",
+            count: manifest.blocks.len(),
+            max: MAX_RELEASE_BLOCKS,
+        };
+        return Err(bad("blocks".into(), e));
+    }
+    for (i, spec) in manifest.blocks.iter().enumerate() {
+        if spec.command.len() > MAX_COMMAND_ARGS {
+            let e = SpecError::TooMany {
+                field: "command",
+                count: spec.command.len(),
+                max: MAX_COMMAND_ARGS,
+            };
+            return Err(bad(format!("blocks[{i}].command"), e));
+        }
+    }
     ReleaseId::new(manifest.release.as_str()).map_err(|source| {
         bad(
             "release".into(),

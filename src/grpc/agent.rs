@@ -11,7 +11,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{ConvertError, block_name};
+use super::convert::{ConvertError, at_most, block_name};
 use super::pb::{self, agent_service_server::AgentService};
 use super::status_from_store;
 use crate::auth;
@@ -84,14 +84,6 @@ fn check_client_cert<T>(req: &Request<T>, device: &DeviceId) -> Result<(), Statu
             "the client certificate does not name device {device}"
         )))
     }
-}
-
-/// Refuses a string field longer than `max` bytes, naming it.
-fn at_most(field: impl Into<String>, value: &str, max: usize) -> Result<(), ConvertError> {
-    if value.len() > max {
-        return Err(ConvertError::new(field, format!("at most {max} bytes")));
-    }
-    Ok(())
 }
 
 async fn authenticate<S: Store>(

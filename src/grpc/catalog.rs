@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, ConvertError, block_name};
+use super::convert::{self, ConvertError, at_most, block_name, count_at_most};
 use super::pb::{self, catalog_service_server::CatalogService};
 use super::status_from_store;
 use crate::clock;
 use crate::domain::{self, BlockVersion, EnvContext, FleetId, Release, ReleaseId};
+use crate::limits::{MAX_DESCRIPTION_BYTES, MAX_RELEASE_BLOCKS, MAX_VERSION_BYTES};
 use crate::store::{PageRequest, Store};
 
 pub struct Catalog<S> {
@@ -35,9 +36,7 @@ impl<S: Store> CatalogService for Catalog<S> {
     ) -> Result<Response<pb::CreateBlockResponse>, Status> {
         let req = req.into_inner();
         let name = block_name("name", &req.name)?;
-        if req.description.len() > 1024 {
-            return Err(ConvertError::new("description", "at most 1024 bytes").into());
-        }
+        at_most("description", &req.description, MAX_DESCRIPTION_BYTES)?;
         self.store
             .create_block(&name, &req.description, clock::now())
             .await
@@ -90,12 +89,18 @@ impl<S: Store> CatalogService for Catalog<S> {
         if req.blocks.is_empty() {
             return Err(ConvertError::new("blocks", "a release needs at least one block").into());
         }
+        count_at_most("blocks", req.blocks.len(), MAX_RELEASE_BLOCKS)?;
         let refs = req
             .blocks
             .iter()
             .enumerate()
             .map(|(i, r)| {
                 let name = block_name(&format!("blocks[{i}].block"), &r.block)?;
+                at_most(
+                    format!("blocks[{i}].version"),
+                    &r.version,
+                    MAX_VERSION_BYTES,
+                )?;
                 let version = semver::Version::parse(&r.version).map_err(|e| {
                     ConvertError::new(
                         format!("blocks[{i}].version"),

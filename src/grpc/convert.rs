@@ -13,6 +13,10 @@ use crate::domain::{
     EnvScope, EnvVar, FleetId, ImageDigest, Reason, Release, ReleaseId, RestartCause,
     UpdateStrategy,
 };
+use crate::limits::{
+    MAX_ARG_BYTES, MAX_COMMAND_ARGS, MAX_DEPENDENCIES, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS,
+    MAX_LABELS, MAX_RELEASE_BLOCKS, MAX_SCOPE_BLOCKS, MAX_VERSION_BYTES,
+};
 
 /// A message that could not become a domain value, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,11 +50,44 @@ pub(crate) fn block_name(field: &str, s: &str) -> Result<BlockName, ConvertError
     BlockName::new(s).map_err(|e| ConvertError::new(field, e))
 }
 
-/// A wire env map as a domain env, naming `field` on a bad variable name.
+/// Refuses a string longer than `max` bytes, naming the field.
+pub fn at_most(field: impl Into<String>, value: &str, max: usize) -> Result<(), ConvertError> {
+    if value.len() > max {
+        return Err(ConvertError::new(
+            field,
+            format!("{} bytes; at most {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a list longer than `max` entries, naming the field.
+pub fn count_at_most(field: impl Into<String>, len: usize, max: usize) -> Result<(), ConvertError> {
+    if len > max {
+        return Err(ConvertError::new(
+            field,
+            format!("{len} entries; at most {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A wire env map as a domain env, naming `field` on a bad variable name or
+/// a map or value over its limit.
 pub fn env_from_pb(field: &str, map: BTreeMap<String, String>) -> Result<Env, ConvertError> {
+    count_at_most(field, map.len(), MAX_ENV_VARS)?;
     map.into_iter()
         .map(|(k, v)| {
             let name = EnvName::new(k).map_err(|e| ConvertError::new(field, e))?;
+            if v.len() > MAX_ENV_VALUE_BYTES {
+                return Err(ConvertError::new(
+                    field,
+                    format!(
+                        "the value of {name} is {} bytes; at most {MAX_ENV_VALUE_BYTES}",
+                        v.len()
+                    ),
+                ));
+            }
             Ok((name, v))
         })
         .collect()
@@ -112,6 +149,29 @@ impl From<RestartCause> for pb::RestartCause {
 impl TryFrom<pb::BlockConfig> for BlockConfig {
     type Error = ConvertError;
     fn try_from(c: pb::BlockConfig) -> Result<Self, Self::Error> {
+        count_at_most(
+            "command",
+            c.entrypoint.len() + c.command.len(),
+            MAX_COMMAND_ARGS,
+        )?;
+        for (i, a) in c.entrypoint.iter().enumerate() {
+            at_most(format!("entrypoint[{i}]"), a, MAX_ARG_BYTES)?;
+        }
+        for (i, a) in c.command.iter().enumerate() {
+            at_most(format!("command[{i}]"), a, MAX_ARG_BYTES)?;
+        }
+        if let Some(w) = &c.working_dir {
+            at_most("working_dir", w, MAX_ARG_BYTES)?;
+        }
+        count_at_most("labels", c.labels.len(), MAX_LABELS)?;
+        for (k, v) in &c.labels {
+            if k.len() > MAX_ARG_BYTES || v.len() > MAX_ARG_BYTES {
+                return Err(ConvertError::new(
+                    "labels",
+                    format!("label keys and values are at most {MAX_ARG_BYTES} bytes"),
+                ));
+            }
+        }
         Ok(BlockConfig {
             entrypoint: c.entrypoint,
             command: c.command,
@@ -167,6 +227,7 @@ impl TryFrom<pb::BlockVersion> for BlockVersion {
     type Error = ConvertError;
     fn try_from(m: pb::BlockVersion) -> Result<Self, Self::Error> {
         let name = block_name("block", &m.block)?;
+        at_most("version", &m.version, MAX_VERSION_BYTES)?;
         let version = semver::Version::parse(&m.version).map_err(|e| {
             ConvertError::new(
                 "version",
@@ -182,6 +243,7 @@ impl TryFrom<pb::BlockVersion> for BlockVersion {
             .map_err(|e| e.within("config"))?
             .unwrap_or_default();
         let env = env_from_pb("env", m.env)?;
+        count_at_most("depends_on", m.depends_on.len(), MAX_DEPENDENCIES)?;
         let depends_on = m
             .depends_on
             .into_iter()
@@ -242,6 +304,7 @@ impl TryFrom<pb::Release> for Release {
     fn try_from(m: pb::Release) -> Result<Self, Self::Error> {
         let id = ReleaseId::new(m.id).map_err(|e| ConvertError::new("id", e))?;
         let fleet = FleetId::new(m.fleet).map_err(|e| ConvertError::new("fleet", e))?;
+        count_at_most("blocks", m.blocks.len(), MAX_RELEASE_BLOCKS)?;
         let blocks = m
             .blocks
             .into_iter()
@@ -274,6 +337,8 @@ impl TryFrom<pb::EnvVar> for EnvVar {
     type Error = ConvertError;
     fn try_from(m: pb::EnvVar) -> Result<Self, Self::Error> {
         let name = EnvName::new(m.name).map_err(|e| ConvertError::new("name", e))?;
+        at_most("value", &m.value, MAX_ENV_VALUE_BYTES)?;
+        count_at_most("blocks", m.blocks.len(), MAX_SCOPE_BLOCKS)?;
         let scope = if m.blocks.is_empty() {
             EnvScope::Device
         } else {
@@ -533,6 +598,80 @@ mod tests {
                     })
                 },
                 "blocks",
+            ),
+            (
+                "too many release env vars",
+                |r| {
+                    r.env = (0..=MAX_ENV_VARS)
+                        .map(|i| (format!("V{i}"), String::new()))
+                        .collect()
+                },
+                "env",
+            ),
+            (
+                "env value too long",
+                |r| {
+                    r.blocks[1]
+                        .env
+                        .insert("BIG".into(), "x".repeat(MAX_ENV_VALUE_BYTES + 1))
+                        .map_or((), drop)
+                },
+                "blocks[1].env",
+            ),
+            (
+                "too many blocks",
+                |r| {
+                    r.blocks = (0..=MAX_RELEASE_BLOCKS)
+                        .map(|i| pb_block(&format!("b{i}")))
+                        .collect()
+                },
+                "blocks",
+            ),
+            (
+                "version too long",
+                |r| r.blocks[0].version = format!("1.0.0-{}", "a".repeat(MAX_VERSION_BYTES)),
+                "blocks[0].version",
+            ),
+            (
+                "too many dependencies",
+                |r| {
+                    r.blocks[0].depends_on = (0..=MAX_DEPENDENCIES)
+                        .map(|_| pb::Dependency {
+                            block: "b".into(),
+                            restart: false,
+                        })
+                        .collect()
+                },
+                "blocks[0].depends_on",
+            ),
+            (
+                "too many command arguments",
+                |r| {
+                    if let Some(c) = r.blocks[0].config.as_mut() {
+                        c.command = vec!["x".into(); MAX_COMMAND_ARGS];
+                    }
+                },
+                "blocks[0].config.command",
+            ),
+            (
+                "argument too long",
+                |r| {
+                    if let Some(c) = r.blocks[1].config.as_mut() {
+                        c.command[1] = "x".repeat(MAX_ARG_BYTES + 1);
+                    }
+                },
+                "blocks[1].config.command[1]",
+            ),
+            (
+                "too many labels",
+                |r| {
+                    if let Some(c) = r.blocks[0].config.as_mut() {
+                        c.labels = (0..=MAX_LABELS)
+                            .map(|i| (format!("l{i}"), String::new()))
+                            .collect();
+                    }
+                },
+                "blocks[0].config.labels",
             ),
             (
                 "cycle",

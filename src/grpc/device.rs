@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{ConvertError, block_name};
+use super::convert::{ConvertError, at_most, block_name, count_at_most};
 use super::pb::{self, device_service_server::DeviceService};
 use super::status_from_store;
 use crate::auth;
@@ -13,6 +13,10 @@ use crate::clock;
 use crate::domain::{
     DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, OperationSpec,
     Tag,
+};
+use crate::limits::{
+    MAX_ENV_VALUE_BYTES as MAX_ENV_VALUE, MAX_ENV_VARS, MAX_FLEET_NAME_BYTES, MAX_SCOPE_BLOCKS,
+    MAX_TAGS,
 };
 use crate::scheduler::Wakeups;
 use crate::store::{DeviceFilter, EnvOwner, PageRequest, Store};
@@ -68,13 +72,6 @@ impl<S: Store> Devices<S> {
         Ok(devices.len())
     }
 }
-
-/// Most tags one device may carry.
-const MAX_TAGS: usize = 32;
-/// Most env variables one call may set or unset.
-const MAX_ENV_VARS: usize = 256;
-/// Largest env value accepted.
-const MAX_ENV_VALUE: usize = 32 * 1024;
 
 fn device_id(field: &str, s: &str) -> Result<DeviceId, ConvertError> {
     DeviceId::new(s).map_err(|e| ConvertError::new(field, e))
@@ -145,6 +142,7 @@ fn scope_from_blocks(field: &str, blocks: &[String]) -> Result<EnvScope, Convert
     if blocks.is_empty() {
         return Ok(EnvScope::Device);
     }
+    count_at_most(field, blocks.len(), MAX_SCOPE_BLOCKS)?;
     let set = blocks
         .iter()
         .enumerate()
@@ -160,9 +158,7 @@ impl<S: Store> DeviceService for Devices<S> {
         req: Request<pb::CreateFleetRequest>,
     ) -> Result<Response<pb::CreateFleetResponse>, Status> {
         let req = req.into_inner();
-        if req.name.len() > 256 {
-            return Err(ConvertError::new("name", "at most 256 bytes").into());
-        }
+        at_most("name", &req.name, MAX_FLEET_NAME_BYTES)?;
         let fleet = Fleet {
             id: fleet_id("id", &req.id)?,
             name: req.name,

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{ConvertError, block_name, disturbance_to_pb};
+use super::convert::{ConvertError, at_most, block_name, count_at_most, disturbance_to_pb};
 use super::pb::{self, operation_service_server::OperationService};
 use super::status_from_store;
 use crate::clock;
@@ -15,6 +15,7 @@ use crate::domain::{
     OperationSpec, ReleaseId,
 };
 use crate::events::{Event, EventKind, Events, Watch, Watched};
+use crate::limits::{MAX_SCOPE_BLOCKS, MAX_TEXT_BYTES, MAX_VERSION_BYTES};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
@@ -83,10 +84,10 @@ fn spec_from_pb(m: Option<pb::OperationSpec>) -> Result<OperationSpec, ConvertEr
         Kind::Shutdown(_) => OperationSpec::Shutdown,
         Kind::ApplyEnv(_) => OperationSpec::ApplyEnv,
         Kind::OsUpdate(v) => {
-            if v.is_empty() || v.len() > 128 {
+            if v.is_empty() || v.len() > MAX_VERSION_BYTES {
                 return Err(ConvertError::new(
                     "spec.os_update",
-                    "an OS version of 1 to 128 bytes is required",
+                    format!("an OS version of 1 to {MAX_VERSION_BYTES} bytes is required"),
                 ));
             }
             OperationSpec::OsUpdate(v)
@@ -114,6 +115,8 @@ fn force_from_pb(m: Option<pb::Force>) -> Result<Option<Force>, ConvertError> {
     if f.blocks.is_empty() && f.reason.is_empty() {
         return Ok(None);
     }
+    count_at_most("force.blocks", f.blocks.len(), MAX_SCOPE_BLOCKS)?;
+    at_most("force.reason", &f.reason, MAX_TEXT_BYTES)?;
     let blocks = f
         .blocks
         .iter()
@@ -181,12 +184,15 @@ fn op_id(v: u64) -> Result<OperationId, ConvertError> {
         .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))
 }
 
-fn actor(s: &str) -> String {
-    if s.is_empty() {
+/// Who did it, as given (`unknown` when empty), at most
+/// [`crate::limits::MAX_ACTOR_BYTES`].
+fn actor(s: &str) -> Result<String, ConvertError> {
+    super::convert::at_most("actor", s, crate::limits::MAX_ACTOR_BYTES)?;
+    Ok(if s.is_empty() {
         "unknown".to_owned()
     } else {
-        s.chars().take(256).collect()
-    }
+        s.to_owned()
+    })
 }
 
 #[tonic::async_trait]
@@ -239,6 +245,7 @@ impl<S: Store> OperationService for Operations<S> {
         let device = DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e))?;
         let spec = spec_from_pb(req.spec)?;
         let force = force_from_pb(req.force)?;
+        let actor = actor(&req.actor)?;
         if let OperationSpec::AssignRelease(r) = &spec {
             // Fail early on a release that does not exist.
             self.store.get_release(r).await.map_err(status_from_store)?;
@@ -253,7 +260,7 @@ impl<S: Store> OperationService for Operations<S> {
             self.store
                 .append_audit(&AuditEntry {
                     at: now,
-                    actor: actor(&req.actor),
+                    actor,
                     action: "force_requested".into(),
                     subject: format!("device {device} operation {}", op.id),
                     reason: f.reason().to_owned(),
@@ -310,6 +317,8 @@ impl<S: Store> OperationService for Operations<S> {
     ) -> Result<Response<pb::CancelOperationResponse>, Status> {
         let req = req.into_inner();
         let id = op_id(req.id)?;
+        let actor = actor(&req.actor)?;
+        at_most("reason", &req.reason, MAX_TEXT_BYTES)?;
         let op = self
             .store
             .get_operation(id)
@@ -343,7 +352,7 @@ impl<S: Store> OperationService for Operations<S> {
         self.store
             .append_audit(&AuditEntry {
                 at: now,
-                actor: actor(&req.actor),
+                actor,
                 action: "operation_cancelled".into(),
                 subject: format!("device {} operation {id}", op.device),
                 reason: req.reason.clone(),

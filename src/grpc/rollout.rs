@@ -8,12 +8,13 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::ConvertError;
+use super::convert::{ConvertError, at_most, count_at_most};
 use super::pb::{self, rollout_service_server::RolloutService};
 use super::status_from_store;
 use crate::domain::{
     Amount, FleetId, OnError, ReleaseId, Rollout, RolloutId, RolloutTarget, Strategy, Tag,
 };
+use crate::limits::MAX_TEXT_BYTES;
 use crate::rollouts::{CreateRollout, RolloutError, RolloutStatus, Rollouts};
 use crate::store::Store;
 
@@ -43,12 +44,20 @@ fn rollout_id(v: u64) -> Result<RolloutId, ConvertError> {
         .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))
 }
 
-fn actor(s: &str) -> String {
-    if s.is_empty() {
+/// Who did it, as given (`unknown` when empty), at most
+/// [`crate::limits::MAX_ACTOR_BYTES`].
+fn actor(s: &str) -> Result<String, ConvertError> {
+    super::convert::at_most("actor", s, crate::limits::MAX_ACTOR_BYTES)?;
+    Ok(if s.is_empty() {
         "unknown".to_owned()
     } else {
-        s.chars().take(256).collect()
-    }
+        s.to_owned()
+    })
+}
+
+fn reason(s: &str) -> Result<&str, ConvertError> {
+    at_most("reason", s, MAX_TEXT_BYTES)?;
+    Ok(s)
 }
 
 fn amount_from_pb(field: &str, a: &pb::Amount) -> Result<Amount, ConvertError> {
@@ -75,6 +84,11 @@ fn amount_to_pb(a: Amount) -> pb::Amount {
 impl TryFrom<pb::RolloutStrategy> for Strategy {
     type Error = ConvertError;
     fn try_from(s: pb::RolloutStrategy) -> Result<Self, ConvertError> {
+        count_at_most(
+            "strategy.batches",
+            s.batches.len(),
+            Strategy::MAX_BATCH_ENTRIES,
+        )?;
         let batches = s
             .batches
             .iter()
@@ -143,6 +157,7 @@ impl TryFrom<pb::CreateRolloutRequest> for CreateRollout {
             Some(pb::create_rollout_request::Target::Release(id)) => RolloutTarget::Release(
                 ReleaseId::new(id).map_err(|e| ConvertError::new("release", e))?,
             ),
+            // Checked by `Rollouts::create` (`os_version`).
             Some(pb::create_rollout_request::Target::OsVersion(v)) => RolloutTarget::OsVersion(v),
             None => {
                 return Err(ConvertError::new(
@@ -157,7 +172,7 @@ impl TryFrom<pb::CreateRolloutRequest> for CreateRollout {
             target,
             strategy: r.strategy.unwrap_or_default().try_into()?,
             supersede: r.supersede,
-            actor: actor(&r.actor),
+            actor: actor(&r.actor)?,
             seed: (r.seed != 0).then_some(r.seed),
         })
     }
@@ -288,7 +303,11 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         let req = req.into_inner();
         let r = self
             .rollouts
-            .pause(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .pause(
+                rollout_id(req.id)?,
+                &actor(&req.actor)?,
+                reason(&req.reason)?,
+            )
             .await
             .map_err(status_from_rollout)?;
         Ok(Response::new(pb::RolloutActionResponse {
@@ -303,7 +322,11 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         let req = req.into_inner();
         let r = self
             .rollouts
-            .resume(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .resume(
+                rollout_id(req.id)?,
+                &actor(&req.actor)?,
+                reason(&req.reason)?,
+            )
             .await
             .map_err(status_from_rollout)?;
         Ok(Response::new(pb::RolloutActionResponse {
@@ -318,7 +341,11 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         let req = req.into_inner();
         let r = self
             .rollouts
-            .abort(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .abort(
+                rollout_id(req.id)?,
+                &actor(&req.actor)?,
+                reason(&req.reason)?,
+            )
             .await
             .map_err(status_from_rollout)?;
         Ok(Response::new(pb::RolloutActionResponse {

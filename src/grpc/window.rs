@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::ConvertError;
+use super::convert::{ConvertError, at_most, count_at_most};
 use super::pb::{self, window_service_server::WindowService};
 use super::status_from_store;
 use crate::approvals::{self, ApprovalError, ApprovalView, Approvals};
@@ -16,6 +16,10 @@ use crate::clock;
 use crate::domain::{
     ApprovalStatus, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window,
     WindowRule, WindowScope,
+};
+use crate::limits::{
+    MAX_POLICY_KINDS, MAX_RECURRENCE_BYTES, MAX_RECURRENCE_LINES, MAX_TIME_ZONE_BYTES,
+    MAX_WEEK_DAYS,
 };
 use crate::scheduler::Wakeups;
 use crate::store::Store;
@@ -80,6 +84,9 @@ fn scope_to_pb(s: &WindowScope) -> pb::WindowScope {
 }
 
 fn weekly_from_pb(w: pb::WeeklyRule) -> Result<WindowRule, ConvertError> {
+    count_at_most("weekly.days", w.days.len(), MAX_WEEK_DAYS)?;
+    at_most("weekly.time_zone", &w.time_zone, MAX_TIME_ZONE_BYTES)?;
+    at_most("weekly.start_local", &w.start_local, 16)?;
     let days = w
         .days
         .iter()
@@ -200,6 +207,7 @@ fn approval_id(id: u64) -> Result<i64, ConvertError> {
 
 /// Operation kinds named in a policy, each checked.
 fn policy_kinds(field: &str, kinds: &[String]) -> Result<BTreeSet<String>, ConvertError> {
+    count_at_most(field, kinds.len(), MAX_POLICY_KINDS)?;
     kinds
         .iter()
         .enumerate()
@@ -305,6 +313,14 @@ impl<S: Store> WindowService for Windows<S> {
                 rule
             }
             Some(Rule::Recurrence(r)) => {
+                at_most("recurrence.rrule", &r.rrule, MAX_RECURRENCE_BYTES)?;
+                if r.rrule.lines().count() > MAX_RECURRENCE_LINES {
+                    return Err(ConvertError::new(
+                        "recurrence.rrule",
+                        format!("more than {MAX_RECURRENCE_LINES} lines"),
+                    )
+                    .into());
+                }
                 let rule = WindowRule::Recurrence {
                     rule: r.rrule,
                     duration: jiff::SignedDuration::from_mins(i64::from(r.duration_minutes)),

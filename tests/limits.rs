@@ -1,0 +1,357 @@
+//! Hostile input and overload against the real `lockstep serve`: an
+//! oversized message is `RESOURCE_EXHAUSTED`; fields over their limits are
+//! `INVALID_ARGUMENT` naming the field; a flood of calls from one client is
+//! rate-limited while the server stays healthy and other clients are served;
+//! an agent stream that sends faster than its rate is ended with
+//! `RESOURCE_EXHAUSTED`. Every loop is bounded and talks to loopback only.
+
+mod support;
+
+use lockstep::grpc::pb;
+use lockstep::grpc::pb::agent_service_client::AgentServiceClient;
+use lockstep::grpc::pb::catalog_service_client::CatalogServiceClient;
+use lockstep::grpc::pb::device_service_client::DeviceServiceClient;
+use lockstep::grpc::pb::operation_service_client::OperationServiceClient;
+use lockstep::grpc::pb::window_service_client::WindowServiceClient;
+use lockstep::limits;
+use support::Server;
+use tonic::Code;
+
+async fn healthy(server: &Server) -> bool {
+    tonic_health::pb::health_client::HealthClient::new(server.channel().await)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| {
+            r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        })
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_resource_exhausted_and_the_server_stays_up() {
+    let server = Server::start(&[]);
+    let err = CatalogServiceClient::new(server.channel().await)
+        .create_block(pb::CreateBlockRequest {
+            name: "big".into(),
+            description: "x".repeat(limits::MAX_MESSAGE_BYTES + 1),
+        })
+        .await
+        .expect_err("a message over the limit");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(healthy(&server).await);
+}
+
+#[tokio::test]
+async fn too_many_env_vars_are_invalid_argument_naming_vars() {
+    let server = Server::start(&[]);
+    let err = DeviceServiceClient::new(server.channel().await)
+        .set_env(pb::SetEnvRequest {
+            owner: Some(pb::EnvOwner {
+                owner: Some(pb::env_owner::Owner::Fleet("site".into())),
+            }),
+            vars: (0..=limits::MAX_ENV_VARS)
+                .map(|i| pb::EnvVar {
+                    name: format!("V{i}"),
+                    value: String::new(),
+                    blocks: vec![],
+                })
+                .collect(),
+        })
+        .await
+        .expect_err("too many variables");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("vars:"), "{}", err.message());
+}
+
+/// Checks that `result` is INVALID_ARGUMENT whose message starts with `field:`.
+fn names<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>, field: &str) {
+    let err = result.expect_err(what);
+    assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+    assert!(
+        err.message().starts_with(&format!("{field}:")),
+        "{what}: expected the field {field}, got {:?}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn fields_over_their_limits_are_invalid_argument_naming_the_field() {
+    let server = Server::start(&[]);
+    let channel = server.channel().await;
+    let mut catalog = CatalogServiceClient::new(channel.clone());
+    let mut devices = DeviceServiceClient::new(channel.clone());
+    let mut ops = OperationServiceClient::new(channel.clone());
+    let mut windows = WindowServiceClient::new(channel);
+    let text = "x".repeat(limits::MAX_TEXT_BYTES + 1);
+    let actor = "a".repeat(limits::MAX_ACTOR_BYTES + 1);
+
+    names(
+        "description",
+        catalog
+            .create_block(pb::CreateBlockRequest {
+                name: "a".into(),
+                description: "d".repeat(limits::MAX_DESCRIPTION_BYTES + 1),
+            })
+            .await,
+        "description",
+    );
+    names(
+        "release blocks",
+        catalog
+            .create_release(pb::CreateReleaseRequest {
+                id: "r1".into(),
+                fleet: "site".into(),
+                blocks: (0..=limits::MAX_RELEASE_BLOCKS)
+                    .map(|i| pb::BlockRef {
+                        block: format!("b{i}"),
+                        version: "1.0.0".into(),
+                    })
+                    .collect(),
+                env: Default::default(),
+            })
+            .await,
+        "blocks",
+    );
+    names(
+        "env value",
+        devices
+            .set_env(pb::SetEnvRequest {
+                owner: Some(pb::EnvOwner {
+                    owner: Some(pb::env_owner::Owner::Fleet("site".into())),
+                }),
+                vars: vec![pb::EnvVar {
+                    name: "BIG".into(),
+                    value: "v".repeat(limits::MAX_ENV_VALUE_BYTES + 1),
+                    blocks: vec![],
+                }],
+            })
+            .await,
+        "vars[0].value",
+    );
+    names(
+        "tags",
+        devices
+            .register_device(pb::RegisterDeviceRequest {
+                id: "d1".into(),
+                fleet: "site".into(),
+                tags: (0..=limits::MAX_TAGS).map(|i| format!("t{i}")).collect(),
+            })
+            .await,
+        "tags",
+    );
+    names(
+        "force reason",
+        ops.create_operation(pb::CreateOperationRequest {
+            device: "d1".into(),
+            spec: Some(pb::OperationSpec {
+                kind: Some(pb::operation_spec::Kind::Reboot(
+                    pb::operation_spec::Empty {},
+                )),
+            }),
+            force: Some(pb::Force {
+                blocks: vec!["a".into()],
+                reason: text.clone(),
+            }),
+            actor: String::new(),
+        })
+        .await,
+        "force.reason",
+    );
+    names(
+        "actor",
+        ops.create_operation(pb::CreateOperationRequest {
+            device: "d1".into(),
+            spec: Some(pb::OperationSpec {
+                kind: Some(pb::operation_spec::Kind::Reboot(
+                    pb::operation_spec::Empty {},
+                )),
+            }),
+            force: None,
+            actor: actor.clone(),
+        })
+        .await,
+        "actor",
+    );
+    names(
+        "cancel reason",
+        ops.cancel_operation(pb::CancelOperationRequest {
+            id: 1,
+            actor: "me".into(),
+            reason: text.clone(),
+        })
+        .await,
+        "reason",
+    );
+    names(
+        "recurrence",
+        windows
+            .create_window(pb::CreateWindowRequest {
+                scope: Some(pb::WindowScope {
+                    scope: Some(pb::window_scope::Scope::Fleet("site".into())),
+                }),
+                rule: Some(pb::create_window_request::Rule::Recurrence(
+                    pb::RecurrenceRule {
+                        rrule: format!(
+                            "DTSTART:20260101T000000Z\nRRULE:FREQ=DAILY;{}",
+                            "X".repeat(limits::MAX_RECURRENCE_BYTES)
+                        ),
+                        duration_minutes: 60,
+                    },
+                )),
+            })
+            .await,
+        "recurrence.rrule",
+    );
+    names(
+        "recurrence lines",
+        windows
+            .create_window(pb::CreateWindowRequest {
+                scope: Some(pb::WindowScope {
+                    scope: Some(pb::window_scope::Scope::Fleet("site".into())),
+                }),
+                rule: Some(pb::create_window_request::Rule::Recurrence(
+                    pb::RecurrenceRule {
+                        rrule: "RRULE:FREQ=DAILY\n".repeat(limits::MAX_RECURRENCE_LINES + 1),
+                        duration_minutes: 60,
+                    },
+                )),
+            })
+            .await,
+        "recurrence.rrule",
+    );
+    names(
+        "weekly days",
+        windows
+            .create_window(pb::CreateWindowRequest {
+                scope: Some(pb::WindowScope {
+                    scope: Some(pb::window_scope::Scope::Fleet("site".into())),
+                }),
+                rule: Some(pb::create_window_request::Rule::Weekly(pb::WeeklyRule {
+                    days: vec![1; limits::MAX_WEEK_DAYS + 1],
+                    start_local: "02:00".into(),
+                    duration_minutes: 60,
+                    time_zone: "UTC".into(),
+                })),
+            })
+            .await,
+        "weekly.days",
+    );
+    names(
+        "decline message",
+        windows
+            .decline(pb::DeclineRequest {
+                approval_id: 1,
+                message: text.clone(),
+                actor: "me".into(),
+            })
+            .await,
+        "message",
+    );
+    names(
+        "approve actor",
+        windows
+            .approve(pb::ApproveRequest {
+                approval_id: 1,
+                occurrence: None,
+                actor,
+            })
+            .await,
+        "actor",
+    );
+    assert!(healthy(&server).await);
+}
+
+#[tokio::test]
+async fn a_flood_from_one_client_is_rate_limited_while_the_server_stays_healthy() {
+    let server = Server::start(&["--rate-limit", "5"]);
+    let mut devices = DeviceServiceClient::new(server.channel().await);
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..100 {
+        match devices.list_fleets(pb::ListFleetsRequest {}).await {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Code::ResourceExhausted => limited += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(ok >= 10, "the burst is served: {ok} ok, {limited} limited");
+    assert!(
+        limited > 0,
+        "a flood is limited: {ok} ok, {limited} limited"
+    );
+    // Health checks are never limited, and another token has its own budget.
+    assert!(healthy(&server).await);
+    let mut req = tonic::Request::new(pb::ListFleetsRequest {});
+    req.metadata_mut()
+        .insert("authorization", "Bearer another".parse().unwrap());
+    devices
+        .list_fleets(req)
+        .await
+        .expect("another client is served");
+}
+
+#[tokio::test]
+async fn an_agent_stream_over_its_message_rate_is_ended_with_resource_exhausted() {
+    let server = Server::start(&[]);
+    let channel = server.channel().await;
+    let mut devices = DeviceServiceClient::new(channel.clone());
+    devices
+        .create_fleet(pb::CreateFleetRequest {
+            id: "site".into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap();
+    let credential = devices
+        .register_device(pb::RegisterDeviceRequest {
+            id: "dev-1".into(),
+            fleet: "site".into(),
+            tags: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .credential;
+    let hello = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            agent_version: "test".into(),
+            state: None,
+            locks: Some(pb::LockReport {
+                seq: 1,
+                locks: vec![],
+            }),
+            last_intent_seq: 0,
+        })),
+    };
+    // Stale lock reports cost the server nothing but a comparison: the
+    // rate limit is what stops them.
+    let flood = (0..limits::AGENT_MESSAGE_BURST as usize * 4).map(|_| pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::LockReport(pb::LockReport {
+            seq: 0,
+            locks: vec![],
+        })),
+    });
+    let outbound = tokio_stream::iter(std::iter::once(hello).chain(flood));
+    let mut req = tonic::Request::new(outbound);
+    req.metadata_mut()
+        .insert("x-lockstep-device", "dev-1".parse().unwrap());
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().unwrap(),
+    );
+    let mut inbound = AgentServiceClient::new(channel)
+        .connect(req)
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    let ended = loop {
+        match inbound.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    assert!(healthy(&server).await);
+}
