@@ -61,6 +61,9 @@ pub fn actor(s: &str) -> Result<String, ApprovalError> {
             format!("{} bytes; at most {MAX_ACTOR_BYTES}", s.len()),
         ));
     }
+    if s.contains('\0') {
+        return Err(ApprovalError::invalid("actor", "contains a NUL character"));
+    }
     Ok(s.to_owned())
 }
 
@@ -184,6 +187,12 @@ impl<S: Store> Approvals<S> {
             return Err(ApprovalError::invalid(
                 "message",
                 format!("{} bytes; at most {MAX_TEXT_BYTES}", message.len()),
+            ));
+        }
+        if message.contains('\0') {
+            return Err(ApprovalError::invalid(
+                "message",
+                "contains a NUL character",
             ));
         }
         self.decide(

@@ -50,13 +50,19 @@ pub(crate) fn block_name(field: &str, s: &str) -> Result<BlockName, ConvertError
     BlockName::new(s).map_err(|e| ConvertError::new(field, e))
 }
 
-/// Refuses a string longer than `max` bytes, naming the field.
+/// Refuses free text longer than `max` bytes, or holding a NUL character
+/// (no process argument or env value can carry one, and Postgres text
+/// refuses it), naming the field.
 pub fn at_most(field: impl Into<String>, value: &str, max: usize) -> Result<(), ConvertError> {
+    let field = field.into();
     if value.len() > max {
         return Err(ConvertError::new(
             field,
             format!("{} bytes; at most {max}", value.len()),
         ));
+    }
+    if value.contains('\0') {
+        return Err(ConvertError::new(field, "contains a NUL character"));
     }
     Ok(())
 }
@@ -79,15 +85,9 @@ pub fn env_from_pb(field: &str, map: BTreeMap<String, String>) -> Result<Env, Co
     map.into_iter()
         .map(|(k, v)| {
             let name = EnvName::new(k).map_err(|e| ConvertError::new(field, e))?;
-            if v.len() > MAX_ENV_VALUE_BYTES {
-                return Err(ConvertError::new(
-                    field,
-                    format!(
-                        "the value of {name} is {} bytes; at most {MAX_ENV_VALUE_BYTES}",
-                        v.len()
-                    ),
-                ));
-            }
+            at_most(field, &v, MAX_ENV_VALUE_BYTES).map_err(|e| {
+                ConvertError::new(field, format!("the value of {name}: {}", e.message))
+            })?;
             Ok((name, v))
         })
         .collect()
@@ -165,12 +165,8 @@ impl TryFrom<pb::BlockConfig> for BlockConfig {
         }
         count_at_most("labels", c.labels.len(), MAX_LABELS)?;
         for (k, v) in &c.labels {
-            if k.len() > MAX_ARG_BYTES || v.len() > MAX_ARG_BYTES {
-                return Err(ConvertError::new(
-                    "labels",
-                    format!("label keys and values are at most {MAX_ARG_BYTES} bytes"),
-                ));
-            }
+            at_most("labels", k, MAX_ARG_BYTES)?;
+            at_most("labels", v, MAX_ARG_BYTES)?;
         }
         Ok(BlockConfig {
             entrypoint: c.entrypoint,
@@ -706,6 +702,28 @@ mod tests {
                 status.message()
             );
         }
+    }
+
+    #[test]
+    fn nul_characters_in_free_text_are_refused_naming_the_field() {
+        let mut m = pb_block("a");
+        m.env.insert("X".into(), "a\0b".into());
+        assert_eq!(BlockVersion::try_from(m).unwrap_err().field, "env");
+        let mut m = pb_block("a");
+        if let Some(c) = m.config.as_mut() {
+            c.command[0] = "\0".into();
+        }
+        assert_eq!(
+            BlockVersion::try_from(m).unwrap_err().field,
+            "config.command[0]"
+        );
+        let v = pb::EnvVar {
+            name: "X".into(),
+            value: "\0".into(),
+            blocks: vec![],
+        };
+        assert_eq!(EnvVar::try_from(v).unwrap_err().field, "value");
+        assert_eq!(at_most("actor", "a\0", 10).unwrap_err().field, "actor");
     }
 
     #[test]

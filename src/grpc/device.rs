@@ -280,12 +280,7 @@ impl<S: Store> DeviceService for Devices<S> {
             .into_iter()
             .enumerate()
             .map(|(i, v)| {
-                if v.value.len() > MAX_ENV_VALUE {
-                    return Err(ConvertError::new(
-                        format!("vars[{i}].value"),
-                        format!("at most {MAX_ENV_VALUE} bytes"),
-                    ));
-                }
+                at_most(format!("vars[{i}].value"), &v.value, MAX_ENV_VALUE)?;
                 EnvVar::try_from(v).map_err(|e| e.within(format!("vars[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -84,10 +84,12 @@ fn spec_from_pb(m: Option<pb::OperationSpec>) -> Result<OperationSpec, ConvertEr
         Kind::Shutdown(_) => OperationSpec::Shutdown,
         Kind::ApplyEnv(_) => OperationSpec::ApplyEnv,
         Kind::OsUpdate(v) => {
-            if v.is_empty() || v.len() > MAX_VERSION_BYTES {
+            if v.is_empty() || v.len() > MAX_VERSION_BYTES || v.chars().any(char::is_control) {
                 return Err(ConvertError::new(
                     "spec.os_update",
-                    format!("an OS version of 1 to {MAX_VERSION_BYTES} bytes is required"),
+                    format!(
+                        "an OS version of 1 to {MAX_VERSION_BYTES} printable bytes is required"
+                    ),
                 ));
             }
             OperationSpec::OsUpdate(v)
