@@ -26,6 +26,17 @@ use super::ids::Timestamp;
 pub const MAX_RECURRENCE_BYTES: usize = 2048;
 /// Most lines in a recurrence.
 pub const MAX_RECURRENCE_LINES: usize = 16;
+/// Most instances of a recurrence generated in one evaluation. A recurrence
+/// is evaluated from its DTSTART, so this bounds the work of every
+/// evaluation; a rule that would need more to reach a given instant has no
+/// occurrences from there on, and is refused when created if that happens
+/// within ten years (see [`WindowRule::evaluable_until`]).
+pub const MAX_RECURRENCE_INSTANCES: usize = 100_000;
+/// Earliest and latest DTSTART year of a recurrence.
+pub const RECURRENCE_YEARS: std::ops::RangeInclusive<i32> = 1970..=2200;
+/// Recurrences have no occurrences after this instant (3000-01-01T00:00Z):
+/// evaluating one that far out would iterate for centuries.
+const RECURRENCE_HORIZON_MS: i64 = 32_503_680_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
@@ -94,8 +105,14 @@ impl Occurrence {
     }
 }
 
+/// Saturates at the ends of jiff's range (years -9999 and 9999), so an
+/// instant beyond them is never mistaken for another one.
 fn to_jiff(t: Timestamp) -> jiff::Timestamp {
-    jiff::Timestamp::from_millisecond(t.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    jiff::Timestamp::from_millisecond(t.0).unwrap_or(if t.0 < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    })
 }
 
 fn from_jiff(t: jiff::Timestamp) -> Timestamp {
@@ -181,6 +198,7 @@ impl WindowRule {
                             let s = zoned.timestamp();
                             if let Ok(e) = s.checked_add(*duration)
                                 && e > now
+                                && from_jiff(e) > after
                             {
                                 out.push(Occurrence {
                                     start: from_jiff(s),
@@ -196,6 +214,16 @@ impl WindowRule {
                 }
                 out
             }
+        }
+    }
+
+    /// Whether the rule can still be evaluated at `t` within
+    /// [`MAX_RECURRENCE_INSTANCES`] (always, for weekly and one-off rules).
+    /// Checked with "ten years from now" when a window is created.
+    pub fn evaluable_until(&self, t: Timestamp) -> bool {
+        match self {
+            WindowRule::Recurrence { rule, duration } => !recurrence_scan(rule, *duration, t, 1).1,
+            WindowRule::Weekly { .. } | WindowRule::OneOff { .. } => true,
         }
     }
 
@@ -228,6 +256,32 @@ fn parse_recurrence(rule: &str) -> Result<rrule::RRuleSet, WindowError> {
             message: "DTSTART needs a TZID (e.g. DTSTART;TZID=Europe/Amsterdam:20260104T020000) or a UTC time".into(),
         });
     }
+    let year = chrono::Datelike::year(set.get_dt_start());
+    if !RECURRENCE_YEARS.contains(&year) {
+        return Err(WindowError::BadRecurrence {
+            message: format!(
+                "DTSTART year {year} is outside {}..={}",
+                RECURRENCE_YEARS.start(),
+                RECURRENCE_YEARS.end()
+            ),
+        });
+    }
+    // Every period from DTSTART on is iterated: sub-daily frequencies would
+    // make each evaluation iterate millions of times. Several windows a day
+    // are a DAILY rule with BYHOUR.
+    for r in set.get_rrule().iter().chain(set.get_exrule()) {
+        if matches!(
+            r.get_freq(),
+            rrule::Frequency::Hourly | rrule::Frequency::Minutely | rrule::Frequency::Secondly
+        ) {
+            return Err(WindowError::BadRecurrence {
+                message: format!(
+                    "FREQ={} is too frequent for a maintenance window; use DAILY (with BYHOUR for several a day), WEEKLY, MONTHLY or YEARLY",
+                    r.get_freq()
+                ),
+            });
+        }
+    }
     Ok(set)
 }
 
@@ -237,30 +291,48 @@ fn recurrence_occurrences(
     after: Timestamp,
     limit: usize,
 ) -> Vec<Occurrence> {
+    recurrence_scan(rule, duration, after, limit).0
+}
+
+/// The first `limit` occurrences not ended at `after`, and whether the scan
+/// stopped at [`MAX_RECURRENCE_INSTANCES`] before finding them all.
+fn recurrence_scan(
+    rule: &str,
+    duration: SignedDuration,
+    after: Timestamp,
+    limit: usize,
+) -> (Vec<Occurrence>, bool) {
+    if limit == 0 || after.0 >= RECURRENCE_HORIZON_MS {
+        return (vec![], false);
+    }
     let Ok(set) = parse_recurrence(rule) else {
-        return vec![];
+        return (vec![], false);
     };
+    let set = set.limit();
     let dur_ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-    // Starts after `after - duration`, so an occurrence still open is found.
-    let Some(from) = chrono::DateTime::from_timestamp_millis(after.0.saturating_sub(dur_ms)) else {
-        return vec![];
-    };
-    let from = from.with_timezone(&rrule::Tz::UTC);
-    let cap = u16::try_from(limit.saturating_add(1)).unwrap_or(u16::MAX);
-    set.after(from)
-        .all(cap)
-        .dates
-        .into_iter()
-        .map(|d| {
-            let start = Timestamp(d.timestamp_millis());
-            Occurrence {
-                start,
-                end: Timestamp(start.0.saturating_add(dur_ms)),
+    // Starts from `after - duration`, so an occurrence still open is found.
+    let from = after.0.saturating_sub(dur_ms);
+    let mut out = Vec::new();
+    for (i, d) in (&set).into_iter().enumerate() {
+        if i >= MAX_RECURRENCE_INSTANCES {
+            return (out, true);
+        }
+        let start = Timestamp(d.timestamp_millis());
+        if start.0 < from {
+            continue;
+        }
+        let o = Occurrence {
+            start,
+            end: Timestamp(start.0.saturating_add(dur_ms)),
+        };
+        if o.end > after {
+            out.push(o);
+            if out.len() >= limit {
+                break;
             }
-        })
-        .filter(|o| o.end > after)
-        .take(limit)
-        .collect()
+        }
+    }
+    (out, false)
 }
 
 /// Across several windows: the occurrence open at `t`, else the next one.
@@ -305,6 +377,43 @@ mod tests {
 
     fn utc(o: &Occurrence) -> (String, String) {
         (to_jiff(o.start).to_string(), to_jiff(o.end).to_string())
+    }
+
+    /// Found by tests/fuzz_window.rs: a recurrence starting centuries ago
+    /// at a fine frequency made every evaluation iterate for minutes.
+    #[test]
+    fn recurrences_are_bounded_in_frequency_start_and_work() {
+        let rec = |text: &str| WindowRule::Recurrence {
+            rule: text.into(),
+            duration: SignedDuration::from_mins(60),
+        };
+        for bad in [
+            "DTSTART:20260101T000000Z\nRRULE:FREQ=MINUTELY",
+            "DTSTART:20260101T000000Z\nRRULE:FREQ=HOURLY",
+            "DTSTART:11270101T000000Z\nRRULE:FREQ=DAILY",
+            "DTSTART:29990101T000000Z\nRRULE:FREQ=DAILY",
+        ] {
+            assert!(rec(bad).validate().is_err(), "{bad}");
+        }
+        let daily = rec("DTSTART:19700101T000000Z\nRRULE:FREQ=DAILY;BYHOUR=0,6,12,18");
+        assert!(daily.validate().is_ok());
+        // Four a day since 1970: the budget runs out in the 2030s.
+        assert!(daily.evaluable_until(ms("2026-01-01T00:00:00Z")));
+        assert!(!daily.evaluable_until(ms("2046-01-01T00:00:00Z")));
+        assert!(daily.occurrences(ms("2046-01-01T00:00:00Z"), 1).is_empty());
+        assert!(daily.occurrences(Timestamp(i64::MAX), 1).is_empty());
+    }
+
+    /// Found by tests/fuzz_window.rs: an instant past jiff's range was
+    /// read as the Unix epoch, and 1970's occurrences came back.
+    #[test]
+    fn an_instant_beyond_the_calendar_has_no_weekly_occurrences_before_it() {
+        let rule = weekly(&[Weekday::Monday], 0, 0, 1, "UTC");
+        let after = Timestamp(253_402_207_200_001);
+        assert!(rule.occurrences(after, 1).iter().all(|o| o.end > after));
+        assert!(rule.occurrences(Timestamp(i64::MAX), 3).is_empty());
+        let early = rule.occurrences(Timestamp(i64::MIN), 1);
+        assert!(early.iter().all(|o| o.end > Timestamp(i64::MIN)));
     }
 
     #[test]

@@ -327,6 +327,19 @@ impl<S: Store> WindowService for Windows<S> {
                 };
                 rule.validate()
                     .map_err(|e| ConvertError::new("recurrence", e))?;
+                // Every evaluation starts at DTSTART: a rule must stay
+                // cheap to evaluate for years to come.
+                let ten_years = Timestamp(clock::now().0.saturating_add(10 * 365 * 86_400_000));
+                if !rule.evaluable_until(ten_years) {
+                    return Err(ConvertError::new(
+                        "recurrence.rrule",
+                        format!(
+                            "more than {} instances between DTSTART and ten years from now; move DTSTART closer to today or make the rule less frequent",
+                            crate::domain::window::MAX_RECURRENCE_INSTANCES
+                        ),
+                    )
+                    .into());
+                }
                 rule
             }
             None => {
