@@ -14,6 +14,8 @@ pub use crate::domain::window::{MAX_RECURRENCE_BYTES, MAX_RECURRENCE_LINES};
 /// Largest gRPC message decoded or encoded, per message, on every service
 /// (the server's and the agent's and CLI's clients).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest HTTP/2 header list (gRPC metadata) of one call.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Largest JSON body the web dashboard accepts.
 pub const MAX_DASHBOARD_BODY_BYTES: usize = 64 * 1024;
 /// Largest body the agent's local API accepts.

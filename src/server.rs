@@ -226,6 +226,7 @@ impl Bound {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(16))
+            .http2_max_header_list_size(Some(crate::limits::MAX_HEADER_LIST_BYTES))
             .layer(OverloadLayer::new(
                 self.config.overload.clone(),
                 crate::overload::served_streaming_methods(),

@@ -355,3 +355,36 @@ async fn an_agent_stream_over_its_message_rate_is_ended_with_resource_exhausted(
     assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
     assert!(healthy(&server).await);
 }
+
+#[tokio::test]
+async fn the_dashboard_refuses_a_body_over_its_limit() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Server::start(&["--dashboard-listen", "127.0.0.1:0"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let addr = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = server.log.recv_timeout(left).expect("dashboard url logged");
+        if let Some(url) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("url=http://"))
+        {
+            break url.trim_end_matches('/').to_owned();
+        }
+    };
+    let body = format!(
+        r#"{{"message":"{}","actor":"me"}}"#,
+        "m".repeat(limits::MAX_DASHBOARD_BODY_BYTES)
+    );
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/approvals/1/decline HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer and close before reading it all.
+    let _ = tcp.write_all(body.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = tcp.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+}
