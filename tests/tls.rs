@@ -340,8 +340,8 @@ async fn the_dashboard_answers_over_https_and_not_in_plain_text() {
     );
 }
 
-#[test]
-fn plain_text_on_a_non_loopback_address_is_refused_unless_accepted() {
+#[tokio::test]
+async fn plain_text_on_a_non_loopback_address_is_refused_unless_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(support::BIN)
         .args([
@@ -367,6 +367,13 @@ fn plain_text_on_a_non_loopback_address_is_refused_unless_accepted() {
         &["--insecure-plaintext", "--data-dir", &s(dir.path())],
         None,
     );
+    // Served (reached over loopback), before it is stopped.
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect over loopback");
+    assert!(health(channel).await.is_ok());
     assert!(server.terminate().success());
 }
 
