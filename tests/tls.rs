@@ -416,3 +416,27 @@ fn a_bad_certificate_stops_start_up_naming_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("garbage.pem"), "{err}");
 }
+
+#[test]
+fn the_cli_talks_to_a_tls_server_when_it_trusts_the_ca() {
+    let pki = Pki::new();
+    let server = tls_server(&pki, false, &[]);
+    let url = format!("https://{}", server.addr);
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(support::BIN)
+            .args(["fleet", "list", "--output", "json", "--server", &url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = cli(&["--tls-ca", &s(&pki.path("ca.pem"))]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = cli(&[]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--tls-ca"), "{err}");
+}

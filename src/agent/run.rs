@@ -65,8 +65,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid server URL {url:?}: {message}")]
-    Server { url: String, message: String },
+    #[error("server {0}")]
+    Server(#[from] crate::tls::TlsError),
 }
 
 /// Events the core reacts to.
@@ -722,11 +722,7 @@ pub async fn run(
         }
     });
     let (core_tx, mut core_rx) = mpsc::channel::<CoreEvent>(64);
-    let endpoint = crate::tls::endpoint(&cfg.server, cfg.tls.as_ref())
-        .map_err(|e| AgentError::Server {
-            url: cfg.server.clone(),
-            message: e.to_string(),
-        })?
+    let endpoint = crate::tls::endpoint(&cfg.server, cfg.tls.as_ref())?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
