@@ -150,7 +150,8 @@ impl<S: Store> Dashboard<S> {
     }
 }
 
-/// Every route of the dashboard: pages, assets, the JSON API and events.
+/// Every route of the dashboard: pages, assets, the JSON API and events;
+/// bodies over [`crate::limits::MAX_DASHBOARD_BODY_BYTES`] are refused (413).
 pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
     Router::new()
         .route("/", get(pages::fleet))
@@ -167,6 +168,9 @@ pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
         .route("/api/approvals/{id}/decline", post(api::decline::<S>))
         .route("/api/events", get(live::events::<S>))
         .fallback(pages::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::limits::MAX_DASHBOARD_BODY_BYTES,
+        ))
         .with_state(dashboard)
 }
 
@@ -179,9 +183,6 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app.layer(axum::extract::DefaultBodyLimit::max(
-        crate::limits::MAX_DASHBOARD_BODY_BYTES,
-    ));
     match tls {
         Some(acceptor) => {
             axum::serve(crate::tls::TlsListener::new(listener, acceptor)?, app)
