@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md for the map.
 
+pub mod access;
 pub mod agent;
 pub mod approvals;
 pub mod auth;

@@ -55,6 +55,10 @@ enum Command {
     Policy(lockstep::cli::Verb<lockstep::cli::PolicyCommand>),
     /// Customer approvals of operations: list, approve, decline.
     Approval(lockstep::cli::Verb<lockstep::cli::ApprovalCommand>),
+    /// API tokens: create, list, revoke, whoami.
+    Token(lockstep::cli::Verb<lockstep::cli::TokenCommand>),
+    /// The audit log: list.
+    Audit(lockstep::cli::Verb<lockstep::cli::AuditCommand>),
 }
 
 /// Agent settings: flags, else `LOCKSTEP_*` env, else the `--config` JSON file
@@ -271,8 +275,8 @@ struct ServeArgs {
     /// Address for the gRPC API.
     #[arg(long, env = "LOCKSTEP_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Address for the web dashboard, or `off`. It has no login: keep it on
-    /// loopback or behind an authenticating proxy.
+    /// Address for the web dashboard, or `off`. People log in with an API
+    /// token.
     #[arg(long, env = "LOCKSTEP_DASHBOARD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_dashboard_listen)]
     dashboard_listen: DashboardListen,
     /// Where the embedded SQLite database lives (used unless --database-url is given).
@@ -290,6 +294,11 @@ struct ServeArgs {
     /// Lock history older than this is pruned.
     #[arg(long, env = "LOCKSTEP_LOCK_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
     lock_history_retention: Duration,
+    /// Where to write the bootstrap admin token, created when no admin token
+    /// is usable (the first start). Default: <data-dir>/admin.token on the
+    /// embedded database, ./lockstep-admin.token with --database-url.
+    #[arg(long, env = "LOCKSTEP_BOOTSTRAP_TOKEN_FILE")]
+    bootstrap_token_file: Option<PathBuf>,
 }
 
 /// `--dashboard-listen`: an address, or `off`.
@@ -337,10 +346,16 @@ fn redact(url: &str) -> String {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let bootstrap_token_file = match (&args.bootstrap_token_file, &args.database_url) {
+        (Some(path), _) => path.clone(),
+        (None, Some(_)) => PathBuf::from("./lockstep-admin.token"),
+        (None, None) => args.data_dir.join("admin.token"),
+    };
     let config = ServeConfig {
         listen: args.listen,
         dashboard: args.dashboard_listen.0,
         lock_history_retention: args.lock_history_retention,
+        bootstrap_token_file,
     };
     let pool = PoolOptions {
         max_connections: args.db_max_connections,
@@ -415,6 +430,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Window(v) => std::process::exit(v.run().await),
         Command::Policy(v) => std::process::exit(v.run().await),
         Command::Approval(v) => std::process::exit(v.run().await),
+        Command::Token(v) => std::process::exit(v.run().await),
+        Command::Audit(v) => std::process::exit(v.run().await),
     }
     Ok(())
 }

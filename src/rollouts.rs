@@ -420,6 +420,7 @@ impl<S: Store> Rollouts<S> {
                 actor: actor.to_owned(),
                 action: action.to_owned(),
                 subject: format!("rollout {id}"),
+                fleet: self.store.get_rollout(id).await.ok().map(|r| r.fleet),
                 reason: reason.to_owned(),
                 details: details.to_owned(),
             })

@@ -329,6 +329,7 @@ impl<S: Store> Scheduler<S> {
                     actor: "scheduler".into(),
                     action: "force_applied".into(),
                     subject: format!("device {device} operation {}", op.id),
+                    fleet: Some(record.fleet.clone()),
                     reason,
                     details: serde_json::json!({ "overridden": forced.iter().map(ToString::to_string).collect::<Vec<_>>() }).to_string(),
                 })
@@ -397,6 +398,11 @@ impl<S: Store> Scheduler<S> {
             .await
     }
 
+    /// The device's fleet, for the audit log (`None` if it cannot be read).
+    async fn fleet_of(&self, device: &DeviceId) -> Option<domain::FleetId> {
+        self.store.get_device(device).await.ok().map(|d| d.fleet)
+    }
+
     /// Writes a scheduler decision about some blocks to the audit log.
     async fn audit(
         &self,
@@ -412,6 +418,7 @@ impl<S: Store> Scheduler<S> {
                 actor: "scheduler".into(),
                 action: action.into(),
                 subject: format!("device {device} operation {}", op.id),
+                fleet: self.fleet_of(device).await,
                 reason: reason.into(),
                 details: serde_json::json!({ "blocks": blocks }).to_string(),
             })
@@ -538,6 +545,7 @@ impl<S: Store> Scheduler<S> {
                         actor: "scheduler".into(),
                         action: "approval_requested".into(),
                         subject: format!("device {device} operation {}", op.id),
+                        fleet: self.fleet_of(device).await,
                         reason: String::new(),
                         details: serde_json::json!({ "approval": approval.id }).to_string(),
                     })

@@ -1,6 +1,9 @@
 //! `lockstep serve`: assembles the gRPC server (our services, health,
 //! reflection) and the web dashboard over the same store, scheduler and
-//! events, and runs them until SIGINT or SIGTERM.
+//! events, and runs them until SIGINT or SIGTERM. Every service but
+//! `AgentService`, health and reflection is wrapped in
+//! [`RequireToken`](grpc::access::RequireToken); when no admin token is
+//! usable, one is created first and written to the bootstrap token file.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,9 +12,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::access::{self, BootstrapError, Tokens};
 use crate::dashboard::{self, Dashboard};
 use crate::events::Events;
 use crate::grpc;
+use crate::grpc::access::RequireToken;
 use crate::hub::Hub;
 use crate::ingest::{IngestConfig, Ingestor};
 use crate::scheduler::{Scheduler, Wakeups};
@@ -39,6 +44,8 @@ pub enum ServeError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
 }
 
 /// How to run the server.
@@ -49,10 +56,15 @@ pub struct ServeConfig {
     pub dashboard: Option<SocketAddr>,
     /// Lock history older than this is pruned (hourly).
     pub lock_history_retention: Duration,
+    /// Where a bootstrap admin token is written when no admin token is
+    /// usable (mode 0600).
+    pub bootstrap_token_file: std::path::PathBuf,
 }
 
 /// The gRPC services whose health follows the database's.
-const DB_BACKED: [&str; 6] = [
+const DB_BACKED: [&str; 8] = [
+    "lockstep.v1.TokenService",
+    "lockstep.v1.AuditService",
     "lockstep.v1.RolloutService",
     "lockstep.v1.WindowService",
     "lockstep.v1.CatalogService",
@@ -108,6 +120,15 @@ impl Bound {
         store: S,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        let token_file = &self.config.bootstrap_token_file;
+        if let Some(t) = access::bootstrap(&store, token_file).await? {
+            tracing::warn!(
+                token = %t.id,
+                path = %token_file.display(),
+                "no usable admin token: created one and wrote it to the bootstrap token file (mode 0600); use it to create scoped tokens (lockstep token create), then keep it safe or revoke it"
+            );
+        }
+        let tokens = Tokens::new(store.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
@@ -174,13 +195,19 @@ impl Bound {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(16))
             .add_service(health_service)
-            .add_service(grpc::pb::catalog_service_server::CatalogServiceServer::new(
-                grpc::catalog::Catalog::new(store.clone()),
+            .add_service(RequireToken::new(
+                grpc::pb::catalog_service_server::CatalogServiceServer::new(
+                    grpc::catalog::Catalog::new(store.clone()),
+                ),
+                tokens.clone(),
             ))
-            .add_service(grpc::pb::device_service_server::DeviceServiceServer::new(
-                grpc::device::Devices::new(store.clone(), wakeups.clone()),
+            .add_service(RequireToken::new(
+                grpc::pb::device_service_server::DeviceServiceServer::new(
+                    grpc::device::Devices::new(store.clone(), wakeups.clone()),
+                ),
+                tokens.clone(),
             ))
-            .add_service(
+            .add_service(RequireToken::new(
                 grpc::pb::operation_service_server::OperationServiceServer::new(
                     grpc::operation::Operations::new(
                         store.clone(),
@@ -188,13 +215,33 @@ impl Bound {
                         events.clone(),
                     ),
                 ),
-            )
-            .add_service(grpc::pb::window_service_server::WindowServiceServer::new(
-                grpc::window::Windows::new(store.clone(), wakeups.clone()),
+                tokens.clone(),
             ))
-            .add_service(grpc::pb::rollout_service_server::RolloutServiceServer::new(
-                grpc::rollout::RolloutApi::new(rollouts.clone()),
+            .add_service(RequireToken::new(
+                grpc::pb::window_service_server::WindowServiceServer::new(
+                    grpc::window::Windows::new(store.clone(), wakeups.clone()),
+                ),
+                tokens.clone(),
             ))
+            .add_service(RequireToken::new(
+                grpc::pb::rollout_service_server::RolloutServiceServer::new(
+                    grpc::rollout::RolloutApi::new(rollouts.clone()),
+                ),
+                tokens.clone(),
+            ))
+            .add_service(RequireToken::new(
+                grpc::pb::token_service_server::TokenServiceServer::new(
+                    grpc::token::TokenApi::new(store.clone()),
+                ),
+                tokens.clone(),
+            ))
+            .add_service(RequireToken::new(
+                grpc::pb::audit_service_server::AuditServiceServer::new(
+                    grpc::audit::AuditApi::new(store.clone()),
+                ),
+                tokens,
+            ))
+            // Devices authenticate with their own credential, on their stream.
             .add_service(grpc::pb::agent_service_server::AgentServiceServer::new(
                 grpc::agent::Agents::new(
                     store.clone(),

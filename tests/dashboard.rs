@@ -2,8 +2,9 @@
 //! with its dashboard on a free loopback port, seeded through the gRPC API,
 //! real agents and flock-holding blocks where a scenario needs them, and
 //! headless Chromium (Debian's `/usr/bin/chromium`, driven by playwright-core
-//! from `tests/browser/`) looking at the pages. Plain HTTP checks cover the
-//! JSON API's errors and the event stream.
+//! from `tests/browser/`) looking at the pages after logging in with the
+//! server's admin token. Plain HTTP checks cover the login, what each token
+//! may see and do, the JSON API's errors and the event stream.
 //!
 //! The browser tests fail — never skip — when node, Chromium or
 //! playwright-core is missing, naming the command that installs it.
@@ -42,6 +43,8 @@ struct Fixture {
     server: Server,
     /// The dashboard's base URL, with a trailing slash.
     dashboard: String,
+    /// The server's admin token.
+    token: String,
     agent: Option<Agent>,
     dir: tempfile::TempDir,
 }
@@ -60,9 +63,11 @@ impl Fixture {
             None,
         );
         let dashboard = dashboard_url(&server);
+        let token = server.token();
         let fx = Fixture {
             server,
             dashboard,
+            token,
             agent: None,
             dir,
         };
@@ -237,7 +242,8 @@ impl Fixture {
 
     /// GET a dashboard path (no leading slash); (status, JSON body).
     async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let (status, _, body) = http(&self.dashboard, "GET", path, None, "").await;
+        let (status, _, body) =
+            http(&self.dashboard, Some(&self.token), "GET", path, None, "").await;
         (status, serde_json::from_str(&body).unwrap_or_default())
     }
 
@@ -245,6 +251,7 @@ impl Fixture {
     async fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
         let (status, _, body) = http(
             &self.dashboard,
+            Some(&self.token),
             "POST",
             path,
             Some("application/json"),
@@ -302,9 +309,11 @@ fn dashboard_url(server: &Server) -> String {
     }
 }
 
-/// One HTTP/1.1 request over a plain TCP connection; (status, headers, body).
+/// One HTTP/1.1 request over a plain TCP connection, with the token as a
+/// bearer header if given; (status, headers, body).
 async fn http(
     base: &str,
+    token: Option<&str>,
     method: &str,
     path: &str,
     content_type: Option<&str>,
@@ -318,8 +327,11 @@ async fn http(
     let ct = content_type
         .map(|c| format!("Content-Type: {c}\r\n"))
         .unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\n{ct}{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(req.as_bytes()).await.unwrap();
@@ -396,12 +408,15 @@ struct Browser {
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl Browser {
-    fn start(script: &str, url: &str, shots: &Path) -> Browser {
+    /// Runs `script` against the dashboard at `url`, logging in with `token`
+    /// on the login page first.
+    fn start(script: &str, url: &str, token: &str, shots: &Path) -> Browser {
         let dir = browser_prerequisites();
         let mut child = tokio::process::Command::new("node")
             .arg(dir.join(script))
             .arg(url)
             .arg(shots)
+            .env("LOCKSTEP_TOKEN", token)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -546,7 +561,7 @@ async fn the_device_page_shows_a_wait_on_a_held_lock_and_follows_its_release_liv
     assert_eq!(fleets["fleets"][0]["counts"]["waiting_lock"], 1, "{fleets}");
 
     let shots = screenshot_dir("device-lock");
-    let mut browser = Browser::start("device_lock.mjs", &fx.dashboard, &shots);
+    let mut browser = Browser::start("device_lock.mjs", &fx.dashboard, &fx.token, &shots);
     browser.step("ready").await;
     browser
         .reply(serde_json::json!({ "device": "dev-1" }))
@@ -594,7 +609,7 @@ async fn a_customer_declines_then_approves_a_window_on_the_approvals_page() {
     fx.wait_op(first, "waiting_approval").await;
 
     let shots = screenshot_dir("approvals");
-    let mut browser = Browser::start("approvals.mjs", &fx.dashboard, &shots);
+    let mut browser = Browser::start("approvals.mjs", &fx.dashboard, &fx.token, &shots);
     browser.step("ready").await;
     browser
         .reply(serde_json::json!({ "operation": first }))
@@ -647,7 +662,13 @@ async fn a_customer_declines_then_approves_a_window_on_the_approvals_page() {
     );
     let (_, decided) = fx.get("api/approvals?status=approved").await;
     assert_eq!(decided["approvals"][0]["operation"]["id"], second);
-    assert_eq!(decided["approvals"][0]["decided_by"], "customer@site");
+    let decided_by = decided["approvals"][0]["decided_by"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        decided_by.starts_with("customer@site via bootstrap-admin (token "),
+        "the name given on the page, beside the token that decided: {decided_by}"
+    );
     assert_eq!(decided["approvals"][0]["approved"]["start_ms"], start);
     // Decided once: deciding again is refused, whichever way.
     let id = decided["approvals"][0]["id"].as_i64().unwrap();
@@ -691,7 +712,6 @@ async fn the_json_api_refuses_bad_input_with_400_naming_the_field() {
         );
     }
     for (body, field) in [
-        (r#"{"occurrence":{"start_ms":1,"end_ms":2}}"#, "actor"),
         (r#"{"actor":"x"}"#, "occurrence"),
         (r#"{"actor":"x","occurrence":"soon"}"#, "occurrence"),
         (
@@ -719,6 +739,7 @@ async fn the_json_api_refuses_bad_input_with_400_naming_the_field() {
     // A write must say it is JSON (a cross-site form cannot).
     let (status, _, _) = http(
         &fx.dashboard,
+        Some(&fx.token),
         "POST",
         "api/approvals/1/decline",
         Some("application/x-www-form-urlencoded"),
@@ -755,7 +776,7 @@ async fn the_json_api_answers_404_for_what_does_not_exist() {
         .await;
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("999"), "{body}");
-    let (status, _, page) = http(&fx.dashboard, "GET", "devices/dev-9", None, "").await;
+    let (status, _, page) = http(&fx.dashboard, Some(&fx.token), "GET", "devices/dev-9", None, "").await;
     assert_eq!(status, 404);
     assert!(page.contains("No device dev-9"), "{page}");
 }
@@ -768,7 +789,7 @@ async fn the_pages_and_assets_are_served_from_the_binary_with_a_shared_nav() {
         ("approvals", "data-page=\"approvals\""),
         ("devices/dev-1", "data-device=\"dev-1\""),
     ] {
-        let (status, head, page) = http(&fx.dashboard, "GET", path, None, "").await;
+        let (status, head, page) = http(&fx.dashboard, Some(&fx.token), "GET", path, None, "").await;
         assert_eq!(status, 200, "/{path}");
         assert!(head.contains("content-type: text/html"), "/{path}: {head}");
         assert!(
@@ -789,12 +810,12 @@ async fn the_pages_and_assets_are_served_from_the_binary_with_a_shared_nav() {
         ("approvals.js", "text/javascript"),
     ] {
         let (status, head, body) =
-            http(&fx.dashboard, "GET", &format!("assets/{asset}"), None, "").await;
+            http(&fx.dashboard, Some(&fx.token), "GET", &format!("assets/{asset}"), None, "").await;
         assert_eq!(status, 200, "{asset}");
         assert!(head.contains(kind), "{asset}: {head}");
         assert!(!body.is_empty());
     }
-    let (status, _, _) = http(&fx.dashboard, "GET", "assets/missing.js", None, "").await;
+    let (status, _, _) = http(&fx.dashboard, Some(&fx.token), "GET", "assets/missing.js", None, "").await;
     assert_eq!(status, 404);
 }
 
@@ -840,7 +861,7 @@ async fn the_event_stream_sends_the_watched_devices_events_as_json() {
     let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
     stream
         .write_all(
-            format!("GET /api/events?device=dev-1 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+            format!("GET /api/events?device=dev-1 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCookie: lockstep_token={}\r\n\r\n", fx.token)
                 .as_bytes(),
         )
         .await

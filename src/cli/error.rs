@@ -19,6 +19,9 @@ pub mod exit {
     /// The server cannot be reached, or answers `UNAVAILABLE`.
     pub const UNAVAILABLE: i32 = 5;
     pub const OTHER: i32 = 6;
+    /// `UNAUTHENTICATED` (no, a bad, revoked or expired token) or
+    /// `PERMISSION_DENIED` (the token's role or fleets do not allow it).
+    pub const DENIED: i32 = 7;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,11 @@ pub enum CliError {
     BadServer { server: String, reason: String },
     #[error("--token cannot be sent as gRPC metadata (it must be visible ASCII)")]
     BadToken,
+    #[error("cannot read the token file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("UNAVAILABLE: cannot reach the server at {server}: {reason}")]
     Connect { server: String, reason: String },
     /// The server refused a call; shown as `CODE: message`.
@@ -93,6 +101,7 @@ impl CliError {
             CliError::Usage { .. }
             | CliError::BadServer { .. }
             | CliError::BadToken
+            | CliError::TokenFile { .. }
             | CliError::ReadInput { .. }
             | CliError::BadInput { .. } => exit::USAGE,
             CliError::Connect { .. } => exit::UNAVAILABLE,
@@ -115,6 +124,7 @@ pub fn code_exit(code: Code) -> i32 {
         Code::NotFound => exit::NOT_FOUND,
         Code::AlreadyExists | Code::FailedPrecondition => exit::CONFLICT,
         Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+        Code::Unauthenticated | Code::PermissionDenied => exit::DENIED,
         _ => exit::OTHER,
     }
 }
@@ -146,10 +156,17 @@ fn rpc_line(status: &tonic::Status) -> String {
     let name = code_name(status.code());
     // One line, whatever the server put in its message.
     let message = status.message().split_whitespace().collect::<Vec<_>>();
-    if message.is_empty() {
+    let line = if message.is_empty() {
         name.to_owned()
     } else {
         format!("{name}: {}", message.join(" "))
+    };
+    if status.code() == Code::Unauthenticated {
+        format!(
+            "{line} (give an API token with --token or --token-file, or LOCKSTEP_TOKEN or LOCKSTEP_TOKEN_FILE)"
+        )
+    } else {
+        line
     }
 }
 
@@ -188,7 +205,8 @@ mod tests {
             (Code::Unavailable, 5),
             (Code::DeadlineExceeded, 5),
             (Code::Internal, 6),
-            (Code::Unauthenticated, 6),
+            (Code::Unauthenticated, 7),
+            (Code::PermissionDenied, 7),
             (Code::Aborted, 6),
         ];
         for (code, want) in cases {

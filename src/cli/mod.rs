@@ -1,15 +1,19 @@
-//! The operator CLI: `lockstep fleet|block|release|device|env|op ...` and
-//! `lockstep window|policy|approval ...` in the same binary as the server and
-//! the agent, so operators, customers and scripts drive every API without a
+//! The operator CLI: `lockstep fleet|block|release|device|env|op ...`,
+//! `lockstep window|policy|approval ...` and `lockstep token|audit ...` in
+//! the same binary as the server and the agent, so operators, customers and scripts drive every API without a
 //! gRPC tool. Each verb is a thin client of the public gRPC API: aligned tables for people by default, one JSON document with
 //! `--output json` for scripts, and exit codes scripts can branch on
 //! ([`exit`]: 0 ok, 1 operation failed, 2 usage, 3 not found, 4 already
-//! exists / failed precondition, 5 server unavailable, 6 other).
+//! exists / failed precondition, 5 server unavailable, 6 other, 7 not
+//! authenticated or not allowed). Every verb sends the API token given by
+//! `--token`, `--token-file` (or their env variables), else the one a local
+//! server wrote to `./lockstep-data/admin.token`.
 //!
 //! The binary wires each verb group as a subcommand holding a [`Verb`]; the
 //! group enums and [`run`] are usable on their own.
 
 mod approval;
+mod audit;
 mod block;
 mod client;
 pub mod demo;
@@ -22,10 +26,12 @@ pub mod parse;
 mod policy;
 mod release;
 mod table;
+mod token;
 mod view;
 mod window;
 
 pub use approval::{ApprovalCommand, PickArgs};
+pub use audit::AuditCommand;
 pub use block::{AddVersionArgs, BlockCommand};
 pub use device::DeviceCommand;
 pub use env::{EnvCommand, OwnerArgs};
@@ -34,8 +40,10 @@ pub use fleet::FleetCommand;
 pub use op::{OpCommand, OpCreateArgs, OpKindArgs};
 pub use policy::{PolicyChanges, PolicyCommand};
 pub use release::ReleaseCommand;
+pub use token::{TokenCommand, TokenCreateArgs};
 pub use window::{RuleArgs, ScopeArgs, WindowCommand, WindowCreateArgs};
 
+pub use client::{AuthChannel, Bearer};
 use client::{Api, Target};
 
 /// How results are printed.
@@ -62,7 +70,7 @@ pub struct ClientOpts {
         help_heading = "Client options"
     )]
     pub server: String,
-    /// Sent as `authorization: Bearer <token>` metadata.
+    /// The API token, sent as `authorization: Bearer <token>` metadata.
     #[arg(
         long,
         global = true,
@@ -71,6 +79,17 @@ pub struct ClientOpts {
         help_heading = "Client options"
     )]
     pub token: Option<String>,
+    /// A file holding the API token (when --token is not given). With
+    /// neither, ./lockstep-data/admin.token is used if it exists: the token
+    /// a local `lockstep serve` wrote on its first start.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_TOKEN_FILE",
+        value_name = "FILE",
+        help_heading = "Client options"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
     /// table (for people) or json (for scripts).
     #[arg(
         long,
@@ -112,6 +131,12 @@ pub enum CliCommand {
     /// Customer approvals of operations: list, approve, decline.
     #[command(subcommand)]
     Approval(ApprovalCommand),
+    /// API tokens: create, list, revoke, whoami.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit log: list.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 macro_rules! into_cli_command {
@@ -134,6 +159,8 @@ into_cli_command!(
     Window(WindowCommand),
     Policy(PolicyCommand),
     Approval(ApprovalCommand),
+    Token(TokenCommand),
+    Audit(AuditCommand),
 );
 
 /// One verb group as a subcommand of the binary: its verbs plus the client
@@ -182,6 +209,8 @@ pub async fn run(opts: ClientOpts, cmd: CliCommand) -> Result<(), CliError> {
         CliCommand::Window(c) => window::run(&ctx, c).await,
         CliCommand::Policy(c) => policy::run(&ctx, c).await,
         CliCommand::Approval(c) => approval::run(&ctx, c).await,
+        CliCommand::Token(c) => token::run(&ctx, c).await,
+        CliCommand::Audit(c) => audit::run(&ctx, c).await,
     }
 }
 
@@ -223,6 +252,8 @@ mod tests {
         Window(Verb<WindowCommand>),
         Policy(Verb<PolicyCommand>),
         Approval(Verb<ApprovalCommand>),
+        Token(Verb<TokenCommand>),
+        Audit(Verb<AuditCommand>),
     }
 
     /// Stands in for the server's own `--server`-free subcommands.
@@ -244,6 +275,8 @@ mod tests {
             Group::Window(v) => (v.opts, v.command.into()),
             Group::Policy(v) => (v.opts, v.command.into()),
             Group::Approval(v) => (v.opts, v.command.into()),
+            Group::Token(v) => (v.opts, v.command.into()),
+            Group::Audit(v) => (v.opts, v.command.into()),
         })
     }
 
@@ -436,7 +469,7 @@ mod tests {
             ),
             ("lockstep approval approve 3 --actor me", false),
             ("lockstep approval approve 3 --index 0 --actor me", false),
-            ("lockstep approval approve 3 --index 1", false),
+            ("lockstep approval approve 3 --index 1", true),
             (
                 "lockstep approval approve 3 --index 1 --start 2026-11-24T22:00:00Z --actor me",
                 false,
@@ -446,6 +479,28 @@ mod tests {
                 true,
             ),
             ("lockstep approval decline 3 --actor me", false),
+            ("lockstep approval decline 3 --message no", true),
+            (
+                "lockstep token create --role operator --fleet a --fleet b --expires 30d --name ci",
+                true,
+            ),
+            ("lockstep token create --role admin --token-out /tmp/t", true),
+            ("lockstep token create", false),
+            ("lockstep token create --role root", false),
+            ("lockstep token create --role viewer --expires 30", false),
+            ("lockstep token list --output json", true),
+            ("lockstep token revoke 0a1b2c3d4e5f --reason leaked", true),
+            ("lockstep token revoke", false),
+            ("lockstep token whoami", true),
+            ("lockstep audit list", true),
+            (
+                "lockstep audit list --after 10 --limit 50 --action force_requested --subject device_d1 --fleet f",
+                true,
+            ),
+            ("lockstep audit list --limit 0", false),
+            ("lockstep audit list --limit 1001", false),
+            ("lockstep audit list --after x", false),
+            ("lockstep fleet list --token-file /tmp/t", true),
         ];
         for (line, ok) in cases {
             let got = parse(line);

@@ -1,7 +1,9 @@
 //! The dashboard's JSON API under `/api/`: reads straight from the store,
 //! decisions through `crate::approvals`. Every input is checked here and a
 //! bad one is a 400 naming the field (query parameter, path segment or JSON
-//! member); a missing thing is a 404.
+//! member); a missing thing is a 404. Every endpoint takes the logged-in
+//! token and checks its role and fleets: lists show the token's fleets only,
+//! anything else of another fleet is a 403.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +17,10 @@ use super::views::{
     ApprovalItem, ApprovalsView, DeviceRow, DeviceView, DevicesView, FleetView, FleetsView,
     OperationView, TimelineView,
 };
+use super::auth::{Authed, check, within};
 use super::{Dashboard, DashboardError};
 use crate::domain::{
-    ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Timestamp,
+    Action, ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Timestamp,
 };
 use crate::store::{DeviceFilter, PageRequest, Store};
 
@@ -83,13 +86,16 @@ fn positive_id(field: &str, s: &str) -> Result<i64, DashboardError> {
 /// GET /api/fleets: every fleet with its device counts per status.
 pub async fn fleets<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
 ) -> Result<Json<FleetsView>, DashboardError> {
+    within(&p, Action::ReadFleets)?;
     let fleets = d.store.list_fleets().await?;
     let counts = d.store.device_status_counts().await?;
     Ok(Json(FleetsView {
         statuses: super::views::COUNTED.iter().map(|s| s.as_str()).collect(),
         fleets: fleets
             .iter()
+            .filter(|f| p.sees(&f.id))
             .map(|f| FleetView::new(f, counts.get(&f.id)))
             .collect(),
     }))
@@ -99,6 +105,7 @@ pub async fn fleets<S: Store>(
 /// their status and what their current operation waits on.
 pub async fn devices<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<DevicesView>, DashboardError> {
     let q = params(q, &["fleet", "status", "page_size", "page_token"])?;
@@ -121,6 +128,11 @@ pub async fn devices<S: Store>(
         .map(|s| number("page_size", s, 1..=PageRequest::MAX_SIZE))
         .transpose()?
         .unwrap_or(50);
+    // A fleet asked for must be in scope; without one, the token's fleets.
+    let scope = match &fleet {
+        Some(f) => check(&p, Action::ReadDevices, Some(f)).map(|()| None)?,
+        None => within(&p, Action::ReadDevices)?,
+    };
     if let Some(f) = &fleet {
         d.store.get_fleet(f).await?;
     }
@@ -131,6 +143,7 @@ pub async fn devices<S: Store>(
                 fleet,
                 tag: None,
                 status,
+                within: scope,
             },
             &PageRequest {
                 size,
@@ -162,10 +175,12 @@ const RECENT_OPERATIONS: usize = 10;
 /// with its waits, and the latest operations.
 pub async fn device<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeviceView>, DashboardError> {
     let id = device_id("id", &path_id(id)?)?;
     let record = d.store.get_device(&id).await?;
+    check(&p, Action::ReadDevices, Some(&record.fleet))?;
     let report = d.store.device_report(&id).await?;
     let locks = d.store.device_locks(&id).await?;
     let current = d.store.current_operation(&id).await?;
@@ -183,6 +198,7 @@ pub async fn device<S: Store>(
 /// GET /api/devices/{id}/timeline?limit=: intents sent and answers, newest first.
 pub async fn timeline<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<TimelineView>, DashboardError> {
@@ -193,7 +209,8 @@ pub async fn timeline<S: Store>(
         .map(|s| number("limit", s, 1..=500))
         .transpose()?
         .unwrap_or(50);
-    d.store.get_device(&id).await?;
+    let record = d.store.get_device(&id).await?;
+    check(&p, Action::ReadDevices, Some(&record.fleet))?;
     let entries = d.store.device_timeline(&id, limit).await?;
     Ok(Json(TimelineView {
         entries: entries.iter().map(Into::into).collect(),
@@ -203,10 +220,13 @@ pub async fn timeline<S: Store>(
 /// GET /api/operations/{id}
 pub async fn operation<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OperationView>, DashboardError> {
     let id = OperationId(positive_id("id", &path_id(id)?)?);
     let op = d.store.get_operation(id).await?;
+    let record = d.store.get_device(&op.device).await?;
+    check(&p, Action::ReadOperations, Some(&record.fleet))?;
     Ok(Json(OperationView::new(&op)))
 }
 
@@ -215,6 +235,7 @@ pub async fn operation<S: Store>(
 /// keeps the most recent.
 pub async fn approvals<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<ApprovalsView>, DashboardError> {
     let q = params(q, &["status", "limit"])?;
@@ -234,7 +255,10 @@ pub async fn approvals<S: Store>(
         .get("limit")
         .map(|s| number("limit", s, 1..=1000))
         .transpose()?;
-    let list = d.approvals.list(status, limit.map(|n| n as usize)).await?;
+    let list = d
+        .approvals
+        .list(&p, status, limit.map(|n| n as usize))
+        .await?;
     Ok(Json(ApprovalsView {
         approvals: list.iter().map(ApprovalItem::from).collect(),
     }))
@@ -242,7 +266,7 @@ pub async fn approvals<S: Store>(
 
 /// A JSON object body; writes must say `Content-Type: application/json`
 /// (a cross-site form cannot).
-fn json_object(
+pub(super) fn json_object(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<serde_json::Map<String, serde_json::Value>, DashboardError> {
@@ -303,9 +327,11 @@ fn occurrence_member(
     }))
 }
 
-/// POST /api/approvals/{id}/approve with `{"occurrence": {...}, "actor": ...}`.
+/// POST /api/approvals/{id}/approve with `{"occurrence": {...}, "actor": ...}`
+/// (`actor`, optional: who the person says decides, kept beside the token).
 pub async fn approve<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
@@ -314,14 +340,15 @@ pub async fn approve<S: Store>(
     let m = json_object(&headers, &body)?;
     let actor = string_member(&m, "actor")?;
     let occurrence = occurrence_member(&m)?;
-    let view = d.approvals.approve(id, occurrence, actor).await?;
-    tracing::info!(approval = id, actor, "approval approved on the dashboard");
+    let view = d.approvals.approve(&p, id, occurrence, actor).await?;
+    tracing::info!(approval = id, actor = %p.actor_noting(actor), "approval approved on the dashboard");
     Ok(Json(ApprovalItem::from(&view)))
 }
 
 /// POST /api/approvals/{id}/decline with `{"message": ..., "actor": ...}`.
 pub async fn decline<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
@@ -330,7 +357,7 @@ pub async fn decline<S: Store>(
     let m = json_object(&headers, &body)?;
     let actor = string_member(&m, "actor")?;
     let message = string_member(&m, "message")?;
-    let view = d.approvals.decline(id, message, actor).await?;
-    tracing::info!(approval = id, actor, "approval declined on the dashboard");
+    let view = d.approvals.decline(&p, id, message, actor).await?;
+    tracing::info!(approval = id, actor = %p.actor_noting(actor), "approval declined on the dashboard");
     Ok(Json(ApprovalItem::from(&view)))
 }

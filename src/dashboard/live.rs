@@ -3,6 +3,7 @@
 //! event is a `data:` line holding a JSON [`EventView`]; its `kind` says what
 //! happened, and `lagged` says events were dropped for this page, which then
 //! re-reads everything. Pages treat events as "re-read now", never as state.
+//! A token sees only its fleets' devices' events.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,14 +14,17 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 
 use super::api::{device_id, fleet_id, params};
+use super::auth::{Authed, check, within};
 use super::views::EventView;
 use super::{Dashboard, DashboardError};
+use crate::domain::Action;
 use crate::events::{Watch, Watched};
 use crate::store::Store;
 
 /// GET /api/events?fleet=&device=
 pub async fn events<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     q: Result<Query<std::collections::BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, DashboardError> {
     let q = params(q, &["fleet", "device"])?;
@@ -34,15 +38,20 @@ pub async fn events<S: Store>(
         .filter(|s| !s.is_empty())
         .map(|s| device_id("device", s))
         .transpose()?;
+    let scope = match &fleet {
+        Some(f) => check(&p, Action::ReadDevices, Some(f)).map(|()| None)?,
+        None => within(&p, Action::ReadDevices)?,
+    };
     if let Some(f) = &fleet {
         d.store.get_fleet(f).await?;
     }
     if let Some(dev) = &device {
-        d.store.get_device(dev).await?;
+        let record = d.store.get_device(dev).await?;
+        check(&p, Action::ReadDevices, Some(&record.fleet))?;
     }
     // Subscribed before the response starts: nothing published after the
     // page sees the stream open is missed.
-    let watch = Watch::new(&d.events, d.store.clone(), fleet, device);
+    let watch = Watch::new(&d.events, d.store.clone(), fleet, device).within(scope);
     Ok(Sse::new(stream(watch, d.stopping.clone()))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -8,11 +8,14 @@
 //! here: domain types stay free of serde. Assets are compiled into the
 //! binary; pages load nothing from the network.
 //!
-//! There is no login: keep it on loopback (the default) or behind an
-//! authenticating proxy. Writes require `Content-Type: application/json`,
-//! which a cross-site form cannot send.
+//! Every page and endpoint needs an API token (`auth`): people log in on
+//! `/login` (the token kept in an `HttpOnly`, `SameSite=Strict` cookie),
+//! scripts send `Authorization: Bearer`. What a token sees and may decide
+//! follows its role and fleets, exactly as on gRPC. Writes require
+//! `Content-Type: application/json`, which a cross-site form cannot send.
 
 mod api;
+mod auth;
 mod live;
 mod pages;
 mod views;
@@ -25,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
+use crate::access::Tokens;
 use crate::approvals::{ApprovalError, Approvals};
 use crate::events::Events;
 use crate::scheduler::Wakeups;
@@ -36,6 +40,12 @@ use crate::store::{Store, StoreError};
 pub enum DashboardError {
     #[error("{field}: {message}")]
     BadRequest { field: String, message: String },
+    /// No usable API token (missing, invalid, revoked, expired).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token's role or fleets do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     /// The request is valid but the state does not allow it (already decided).
@@ -60,6 +70,8 @@ impl DashboardError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             DashboardError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            DashboardError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            DashboardError::Forbidden(_) => StatusCode::FORBIDDEN,
             DashboardError::NotFound(_) => StatusCode::NOT_FOUND,
             DashboardError::Conflict(_) => StatusCode::CONFLICT,
             DashboardError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -96,6 +108,7 @@ impl From<ApprovalError> for DashboardError {
     fn from(e: ApprovalError) -> Self {
         match e {
             ApprovalError::Invalid { field, message } => DashboardError::bad(field, message),
+            ApprovalError::Denied(d) => DashboardError::Forbidden(d.to_string()),
             ApprovalError::Store(e) => e.into(),
         }
     }
@@ -116,6 +129,7 @@ impl IntoResponse for DashboardError {
 /// What every handler shares. Cheap to clone.
 pub struct Dashboard<S> {
     store: S,
+    tokens: Tokens<S>,
     events: Events,
     approvals: std::sync::Arc<Approvals<S>>,
     /// Flips to `true` when the server stops: live streams end then, so a
@@ -127,6 +141,7 @@ impl<S: Clone> Clone for Dashboard<S> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            tokens: self.tokens.clone(),
             events: self.events.clone(),
             approvals: self.approvals.clone(),
             stopping: self.stopping.clone(),
@@ -143,6 +158,7 @@ impl<S: Store> Dashboard<S> {
     ) -> Self {
         Self {
             approvals: std::sync::Arc::new(Approvals::new(store.clone(), wakeups)),
+            tokens: Tokens::new(store.clone()),
             store,
             events,
             stopping,
@@ -153,10 +169,14 @@ impl<S: Store> Dashboard<S> {
 /// Every route of the dashboard: pages, assets, the JSON API and events.
 pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
     Router::new()
-        .route("/", get(pages::fleet))
+        .route("/", get(pages::fleet::<S>))
         .route("/devices/{id}", get(pages::device::<S>))
-        .route("/approvals", get(pages::approvals))
+        .route("/approvals", get(pages::approvals::<S>))
+        .route("/login", get(pages::login))
         .route("/assets/{name}", get(pages::asset))
+        .route("/api/login", post(auth::login::<S>))
+        .route("/api/logout", post(auth::logout))
+        .route("/api/me", get(auth::me))
         .route("/api/fleets", get(api::fleets::<S>))
         .route("/api/devices", get(api::devices::<S>))
         .route("/api/devices/{id}", get(api::device::<S>))

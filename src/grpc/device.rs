@@ -1,17 +1,19 @@
 //! `DeviceService`: fleets, device registration, env variables and what
-//! devices report, over the store.
+//! devices report, over the store. Each request is checked against the
+//! fleet it touches: the fleet named, or the device's.
 
 use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
+use super::access::{check, principal, within};
 use super::convert::{ConvertError, block_name};
 use super::pb::{self, device_service_server::DeviceService};
 use super::status_from_store;
 use crate::auth;
 use crate::clock;
 use crate::domain::{
-    DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, OperationSpec,
+    Action, DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, OperationSpec,
     Tag,
 };
 use crate::scheduler::Wakeups;
@@ -25,6 +27,20 @@ pub struct Devices<S> {
 impl<S: Store> Devices<S> {
     pub fn new(store: S, wakeups: Wakeups) -> Self {
         Self { store, wakeups }
+    }
+
+    /// The fleet whose env an owner's variables are: the fleet's, or the
+    /// device's.
+    async fn owner_fleet(&self, owner: &EnvOwner) -> Result<FleetId, Status> {
+        match owner {
+            EnvOwner::Fleet(f) => Ok(f.clone()),
+            EnvOwner::Device(d) => Ok(self
+                .store
+                .get_device(d)
+                .await
+                .map_err(status_from_store)?
+                .fleet),
+        }
     }
 
     /// Env variables changed: every affected device gets an `apply_env`
@@ -159,6 +175,7 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::CreateFleetRequest>,
     ) -> Result<Response<pb::CreateFleetResponse>, Status> {
+        check(&principal(&req)?, Action::CreateFleet, None)?;
         let req = req.into_inner();
         if req.name.len() > 256 {
             return Err(ConvertError::new("name", "at most 256 bytes").into());
@@ -180,11 +197,17 @@ impl<S: Store> DeviceService for Devices<S> {
 
     async fn list_fleets(
         &self,
-        _req: Request<pb::ListFleetsRequest>,
+        req: Request<pb::ListFleetsRequest>,
     ) -> Result<Response<pb::ListFleetsResponse>, Status> {
+        let p = principal(&req)?;
+        let within = within(&p, Action::ReadFleets)?;
         let fleets = self.store.list_fleets().await.map_err(status_from_store)?;
         Ok(Response::new(pb::ListFleetsResponse {
-            fleets: fleets.iter().map(fleet_to_pb).collect(),
+            fleets: fleets
+                .iter()
+                .filter(|f| within.as_ref().is_none_or(|w| w.contains(&f.id)))
+                .map(fleet_to_pb)
+                .collect(),
         }))
     }
 
@@ -192,6 +215,7 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         if req.tags.len() > MAX_TAGS {
             return Err(ConvertError::new("tags", format!("at most {MAX_TAGS} tags")).into());
@@ -210,6 +234,7 @@ impl<S: Store> DeviceService for Devices<S> {
             credential_revoked: false,
             created: clock::now(),
         };
+        check(&p, Action::RegisterDevices, Some(&device.fleet))?;
         let (credential, hash) = auth::new_device_credential();
         self.store
             .register_device(&device, &hash)
@@ -226,12 +251,14 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::GetDeviceResponse>, Status> {
+        let p = principal(&req)?;
         let id = device_id("id", &req.into_inner().id)?;
         let d = self
             .store
             .get_device(&id)
             .await
             .map_err(status_from_store)?;
+        check(&p, Action::ReadDevices, Some(&d.fleet))?;
         Ok(Response::new(pb::GetDeviceResponse {
             device: Some(device_to_pb(&d)),
         }))
@@ -241,8 +268,9 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
-        let filter = DeviceFilter {
+        let mut filter = DeviceFilter {
             fleet: (!req.fleet.is_empty())
                 .then(|| fleet_id("fleet", &req.fleet))
                 .transpose()?,
@@ -250,7 +278,13 @@ impl<S: Store> DeviceService for Devices<S> {
                 .then(|| Tag::new(&req.tag).map_err(|e| ConvertError::new("tag", e)))
                 .transpose()?,
             status: status_from_pb("status", req.status)?,
+            within: None,
         };
+        // A fleet asked for must be in scope; without one, the token's fleets.
+        match &filter.fleet {
+            Some(f) => check(&p, Action::ReadDevices, Some(f))?,
+            None => filter.within = within(&p, Action::ReadDevices)?,
+        }
         let page = PageRequest {
             size: req.page_size,
             token: (!req.page_token.is_empty()).then_some(req.page_token),
@@ -270,8 +304,10 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::SetEnvRequest>,
     ) -> Result<Response<pb::SetEnvResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let owner = owner_from_pb(req.owner)?;
+        check(&p, Action::WriteEnv, Some(&self.owner_fleet(&owner).await?))?;
         if req.vars.is_empty() || req.vars.len() > MAX_ENV_VARS {
             return Err(ConvertError::new(
                 "vars",
@@ -311,8 +347,10 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::UnsetEnvRequest>,
     ) -> Result<Response<pb::UnsetEnvResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let owner = owner_from_pb(req.owner)?;
+        check(&p, Action::WriteEnv, Some(&self.owner_fleet(&owner).await?))?;
         if req.keys.is_empty() || req.keys.len() > MAX_ENV_VARS {
             return Err(
                 ConvertError::new("keys", format!("between 1 and {MAX_ENV_VARS} keys")).into(),
@@ -346,7 +384,9 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::ListEnvRequest>,
     ) -> Result<Response<pb::ListEnvResponse>, Status> {
+        let p = principal(&req)?;
         let owner = owner_from_pb(req.into_inner().owner)?;
+        check(&p, Action::ReadEnv, Some(&self.owner_fleet(&owner).await?))?;
         let layer = self
             .store
             .env_layer(&owner)
@@ -375,12 +415,14 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::GetDeviceStateRequest>,
     ) -> Result<Response<pb::GetDeviceStateResponse>, Status> {
+        let p = principal(&req)?;
         let id = device_id("id", &req.into_inner().id)?;
         let device = self
             .store
             .get_device(&id)
             .await
             .map_err(status_from_store)?;
+        check(&p, Action::ReadDevices, Some(&device.fleet))?;
         let report = self
             .store
             .device_report(&id)

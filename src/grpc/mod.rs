@@ -1,12 +1,15 @@
 //! The gRPC edge: generated protobuf types, conversions to and from the
 //! domain, and the services. Proto types never leave this module.
 
+pub mod access;
 pub mod agent;
+pub mod audit;
 pub mod catalog;
 pub mod convert;
 pub mod device;
 pub mod operation;
 pub mod rollout;
+pub mod token;
 pub mod window;
 
 use crate::store::StoreError;

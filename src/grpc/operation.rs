@@ -1,15 +1,18 @@
 //! `OperationService`: operators record operations on devices; the scheduler
-//! decides when each may be applied. Forces and cancellations are audited.
+//! decides when each may be applied. Forces and cancellations are audited,
+//! naming the token that asked. Every request is checked against the fleet
+//! of the device it is about.
 
 use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
+use super::access::{check, principal, within};
 use super::convert::{ConvertError, block_name, disturbance_to_pb};
 use super::pb::{self, operation_service_server::OperationService};
 use super::status_from_store;
 use crate::clock;
-use crate::domain::FleetId;
+use crate::domain::{Action, FleetId, Principal};
 use crate::domain::{
     AuditEntry, DeviceId, Disturbance, Force, OpStatus, OperationId, OperationRecord,
     OperationSpec, ReleaseId,
@@ -31,6 +34,23 @@ impl<S: Store> Operations<S> {
             wakeups,
             events,
         }
+    }
+
+    /// The device's fleet, once `p` may take `action` on it.
+    async fn device_fleet(
+        &self,
+        p: &Principal,
+        action: Action,
+        device: &DeviceId,
+    ) -> Result<FleetId, Status> {
+        let fleet = self
+            .store
+            .get_device(device)
+            .await
+            .map_err(status_from_store)?
+            .fleet;
+        check(p, action, Some(&fleet))?;
+        Ok(fleet)
     }
 }
 
@@ -181,14 +201,6 @@ fn op_id(v: u64) -> Result<OperationId, ConvertError> {
         .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))
 }
 
-fn actor(s: &str) -> String {
-    if s.is_empty() {
-        "unknown".to_owned()
-    } else {
-        s.chars().take(256).collect()
-    }
-}
-
 #[tonic::async_trait]
 impl<S: Store> OperationService for Operations<S> {
     type WatchEventsStream =
@@ -198,6 +210,7 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let fleet = (!req.fleet.is_empty())
             .then(|| FleetId::new(&req.fleet).map_err(|e| ConvertError::new("fleet", e)))
@@ -208,7 +221,17 @@ impl<S: Store> OperationService for Operations<S> {
         if let Some(f) = &fleet {
             self.store.get_fleet(f).await.map_err(status_from_store)?;
         }
-        let mut watch = Watch::new(&self.events, self.store.clone(), fleet, device);
+        // What is watched must be in scope; without a fleet or a device,
+        // the token's fleets.
+        let scope = match &fleet {
+            Some(f) => check(&p, Action::ReadDevices, Some(f)).map(|()| None)?,
+            None => within(&p, Action::ReadDevices)?,
+        };
+        if let Some(d) = &device {
+            self.device_fleet(&p, Action::ReadDevices, d).await?;
+        }
+        let mut watch =
+            Watch::new(&self.events, self.store.clone(), fleet, device).within(scope);
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             while let Some(w) = watch.next().await {
@@ -235,13 +258,21 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::CreateOperationRequest>,
     ) -> Result<Response<pb::CreateOperationResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let device = DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e))?;
         let spec = spec_from_pb(req.spec)?;
         let force = force_from_pb(req.force)?;
+        let fleet = self
+            .device_fleet(&p, Action::WriteOperations, &device)
+            .await?;
+        if force.is_some() {
+            check(&p, Action::Force, Some(&fleet))?;
+        }
         if let OperationSpec::AssignRelease(r) = &spec {
             // Fail early on a release that does not exist.
-            self.store.get_release(r).await.map_err(status_from_store)?;
+            let release = self.store.get_release(r).await.map_err(status_from_store)?;
+            check(&p, Action::ReadReleases, Some(release.fleet()))?;
         }
         let now = clock::now();
         let op = self
@@ -253,9 +284,10 @@ impl<S: Store> OperationService for Operations<S> {
             self.store
                 .append_audit(&AuditEntry {
                     at: now,
-                    actor: actor(&req.actor),
+                    actor: p.actor_noting(&req.actor),
                     action: "force_requested".into(),
                     subject: format!("device {device} operation {}", op.id),
+                    fleet: Some(fleet.clone()),
                     reason: f.reason().to_owned(),
                     details: serde_json::json!({
                         "operation": spec.kind(),
@@ -277,12 +309,15 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::GetOperationRequest>,
     ) -> Result<Response<pb::GetOperationResponse>, Status> {
+        let p = principal(&req)?;
         let id = op_id(req.into_inner().id)?;
         let op = self
             .store
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
+        self.device_fleet(&p, Action::ReadOperations, &op.device)
+            .await?;
         Ok(Response::new(pb::GetOperationResponse {
             operation: Some(operation_to_pb(&op)),
         }))
@@ -292,8 +327,11 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        let p = principal(&req)?;
         let device =
             DeviceId::new(req.into_inner().device).map_err(|e| ConvertError::new("device", e))?;
+        self.device_fleet(&p, Action::ReadOperations, &device)
+            .await?;
         let ops = self
             .store
             .list_operations(&device)
@@ -308,6 +346,7 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::CancelOperationRequest>,
     ) -> Result<Response<pb::CancelOperationResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let id = op_id(req.id)?;
         let op = self
@@ -315,6 +354,9 @@ impl<S: Store> OperationService for Operations<S> {
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
+        let fleet = self
+            .device_fleet(&p, Action::WriteOperations, &op.device)
+            .await?;
         if !matches!(
             op.status,
             OpStatus::Pending
@@ -343,9 +385,10 @@ impl<S: Store> OperationService for Operations<S> {
         self.store
             .append_audit(&AuditEntry {
                 at: now,
-                actor: actor(&req.actor),
+                actor: p.actor_noting(&req.actor),
                 action: "operation_cancelled".into(),
                 subject: format!("device {} operation {id}", op.device),
+                fleet: Some(fleet),
                 reason: req.reason.clone(),
                 details: "{}".into(),
             })

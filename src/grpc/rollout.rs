@@ -1,6 +1,7 @@
 //! `RolloutService`: phased rollouts of a release or an OS version. Requests
 //! are converted here (bad input is `INVALID_ARGUMENT` naming the field);
-//! the actions, status and controller live in [`crate::rollouts`].
+//! the actions, status and controller live in [`crate::rollouts`]. A
+//! rollout belongs to its fleet; actions are audited naming the token.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -8,11 +9,12 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::access::{check, principal, within};
 use super::convert::ConvertError;
 use super::pb::{self, rollout_service_server::RolloutService};
 use super::status_from_store;
 use crate::domain::{
-    Amount, FleetId, OnError, ReleaseId, Rollout, RolloutId, RolloutTarget, Strategy, Tag,
+    Action, Amount, FleetId, Principal, OnError, ReleaseId, Rollout, RolloutId, RolloutTarget, Strategy, Tag,
 };
 use crate::rollouts::{CreateRollout, RolloutError, RolloutStatus, Rollouts};
 use crate::store::Store;
@@ -24,6 +26,17 @@ pub struct RolloutApi<S> {
 impl<S: Store> RolloutApi<S> {
     pub fn new(rollouts: Rollouts<S>) -> Self {
         Self { rollouts }
+    }
+
+    /// `PERMISSION_DENIED` unless `p` may take `action` on the rollout's fleet.
+    async fn check_rollout(&self, p: &Principal, action: Action, id: RolloutId) -> Result<(), Status> {
+        let r = self
+            .rollouts
+            .store()
+            .get_rollout(id)
+            .await
+            .map_err(status_from_store)?;
+        check(p, action, Some(&r.fleet))
     }
 }
 
@@ -41,14 +54,6 @@ fn rollout_id(v: u64) -> Result<RolloutId, ConvertError> {
         .filter(|v| *v > 0)
         .map(RolloutId)
         .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))
-}
-
-fn actor(s: &str) -> String {
-    if s.is_empty() {
-        "unknown".to_owned()
-    } else {
-        s.chars().take(256).collect()
-    }
 }
 
 fn amount_from_pb(field: &str, a: &pb::Amount) -> Result<Amount, ConvertError> {
@@ -157,7 +162,8 @@ impl TryFrom<pb::CreateRolloutRequest> for CreateRollout {
             target,
             strategy: r.strategy.unwrap_or_default().try_into()?,
             supersede: r.supersede,
-            actor: actor(&r.actor),
+            // What the client says; the edge replaces it with the token's actor.
+            actor: r.actor,
             seed: (r.seed != 0).then_some(r.seed),
         })
     }
@@ -234,7 +240,19 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::CreateRolloutRequest>,
     ) -> Result<Response<pb::CreateRolloutResponse>, Status> {
-        let create: CreateRollout = req.into_inner().try_into()?;
+        let p = principal(&req)?;
+        let mut create: CreateRollout = req.into_inner().try_into()?;
+        check(&p, Action::WriteRollouts, Some(&create.fleet))?;
+        if let RolloutTarget::Release(r) = &create.target {
+            let release = self
+                .rollouts
+                .store()
+                .get_release(r)
+                .await
+                .map_err(status_from_store)?;
+            check(&p, Action::ReadReleases, Some(release.fleet()))?;
+        }
+        create.actor = p.actor_noting(&create.actor);
         let r = self
             .rollouts
             .create(create)
@@ -254,7 +272,9 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::GetRolloutResponse>, Status> {
+        let p = principal(&req)?;
         let id = rollout_id(req.into_inner().id)?;
+        self.check_rollout(&p, Action::ReadRollouts, id).await?;
         let status = self.rollouts.status(id).await.map_err(status_from_store)?;
         Ok(Response::new(pb::GetRolloutResponse {
             status: Some(status_to_pb(&status)),
@@ -265,10 +285,15 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let fleet = match req.fleet.as_str() {
             "" => None,
             f => Some(FleetId::new(f).map_err(|e| ConvertError::new("fleet", e))?),
+        };
+        let within = match &fleet {
+            Some(f) => check(&p, Action::ReadRollouts, Some(f)).map(|()| None)?,
+            None => within(&p, Action::ReadRollouts)?,
         };
         let list = self
             .rollouts
@@ -277,7 +302,11 @@ impl<S: Store> RolloutService for RolloutApi<S> {
             .await
             .map_err(status_from_store)?;
         Ok(Response::new(pb::ListRolloutsResponse {
-            rollouts: list.iter().map(rollout_to_pb).collect(),
+            rollouts: list
+                .iter()
+                .filter(|r| within.as_ref().is_none_or(|w| w.contains(&r.fleet)))
+                .map(rollout_to_pb)
+                .collect(),
         }))
     }
 
@@ -285,10 +314,13 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
+        let id = rollout_id(req.id)?;
+        self.check_rollout(&p, Action::WriteRollouts, id).await?;
         let r = self
             .rollouts
-            .pause(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .pause(id, &p.actor_noting(&req.actor), &req.reason)
             .await
             .map_err(status_from_rollout)?;
         Ok(Response::new(pb::RolloutActionResponse {
@@ -300,10 +332,13 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
+        let id = rollout_id(req.id)?;
+        self.check_rollout(&p, Action::WriteRollouts, id).await?;
         let r = self
             .rollouts
-            .resume(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .resume(id, &p.actor_noting(&req.actor), &req.reason)
             .await
             .map_err(status_from_rollout)?;
         Ok(Response::new(pb::RolloutActionResponse {
@@ -315,10 +350,13 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
+        let id = rollout_id(req.id)?;
+        self.check_rollout(&p, Action::WriteRollouts, id).await?;
         let r = self
             .rollouts
-            .abort(rollout_id(req.id)?, &actor(&req.actor), &req.reason)
+            .abort(id, &p.actor_noting(&req.actor), &req.reason)
             .await
             .map_err(status_from_rollout)?;
         Ok(Response::new(pb::RolloutActionResponse {
@@ -332,7 +370,9 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let p = principal(&req)?;
         let id = rollout_id(req.into_inner().id)?;
+        self.check_rollout(&p, Action::ReadRollouts, id).await?;
         let rollouts = self.rollouts.clone();
         // Subscribe before the first read, so nothing between is missed.
         let mut ops = rollouts.events().subscribe();

@@ -9,10 +9,11 @@ pub mod migrations;
 pub mod pg;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use crate::domain::{ApiToken, TokenId};
 use crate::domain::{
     Approval, ApprovalStatus, AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord,
     DeviceReport, DeviceStatus, EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy,
@@ -177,6 +178,39 @@ pub struct DeviceFilter {
     pub fleet: Option<FleetId>,
     pub tag: Option<Tag>,
     pub status: Option<DeviceStatus>,
+    /// Only devices of these fleets (a token's scope); `None`: any fleet.
+    pub within: Option<BTreeSet<FleetId>>,
+}
+
+/// Which audit entries to list, oldest first; `None` matches everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Entries with an id greater than this.
+    pub after: i64,
+    /// At most this many (1 to 10 000).
+    pub limit: u32,
+    /// Exactly this action (`force_requested`, `token_revoked`, ...).
+    pub action: Option<String>,
+    /// Subjects that are this, or start with it followed by a space
+    /// (`device dev-1` matches `device dev-1 operation 7`, not `device dev-10`).
+    pub subject: Option<String>,
+    pub fleet: Option<FleetId>,
+    /// Only entries of these fleets (a token's scope; entries of no fleet
+    /// are left out); `None`: every entry.
+    pub within: Option<BTreeSet<FleetId>>,
+}
+
+impl Default for AuditFilter {
+    fn default() -> Self {
+        Self {
+            after: 0,
+            limit: 100,
+            action: None,
+            subject: None,
+            fleet: None,
+            within: None,
+        }
+    }
 }
 
 /// A release as listed (without its block versions).
@@ -266,9 +300,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         id: &ReleaseId,
     ) -> impl Future<Output = Result<Release, StoreError>> + Send;
+    /// Releases by id; of `fleet` if given, and only of the fleets
+    /// `within` names if given (a token's scope).
     fn list_releases(
         &self,
         fleet: Option<&FleetId>,
+        within: Option<&BTreeSet<FleetId>>,
         page: &PageRequest,
     ) -> impl Future<Output = Result<Page<ReleaseSummary>, StoreError>> + Send;
 
@@ -558,10 +595,41 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         entry: &AuditEntry,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
-    /// Entries with id greater than `after`, oldest first.
+    /// Entries matching `filter`, oldest first, with their ids.
     fn list_audit(
         &self,
-        after: i64,
-        limit: u32,
+        filter: &AuditFilter,
     ) -> impl Future<Output = Result<Vec<(i64, AuditEntry)>, StoreError>> + Send;
+
+    // ---- API tokens
+    /// Stores a new token: everything but the secret, and the hash of the
+    /// whole token. `AlreadyExists` if the id is taken.
+    fn create_token(
+        &self,
+        token: &ApiToken,
+        token_hash: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stores `token` only if no admin token is usable at `now` (neither
+    /// revoked nor expired), in one statement, so replicas starting together
+    /// bootstrap once. Whether it was stored.
+    fn create_token_unless_admin(
+        &self,
+        token: &ApiToken,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A token and the stored hash of it.
+    fn get_token(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<(ApiToken, String), StoreError>> + Send;
+    /// Every token, revoked and expired ones too, oldest first.
+    fn list_tokens(&self) -> impl Future<Output = Result<Vec<ApiToken>, StoreError>> + Send;
+    /// Marks a token revoked by `by`; `Conflict` if it already is.
+    fn revoke_token(
+        &self,
+        id: &TokenId,
+        by: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<ApiToken, StoreError>> + Send;
 }

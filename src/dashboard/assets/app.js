@@ -14,8 +14,17 @@ const LS = (() => {
     }
   }
 
-  /** GET (or POST with `body` as JSON) a dashboard API path; resolves to the JSON answer. */
-  async function api(path, { method = 'GET', body } = {}) {
+  /** Where to log in, coming back to this page afterwards. */
+  function toLogin() {
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
+
+  /**
+   * GET (or POST with `body` as JSON) a dashboard API path; resolves to the
+   * JSON answer. A 401 (no or no longer a valid token) goes to the login
+   * page, unless `login` says this is the login itself.
+   */
+  async function api(path, { method = 'GET', body, login = false } = {}) {
     const opts = { method, headers: { Accept: 'application/json' } };
     if (body !== undefined) {
       opts.headers['Content-Type'] = 'application/json';
@@ -28,8 +37,18 @@ const LS = (() => {
     } catch (_) {
       data = null;
     }
+    if (r.status === 401 && !login) toLogin();
     if (!r.ok) throw new ApiError(r.status, data);
     return data;
+  }
+
+  // The header's log-out button (on every page but the login).
+  const logout = document.getElementById('logout');
+  if (logout) {
+    logout.addEventListener('click', async () => {
+      await fetch('/api/logout', { method: 'POST' });
+      location.assign('/login');
+    });
   }
 
   /**
