@@ -956,3 +956,295 @@ fn the_dashboard_listen_flag_refuses_what_is_not_an_address_or_off() {
         "{err}"
     );
 }
+
+// ------------------------------------------------------------ who may look
+
+/// A new token made through `TokenService` with the fixture's admin token.
+async fn new_token(fx: &Fixture, role: &str, fleets: &[&str]) -> String {
+    pb::token_service_client::TokenServiceClient::new(fx.server.channel().await)
+        .create_token(pb::CreateTokenRequest {
+            name: format!("{role} token"),
+            role: role.into(),
+            fleets: fleets.iter().map(|f| (*f).into()).collect(),
+            expires_in_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+}
+
+/// GET with `token` as a bearer header; (status, JSON body).
+async fn get_as(fx: &Fixture, token: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = http(&fx.dashboard, Some(token), "GET", path, None, "").await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// POST a JSON body with `token` as a bearer header; (status, JSON body).
+async fn post_as(fx: &Fixture, token: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = http(
+        &fx.dashboard,
+        Some(token),
+        "POST",
+        path,
+        Some("application/json"),
+        body,
+    )
+    .await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// One request carrying a `Cookie` header; (status, headers, body).
+async fn with_cookie(
+    fx: &Fixture,
+    method: &str,
+    path: &str,
+    cookie: &str,
+) -> (u16, String, String) {
+    let host = fx
+        .dashboard
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test]
+async fn without_a_token_pages_go_to_the_login_and_the_api_answers_401() {
+    let fx = Fixture::start().await;
+    for (path, next) in [
+        ("", "/"),
+        ("approvals", "/approvals"),
+        ("devices/dev-1", "/devices/dev-1"),
+    ] {
+        let (status, head, _) = http(&fx.dashboard, None, "GET", path, None, "").await;
+        assert_eq!(status, 303, "/{path}");
+        assert!(
+            head.contains(&format!("location: /login?next={next}")),
+            "/{path}: {head}"
+        );
+    }
+    for path in ["api/fleets", "api/devices", "api/approvals", "api/events", "api/me"] {
+        let (status, _, body) = http(&fx.dashboard, None, "GET", path, None, "").await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("missing authorization"), "{path}: {body}");
+    }
+    let (status, _, body) = http(
+        &fx.dashboard,
+        None,
+        "POST",
+        "api/approvals/1/decline",
+        Some("application/json"),
+        r#"{"message":"no"}"#,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    // The login page and its assets need no token; the nav is not shown.
+    let (status, _, page) = http(&fx.dashboard, None, "GET", "login", None, "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"login\"") && !page.contains("<a href=\"/approvals\""));
+    let (status, _, _) = http(&fx.dashboard, None, "GET", "assets/login.js", None, "").await;
+    assert_eq!(status, 200);
+
+    // Logging in: a bad token is refused; a good one is kept in a cookie
+    // scripts cannot read and other sites cannot send.
+    for (body, want) in [
+        (r#"{"token":"lst_000000000000_nope"}"#, 401),
+        (r#"{"token":"hunter2"}"#, 401),
+        (r#"{}"#, 400),
+    ] {
+        let (status, _, answer) = http(
+            &fx.dashboard,
+            None,
+            "POST",
+            "api/login",
+            Some("application/json"),
+            body,
+        )
+        .await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
+    let (status, head, body) = http(
+        &fx.dashboard,
+        None,
+        "POST",
+        "api/login",
+        Some("application/json"),
+        &format!(r#"{{"token":"{}"}}"#, fx.token),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cookie_line = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    for part in ["lockstep_token=lst_", "httponly", "samesite=strict", "path=/"] {
+        assert!(cookie_line.contains(part), "{part} in {cookie_line}");
+    }
+    let cookie = format!("lockstep_token={}", fx.token);
+    let (status, _, page) = with_cookie(&fx, "GET", "", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("bootstrap-admin · admin · all fleets"), "{page}");
+    let (status, _, me) = with_cookie(&fx, "GET", "api/me", &cookie).await;
+    assert_eq!(status, 200);
+    let me: serde_json::Value = serde_json::from_str(&me).unwrap();
+    assert_eq!(me["role"], "admin");
+    let (status, head, _) = with_cookie(&fx, "POST", "api/logout", &cookie).await;
+    assert_eq!(status, 204);
+    assert!(head.contains("max-age=0"), "{head}");
+
+    // A revoked token's cookie no longer opens anything.
+    let viewer = new_token(&fx, "viewer", &[]).await;
+    let id = viewer.split('_').nth(1).unwrap().to_owned();
+    pb::token_service_client::TokenServiceClient::new(fx.server.channel().await)
+        .revoke_token(pb::RevokeTokenRequest {
+            id,
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let (status, _, body) =
+        with_cookie(&fx, "GET", "api/fleets", &format!("lockstep_token={viewer}")).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("was revoked"), "{body}");
+}
+
+#[tokio::test]
+async fn a_customer_sees_only_its_fleets_and_a_viewer_cannot_decide() {
+    let fx = Fixture::start().await;
+    let mut devs = DeviceServiceClient::new(fx.server.channel().await);
+    devs.create_fleet(pb::CreateFleetRequest {
+        id: "other".into(),
+        name: "Elsewhere".into(),
+    })
+    .await
+    .unwrap();
+    devs.register_device(pb::RegisterDeviceRequest {
+        id: "dev-2".into(),
+        fleet: "other".into(),
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    // An open approval on dev-1 (site): dev-1 never connects here, so it is
+    // opened straight in the database.
+    let op = fx
+        .create_op(pb::operation_spec::Kind::OsUpdate("2.0".into()))
+        .await;
+    let store = lockstep::store::SqliteStore::open(
+        &fx.dir.path().join("server-data"),
+        &lockstep::store::PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    use lockstep::store::Store as _;
+    let approval = store
+        .create_approval(
+            lockstep::domain::OperationId(op as i64),
+            lockstep::clock::now(),
+        )
+        .await
+        .unwrap()
+        .id;
+
+    let other = new_token(&fx, "customer", &["other"]).await;
+    let (_, fleets) = get_as(&fx, &other, "api/fleets").await;
+    assert_eq!(fleets["fleets"].as_array().unwrap().len(), 1, "{fleets}");
+    assert_eq!(fleets["fleets"][0]["id"], "other");
+    let (_, devices) = get_as(&fx, &other, "api/devices").await;
+    let ids: Vec<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["dev-2"]);
+    for path in [
+        "api/devices/dev-1",
+        "api/devices/dev-1/timeline",
+        "api/devices?fleet=site",
+        &format!("api/operations/{op}"),
+        "api/events?fleet=site",
+        "api/events?device=dev-1",
+    ] {
+        let (status, body) = get_as(&fx, &other, path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not scoped to fleet site")),
+            "{path}: {body}"
+        );
+    }
+    let (status, _, page) =
+        http(&fx.dashboard, Some(&other), "GET", "devices/dev-1", None, "").await;
+    assert_eq!(status, 403);
+    assert!(page.contains("not scoped to fleet site"), "{page}");
+    let (_, approvals) = get_as(&fx, &other, "api/approvals").await;
+    assert_eq!(approvals["approvals"], serde_json::json!([]), "{approvals}");
+    let (status, body) = post_as(
+        &fx,
+        &other,
+        &format!("api/approvals/{approval}/decline"),
+        r#"{"message":"no"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+
+    // A viewer sees the approval and may not decide it.
+    let viewer = new_token(&fx, "viewer", &[]).await;
+    let (_, approvals) = get_as(&fx, &viewer, "api/approvals").await;
+    assert_eq!(approvals["approvals"][0]["id"], approval);
+    let (status, body) = post_as(
+        &fx,
+        &viewer,
+        &format!("api/approvals/{approval}/decline"),
+        r#"{"message":"no"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "a viewer token may not approve or decline");
+    let (_, _, page) = http(&fx.dashboard, Some(&viewer), "GET", "approvals", None, "").await;
+    assert!(page.contains("data-decides=\"no\""), "{page}");
+    let (_, me) = get_as(&fx, &viewer, "api/me").await;
+    assert!(
+        !me["may"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("decide_approvals")),
+        "{me}"
+    );
+
+    // The site's customer decides it.
+    let site = new_token(&fx, "customer", &["site"]).await;
+    let (_, _, page) = http(&fx.dashboard, Some(&site), "GET", "approvals", None, "").await;
+    assert!(page.contains("data-decides=\"yes\""), "{page}");
+    let (status, body) = post_as(
+        &fx,
+        &site,
+        &format!("api/approvals/{approval}/decline"),
+        r#"{"message":"harvest week","actor":"anna"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "declined");
+    assert!(
+        body["decided_by"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("anna via customer token (token ")),
+        "{body}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `lockstep demo` end to end: the real binary starts its server, agents and
-//! sample blocks, rolls r2 out, narrates, and exits when the rollout is done
-//! (`--exit-when-done`), leaving no process behind.
+//! sample blocks, uses the admin token its server wrote (and prints a
+//! dashboard link that logs in with it), rolls r2 out, narrates, and exits
+//! when the rollout is done (`--exit-when-done`), leaving no process behind.
 
 mod support;
 
@@ -49,6 +50,8 @@ fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
     assert!(status.success(), "demo exited with {status}");
     for needle in [
         "dashboard: http://127.0.0.1:",
+        "/login#token=lst_",
+        "admin token in ",
         "ui         2.0.0: untouched, keeps running",
         "controller (update_restart) holds its lock; asked to release",
         "batch 1 starts",

@@ -283,17 +283,15 @@ impl<S: Store> WindowService for Windows<S> {
     ) -> Result<Response<pb::ApproveResponse>, Status> {
         let p = principal(&req)?;
         let req = req.into_inner();
-        let w = req.occurrence.ok_or_else(|| {
-            ConvertError::new("occurrence", "one of the candidate occurrences is required")
-        })?;
-        let chosen = crate::domain::Occurrence {
+        // Required; `approve` says so after the token's role is checked.
+        let chosen = req.occurrence.map(|w| crate::domain::Occurrence {
             start: Timestamp(w.start_unix_ms),
             end: Timestamp(w.end_unix_ms),
-        };
+        });
         let id = approval_id(req.approval_id)?;
         let view = self
             .approvals
-            .approve(&p, id, Some(chosen), &req.actor)
+            .approve(&p, id, chosen, &req.actor)
             .await
             .map_err(status_from_approval)?;
         Ok(Response::new(pb::ApproveResponse {

@@ -26,6 +26,8 @@ pub struct Server {
     pub log: mpsc::Receiver<String>,
     /// The embedded database's directory, when the server uses SQLite.
     pub data_dir: Option<tempfile::TempDir>,
+    /// What the server logged up to and including its listening line.
+    pub startup: Vec<String>,
     /// Where the server writes its bootstrap admin token.
     pub token_file: PathBuf,
     /// Holds the token file of a Postgres server.
@@ -113,6 +115,7 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             log: rx,
             data_dir: None,
+            startup: Vec::new(),
             token_file,
             token_dir,
         };
@@ -132,6 +135,7 @@ impl Server {
                 .log
                 .recv_timeout(left)
                 .expect("lockstep serve did not report its address within 60 s");
+            server.startup.push(line.clone());
             if line.contains("lockstep listening") {
                 server.addr = line
                     .split_whitespace()
