@@ -153,10 +153,9 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     children.0.push(server);
     let url = format!("http://{}", args.listen);
     let ch = connect(&url, &dir.join("server.log"), &mut children.0[0]).await?;
-    // The server wrote its admin token before it started listening.
+    // The server writes its admin token on start, before it serves.
     let token_file = dir.join("server-data").join("admin.token");
-    let token = crate::access::read_token_file(&token_file)
-        .map_err(io(format!("reading {}", token_file.display())))?;
+    let token = read_token(&token_file, &mut children.0[0]).await?;
     let bearer = Bearer::new(&token).ok_or_else(|| {
         DemoError::Server(format!("{} holds no usable token", token_file.display()))
     })?;
@@ -530,6 +529,34 @@ async fn connect(url: &str, log: &Path, server: &mut Child) -> Result<Channel, D
             return Err(DemoError::Server(format!("no answer on {url} within 30 s")));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The token the server writes to `path` (atomically) on its first start,
+/// once it is there.
+async fn read_token(path: &Path, server: &mut Child) -> Result<String, DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match crate::access::read_token_file(path) {
+            Ok(t) if !t.is_empty() => return Ok(t),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("reading {}", path.display()))(e));
+            }
+            _ => {}
+        }
+        if let Ok(Some(status)) = server.try_wait() {
+            return Err(DemoError::Server(format!(
+                "it exited ({status}) before writing {}",
+                path.display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Server(format!(
+                "no admin token in {} within 30 s",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
