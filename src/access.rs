@@ -97,11 +97,7 @@ pub struct NewToken {
 
 /// Creates a token (its hash stored) and audits it as `token_created` by
 /// `actor`.
-pub async fn issue<S: Store>(
-    store: &S,
-    new: NewToken,
-    actor: &str,
-) -> Result<Issued, StoreError> {
+pub async fn issue<S: Store>(store: &S, new: NewToken, actor: &str) -> Result<Issued, StoreError> {
     let (id, secret, hash) = auth::new_api_token();
     let now = clock::now();
     let token = ApiToken {
@@ -121,7 +117,11 @@ pub async fn issue<S: Store>(
 }
 
 /// Writes `token_created` to the audit log (a token belongs to no fleet).
-async fn audit_created<S: Store>(store: &S, token: &ApiToken, actor: &str) -> Result<(), StoreError> {
+async fn audit_created<S: Store>(
+    store: &S,
+    token: &ApiToken,
+    actor: &str,
+) -> Result<(), StoreError> {
     store
         .append_audit(&AuditEntry {
             at: token.created,
@@ -167,7 +167,10 @@ pub const BOOTSTRAP_ACTOR: &str = "lockstep serve";
 /// is stored, so a stored bootstrap token always has its file; replicas
 /// starting together store one (the store checks and inserts in one
 /// statement).
-pub async fn bootstrap<S: Store>(store: &S, path: &Path) -> Result<Option<ApiToken>, BootstrapError> {
+pub async fn bootstrap<S: Store>(
+    store: &S,
+    path: &Path,
+) -> Result<Option<ApiToken>, BootstrapError> {
     let write_err = |source| BootstrapError::Write {
         path: path.to_owned(),
         source,
@@ -198,13 +201,10 @@ pub async fn bootstrap<S: Store>(store: &S, path: &Path) -> Result<Option<ApiTok
     if !store.create_token_unless_admin(&token, &hash, now).await? {
         return Ok(None);
     }
-    let persisted = file
-        .persist(path)
-        .map_err(|e| e.error)
-        .and_then(|f| {
-            use std::os::unix::fs::PermissionsExt as _;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        });
+    let persisted = file.persist(path).map_err(|e| e.error).and_then(|f| {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+    });
     if let Err(source) = persisted {
         // Nobody could read it: revoke it, so the next start tries again.
         let _ = store.revoke_token(&token.id, BOOTSTRAP_ACTOR, now).await;

@@ -108,7 +108,11 @@ impl<S: Store> Approvals<S> {
     }
 
     /// The approval with its operation and, while it is open, its candidates.
-    async fn view(&self, approval: Approval, fleet: FleetId) -> Result<ApprovalView, ApprovalError> {
+    async fn view(
+        &self,
+        approval: Approval,
+        fleet: FleetId,
+    ) -> Result<ApprovalView, ApprovalError> {
         let operation = self.store.get_operation(approval.operation).await?;
         let candidates = if approval.status == ApprovalStatus::Requested {
             upcoming_occurrences(&self.store, &operation.device, CANDIDATES_OFFERED).await?
@@ -124,7 +128,10 @@ impl<S: Store> Approvals<S> {
     }
 
     /// The fleet an approval belongs to: its operation's device's.
-    async fn fleet_of(&self, approval: &Approval) -> Result<(OperationRecord, FleetId), StoreError> {
+    async fn fleet_of(
+        &self,
+        approval: &Approval,
+    ) -> Result<(OperationRecord, FleetId), StoreError> {
         let op = self.store.get_operation(approval.operation).await?;
         let fleet = self.store.get_device(&op.device).await?.fleet;
         Ok((op, fleet))

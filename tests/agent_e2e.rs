@@ -1159,9 +1159,7 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
         fx.state().await.device.unwrap().status(),
         pb::DeviceStatus::WaitingApproval
     );
-    let pending = |windows: &mut pb::window_service_client::WindowServiceClient<
-        support::Chan,
-    >| {
+    let pending = |windows: &mut pb::window_service_client::WindowServiceClient<support::Chan>| {
         let mut w = windows.clone();
         async move {
             w.list_approvals(pb::ListApprovalsRequest {

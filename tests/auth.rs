@@ -301,11 +301,7 @@ async fn token(w: &World, role: &str, fleets: &[&str], name: &str) -> String {
 /// Everything of fleet `site-y` a token could try to list, read or decide.
 fn reads_of_fleet_y(a: &Api, w: &World) -> Vec<(&'static str, Pending)> {
     vec![
-        rpc!(
-            a.devs,
-            get_device,
-            pb::GetDeviceRequest { id: "dy".into() }
-        ),
+        rpc!(a.devs, get_device, pb::GetDeviceRequest { id: "dy".into() }),
         rpc!(
             a.devs,
             get_device_state,
@@ -340,11 +336,7 @@ fn reads_of_fleet_y(a: &Api, w: &World) -> Vec<(&'static str, Pending)> {
                 to: "ry".into()
             }
         ),
-        rpc!(
-            a.ops,
-            get_operation,
-            pb::GetOperationRequest { id: w.op_y }
-        ),
+        rpc!(a.ops, get_operation, pb::GetOperationRequest { id: w.op_y }),
         rpc!(
             a.ops,
             list_operations,
@@ -419,12 +411,7 @@ async fn a_fleet_x_token_cannot_list_read_or_approve_anything_of_fleet_y() {
                 to: "ry".into()
             }
         ));
-        all_fail(
-            reads,
-            Code::PermissionDenied,
-            "not scoped to fleet site-y",
-        )
-        .await;
+        all_fail(reads, Code::PermissionDenied, "not scoped to fleet site-y").await;
 
         // Lists without a fleet show fleet x only.
         let mut c = x.clone();
@@ -492,7 +479,8 @@ async fn a_fleet_x_token_cannot_list_read_or_approve_anything_of_fleet_y() {
     }
 
     // Deciding y's approval: refused to x's customer, allowed to y's.
-    let customer_x = Api::as_token(&w.server, &token(&w, "customer", &["site-x"], "cx").await).await;
+    let customer_x =
+        Api::as_token(&w.server, &token(&w, "customer", &["site-x"], "cx").await).await;
     let y_window = w
         .admin
         .win
@@ -598,11 +586,7 @@ async fn a_viewer_reads_but_cannot_change_anything() {
                     block: "app".into()
                 }
             ),
-            rpc!(
-                v.win,
-                list_approvals,
-                pb::ListApprovalsRequest::default()
-            ),
+            rpc!(v.win, list_approvals, pb::ListApprovalsRequest::default()),
         ])
         .await;
         let mutations = vec![
@@ -851,11 +835,7 @@ async fn a_viewer_reads_but_cannot_change_anything() {
                     owner: env_owner_fleet("site-y")
                 }
             ),
-            rpc!(
-                customer.aud,
-                list_audit,
-                pb::ListAuditRequest::default()
-            ),
+            rpc!(customer.aud, list_audit, pb::ListAuditRequest::default()),
         ],
         Code::PermissionDenied,
         "a customer token may not",
@@ -942,11 +922,7 @@ async fn a_device_credential_works_only_on_the_agent_service() {
                 pb::ListRolloutsRequest::default()
             ),
             rpc!(device.tok, who_am_i, pb::WhoAmIRequest {}),
-            rpc!(
-                device.aud,
-                list_audit,
-                pb::ListAuditRequest::default()
-            ),
+            rpc!(device.aud, list_audit, pb::ListAuditRequest::default()),
         ],
         Code::Unauthenticated,
         "a device credential is accepted only by AgentService",
@@ -1133,7 +1109,12 @@ async fn the_first_start_writes_a_bootstrap_admin_token_for_its_owner_only_and_s
     assert!(server.terminate().success());
     let server = Server::spawn(&["--data-dir", data.to_str().unwrap()], None);
     assert_eq!(server.token(), token, "the token file is left alone");
-    assert!(server.startup.iter().all(|l| !l.contains("bootstrap token file")));
+    assert!(
+        server
+            .startup
+            .iter()
+            .all(|l| !l.contains("bootstrap token file"))
+    );
     TokenServiceClient::new(server.channel().await)
         .revoke_token(pb::RevokeTokenRequest {
             id: id.to_string(),
@@ -1363,7 +1344,10 @@ async fn admins_create_list_and_revoke_tokens_with_the_cli() {
         ],
     )
     .json();
-    assert_eq!((me["role"].as_str(), me["name"].as_str()), (Some("viewer"), Some("viewer")));
+    assert_eq!(
+        (me["role"].as_str(), me["name"].as_str()),
+        (Some("viewer"), Some("viewer"))
+    );
     // A file that is there already is never overwritten.
     let run = cli(
         s,
@@ -1382,7 +1366,11 @@ async fn admins_create_list_and_revoke_tokens_with_the_cli() {
     // Bad requests name what is wrong.
     let run = cli(s, admin, &["token", "create", "--role", "operator"]);
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("fleets: an operator token must name at least one fleet"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("fleets: an operator token must name at least one fleet"),
+        "{run:?}"
+    );
     let run = cli(
         s,
         admin,
@@ -1392,7 +1380,9 @@ async fn admins_create_list_and_revoke_tokens_with_the_cli() {
     let run = cli(
         s,
         admin,
-        &["token", "create", "--role", "customer", "--fleet", "nowhere"],
+        &[
+            "token", "create", "--role", "customer", "--fleet", "nowhere",
+        ],
     );
     assert_eq!(run.code, 3, "{run:?}");
 
@@ -1401,7 +1391,11 @@ async fn admins_create_list_and_revoke_tokens_with_the_cli() {
     assert!(me.stdout.contains("north customer"), "{me:?}");
     let run = cli(s, Some(&customer), &["token", "list"]);
     assert_eq!(run.code, 7, "{run:?}");
-    assert!(run.stderr.contains("PERMISSION_DENIED: a customer token may not manage API tokens"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("PERMISSION_DENIED: a customer token may not manage API tokens"),
+        "{run:?}"
+    );
     let run = cli(s, Some(&customer), &["device", "get", "dx"]);
     assert_eq!(run.code, 7, "{run:?}");
     assert!(run.stderr.contains("not scoped to fleet site-x"), "{run:?}");
@@ -1419,7 +1413,13 @@ async fn admins_create_list_and_revoke_tokens_with_the_cli() {
     cli(
         s,
         admin,
-        &["token", "revoke", &customer_id, "--reason", "left the company"],
+        &[
+            "token",
+            "revoke",
+            &customer_id,
+            "--reason",
+            "left the company",
+        ],
     )
     .ok();
     let run = cli(s, Some(&customer), &["token", "whoami"]);
@@ -1499,7 +1499,11 @@ async fn the_audit_log_names_the_token_and_each_token_reads_its_own_fleets() {
         y.actor
     );
     assert_eq!(y.reason, "site visit");
-    assert!(y.subject.starts_with("device dy operation "), "{}", y.subject);
+    assert!(
+        y.subject.starts_with("device dy operation "),
+        "{}",
+        y.subject
+    );
     let about_dy = audit
         .list_audit(pb::ListAuditRequest {
             subject: "device dy".into(),
@@ -1569,10 +1573,17 @@ async fn the_audit_log_names_the_token_and_each_token_reads_its_own_fleets() {
     )
     .json();
     let entries = tokens["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 3, "the bootstrap token and two operators: {tokens}");
+    assert_eq!(
+        entries.len(),
+        3,
+        "the bootstrap token and two operators: {tokens}"
+    );
     assert_eq!(entries[0]["actor"], "lockstep serve");
     assert_eq!(entries[1]["details"]["role"], "operator");
-    assert_eq!(entries[1]["details"]["fleets"], serde_json::json!(["site-y"]));
+    assert_eq!(
+        entries[1]["details"]["fleets"],
+        serde_json::json!(["site-y"])
+    );
     let scoped = cli(s, Some(&ops_x), &["audit", "list", "--output", "json"]).json();
     assert!(
         scoped["entries"]

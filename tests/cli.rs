@@ -377,7 +377,9 @@ fn an_operator_runs_the_catalog_devices_env_and_operations() {
     let refused = cli(&["op", "get", &id, "--token", "t0k3n"]);
     assert_eq!(refused.code, 7, "{refused:?}");
     assert!(
-        refused.stderr.starts_with("error: UNAUTHENTICATED: not an API token"),
+        refused
+            .stderr
+            .starts_with("error: UNAUTHENTICATED: not an API token"),
         "{refused:?}"
     );
     let waited = cli(&["op", "wait", &id, "--timeout", "300ms"]);

@@ -776,7 +776,15 @@ async fn the_json_api_answers_404_for_what_does_not_exist() {
         .await;
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("999"), "{body}");
-    let (status, _, page) = http(&fx.dashboard, Some(&fx.token), "GET", "devices/dev-9", None, "").await;
+    let (status, _, page) = http(
+        &fx.dashboard,
+        Some(&fx.token),
+        "GET",
+        "devices/dev-9",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(status, 404);
     assert!(page.contains("No device dev-9"), "{page}");
 }
@@ -789,7 +797,8 @@ async fn the_pages_and_assets_are_served_from_the_binary_with_a_shared_nav() {
         ("approvals", "data-page=\"approvals\""),
         ("devices/dev-1", "data-device=\"dev-1\""),
     ] {
-        let (status, head, page) = http(&fx.dashboard, Some(&fx.token), "GET", path, None, "").await;
+        let (status, head, page) =
+            http(&fx.dashboard, Some(&fx.token), "GET", path, None, "").await;
         assert_eq!(status, 200, "/{path}");
         assert!(head.contains("content-type: text/html"), "/{path}: {head}");
         assert!(
@@ -809,13 +818,28 @@ async fn the_pages_and_assets_are_served_from_the_binary_with_a_shared_nav() {
         ("device.js", "text/javascript"),
         ("approvals.js", "text/javascript"),
     ] {
-        let (status, head, body) =
-            http(&fx.dashboard, Some(&fx.token), "GET", &format!("assets/{asset}"), None, "").await;
+        let (status, head, body) = http(
+            &fx.dashboard,
+            Some(&fx.token),
+            "GET",
+            &format!("assets/{asset}"),
+            None,
+            "",
+        )
+        .await;
         assert_eq!(status, 200, "{asset}");
         assert!(head.contains(kind), "{asset}: {head}");
         assert!(!body.is_empty());
     }
-    let (status, _, _) = http(&fx.dashboard, Some(&fx.token), "GET", "assets/missing.js", None, "").await;
+    let (status, _, _) = http(
+        &fx.dashboard,
+        Some(&fx.token),
+        "GET",
+        "assets/missing.js",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -1037,7 +1061,13 @@ async fn without_a_token_pages_go_to_the_login_and_the_api_answers_401() {
             "/{path}: {head}"
         );
     }
-    for path in ["api/fleets", "api/devices", "api/approvals", "api/events", "api/me"] {
+    for path in [
+        "api/fleets",
+        "api/devices",
+        "api/approvals",
+        "api/events",
+        "api/me",
+    ] {
         let (status, _, body) = http(&fx.dashboard, None, "GET", path, None, "").await;
         assert_eq!(status, 401, "{path}: {body}");
         assert!(body.contains("missing authorization"), "{path}: {body}");
@@ -1091,13 +1121,21 @@ async fn without_a_token_pages_go_to_the_login_and_the_api_answers_401() {
         .lines()
         .find(|l| l.starts_with("set-cookie:"))
         .unwrap_or_else(|| panic!("no cookie: {head}"));
-    for part in ["lockstep_token=lst_", "httponly", "samesite=strict", "path=/"] {
+    for part in [
+        "lockstep_token=lst_",
+        "httponly",
+        "samesite=strict",
+        "path=/",
+    ] {
         assert!(cookie_line.contains(part), "{part} in {cookie_line}");
     }
     let cookie = format!("lockstep_token={}", fx.token);
     let (status, _, page) = with_cookie(&fx, "GET", "", &cookie).await;
     assert_eq!(status, 200);
-    assert!(page.contains("bootstrap-admin · admin · all fleets"), "{page}");
+    assert!(
+        page.contains("bootstrap-admin · admin · all fleets"),
+        "{page}"
+    );
     let (status, _, me) = with_cookie(&fx, "GET", "api/me", &cookie).await;
     assert_eq!(status, 200);
     let me: serde_json::Value = serde_json::from_str(&me).unwrap();
@@ -1116,8 +1154,13 @@ async fn without_a_token_pages_go_to_the_login_and_the_api_answers_401() {
         })
         .await
         .unwrap();
-    let (status, _, body) =
-        with_cookie(&fx, "GET", "api/fleets", &format!("lockstep_token={viewer}")).await;
+    let (status, _, body) = with_cookie(
+        &fx,
+        "GET",
+        "api/fleets",
+        &format!("lockstep_token={viewer}"),
+    )
+    .await;
     assert_eq!(status, 401);
     assert!(body.contains("was revoked"), "{body}");
 }
@@ -1189,8 +1232,15 @@ async fn a_customer_sees_only_its_fleets_and_a_viewer_cannot_decide() {
             "{path}: {body}"
         );
     }
-    let (status, _, page) =
-        http(&fx.dashboard, Some(&other), "GET", "devices/dev-1", None, "").await;
+    let (status, _, page) = http(
+        &fx.dashboard,
+        Some(&other),
+        "GET",
+        "devices/dev-1",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(status, 403);
     assert!(page.contains("not scoped to fleet site"), "{page}");
     let (_, approvals) = get_as(&fx, &other, "api/approvals").await;

@@ -156,11 +156,7 @@ async fn block_version(
     .unwrap();
 }
 
-async fn release(
-    cat: &mut CatalogServiceClient<support::Chan>,
-    id: &str,
-    blocks: &[(&str, &str)],
-) {
+async fn release(cat: &mut CatalogServiceClient<support::Chan>, id: &str, blocks: &[(&str, &str)]) {
     cat.create_release(pb::CreateReleaseRequest {
         id: id.into(),
         fleet: "site".into(),

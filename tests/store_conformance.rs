@@ -448,7 +448,10 @@ async fn devices_register_filter_and_paginate<S: Store>(s: S) {
         ..Default::default()
     };
     assert_eq!(
-        ids(&s.list_devices(&in_f2, &PageRequest::default()).await.unwrap()),
+        ids(&s
+            .list_devices(&in_f2, &PageRequest::default())
+            .await
+            .unwrap()),
         vec!["d4"]
     );
     let both = DeviceFilter {
@@ -995,7 +998,11 @@ async fn audit_entries_filter_by_action_subject_fleet_and_scope<S: Store>(s: S) 
     };
     let rows = [
         entry("force_requested", "device dev-1 operation 1", Some("f1")),
-        entry("operation_cancelled", "device dev-10 operation 2", Some("f1")),
+        entry(
+            "operation_cancelled",
+            "device dev-10 operation 2",
+            Some("f1"),
+        ),
         entry("force_requested", "device dev-2 operation 3", Some("f2")),
         entry("token_created", "token abc", None),
         entry("rollout_paused", "device dev-1", Some("f1")),
@@ -1095,7 +1102,9 @@ async fn api_tokens_round_trip_by_hash_and_revoke_once<S: Store>(s: S) {
         }
     ));
     assert!(matches!(
-        s.get_token(&TokenId::new("nope").unwrap()).await.unwrap_err(),
+        s.get_token(&TokenId::new("nope").unwrap())
+            .await
+            .unwrap_err(),
         StoreError::NotFound {
             entity: "api token",
             ..
@@ -1103,9 +1112,15 @@ async fn api_tokens_round_trip_by_hash_and_revoke_once<S: Store>(s: S) {
     ));
     let viewer = api_token("v1", Role::Viewer, &[], None);
     s.create_token(&viewer, "hash-v1").await.unwrap();
-    assert_eq!(s.list_tokens().await.unwrap(), vec![op.clone(), viewer.clone()]);
+    assert_eq!(
+        s.list_tokens().await.unwrap(),
+        vec![op.clone(), viewer.clone()]
+    );
 
-    let revoked = s.revoke_token(&op.id, "admin (token a1)", ts(20)).await.unwrap();
+    let revoked = s
+        .revoke_token(&op.id, "admin (token a1)", ts(20))
+        .await
+        .unwrap();
     assert_eq!(
         (revoked.revoked, revoked.revoked_by.as_deref()),
         (Some(ts(20)), Some("admin (token a1)"))
@@ -1125,10 +1140,16 @@ async fn api_tokens_round_trip_by_hash_and_revoke_once<S: Store>(s: S) {
 
 async fn a_bootstrap_token_is_stored_only_while_no_admin_token_is_usable<S: Store>(s: S) {
     let first = api_token("boot1", Role::Admin, &[], None);
-    assert!(s.create_token_unless_admin(&first, "h1", ts(100)).await.unwrap());
+    assert!(
+        s.create_token_unless_admin(&first, "h1", ts(100))
+            .await
+            .unwrap()
+    );
     let second = api_token("boot2", Role::Admin, &[], None);
     assert!(
-        !s.create_token_unless_admin(&second, "h2", ts(100)).await.unwrap(),
+        !s.create_token_unless_admin(&second, "h2", ts(100))
+            .await
+            .unwrap(),
         "an admin token exists"
     );
     // Other roles do not count; a revoked or expired admin does not either.
@@ -1140,10 +1161,16 @@ async fn a_bootstrap_token_is_stored_only_while_no_admin_token_is_usable<S: Stor
         .await
         .unwrap();
     assert!(
-        !s.create_token_unless_admin(&second, "h2", ts(299)).await.unwrap(),
+        !s.create_token_unless_admin(&second, "h2", ts(299))
+            .await
+            .unwrap(),
         "old is usable until 300"
     );
-    assert!(s.create_token_unless_admin(&second, "h2", ts(300)).await.unwrap());
+    assert!(
+        s.create_token_unless_admin(&second, "h2", ts(300))
+            .await
+            .unwrap()
+    );
     assert_eq!(s.get_token(&second.id).await.unwrap().1, "h2");
 }
 

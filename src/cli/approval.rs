@@ -25,7 +25,12 @@ pub enum ApprovalCommand {
         #[command(flatten)]
         pick: PickArgs,
         /// On whose behalf (recorded beside the token in the audit log).
-        #[arg(long, value_name = "WHO", default_value = "", hide_default_value = true)]
+        #[arg(
+            long,
+            value_name = "WHO",
+            default_value = "",
+            hide_default_value = true
+        )]
         actor: String,
     },
     /// Declines an approval; its operation is cancelled with the message.
@@ -36,7 +41,12 @@ pub enum ApprovalCommand {
         #[arg(long, value_name = "TEXT")]
         message: String,
         /// On whose behalf (recorded beside the token in the audit log).
-        #[arg(long, value_name = "WHO", default_value = "", hide_default_value = true)]
+        #[arg(
+            long,
+            value_name = "WHO",
+            default_value = "",
+            hide_default_value = true
+        )]
         actor: String,
     },
 }

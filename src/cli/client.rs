@@ -71,7 +71,12 @@ pub const LOCAL_TOKEN_FILE: &str = "lockstep-data/admin.token";
 /// The token to send: `--token`, else `--token-file`, else the local
 /// server's bootstrap token file if it exists; `None` sends no token.
 fn token(opts: &ClientOpts) -> Result<Option<String>, CliError> {
-    if let Some(t) = opts.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+    if let Some(t) = opts
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         return Ok(Some(t.to_owned()));
     }
     let (path, explicit) = match &opts.token_file {

@@ -43,8 +43,8 @@ pub use release::ReleaseCommand;
 pub use token::{TokenCommand, TokenCreateArgs};
 pub use window::{RuleArgs, ScopeArgs, WindowCommand, WindowCreateArgs};
 
-pub use client::{AuthChannel, Bearer};
 use client::{Api, Target};
+pub use client::{AuthChannel, Bearer};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -484,7 +484,10 @@ mod tests {
                 "lockstep token create --role operator --fleet a --fleet b --expires 30d --name ci",
                 true,
             ),
-            ("lockstep token create --role admin --token-out /tmp/t", true),
+            (
+                "lockstep token create --role admin --token-out /tmp/t",
+                true,
+            ),
             ("lockstep token create", false),
             ("lockstep token create --role root", false),
             ("lockstep token create --role viewer --expires 30", false),

@@ -26,7 +26,12 @@ pub enum TokenCommand {
         /// The token's id (as `token list` shows it).
         id: String,
         /// Why (recorded in the audit log).
-        #[arg(long, value_name = "TEXT", default_value = "", hide_default_value = true)]
+        #[arg(
+            long,
+            value_name = "TEXT",
+            default_value = "",
+            hide_default_value = true
+        )]
         reason: String,
     },
     /// Shows the token this CLI sends.
@@ -139,7 +144,14 @@ pub struct TokenList {
 impl Human for TokenList {
     fn human(&self) -> String {
         let mut t = Table::new(&[
-            "ID", "NAME", "ROLE", "FLEETS", "STATE", "EXPIRES", "CREATED", "CREATED BY",
+            "ID",
+            "NAME",
+            "ROLE",
+            "FLEETS",
+            "STATE",
+            "EXPIRES",
+            "CREATED",
+            "CREATED BY",
         ]);
         for v in &self.tokens {
             t.row(vec![

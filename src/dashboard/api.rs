@@ -13,11 +13,11 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 
+use super::auth::{Authed, check, within};
 use super::views::{
     ApprovalItem, ApprovalsView, DeviceRow, DeviceView, DevicesView, FleetView, FleetsView,
     OperationView, TimelineView,
 };
-use super::auth::{Authed, check, within};
 use super::{Dashboard, DashboardError};
 use crate::domain::{
     Action, ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Timestamp,

@@ -168,7 +168,9 @@ pub async fn me(Authed(p): Authed) -> Json<MeView> {
 }
 
 fn cookie(value: &str, max_age: Option<u32>) -> HeaderValue {
-    let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
+    let age = max_age
+        .map(|s| format!("; Max-Age={s}"))
+        .unwrap_or_default();
     HeaderValue::from_str(&format!(
         "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict{age}"
     ))
@@ -184,7 +186,12 @@ pub async fn login<S: Store>(
     let m = json_object(&headers, &body)?;
     let token = match m.get("token") {
         Some(serde_json::Value::String(t)) if !t.trim().is_empty() => t.trim().to_owned(),
-        _ => return Err(DashboardError::bad("token", "an API token (lst_...) is required")),
+        _ => {
+            return Err(DashboardError::bad(
+                "token",
+                "an API token (lst_...) is required",
+            ));
+        }
     };
     // Only what a cookie may carry: the token format is ASCII letters,
     // digits and underscores.
@@ -246,6 +253,9 @@ mod tests {
 
     #[test]
     fn the_login_redirect_keeps_where_the_person_was_going() {
-        assert_eq!(url_encode("/devices/dev-1?x=1&y"), "/devices/dev-1%3Fx%3D1%26y");
+        assert_eq!(
+            url_encode("/devices/dev-1?x=1&y"),
+            "/devices/dev-1%3Fx%3D1%26y"
+        );
     }
 }

@@ -244,7 +244,12 @@ pub async fn device<S: Store>(
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
     let Some(device) = id.ok().and_then(|Path(id)| DeviceId::new(id).ok()) else {
-        return message(StatusCode::NOT_FOUND, Some(&p), "Not found", "No such device.");
+        return message(
+            StatusCode::NOT_FOUND,
+            Some(&p),
+            "Not found",
+            "No such device.",
+        );
     };
     match d.store.get_device(&device).await {
         Ok(record) => match allows(&p, Action::ReadDevices, Some(&record.fleet)) {

@@ -58,8 +58,8 @@ pub mod rollout;
 pub mod window;
 
 pub use access::{
-    Action, ApiToken, Denied, Principal, Role, Scope, ScopeError, TokenRefused, TokenState,
-    allows, check_scope, role_allows, split_token,
+    Action, ApiToken, Denied, Principal, Role, Scope, ScopeError, TokenRefused, TokenState, allows,
+    check_scope, role_allows, split_token,
 };
 pub use block::{
     BlockConfig, BlockError, BlockVersion, Dependency, Fingerprint, ImageDigest, UpdateStrategy,

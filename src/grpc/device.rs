@@ -13,8 +13,8 @@ use super::status_from_store;
 use crate::auth;
 use crate::clock;
 use crate::domain::{
-    Action, DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, OperationSpec,
-    Tag,
+    Action, DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId,
+    OperationSpec, Tag,
 };
 use crate::scheduler::Wakeups;
 use crate::store::{DeviceFilter, EnvOwner, PageRequest, Store};

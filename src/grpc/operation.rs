@@ -230,8 +230,7 @@ impl<S: Store> OperationService for Operations<S> {
         if let Some(d) = &device {
             self.device_fleet(&p, Action::ReadDevices, d).await?;
         }
-        let mut watch =
-            Watch::new(&self.events, self.store.clone(), fleet, device).within(scope);
+        let mut watch = Watch::new(&self.events, self.store.clone(), fleet, device).within(scope);
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             while let Some(w) = watch.next().await {

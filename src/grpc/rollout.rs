@@ -14,7 +14,8 @@ use super::convert::ConvertError;
 use super::pb::{self, rollout_service_server::RolloutService};
 use super::status_from_store;
 use crate::domain::{
-    Action, Amount, FleetId, Principal, OnError, ReleaseId, Rollout, RolloutId, RolloutTarget, Strategy, Tag,
+    Action, Amount, FleetId, OnError, Principal, ReleaseId, Rollout, RolloutId, RolloutTarget,
+    Strategy, Tag,
 };
 use crate::rollouts::{CreateRollout, RolloutError, RolloutStatus, Rollouts};
 use crate::store::Store;
@@ -29,7 +30,12 @@ impl<S: Store> RolloutApi<S> {
     }
 
     /// `PERMISSION_DENIED` unless `p` may take `action` on the rollout's fleet.
-    async fn check_rollout(&self, p: &Principal, action: Action, id: RolloutId) -> Result<(), Status> {
+    async fn check_rollout(
+        &self,
+        p: &Principal,
+        action: Action,
+        id: RolloutId,
+    ) -> Result<(), Status> {
         let r = self
             .rollouts
             .store()

@@ -78,7 +78,9 @@ impl TryFrom<pb::CreateTokenRequest> for NewToken {
                 return Err(ConvertError::new("expires_in_seconds", "at most ten years"));
             }
             s => Some(Timestamp(
-                clock::now().0.saturating_add(i64::try_from(s * 1000).unwrap_or(i64::MAX)),
+                clock::now()
+                    .0
+                    .saturating_add(i64::try_from(s * 1000).unwrap_or(i64::MAX)),
             )),
         };
         Ok(NewToken {

@@ -16,8 +16,8 @@ use super::convert::ConvertError;
 use super::pb::{self, window_service_server::WindowService};
 use super::status_from_store;
 use crate::approvals::{self, ApprovalError, ApprovalView, Approvals};
-use crate::domain::{Action, Principal};
 use crate::clock;
+use crate::domain::{Action, Principal};
 use crate::domain::{
     ApprovalStatus, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window,
     WindowRule, WindowScope,

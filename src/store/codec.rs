@@ -463,7 +463,10 @@ pub(crate) fn token_scope_to_json(scope: &crate::domain::Scope) -> String {
     to_json(&fleets)
 }
 
-pub(crate) fn token_scope_from_json(key: &str, s: &str) -> Result<crate::domain::Scope, StoreError> {
+pub(crate) fn token_scope_from_json(
+    key: &str,
+    s: &str,
+) -> Result<crate::domain::Scope, StoreError> {
     let fleets: Vec<String> = serde_json::from_str(s).map_err(|e| corrupt("api token", key, e))?;
     let fleets = fleets
         .into_iter()

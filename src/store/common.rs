@@ -2030,7 +2030,9 @@ pub(crate) fn within_clause(
         None => String::new(),
         Some(set) if set.is_empty() => " AND 1 = 0".to_owned(),
         Some(set) => {
-            let params: Vec<String> = (first..first + set.len()).map(|n| format!("${n}")).collect();
+            let params: Vec<String> = (first..first + set.len())
+                .map(|n| format!("${n}"))
+                .collect();
             format!(" AND {column} IN ({})", params.join(", "))
         }
     }

@@ -89,17 +89,16 @@ impl Server {
         // A Postgres server's token goes to a directory of this test's own
         // (its default, ./lockstep-admin.token, would be shared).
         let mut token_dir = None;
-        let token_file = if args.contains(&"--database-url")
-            && !args.contains(&"--bootstrap-token-file")
-        {
-            let dir = tempfile::tempdir().expect("temp token dir");
-            let path = dir.path().join("admin.token");
-            cmd.arg("--bootstrap-token-file").arg(&path);
-            token_dir = Some(dir);
-            path
-        } else {
-            token_file_of(args, cwd)
-        };
+        let token_file =
+            if args.contains(&"--database-url") && !args.contains(&"--bootstrap-token-file") {
+                let dir = tempfile::tempdir().expect("temp token dir");
+                let path = dir.path().join("admin.token");
+                cmd.arg("--bootstrap-token-file").arg(&path);
+                token_dir = Some(dir);
+                path
+            } else {
+                token_file_of(args, cwd)
+            };
         let child = cmd
             .args(args)
             .env("LOCKSTEP_LOG", "info")
