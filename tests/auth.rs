@@ -960,6 +960,53 @@ async fn a_device_credential_works_only_on_the_agent_service() {
 }
 
 #[tokio::test]
+async fn every_method_of_every_service_but_the_agents_needs_an_api_token() {
+    use prost::Message as _;
+    let w = world().await;
+    let set = prost_types::FileDescriptorSet::decode(lockstep::grpc::FILE_DESCRIPTOR_SET).unwrap();
+    let mut checked = 0;
+    for file in &set.file {
+        for service in &file.service {
+            let name = format!("{}.{}", file.package(), service.name());
+            if name == "lockstep.v1.AgentService" {
+                continue;
+            }
+            for method in &service.method {
+                let path = format!("/{name}/{}", method.name());
+                for (token, needle) in [
+                    (None, "missing authorization"),
+                    (
+                        Some(w.credential_y.as_str()),
+                        "accepted only by AgentService",
+                    ),
+                ] {
+                    let ch = w.server.raw_channel().await;
+                    let mut grpc = tonic::client::Grpc::new(ch);
+                    grpc.ready().await.unwrap();
+                    let mut req = tonic::Request::new(());
+                    if let Some(t) = token {
+                        req.metadata_mut()
+                            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+                    }
+                    let err = grpc
+                        .unary::<(), (), _>(
+                            req,
+                            path.parse().unwrap(),
+                            tonic_prost::ProstCodec::default(),
+                        )
+                        .await
+                        .unwrap_err();
+                    assert_eq!(err.code(), Code::Unauthenticated, "{path}: {err:?}");
+                    assert!(err.message().contains(needle), "{path}: {err:?}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 42, "only {checked} methods found");
+}
+
+#[tokio::test]
 async fn missing_bad_revoked_and_expired_tokens_are_unauthenticated() {
     let w = world().await;
     let list = |a: &Api| rpc!(a.devs, list_fleets, pb::ListFleetsRequest {});
