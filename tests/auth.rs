@@ -1641,3 +1641,51 @@ async fn the_audit_log_names_the_token_and_each_token_reads_its_own_fleets() {
         "{scoped}"
     );
 }
+
+#[tokio::test]
+async fn a_scoped_token_watches_only_its_fleets_devices() {
+    let w = world().await;
+    let viewer_x = token(&w, "viewer", &["site-x"], "wall x").await;
+    let mut events = OperationServiceClient::new(w.server.channel_as(&viewer_x).await)
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Cancellations publish events: y's first, then x's.
+    let mut ops = w.admin.ops.clone();
+    for device in ["dy", "dx"] {
+        let op = ops
+            .create_operation(pb::CreateOperationRequest {
+                device: device.into(),
+                spec: reboot(),
+                force: None,
+                actor: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .operation
+            .unwrap();
+        ops.cancel_operation(pb::CancelOperationRequest {
+            id: op.id,
+            actor: String::new(),
+            reason: format!("not on {device}"),
+        })
+        .await
+        .unwrap();
+    }
+    let first = tokio::time::timeout(Duration::from_secs(20), events.message())
+        .await
+        .expect("an event within 20 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            first.device.as_str(),
+            first.kind.as_str(),
+            first.message.as_str()
+        ),
+        ("dx", "cancelled", "not on dx"),
+        "y's event is not shown to x's viewer"
+    );
+}
