@@ -213,9 +213,29 @@ impl<S: Store> Scheduler<S> {
 
     /// Gather → decide → act for one device.
     async fn handle(&self, device: &DeviceId) -> Result<(), ScheduleError> {
-        let Some(op) = self.store.current_operation(device).await? else {
+        let Some(mut op) = self.store.current_operation(device).await? else {
             return Ok(());
         };
+        if matches!(op.spec, domain::OperationSpec::AssignRelease(_))
+            && matches!(
+                op.status,
+                OpStatus::Pending
+                    | OpStatus::WaitingLock
+                    | OpStatus::WaitingWindow
+                    | OpStatus::WaitingApproval
+            )
+            && self
+                .store
+                .supersede_older_assignments(device, clock::now())
+                .await?
+                > 0
+        {
+            tracing::info!(device = %device, operation = %op.id, "a newer release assignment supersedes this one");
+            match self.store.current_operation(device).await? {
+                Some(current) => op = current,
+                None => return Ok(()),
+            }
+        }
         if op.status == OpStatus::Applying {
             return Ok(());
         }

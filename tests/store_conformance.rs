@@ -1292,6 +1292,70 @@ async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: 
     ));
 }
 
+async fn a_newer_waiting_assignment_supersedes_an_older_one_that_came_back<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let r = |id: &str| OperationSpec::AssignRelease(ReleaseId::new(id).unwrap());
+    let old = s
+        .create_operation(&dev("d1"), &r("r1"), None, ts(1))
+        .await
+        .unwrap();
+    // The old one is applying, so creating r2 does not supersede it ...
+    let mut applying = old.clone();
+    applying.status = OpStatus::Applying;
+    s.record_step(&applying, OpStatus::Pending, &[], ts(2))
+        .await
+        .unwrap();
+    let newer = s
+        .create_operation(&dev("d1"), &r("r2"), None, ts(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(4))
+            .await
+            .unwrap(),
+        0,
+        "an applying assignment is left alone"
+    );
+    // ... then its apply came back stale and it waits again.
+    let mut back = applying.clone();
+    back.status = OpStatus::WaitingLock;
+    s.record_step(&back, OpStatus::Applying, &[], ts(5))
+        .await
+        .unwrap();
+    let reboot = s
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(6))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(7))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.get_operation(old.id).await.unwrap().status,
+        OpStatus::Superseded
+    );
+    assert_eq!(
+        s.get_operation(newer.id).await.unwrap().status,
+        OpStatus::Pending
+    );
+    assert_eq!(
+        s.get_operation(reboot.id).await.unwrap().status,
+        OpStatus::Pending,
+        "other kinds are untouched"
+    );
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(8))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1333,6 +1397,7 @@ conformance!(
     operations_supersede_and_steps_are_atomic_with_their_intents,
     windows_and_policies_attach_to_fleets_tags_and_devices,
     rollouts_store_their_plan_and_start_members_in_plan_order,
+    a_newer_waiting_assignment_supersedes_an_older_one_that_came_back,
 );
 
 // ------------------------------------------- backend-specific behaviour

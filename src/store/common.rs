@@ -736,6 +736,22 @@ macro_rules! impl_store {
                 row.as_ref().map(operation_from_row).transpose()
             }
 
+            async fn supersede_older_assignments(&self, device: &DeviceId, now: Timestamp) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE operations SET status = 'superseded', updated_ms = $2 \
+                     WHERE device_id = $1 AND kind = 'assign_release' \
+                     AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval') \
+                     AND id < (SELECT MAX(id) FROM operations WHERE device_id = $1 AND kind = 'assign_release' \
+                               AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval'))",
+                )
+                .bind(device.as_str())
+                .bind(now.0)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                Ok(done.rows_affected())
+            }
+
             async fn devices_with_active_operations(&self) -> Result<Vec<DeviceId>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT DISTINCT device_id FROM operations \

@@ -408,6 +408,15 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         device: &DeviceId,
     ) -> impl Future<Output = Result<Option<OperationRecord>, StoreError>> + Send;
+    /// Marks the device's release assignments that are waiting (not
+    /// applying) superseded when a newer waiting one exists: an older
+    /// assignment that came back from a stale apply never runs after a newer
+    /// one was queued behind it. Returns how many were superseded.
+    fn supersede_older_assignments(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Devices with unfinished operations (to resume after a restart).
     fn devices_with_active_operations(
         &self,
