@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use lockstep::domain::*;
 use proptest::prelude::*;
+use proptest::strategy::Strategy as _;
 
 // ---------------------------------------------------------------- fixtures
 
@@ -752,7 +753,7 @@ struct World {
 /// (image seed, depends_on as (index, restart), locked)
 type WorldBlock = (u8, Vec<(usize, bool)>, bool);
 
-fn world() -> impl Strategy<Value = World> {
+fn world() -> impl proptest::strategy::Strategy<Value = World> {
     (1usize..8).prop_flat_map(|n| {
         let block = |i: usize| {
             (
