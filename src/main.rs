@@ -55,6 +55,8 @@ enum Command {
     Policy(lockstep::cli::Verb<lockstep::cli::PolicyCommand>),
     /// Customer approvals of operations: list, approve, decline.
     Approval(lockstep::cli::Verb<lockstep::cli::ApprovalCommand>),
+    /// Phased rollouts: create, get, list, pause, resume, abort, watch.
+    Rollout(lockstep::cli::Verb<lockstep::cli::RolloutCommand>),
 }
 
 /// Agent settings: flags, else `LOCKSTEP_*` env, else the `--config` JSON file
@@ -415,6 +417,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Window(v) => std::process::exit(v.run().await),
         Command::Policy(v) => std::process::exit(v.run().await),
         Command::Approval(v) => std::process::exit(v.run().await),
+        Command::Rollout(v) => std::process::exit(v.run().await),
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The operator verbs' connection to `lockstep serve`: dials `--server`
 //! once per invocation, with bounded connect and call times, and stamps every
-//! request with the `--token` bearer metadata when one is given.
+//! request with the `--token` bearer metadata when one is given. The call
+//! time bounds a call until its answer starts: a server stream (`rollout
+//! watch`) then flows for as long as the server sends.
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use super::parse;
 use crate::grpc::pb::catalog_service_client::CatalogServiceClient;
 use crate::grpc::pb::device_service_client::DeviceServiceClient;
 use crate::grpc::pb::operation_service_client::OperationServiceClient;
+use crate::grpc::pb::rollout_service_client::RolloutServiceClient;
 use crate::grpc::pb::window_service_client::WindowServiceClient;
 
 /// How long to wait for the TCP (and HTTP/2) connection.
@@ -91,6 +94,10 @@ impl Api {
 
     pub fn windows(&self) -> WindowServiceClient<Channel> {
         WindowServiceClient::new(self.channel.clone())
+    }
+
+    pub fn rollouts(&self) -> RolloutServiceClient<Channel> {
+        RolloutServiceClient::new(self.channel.clone())
     }
 }
 

@@ -1,6 +1,6 @@
-//! The operator CLI: `lockstep fleet|block|release|device|env|op ...` and
-//! `lockstep window|policy|approval ...` in the same binary as the server and
-//! the agent, so operators, customers and scripts drive every API without a
+//! The operator CLI: `lockstep fleet|block|release|device|env|op ...`,
+//! `lockstep window|policy|approval ...` and `lockstep rollout ...` in the
+//! same binary as the server and the agent, so operators, customers and scripts drive every API without a
 //! gRPC tool. Each verb is a thin client of the public gRPC API: aligned tables for people by default, one JSON document with
 //! `--output json` for scripts, and exit codes scripts can branch on
 //! ([`exit`]: 0 ok, 1 operation failed, 2 usage, 3 not found, 4 already
@@ -20,7 +20,9 @@ mod fleet;
 mod op;
 pub mod parse;
 mod policy;
+mod progress;
 mod release;
+mod rollout;
 mod table;
 mod view;
 mod window;
@@ -34,6 +36,7 @@ pub use fleet::FleetCommand;
 pub use op::{OpCommand, OpCreateArgs, OpKindArgs};
 pub use policy::{PolicyChanges, PolicyCommand};
 pub use release::ReleaseCommand;
+pub use rollout::{RolloutActionArgs, RolloutCommand, RolloutCreateArgs, RolloutTargetArgs};
 pub use window::{RuleArgs, ScopeArgs, WindowCommand, WindowCreateArgs};
 
 use client::{Api, Target};
@@ -112,6 +115,9 @@ pub enum CliCommand {
     /// Customer approvals of operations: list, approve, decline.
     #[command(subcommand)]
     Approval(ApprovalCommand),
+    /// Phased rollouts: create, get, list, pause, resume, abort, watch.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
 }
 
 macro_rules! into_cli_command {
@@ -134,6 +140,7 @@ into_cli_command!(
     Window(WindowCommand),
     Policy(PolicyCommand),
     Approval(ApprovalCommand),
+    Rollout(RolloutCommand),
 );
 
 /// One verb group as a subcommand of the binary: its verbs plus the client
@@ -182,6 +189,7 @@ pub async fn run(opts: ClientOpts, cmd: CliCommand) -> Result<(), CliError> {
         CliCommand::Window(c) => window::run(&ctx, c).await,
         CliCommand::Policy(c) => policy::run(&ctx, c).await,
         CliCommand::Approval(c) => approval::run(&ctx, c).await,
+        CliCommand::Rollout(c) => rollout::run(&ctx, c).await,
     }
 }
 
@@ -223,6 +231,7 @@ mod tests {
         Window(Verb<WindowCommand>),
         Policy(Verb<PolicyCommand>),
         Approval(Verb<ApprovalCommand>),
+        Rollout(Verb<RolloutCommand>),
     }
 
     /// Stands in for the server's own `--server`-free subcommands.
@@ -244,6 +253,7 @@ mod tests {
             Group::Window(v) => (v.opts, v.command.into()),
             Group::Policy(v) => (v.opts, v.command.into()),
             Group::Approval(v) => (v.opts, v.command.into()),
+            Group::Rollout(v) => (v.opts, v.command.into()),
         })
     }
 
@@ -446,6 +456,64 @@ mod tests {
                 true,
             ),
             ("lockstep approval decline 3 --actor me", false),
+            (
+                "lockstep rollout create --fleet f --release r2 --canary 1 --batches 10%,25%,50 --max-in-flight 3 --soak 10m --success-threshold 95 --error-threshold 5% --on-error abort --supersede --actor me --seed 7 --tag north",
+                true,
+            ),
+            ("lockstep rollout create --fleet f --os-version 13.1", true),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 10% --batches 50",
+                true,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --error-threshold 2 --success-threshold 95%",
+                true,
+            ),
+            ("lockstep rollout create --fleet f", false),
+            ("lockstep rollout create --release r2", false),
+            (
+                "lockstep rollout create --fleet f --release r2 --os-version 13.1",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 10%,150%",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --error-threshold 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --success-threshold 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --soak 31d",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --soak 10",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --on-error explode",
+                false,
+            ),
+            ("lockstep rollout get 3", true),
+            ("lockstep rollout get 0", false),
+            ("lockstep rollout get three", false),
+            ("lockstep rollout list", true),
+            ("lockstep rollout list --fleet f --output json", true),
+            ("lockstep rollout pause 3 --actor me --reason why", true),
+            ("lockstep rollout resume 3", true),
+            ("lockstep rollout abort 3 --reason bad", true),
+            ("lockstep rollout abort", false),
+            ("lockstep rollout watch 3 --output json", true),
+            ("lockstep rollout watch", false),
         ];
         for (line, ok) in cases {
             let got = parse(line);
