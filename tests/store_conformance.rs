@@ -1176,7 +1176,7 @@ async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: 
     // One active rollout of a kind per fleet: refused, or superseded.
     let again = s.create_rollout(&new, &the_plan, false, ts(11)).await;
     assert!(
-        matches!(again, Err(StoreError::Conflict { .. })),
+        matches!(&again, Err(StoreError::Precondition { message }) if message.contains("still active")),
         "{again:?}"
     );
     let os_rollout = NewRollout {

@@ -73,9 +73,9 @@ impl From<StoreError> for DashboardError {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::NotFound { .. } => DashboardError::NotFound(e.to_string()),
-            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => {
-                DashboardError::Conflict(e.to_string())
-            }
+            StoreError::AlreadyExists { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::Precondition { .. } => DashboardError::Conflict(e.to_string()),
             StoreError::Invalid { message } => DashboardError::bad("request", message),
             StoreError::Unavailable { .. } => {
                 tracing::warn!(error = %e, "database unavailable");

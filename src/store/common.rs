@@ -865,9 +865,7 @@ macro_rules! impl_store {
                 if let Some(row) = active {
                     let old: i64 = get(&row, "id")?;
                     if !supersede {
-                        return Err(StoreError::Conflict {
-                            entity: "rollout",
-                            key: old.to_string(),
+                        return Err(StoreError::Precondition {
                             message: format!(
                                 "rollout {old} ({kind}) is still active for fleet {}; abort it, or create the new one with supersede",
                                 rollout.fleet

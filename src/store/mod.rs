@@ -37,6 +37,10 @@ pub enum StoreError {
     AlreadyExists { entity: &'static str, key: String },
     #[error("{message}")]
     Invalid { message: String },
+    /// The request is valid but the stored state does not allow it now
+    /// (e.g. another rollout of the kind is active).
+    #[error("{message}")]
+    Precondition { message: String },
     #[error("{entity} {key} changed concurrently: {message}")]
     Conflict {
         entity: &'static str,
