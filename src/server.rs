@@ -157,6 +157,7 @@ impl Bound {
                 store.clone(),
                 wakeups.clone(),
                 events.clone(),
+                rollouts.clone(),
                 stop_rx.clone(),
             ));
             let mut stopped = stop_rx.clone();

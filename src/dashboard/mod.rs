@@ -1,10 +1,11 @@
 //! The web dashboard `lockstep serve` runs beside its gRPC API (flag
 //! `--dashboard-listen`): a few plain HTML pages for people — the fleet
-//! overview, one device, pending approvals — over a small JSON API under
-//! `/api/` and a server-sent event stream (`/api/events`) that tells pages
-//! what to re-read. It reads the store and calls the shared logic
-//! (`crate::approvals`, `crate::events::Watch`) directly, never through
-//! gRPC, and holds no decision of its own. Its view types (serde) live
+//! overview, one device, pending approvals, rollouts — over a small JSON API
+//! under `/api/` and server-sent event streams (`/api/events` tells pages
+//! what to re-read; `/api/rollouts/{id}/events` sends a rollout's status
+//! as it changes). It reads the store and calls the shared logic
+//! (`crate::approvals`, `crate::rollouts`, `crate::events::Watch`)
+//! directly, never through gRPC, and holds no decision of its own. Its view types (serde) live
 //! here: domain types stay free of serde. Assets are compiled into the
 //! binary; pages load nothing from the network.
 //!
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::approvals::{ApprovalError, Approvals};
 use crate::events::Events;
+use crate::rollouts::{RolloutError, Rollouts};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
@@ -38,7 +40,8 @@ pub enum DashboardError {
     BadRequest { field: String, message: String },
     #[error("{0}")]
     NotFound(String),
-    /// The request is valid but the state does not allow it (already decided).
+    /// The request is valid but the state does not allow it (an approval
+    /// already decided, a rollout not running or not paused).
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -101,6 +104,16 @@ impl From<ApprovalError> for DashboardError {
     }
 }
 
+impl From<RolloutError> for DashboardError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Invalid { field, message } => DashboardError::bad(field, message),
+            RolloutError::WrongState { .. } => DashboardError::Conflict(e.to_string()),
+            RolloutError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for DashboardError {
     fn into_response(self) -> Response {
         let body = match &self {
@@ -118,6 +131,8 @@ pub struct Dashboard<S> {
     store: S,
     events: Events,
     approvals: std::sync::Arc<Approvals<S>>,
+    /// The same rollout actions and status as `RolloutService`.
+    rollouts: Rollouts<S>,
     /// Flips to `true` when the server stops: live streams end then, so a
     /// graceful shutdown is not held up by open pages.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -129,6 +144,7 @@ impl<S: Clone> Clone for Dashboard<S> {
             store: self.store.clone(),
             events: self.events.clone(),
             approvals: self.approvals.clone(),
+            rollouts: self.rollouts.clone(),
             stopping: self.stopping.clone(),
         }
     }
@@ -139,12 +155,14 @@ impl<S: Store> Dashboard<S> {
         store: S,
         wakeups: Wakeups,
         events: Events,
+        rollouts: Rollouts<S>,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             approvals: std::sync::Arc::new(Approvals::new(store.clone(), wakeups)),
             store,
             events,
+            rollouts,
             stopping,
         }
     }
@@ -156,6 +174,8 @@ pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
         .route("/", get(pages::fleet))
         .route("/devices/{id}", get(pages::device::<S>))
         .route("/approvals", get(pages::approvals))
+        .route("/rollouts", get(pages::rollouts))
+        .route("/rollouts/{id}", get(pages::rollout::<S>))
         .route("/assets/{name}", get(pages::asset))
         .route("/api/fleets", get(api::fleets::<S>))
         .route("/api/devices", get(api::devices::<S>))
@@ -165,6 +185,12 @@ pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
         .route("/api/approvals", get(api::approvals::<S>))
         .route("/api/approvals/{id}/approve", post(api::approve::<S>))
         .route("/api/approvals/{id}/decline", post(api::decline::<S>))
+        .route("/api/rollouts", get(api::rollouts::<S>))
+        .route("/api/rollouts/{id}", get(api::rollout::<S>))
+        .route("/api/rollouts/{id}/pause", post(api::pause::<S>))
+        .route("/api/rollouts/{id}/resume", post(api::resume::<S>))
+        .route("/api/rollouts/{id}/abort", post(api::abort::<S>))
+        .route("/api/rollouts/{id}/events", get(live::rollout::<S>))
         .route("/api/events", get(live::events::<S>))
         .fallback(pages::not_found)
         .with_state(dashboard)

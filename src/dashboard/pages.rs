@@ -11,14 +11,17 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::{Dashboard, DashboardError};
-use crate::domain::DeviceId;
+use crate::domain::{DeviceId, RolloutId};
 use crate::store::{Store, StoreError};
 
 /// The nav, in order: (path, label). Only pages that exist are listed, so
-/// there is never a dead link; a rollouts list goes here once it exists
-/// (a rollout's own page, `/rollouts/<id>`, is linked from where rollouts
-/// are listed).
-const NAV: &[(&str, &str)] = &[("/", "Fleet"), ("/approvals", "Approvals")];
+/// there is never a dead link (a rollout's own page, `/rollouts/<id>`, is
+/// linked from the rollouts list).
+const NAV: &[(&str, &str)] = &[
+    ("/", "Fleet"),
+    ("/rollouts", "Rollouts"),
+    ("/approvals", "Approvals"),
+];
 
 /// One page: its asset names and the nav entry it belongs to.
 struct Page {
@@ -41,6 +44,18 @@ const DEVICE: Page = Page {
     title: "Device",
     body: include_str!("assets/device.html"),
     nav: "/",
+};
+const ROLLOUTS: Page = Page {
+    name: "rollouts",
+    title: "Rollouts",
+    body: include_str!("assets/rollouts.html"),
+    nav: "/rollouts",
+};
+const ROLLOUT: Page = Page {
+    name: "rollout",
+    title: "Rollout",
+    body: include_str!("assets/rollout.html"),
+    nav: "/rollouts",
 };
 const APPROVALS: Page = Page {
     name: "approvals",
@@ -75,6 +90,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "approvals.js",
         "text/javascript; charset=utf-8",
         include_str!("assets/approvals.js"),
+    ),
+    (
+        "rollouts.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/rollouts.js"),
+    ),
+    (
+        "rollout.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/rollout.js"),
     ),
     (
         "favicon.svg",
@@ -186,6 +211,42 @@ pub async fn fleet() -> Response {
 /// `/approvals`: pending approvals to decide, and recent decisions.
 pub async fn approvals() -> Response {
     render(&APPROVALS, APPROVALS.title, &[])
+}
+
+/// `/rollouts`: rollouts, newest first, with their progress.
+pub async fn rollouts() -> Response {
+    render(&ROLLOUTS, ROLLOUTS.title, &[])
+}
+
+/// `/rollouts/{id}`: one rollout, live; 404 when there is no such rollout.
+pub async fn rollout<S: Store>(
+    State(d): State<Dashboard<S>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Some(id) = id
+        .ok()
+        .and_then(|Path(id)| id.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .map(RolloutId)
+    else {
+        return message(StatusCode::NOT_FOUND, "Not found", "No such rollout.");
+    };
+    match d.store.get_rollout(id).await {
+        Ok(_) => render(
+            &ROLLOUT,
+            &format!("Rollout {id}"),
+            &[("rollout", &id.to_string())],
+        ),
+        Err(StoreError::NotFound { .. }) => message(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            &format!("No rollout {id}."),
+        ),
+        Err(e) => {
+            let e = DashboardError::from(e);
+            message(e.status(), "Unavailable", &e.to_string())
+        }
+    }
 }
 
 /// `/devices/{id}`: one device; 404 when there is no such device.

@@ -3,7 +3,6 @@
 //! the actions, status and controller live in [`crate::rollouts`].
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -223,9 +222,6 @@ pub(crate) fn status_to_pb(s: &RolloutStatus) -> pb::RolloutStatus {
     }
 }
 
-/// How often a watch re-reads the status at most while events arrive.
-const WATCH_COALESCE: Duration = Duration::from_millis(200);
-
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::RolloutStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -333,46 +329,21 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         req: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let id = rollout_id(req.into_inner().id)?;
-        let rollouts = self.rollouts.clone();
-        // Subscribe before the first read, so nothing between is missed.
-        let mut ops = rollouts.events().subscribe();
-        let mut notices = rollouts.events().subscribe_rollouts();
-        let first = rollouts.status(id).await.map_err(status_from_store)?;
+        let mut watch = self.rollouts.watch(id).await.map_err(status_from_store)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            let mut last = status_to_pb(&first);
-            let mut active = first.rollout.progress.state.is_active();
-            if tx.send(Ok(last.clone())).await.is_err() {
-                return;
-            }
-            // Re-read at least this often, so a soak's end shows.
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            while active {
-                tokio::select! {
+            loop {
+                let next = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tick.tick() => {}
-                    r = ops.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
-                    r = notices.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
-                }
-                tokio::time::sleep(WATCH_COALESCE).await;
-                // Drain what arrived meanwhile: one read covers it all.
-                while ops.try_recv().is_ok() {}
-                while notices.try_recv().is_ok() {}
-                match rollouts.status(id).await {
-                    Ok(s) => {
-                        active = s.rollout.progress.state.is_active();
-                        let now = status_to_pb(&s);
-                        if now != last {
-                            last = now.clone();
-                            if tx.send(Ok(now)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(status_from_store(e))).await;
-                        return;
-                    }
+                    next = watch.next() => next,
+                };
+                let item = match next {
+                    None => return,
+                    Some(Ok(s)) => Ok(status_to_pb(&s)),
+                    Some(Err(e)) => Err(status_from_store(e)),
+                };
+                if tx.send(item).await.is_err() {
+                    return;
                 }
             }
         });
