@@ -253,7 +253,6 @@ impl<S: Store> Scheduler<S> {
         };
         let record = self.store.get_device(device).await?;
         let policy = self.store.fleet_policy(&record.fleet).await?;
-        let mut op = op;
         let mut decision = domain::decide(&operation, &g.state, op.force.as_ref());
         // Bounded deferral: holders waited on past the fleet's limit.
         if let Ok(domain::Decision::Blocked { holders, .. }) = &decision {
