@@ -412,6 +412,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn devices_with_active_operations(
         &self,
     ) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
+    /// How many operations are in each stored status (statuses without
+    /// operations are left out), in status-name order. For metrics.
+    fn operation_status_counts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(OpStatus, u64)>, StoreError>> + Send;
     /// In one transaction: stores `op`'s status and progress — only if the
     /// stored status is still `expected`, else `Conflict` — and appends
     /// `intents` to its device's outbox. Returns the intents' sequences.
