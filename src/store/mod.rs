@@ -72,16 +72,23 @@ pub enum StoreError {
 
 impl StoreError {
     /// Classifies a driver error: lost connections are `Unavailable` (retry
-    /// later), everything else `Database`.
+    /// later), everything else `Database`. Every driver error passes here,
+    /// and is counted in the `lockstep.db.errors` metric.
     pub(crate) fn from_sqlx(source: sqlx::Error) -> Self {
-        match &source {
+        let e = match &source {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable { source },
             _ => StoreError::Database { source },
-        }
+        };
+        crate::telemetry::Metrics::global().db_error(if e.is_unavailable() {
+            "unavailable"
+        } else {
+            "query"
+        });
+        e
     }
 
     /// Like [`StoreError::from_sqlx`], but unique and foreign-key violations
