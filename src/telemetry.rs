@@ -132,12 +132,12 @@ impl Telemetry {
         if let Some(p) = self.tracer_provider.take()
             && let Err(e) = p.shutdown()
         {
-            eprintln!("lockstep: flushing spans at shutdown failed: {e}");
+            tracing::warn!(error = %e, "flushing spans at shutdown failed");
         }
         if let Some(p) = self.meter_provider.take()
             && let Err(e) = p.shutdown()
         {
-            eprintln!("lockstep: flushing metrics at shutdown failed: {e}");
+            tracing::warn!(error = %e, "flushing metrics at shutdown failed");
         }
     }
 }
