@@ -684,7 +684,14 @@ pub async fn run_controller<S: Store>(rollouts: Rollouts<S>) {
         }
         rollouts.wakeups.due(clock::now());
         for id in rollouts.wakeups.take() {
-            if let Err(e) = rollouts.step(id).await {
+            let span = tracing::info_span!(
+                "rollout.step",
+                otel.status_code = tracing::field::Empty,
+                rollout = %id,
+            );
+            let stepped = tracing::Instrument::instrument(rollouts.step(id), span.clone()).await;
+            if let Err(e) = stepped {
+                span.record("otel.status_code", "ERROR");
                 tracing::warn!(rollout = %id, error = %e, "rollout step failed; retrying shortly");
                 let w = rollouts.wakeups.clone();
                 tokio::spawn(async move {

@@ -891,6 +891,39 @@ async fn device_status_counts_are_per_fleet_and_status<S: Store>(s: S) {
     assert_eq!(counts.len(), 2);
 }
 
+async fn operation_status_counts_count_every_stored_status<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    assert!(s.operation_status_counts().await.unwrap().is_empty());
+    for d in ["d1", "d2"] {
+        s.register_device(&device(d, "f1", &[]), "h").await.unwrap();
+    }
+    let r = |id: &str| OperationSpec::AssignRelease(ReleaseId::new(id).unwrap());
+    // d1: r1 is superseded by r2, which then waits on a lock; d2: a reboot.
+    s.create_operation(&dev("d1"), &r("r1"), None, ts(1))
+        .await
+        .unwrap();
+    let r2 = s
+        .create_operation(&dev("d1"), &r("r2"), None, ts(2))
+        .await
+        .unwrap();
+    s.create_operation(&dev("d2"), &OperationSpec::Reboot, None, ts(3))
+        .await
+        .unwrap();
+    let mut step = r2.clone();
+    step.status = OpStatus::WaitingLock;
+    s.record_step(&step, OpStatus::Pending, &[], ts(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.operation_status_counts().await.unwrap(),
+        vec![
+            (OpStatus::Pending, 1),
+            (OpStatus::Superseded, 1),
+            (OpStatus::WaitingLock, 1),
+        ]
+    );
+}
+
 async fn audit_entries_append_and_list_in_order<S: Store>(s: S) {
     let e = |n: i64| AuditEntry {
         at: ts(n),
@@ -1393,6 +1426,7 @@ conformance!(
     acknowledged_intents_leave_the_outbox,
     a_device_timeline_interleaves_intents_and_answers_newest_first,
     device_status_counts_are_per_fleet_and_status,
+    operation_status_counts_count_every_stored_status,
     audit_entries_append_and_list_in_order,
     operations_supersede_and_steps_are_atomic_with_their_intents,
     windows_and_policies_attach_to_fleets_tags_and_devices,

@@ -17,6 +17,7 @@ use crate::domain::{
 use crate::events::{Event, EventKind, Events, Watch, Watched};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 
 pub struct Operations<S> {
     store: S,
@@ -173,12 +174,22 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
     }
 }
 
+/// The operation a call names, recorded on the call's span.
 fn op_id(v: u64) -> Result<OperationId, ConvertError> {
-    i64::try_from(v)
+    let id = i64::try_from(v)
         .ok()
         .filter(|v| *v > 0)
         .map(OperationId)
-        .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))
+        .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))?;
+    telemetry::record_operation(&id);
+    Ok(id)
+}
+
+/// The device a call names, recorded on the call's span.
+fn device_id(s: &str) -> Result<DeviceId, ConvertError> {
+    let id = DeviceId::new(s).map_err(|e| ConvertError::new("device", e))?;
+    telemetry::record_device(&id);
+    Ok(id)
 }
 
 fn actor(s: &str) -> String {
@@ -203,7 +214,7 @@ impl<S: Store> OperationService for Operations<S> {
             .then(|| FleetId::new(&req.fleet).map_err(|e| ConvertError::new("fleet", e)))
             .transpose()?;
         let device = (!req.device.is_empty())
-            .then(|| DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e)))
+            .then(|| device_id(&req.device))
             .transpose()?;
         if let Some(f) = &fleet {
             self.store.get_fleet(f).await.map_err(status_from_store)?;
@@ -236,7 +247,7 @@ impl<S: Store> OperationService for Operations<S> {
         req: Request<pb::CreateOperationRequest>,
     ) -> Result<Response<pb::CreateOperationResponse>, Status> {
         let req = req.into_inner();
-        let device = DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e))?;
+        let device = device_id(&req.device)?;
         let spec = spec_from_pb(req.spec)?;
         let force = force_from_pb(req.force)?;
         if let OperationSpec::AssignRelease(r) = &spec {
@@ -249,6 +260,7 @@ impl<S: Store> OperationService for Operations<S> {
             .create_operation(&device, &spec, force.as_ref(), now)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_operation(&op.id);
         if let Some(f) = &force {
             self.store
                 .append_audit(&AuditEntry {
@@ -283,6 +295,7 @@ impl<S: Store> OperationService for Operations<S> {
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_device(&op.device);
         Ok(Response::new(pb::GetOperationResponse {
             operation: Some(operation_to_pb(&op)),
         }))
@@ -292,8 +305,7 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
-        let device =
-            DeviceId::new(req.into_inner().device).map_err(|e| ConvertError::new("device", e))?;
+        let device = device_id(&req.into_inner().device)?;
         let ops = self
             .store
             .list_operations(&device)
@@ -315,6 +327,7 @@ impl<S: Store> OperationService for Operations<S> {
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_device(&op.device);
         if !matches!(
             op.status,
             OpStatus::Pending

@@ -34,12 +34,15 @@ fn status_from_rollout(e: RolloutError) -> Status {
     }
 }
 
+/// The rollout a call names, recorded on the call's span.
 fn rollout_id(v: u64) -> Result<RolloutId, ConvertError> {
-    i64::try_from(v)
+    let id = i64::try_from(v)
         .ok()
         .filter(|v| *v > 0)
         .map(RolloutId)
-        .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))
+        .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))?;
+    crate::telemetry::record_rollout(&id);
+    Ok(id)
 }
 
 fn actor(s: &str) -> String {
@@ -236,6 +239,7 @@ impl<S: Store> RolloutService for RolloutApi<S> {
             .create(create)
             .await
             .map_err(status_from_rollout)?;
+        crate::telemetry::record_rollout(&r.id);
         let status = self
             .rollouts
             .status(r.id)

@@ -768,6 +768,21 @@ macro_rules! impl_store {
                     .collect()
             }
 
+            async fn operation_status_counts(&self) -> Result<Vec<(OpStatus, u64)>, StoreError> {
+                let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM operations GROUP BY status ORDER BY status")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let status: String = get(r, "status")?;
+                        let parsed = OpStatus::parse(&status)
+                            .ok_or_else(|| codec::corrupt("operation", &status, "unknown status"))?;
+                        Ok((parsed, codec::to_u64("operation count", &status, get(r, "n")?)?))
+                    })
+                    .collect()
+            }
+
             async fn record_step(
                 &self,
                 op: &OperationRecord,

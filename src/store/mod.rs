@@ -76,16 +76,23 @@ pub enum StoreError {
 
 impl StoreError {
     /// Classifies a driver error: lost connections are `Unavailable` (retry
-    /// later), everything else `Database`.
+    /// later), everything else `Database`. Every driver error passes here,
+    /// and is counted in the `lockstep.db.errors` metric.
     pub(crate) fn from_sqlx(source: sqlx::Error) -> Self {
-        match &source {
+        let e = match &source {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable { source },
             _ => StoreError::Database { source },
-        }
+        };
+        crate::telemetry::Metrics::global().db_error(if e.is_unavailable() {
+            "unavailable"
+        } else {
+            "query"
+        });
+        e
     }
 
     /// Like [`StoreError::from_sqlx`], but unique and foreign-key violations
@@ -425,6 +432,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn devices_with_active_operations(
         &self,
     ) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
+    /// How many operations are in each stored status (statuses without
+    /// operations are left out), in status-name order. For metrics.
+    fn operation_status_counts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(OpStatus, u64)>, StoreError>> + Send;
     /// In one transaction: stores `op`'s status and progress — only if the
     /// stored status is still `expected`, else `Conflict` — and appends
     /// `intents` to its device's outbox. Returns the intents' sequences.
