@@ -88,6 +88,9 @@ pub struct Event {
 pub struct RolloutNotice {
     pub at: Timestamp,
     pub rollout: RolloutId,
+    /// The rollout's fleet: who may be told (a token's scope, a page's
+    /// fleet filter).
+    pub fleet: FleetId,
     /// batch_started, soaking, paused, resumed, aborted, completed,
     /// superseded, devices_started, created.
     pub kind: &'static str,
@@ -128,10 +131,17 @@ impl Events {
         self.tx.subscribe()
     }
 
-    pub fn publish_rollout(&self, rollout: RolloutId, kind: &'static str, message: String) {
+    pub fn publish_rollout(
+        &self,
+        rollout: RolloutId,
+        fleet: &FleetId,
+        kind: &'static str,
+        message: String,
+    ) {
         let _ = self.rollouts.send(RolloutNotice {
             at: crate::clock::now(),
             rollout,
+            fleet: fleet.clone(),
             kind,
             message,
         });

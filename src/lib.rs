@@ -22,4 +22,5 @@ pub mod rollouts;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod testkit;

@@ -21,6 +21,7 @@ use crate::hub::Hub;
 use crate::ingest::{IngestConfig, Ingestor};
 use crate::scheduler::{Scheduler, Wakeups};
 use crate::store::Store;
+use crate::telemetry::{self, Metrics, MetricsEndpoint};
 
 /// How long in-flight calls may finish after a shutdown signal.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -59,6 +60,8 @@ pub struct ServeConfig {
     /// Where a bootstrap admin token is written when no admin token is
     /// usable (mode 0600).
     pub bootstrap_token_file: std::path::PathBuf,
+    /// The Prometheus scrape endpoint (`GET /metrics`), if any.
+    pub metrics: Option<MetricsEndpoint>,
 }
 
 /// The gRPC services whose health follows the database's.
@@ -78,6 +81,7 @@ const DB_BACKED: [&str; 8] = [
 pub struct Bound {
     listener: TcpListener,
     dashboard: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     config: ServeConfig,
 }
 
@@ -95,9 +99,14 @@ impl Bound {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let metrics = match &config.metrics {
+            Some(m) => Some(bind(m.listen).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
             dashboard,
+            metrics,
             config,
         })
     }
@@ -151,13 +160,22 @@ impl Bound {
                 .await;
         }
         let background = tokio::spawn(watch_database(store.clone(), health.clone()));
-        let hub = Hub::default();
+        let metrics = Metrics::global();
+        let hub = Hub::with_metrics(metrics.clone());
         let wakeups = Wakeups::default();
-        let (ingestor, ingest_task) = Ingestor::spawn(store.clone(), IngestConfig::default());
+        let (ingestor, ingest_task) =
+            Ingestor::spawn_with_metrics(store.clone(), IngestConfig::default(), metrics.clone());
         let events = Events::default();
         let scheduler = tokio::spawn(
-            Scheduler::new(store.clone(), hub.clone(), wakeups.clone(), events.clone()).run(),
+            Scheduler::new(store.clone(), hub.clone(), wakeups.clone(), events.clone())
+                .with_metrics(metrics.clone())
+                .run(),
         );
+        let counting = tokio::spawn(telemetry::count_operations(
+            store.clone(),
+            events.clone(),
+            metrics,
+        ));
         let rollouts = crate::rollouts::Rollouts::new(
             store.clone(),
             wakeups.clone(),
@@ -178,6 +196,7 @@ impl Bound {
                 store.clone(),
                 wakeups.clone(),
                 events.clone(),
+                rollouts.clone(),
                 stop_rx.clone(),
             ));
             let mut stopped = stop_rx.clone();
@@ -188,9 +207,23 @@ impl Bound {
         if let Some(url) = &dashboard_url {
             tracing::info!(url = %url, "dashboard listening");
         }
+        let scrape = self.metrics.zip(self.config.metrics).map(|(listener, m)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(url = %format!("http://{addr}/metrics"), "metrics listening");
+            }
+            let mut stopped = stop_rx.clone();
+            tokio::spawn(dashboard::serve(
+                listener,
+                telemetry::router(m.scrape),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
         let incoming = TcpListenerStream::new(self.listener);
         let mut stopped = stop_rx.clone();
         let server = tonic::transport::Server::builder()
+            .layer(telemetry::RpcSpans)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(16))
@@ -290,6 +323,10 @@ impl Bound {
                 ),
             }
         }
+        if let Some(scrape) = scrape {
+            scrape.abort();
+        }
+        counting.abort();
         background.abort();
         pruning.abort();
         scheduler.abort();

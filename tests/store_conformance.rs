@@ -963,6 +963,39 @@ async fn device_status_counts_are_per_fleet_and_status<S: Store>(s: S) {
     assert_eq!(counts.len(), 2);
 }
 
+async fn operation_status_counts_count_every_stored_status<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    assert!(s.operation_status_counts().await.unwrap().is_empty());
+    for d in ["d1", "d2"] {
+        s.register_device(&device(d, "f1", &[]), "h").await.unwrap();
+    }
+    let r = |id: &str| OperationSpec::AssignRelease(ReleaseId::new(id).unwrap());
+    // d1: r1 is superseded by r2, which then waits on a lock; d2: a reboot.
+    s.create_operation(&dev("d1"), &r("r1"), None, ts(1))
+        .await
+        .unwrap();
+    let r2 = s
+        .create_operation(&dev("d1"), &r("r2"), None, ts(2))
+        .await
+        .unwrap();
+    s.create_operation(&dev("d2"), &OperationSpec::Reboot, None, ts(3))
+        .await
+        .unwrap();
+    let mut step = r2.clone();
+    step.status = OpStatus::WaitingLock;
+    s.record_step(&step, OpStatus::Pending, &[], ts(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.operation_status_counts().await.unwrap(),
+        vec![
+            (OpStatus::Pending, 1),
+            (OpStatus::Superseded, 1),
+            (OpStatus::WaitingLock, 1),
+        ]
+    );
+}
+
 async fn audit_entries_append_and_list_in_order<S: Store>(s: S) {
     let e = |n: i64| AuditEntry {
         at: ts(n),
@@ -1442,7 +1475,7 @@ async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: 
     // One active rollout of a kind per fleet: refused, or superseded.
     let again = s.create_rollout(&new, &the_plan, false, ts(11)).await;
     assert!(
-        matches!(again, Err(StoreError::Conflict { .. })),
+        matches!(&again, Err(StoreError::Precondition { message }) if message.contains("still active")),
         "{again:?}"
     );
     let os_rollout = NewRollout {
@@ -1558,6 +1591,70 @@ async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: 
     ));
 }
 
+async fn a_newer_waiting_assignment_supersedes_an_older_one_that_came_back<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let r = |id: &str| OperationSpec::AssignRelease(ReleaseId::new(id).unwrap());
+    let old = s
+        .create_operation(&dev("d1"), &r("r1"), None, ts(1))
+        .await
+        .unwrap();
+    // The old one is applying, so creating r2 does not supersede it ...
+    let mut applying = old.clone();
+    applying.status = OpStatus::Applying;
+    s.record_step(&applying, OpStatus::Pending, &[], ts(2))
+        .await
+        .unwrap();
+    let newer = s
+        .create_operation(&dev("d1"), &r("r2"), None, ts(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(4))
+            .await
+            .unwrap(),
+        0,
+        "an applying assignment is left alone"
+    );
+    // ... then its apply came back stale and it waits again.
+    let mut back = applying.clone();
+    back.status = OpStatus::WaitingLock;
+    s.record_step(&back, OpStatus::Applying, &[], ts(5))
+        .await
+        .unwrap();
+    let reboot = s
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(6))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(7))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.get_operation(old.id).await.unwrap().status,
+        OpStatus::Superseded
+    );
+    assert_eq!(
+        s.get_operation(newer.id).await.unwrap().status,
+        OpStatus::Pending
+    );
+    assert_eq!(
+        s.get_operation(reboot.id).await.unwrap().status,
+        OpStatus::Pending,
+        "other kinds are untouched"
+    );
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(8))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1595,6 +1692,7 @@ conformance!(
     acknowledged_intents_leave_the_outbox,
     a_device_timeline_interleaves_intents_and_answers_newest_first,
     device_status_counts_are_per_fleet_and_status,
+    operation_status_counts_count_every_stored_status,
     audit_entries_append_and_list_in_order,
     audit_entries_filter_by_action_subject_fleet_and_scope,
     api_tokens_round_trip_by_hash_and_revoke_once,
@@ -1602,6 +1700,7 @@ conformance!(
     operations_supersede_and_steps_are_atomic_with_their_intents,
     windows_and_policies_attach_to_fleets_tags_and_devices,
     rollouts_store_their_plan_and_start_members_in_plan_order,
+    a_newer_waiting_assignment_supersedes_an_older_one_that_came_back,
 );
 
 // ------------------------------------------- backend-specific behaviour

@@ -1,7 +1,9 @@
 //! The operator verbs' connection to `lockstep serve`: dials `--server`
 //! once per invocation, with bounded connect and call times, and stamps every
 //! request with the API token as bearer metadata: `--token`, else the
-//! `--token-file`, else `./lockstep-data/admin.token` if there is one.
+//! `--token-file`, else `./lockstep-data/admin.token` if there is one. The
+//! call time bounds a call until its answer starts: a server stream
+//! (`rollout watch`) then flows for as long as the server sends.
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use crate::grpc::pb::audit_service_client::AuditServiceClient;
 use crate::grpc::pb::catalog_service_client::CatalogServiceClient;
 use crate::grpc::pb::device_service_client::DeviceServiceClient;
 use crate::grpc::pb::operation_service_client::OperationServiceClient;
+use crate::grpc::pb::rollout_service_client::RolloutServiceClient;
 use crate::grpc::pb::token_service_client::TokenServiceClient;
 use crate::grpc::pb::window_service_client::WindowServiceClient;
 
@@ -151,6 +154,10 @@ impl Api {
 
     pub fn windows(&self) -> WindowServiceClient<Channel> {
         WindowServiceClient::new(self.channel.clone())
+    }
+
+    pub fn rollouts(&self) -> RolloutServiceClient<Channel> {
+        RolloutServiceClient::new(self.channel.clone())
     }
 
     pub fn tokens(&self) -> TokenServiceClient<Channel> {

@@ -9,7 +9,8 @@ use tonic::Code;
 
 /// Exit codes of the operator verbs.
 pub mod exit {
-    /// `op wait`: the operation ended failed, cancelled or superseded.
+    /// `op wait`: the operation ended failed, cancelled or superseded;
+    /// `rollout watch`: the rollout ended aborted or superseded.
     pub const OPERATION_FAILED: i32 = 1;
     /// Bad flags or arguments, or `INVALID_ARGUMENT` from the server.
     pub const USAGE: i32 = 2;
@@ -85,6 +86,19 @@ pub enum CliError {
     /// `approval approve`: the approval was already decided.
     #[error("FAILED_PRECONDITION: approval {id} is {status}, not requested")]
     AlreadyDecided { id: u64, status: String },
+    /// `rollout watch`: the rollout ended without completing.
+    #[error("rollout {id} {state}{}", detail(message))]
+    RolloutEnded {
+        id: u64,
+        state: String,
+        message: String,
+    },
+    /// `rollout watch`: the stream ended while the rollout was still active
+    /// (the server stopped, say).
+    #[error(
+        "UNAVAILABLE: the server ended the watch while rollout {id} was still {state}; watch again to carry on"
+    )]
+    WatchEnded { id: u64, state: String },
 }
 
 impl CliError {
@@ -97,14 +111,16 @@ impl CliError {
     /// The process exit code for this failure (see [`exit`]).
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::OperationFailed { .. } => exit::OPERATION_FAILED,
+            CliError::OperationFailed { .. } | CliError::RolloutEnded { .. } => {
+                exit::OPERATION_FAILED
+            }
             CliError::Usage { .. }
             | CliError::BadServer { .. }
             | CliError::BadToken
             | CliError::TokenFile { .. }
             | CliError::ReadInput { .. }
             | CliError::BadInput { .. } => exit::USAGE,
-            CliError::Connect { .. } => exit::UNAVAILABLE,
+            CliError::Connect { .. } | CliError::WatchEnded { .. } => exit::UNAVAILABLE,
             CliError::NotFound { .. } => exit::NOT_FOUND,
             CliError::AlreadyDecided { .. } => exit::CONFLICT,
             CliError::Rpc { status, .. } => code_exit(status.code()),
@@ -220,7 +236,7 @@ mod tests {
 
     #[test]
     fn errors_read_as_one_line() {
-        let cases: [(CliError, &str, i32); 8] = [
+        let cases: [(CliError, &str, i32); 10] = [
             (
                 CliError::Rpc {
                     call: "GetDevice",
@@ -285,6 +301,23 @@ mod tests {
                 },
                 "FAILED_PRECONDITION: approval 9 is declined, not requested",
                 4,
+            ),
+            (
+                CliError::RolloutEnded {
+                    id: 3,
+                    state: "aborted".into(),
+                    message: "error threshold crossed: 2 failed (threshold 2); aborted".into(),
+                },
+                "rollout 3 aborted: error threshold crossed: 2 failed (threshold 2); aborted",
+                1,
+            ),
+            (
+                CliError::WatchEnded {
+                    id: 3,
+                    state: "running".into(),
+                },
+                "UNAVAILABLE: the server ended the watch while rollout 3 was still running; watch again to carry on",
+                5,
             ),
         ];
         for (e, line, code) in cases {

@@ -1,6 +1,7 @@
 //! The operator CLI: `lockstep fleet|block|release|device|env|op ...`,
-//! `lockstep window|policy|approval ...` and `lockstep token|audit ...` in
-//! the same binary as the server and the agent, so operators, customers and scripts drive every API without a
+//! `lockstep window|policy|approval ...`, `lockstep rollout ...` and
+//! `lockstep token|audit ...` in the same binary as the server and the
+//! agent, so operators, customers and scripts drive every API without a
 //! gRPC tool. Each verb is a thin client of the public gRPC API: aligned tables for people by default, one JSON document with
 //! `--output json` for scripts, and exit codes scripts can branch on
 //! ([`exit`]: 0 ok, 1 operation failed, 2 usage, 3 not found, 4 already
@@ -24,7 +25,9 @@ mod fleet;
 mod op;
 pub mod parse;
 mod policy;
+mod progress;
 mod release;
+mod rollout;
 mod table;
 mod token;
 mod view;
@@ -40,6 +43,7 @@ pub use fleet::FleetCommand;
 pub use op::{OpCommand, OpCreateArgs, OpKindArgs};
 pub use policy::{PolicyChanges, PolicyCommand};
 pub use release::ReleaseCommand;
+pub use rollout::{RolloutActionArgs, RolloutCommand, RolloutCreateArgs, RolloutTargetArgs};
 pub use token::{TokenCommand, TokenCreateArgs};
 pub use window::{RuleArgs, ScopeArgs, WindowCommand, WindowCreateArgs};
 
@@ -131,6 +135,9 @@ pub enum CliCommand {
     /// Customer approvals of operations: list, approve, decline.
     #[command(subcommand)]
     Approval(ApprovalCommand),
+    /// Phased rollouts: create, get, list, pause, resume, abort, watch.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// API tokens: create, list, revoke, whoami.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -159,6 +166,7 @@ into_cli_command!(
     Window(WindowCommand),
     Policy(PolicyCommand),
     Approval(ApprovalCommand),
+    Rollout(RolloutCommand),
     Token(TokenCommand),
     Audit(AuditCommand),
 );
@@ -209,6 +217,7 @@ pub async fn run(opts: ClientOpts, cmd: CliCommand) -> Result<(), CliError> {
         CliCommand::Window(c) => window::run(&ctx, c).await,
         CliCommand::Policy(c) => policy::run(&ctx, c).await,
         CliCommand::Approval(c) => approval::run(&ctx, c).await,
+        CliCommand::Rollout(c) => rollout::run(&ctx, c).await,
         CliCommand::Token(c) => token::run(&ctx, c).await,
         CliCommand::Audit(c) => audit::run(&ctx, c).await,
     }
@@ -252,6 +261,7 @@ mod tests {
         Window(Verb<WindowCommand>),
         Policy(Verb<PolicyCommand>),
         Approval(Verb<ApprovalCommand>),
+        Rollout(Verb<RolloutCommand>),
         Token(Verb<TokenCommand>),
         Audit(Verb<AuditCommand>),
     }
@@ -275,6 +285,7 @@ mod tests {
             Group::Window(v) => (v.opts, v.command.into()),
             Group::Policy(v) => (v.opts, v.command.into()),
             Group::Approval(v) => (v.opts, v.command.into()),
+            Group::Rollout(v) => (v.opts, v.command.into()),
             Group::Token(v) => (v.opts, v.command.into()),
             Group::Audit(v) => (v.opts, v.command.into()),
         })
@@ -504,6 +515,64 @@ mod tests {
             ("lockstep audit list --limit 1001", false),
             ("lockstep audit list --after x", false),
             ("lockstep fleet list --token-file /tmp/t", true),
+            (
+                "lockstep rollout create --fleet f --release r2 --canary 1 --batches 10%,25%,50 --max-in-flight 3 --soak 10m --success-threshold 95 --error-threshold 5% --on-error abort --supersede --actor me --seed 7 --tag north",
+                true,
+            ),
+            ("lockstep rollout create --fleet f --os-version 13.1", true),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 10% --batches 50",
+                true,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --error-threshold 2 --success-threshold 95%",
+                true,
+            ),
+            ("lockstep rollout create --fleet f", false),
+            ("lockstep rollout create --release r2", false),
+            (
+                "lockstep rollout create --fleet f --release r2 --os-version 13.1",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 10%,150%",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --error-threshold 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --success-threshold 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --soak 31d",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --soak 10",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --on-error explode",
+                false,
+            ),
+            ("lockstep rollout get 3", true),
+            ("lockstep rollout get 0", false),
+            ("lockstep rollout get three", false),
+            ("lockstep rollout list", true),
+            ("lockstep rollout list --fleet f --output json", true),
+            ("lockstep rollout pause 3 --actor me --reason why", true),
+            ("lockstep rollout resume 3", true),
+            ("lockstep rollout abort 3 --reason bad", true),
+            ("lockstep rollout abort", false),
+            ("lockstep rollout watch 3 --output json", true),
+            ("lockstep rollout watch", false),
         ];
         for (line, ok) in cases {
             let got = parse(line);

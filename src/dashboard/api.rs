@@ -1,5 +1,6 @@
 //! The dashboard's JSON API under `/api/`: reads straight from the store,
-//! decisions through `crate::approvals`. Every input is checked here and a
+//! decisions through `crate::approvals`, rollout status and actions through
+//! `crate::rollouts` (the same calls as `RolloutService`). Every input is checked here and a
 //! bad one is a 400 naming the field (query parameter, path segment or JSON
 //! member); a missing thing is a 404. Every endpoint takes the logged-in
 //! token and checks its role and fleets: lists show the token's fleets only,
@@ -16,11 +17,12 @@ use axum::http::HeaderMap;
 use super::auth::{Authed, check, within};
 use super::views::{
     ApprovalItem, ApprovalsView, DeviceRow, DeviceView, DevicesView, FleetView, FleetsView,
-    OperationView, TimelineView,
+    OperationView, RolloutItem, RolloutStatusView, RolloutsView, TimelineView,
 };
 use super::{Dashboard, DashboardError};
 use crate::domain::{
-    Action, ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Timestamp,
+    Action, ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Principal,
+    RolloutId, Timestamp,
 };
 use crate::store::{DeviceFilter, PageRequest, Store};
 
@@ -360,4 +362,169 @@ pub async fn decline<S: Store>(
     let view = d.approvals.decline(&p, id, message, actor).await?;
     tracing::info!(approval = id, actor = %p.actor_noting(actor), "approval declined on the dashboard");
     Ok(Json(ApprovalItem::from(&view)))
+}
+
+/// The `{id}` of a rollout path.
+pub(super) fn rollout_id(
+    p: Result<Path<String>, PathRejection>,
+) -> Result<RolloutId, DashboardError> {
+    Ok(RolloutId(positive_id("id", &path_id(p)?)?))
+}
+
+/// GET /api/rollouts?fleet=&limit=: rollouts, newest first (at most
+/// `limit`, default 50), each with its overall progress; those of the
+/// token's fleets.
+pub async fn rollouts<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<RolloutsView>, DashboardError> {
+    let q = params(q, &["fleet", "limit"])?;
+    let fleet = q
+        .get("fleet")
+        .filter(|s| !s.is_empty())
+        .map(|s| fleet_id("fleet", s))
+        .transpose()?;
+    let limit = q
+        .get("limit")
+        .map(|s| number("limit", s, 1..=500))
+        .transpose()?
+        .unwrap_or(50);
+    let scope = match &fleet {
+        Some(f) => check(&p, Action::ReadRollouts, Some(f)).map(|()| None)?,
+        None => within(&p, Action::ReadRollouts)?,
+    };
+    if let Some(f) = &fleet {
+        d.store.get_fleet(f).await?;
+    }
+    let mut list = d.store.list_rollouts(fleet.as_ref()).await?;
+    list.retain(|r| scope.as_ref().is_none_or(|s| s.contains(&r.fleet)));
+    list.truncate(limit as usize);
+    let mut rollouts = Vec::with_capacity(list.len());
+    for r in &list {
+        let batches = d.store.rollout_batch_counts(r.id).await?;
+        rollouts.push(RolloutItem::new(r, &batches));
+    }
+    Ok(Json(RolloutsView { rollouts }))
+}
+
+/// GET /api/rollouts/{id}: the rollout, progress overall and per batch,
+/// members by device status, and devices waiting on a lock by block and
+/// reason. 403 for a rollout of a fleet the token does not cover.
+pub async fn rollout<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    let id = rollout_id(id)?;
+    let r = d.store.get_rollout(id).await?;
+    check(&p, Action::ReadRollouts, Some(&r.fleet))?;
+    let status = d.rollouts.status(id).await?;
+    Ok(Json(RolloutStatusView::new(&status, crate::clock::now())))
+}
+
+/// The longest `actor` and `reason` accepted for a rollout action.
+const MAX_ACTOR: usize = 256;
+const MAX_REASON: usize = 1000;
+
+/// A required, non-blank string member of at most `max` characters.
+fn required_member<'a>(
+    m: &'a serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    max: usize,
+) -> Result<&'a str, DashboardError> {
+    let s = optional_member(m, field, max)?;
+    if s.is_empty() {
+        return Err(DashboardError::bad(field, "is required"));
+    }
+    Ok(s)
+}
+
+/// An optional string member (trimmed; `""` when absent) of at most `max`
+/// characters.
+fn optional_member<'a>(
+    m: &'a serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    max: usize,
+) -> Result<&'a str, DashboardError> {
+    let s = string_member(m, field)?.trim();
+    if s.chars().count() > max {
+        return Err(DashboardError::bad(
+            field,
+            format!("at most {max} characters"),
+        ));
+    }
+    Ok(s)
+}
+
+#[derive(Clone, Copy)]
+enum RolloutAction {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// POST /api/rollouts/{id}/<action> with `{"reason": ..., "actor": ...}`
+/// (`reason` required: the audit log says why; `actor`, optional: on whose
+/// behalf, kept beside the token): the same call as `RolloutService`, for a
+/// token that may run rollouts on the rollout's fleet (403 otherwise);
+/// answers with the rollout's status afterwards.
+async fn act<S: Store>(
+    d: Dashboard<S>,
+    p: Principal,
+    id: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    action: RolloutAction,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    let id = rollout_id(id)?;
+    // The body is checked before the rollout is looked up.
+    let m = json_object(headers, body)?;
+    let actor = p.actor_noting(optional_member(&m, "actor", MAX_ACTOR)?);
+    let reason = required_member(&m, "reason", MAX_REASON)?;
+    let r = d.store.get_rollout(id).await?;
+    check(&p, Action::WriteRollouts, Some(&r.fleet))?;
+    let (rollout, verb) = match action {
+        RolloutAction::Pause => (d.rollouts.pause(id, &actor, reason).await?, "paused"),
+        RolloutAction::Resume => (d.rollouts.resume(id, &actor, reason).await?, "resumed"),
+        RolloutAction::Abort => (d.rollouts.abort(id, &actor, reason).await?, "aborted"),
+    };
+    tracing::info!(rollout = %rollout.id, actor = %actor, reason, "rollout {verb} on the dashboard");
+    let status = d.rollouts.status(id).await?;
+    Ok(Json(RolloutStatusView::new(&status, crate::clock::now())))
+}
+
+/// POST /api/rollouts/{id}/pause: stops starting devices (409 unless running).
+pub async fn pause<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    act(d, p, id, &headers, &body, RolloutAction::Pause).await
+}
+
+/// POST /api/rollouts/{id}/resume: starts devices again, accepting the
+/// failures so far (409 unless paused).
+pub async fn resume<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    act(d, p, id, &headers, &body, RolloutAction::Resume).await
+}
+
+/// POST /api/rollouts/{id}/abort: stops for good and cancels member
+/// operations not yet applying (409 unless running or paused).
+pub async fn abort<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    act(d, p, id, &headers, &body, RolloutAction::Abort).await
 }

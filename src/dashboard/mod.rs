@@ -1,10 +1,11 @@
 //! The web dashboard `lockstep serve` runs beside its gRPC API (flag
 //! `--dashboard-listen`): a few plain HTML pages for people — the fleet
-//! overview, one device, pending approvals — over a small JSON API under
-//! `/api/` and a server-sent event stream (`/api/events`) that tells pages
-//! what to re-read. It reads the store and calls the shared logic
-//! (`crate::approvals`, `crate::events::Watch`) directly, never through
-//! gRPC, and holds no decision of its own. Its view types (serde) live
+//! overview, one device, pending approvals, rollouts — over a small JSON API
+//! under `/api/` and server-sent event streams (`/api/events` tells pages
+//! what to re-read; `/api/rollouts/{id}/events` sends a rollout's status
+//! as it changes). It reads the store and calls the shared logic
+//! (`crate::approvals`, `crate::rollouts`, `crate::events::Watch`)
+//! directly, never through gRPC, and holds no decision of its own. Its view types (serde) live
 //! here: domain types stay free of serde. Assets are compiled into the
 //! binary; pages load nothing from the network.
 //!
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use crate::access::Tokens;
 use crate::approvals::{ApprovalError, Approvals};
 use crate::events::Events;
+use crate::rollouts::{RolloutError, Rollouts};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
@@ -48,7 +50,8 @@ pub enum DashboardError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    /// The request is valid but the state does not allow it (already decided).
+    /// The request is valid but the state does not allow it (an approval
+    /// already decided, a rollout not running or not paused).
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -85,9 +88,9 @@ impl From<StoreError> for DashboardError {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::NotFound { .. } => DashboardError::NotFound(e.to_string()),
-            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => {
-                DashboardError::Conflict(e.to_string())
-            }
+            StoreError::AlreadyExists { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::Precondition { .. } => DashboardError::Conflict(e.to_string()),
             StoreError::Invalid { message } => DashboardError::bad("request", message),
             StoreError::Unavailable { .. } => {
                 tracing::warn!(error = %e, "database unavailable");
@@ -114,6 +117,16 @@ impl From<ApprovalError> for DashboardError {
     }
 }
 
+impl From<RolloutError> for DashboardError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Invalid { field, message } => DashboardError::bad(field, message),
+            RolloutError::WrongState { .. } => DashboardError::Conflict(e.to_string()),
+            RolloutError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for DashboardError {
     fn into_response(self) -> Response {
         let body = match &self {
@@ -132,6 +145,8 @@ pub struct Dashboard<S> {
     tokens: Tokens<S>,
     events: Events,
     approvals: std::sync::Arc<Approvals<S>>,
+    /// The same rollout actions and status as `RolloutService`.
+    rollouts: Rollouts<S>,
     /// Flips to `true` when the server stops: live streams end then, so a
     /// graceful shutdown is not held up by open pages.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -144,6 +159,7 @@ impl<S: Clone> Clone for Dashboard<S> {
             tokens: self.tokens.clone(),
             events: self.events.clone(),
             approvals: self.approvals.clone(),
+            rollouts: self.rollouts.clone(),
             stopping: self.stopping.clone(),
         }
     }
@@ -154,6 +170,7 @@ impl<S: Store> Dashboard<S> {
         store: S,
         wakeups: Wakeups,
         events: Events,
+        rollouts: Rollouts<S>,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -161,6 +178,7 @@ impl<S: Store> Dashboard<S> {
             tokens: Tokens::new(store.clone()),
             store,
             events,
+            rollouts,
             stopping,
         }
     }
@@ -172,6 +190,8 @@ pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
         .route("/", get(pages::fleet::<S>))
         .route("/devices/{id}", get(pages::device::<S>))
         .route("/approvals", get(pages::approvals::<S>))
+        .route("/rollouts", get(pages::rollouts::<S>))
+        .route("/rollouts/{id}", get(pages::rollout::<S>))
         .route("/login", get(pages::login))
         .route("/assets/{name}", get(pages::asset))
         .route("/api/login", post(auth::login::<S>))
@@ -185,6 +205,12 @@ pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
         .route("/api/approvals", get(api::approvals::<S>))
         .route("/api/approvals/{id}/approve", post(api::approve::<S>))
         .route("/api/approvals/{id}/decline", post(api::decline::<S>))
+        .route("/api/rollouts", get(api::rollouts::<S>))
+        .route("/api/rollouts/{id}", get(api::rollout::<S>))
+        .route("/api/rollouts/{id}/pause", post(api::pause::<S>))
+        .route("/api/rollouts/{id}/resume", post(api::resume::<S>))
+        .route("/api/rollouts/{id}/abort", post(api::abort::<S>))
+        .route("/api/rollouts/{id}/events", get(live::rollout::<S>))
         .route("/api/events", get(live::events::<S>))
         .fallback(pages::not_found)
         .with_state(dashboard)

@@ -12,14 +12,17 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::auth::Authed;
 use super::{Dashboard, DashboardError};
-use crate::domain::{Action, DeviceId, Principal, allows};
+use crate::domain::{Action, DeviceId, Principal, RolloutId, allows};
 use crate::store::{Store, StoreError};
 
 /// The nav, in order: (path, label). Only pages that exist are listed, so
-/// there is never a dead link; a rollouts list goes here once it exists
-/// (a rollout's own page, `/rollouts/<id>`, is linked from where rollouts
-/// are listed).
-const NAV: &[(&str, &str)] = &[("/", "Fleet"), ("/approvals", "Approvals")];
+/// there is never a dead link (a rollout's own page, `/rollouts/<id>`, is
+/// linked from the rollouts list).
+const NAV: &[(&str, &str)] = &[
+    ("/", "Fleet"),
+    ("/rollouts", "Rollouts"),
+    ("/approvals", "Approvals"),
+];
 
 /// One page: its asset names and the nav entry it belongs to.
 struct Page {
@@ -42,6 +45,18 @@ const DEVICE: Page = Page {
     title: "Device",
     body: include_str!("assets/device.html"),
     nav: "/",
+};
+const ROLLOUTS: Page = Page {
+    name: "rollouts",
+    title: "Rollouts",
+    body: include_str!("assets/rollouts.html"),
+    nav: "/rollouts",
+};
+const ROLLOUT: Page = Page {
+    name: "rollout",
+    title: "Rollout",
+    body: include_str!("assets/rollout.html"),
+    nav: "/rollouts",
 };
 const APPROVALS: Page = Page {
     name: "approvals",
@@ -87,6 +102,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "login.js",
         "text/javascript; charset=utf-8",
         include_str!("assets/login.js"),
+    ),
+    (
+        "rollouts.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/rollouts.js"),
+    ),
+    (
+        "rollout.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/rollout.js"),
     ),
     (
         "favicon.svg",
@@ -234,6 +259,68 @@ pub async fn approvals<S: Store>(State(_): State<Dashboard<S>>, Authed(p): Authe
         APPROVALS.title,
         &[("decides", decides)],
     )
+}
+
+/// `/rollouts`: rollouts, newest first, with their progress (those of the
+/// token's fleets).
+pub async fn rollouts<S: Store>(State(_): State<Dashboard<S>>, Authed(p): Authed) -> Response {
+    render(&ROLLOUTS, Some(&p), ROLLOUTS.title, &[])
+}
+
+/// `/rollouts/{id}`: one rollout, live; 404 when there is no such rollout,
+/// 403 when it is of a fleet the token does not cover. Pause, resume and
+/// abort are offered only to a token that may take them on its fleet.
+pub async fn rollout<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Some(id) = id
+        .ok()
+        .and_then(|Path(id)| id.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .map(RolloutId)
+    else {
+        return message(
+            StatusCode::NOT_FOUND,
+            Some(&p),
+            "Not found",
+            "No such rollout.",
+        );
+    };
+    match d.store.get_rollout(id).await {
+        Ok(r) => match allows(&p, Action::ReadRollouts, Some(&r.fleet)) {
+            Ok(()) => {
+                let acts = if allows(&p, Action::WriteRollouts, Some(&r.fleet)).is_ok() {
+                    "yes"
+                } else {
+                    "no"
+                };
+                render(
+                    &ROLLOUT,
+                    Some(&p),
+                    &format!("Rollout {id}"),
+                    &[("rollout", &id.to_string()), ("acts", acts)],
+                )
+            }
+            Err(denied) => message(
+                StatusCode::FORBIDDEN,
+                Some(&p),
+                "Not allowed",
+                &denied.to_string(),
+            ),
+        },
+        Err(StoreError::NotFound { .. }) => message(
+            StatusCode::NOT_FOUND,
+            Some(&p),
+            "Not found",
+            &format!("No rollout {id}."),
+        ),
+        Err(e) => {
+            let e = DashboardError::from(e);
+            message(e.status(), Some(&p), "Unavailable", &e.to_string())
+        }
+    }
 }
 
 /// `/devices/{id}`: one device; 404 when there is no such device, 403 when

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use super::convert::{ConvertError, block_name};
 use super::pb::{self, agent_service_server::AgentService};
@@ -338,6 +339,19 @@ fn ack_body(ack: &pb::IntentAck) -> String {
 
 type Outbound = Box<Result<pb::ServerMessage, Status>>;
 
+/// What an agent message is, for its span.
+fn message_kind(m: &pb::AgentMessage) -> &'static str {
+    use pb::agent_message::Msg;
+    match &m.msg {
+        Some(Msg::Hello(_)) => "hello",
+        Some(Msg::LockReport(_)) => "lock_report",
+        Some(Msg::State(_)) => "state",
+        Some(Msg::Ack(_)) => "ack",
+        Some(Msg::Progress(_)) => "progress",
+        None => "empty",
+    }
+}
+
 /// The per-connection state of one agent stream.
 struct Session<S> {
     store: S,
@@ -548,6 +562,7 @@ impl<S: Store> AgentService for Agents<S> {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let device = authenticate(&self.store, req.metadata()).await?;
+        crate::telemetry::record_device(&device);
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -625,8 +640,17 @@ impl<S: Store> AgentService for Agents<S> {
                     tokio::select! {
                         msg = inbound.message() => match msg {
                             Ok(Some(m)) => {
+                                // A span per message, inside the connection's.
+                                let span = tracing::info_span!(
+                                    "agent.message",
+                                    otel.status_code = tracing::field::Empty,
+                                    device = %session.device,
+                                    kind = message_kind(&m),
+                                );
                                 // Boxed so the idle session future stays small.
-                                if let Err(status) = Box::pin(session.handle(m)).await {
+                                let handled = Box::pin(session.handle(m)).instrument(span.clone()).await;
+                                if let Err(status) = handled {
+                                    span.record("otel.status_code", "ERROR");
                                     tracing::warn!(device = %session.device, %status, "agent message refused");
                                     let _ = session.tx.send(Box::new(Err(status))).await;
                                     return Err(());
@@ -674,7 +698,10 @@ impl<S: Store> AgentService for Agents<S> {
                 }
             }
             session.wakeups.wake(&session.device);
-        });
+        }
+        // The call's span lasts as long as the connection: it ends at
+        // disconnect, with the messages' spans as its children.
+        .instrument(tracing::Span::current()));
         Ok(Response::new(Box::pin(
             ReceiverStream::new(rx).map(|m: Outbound| *m),
         )))

@@ -92,8 +92,11 @@ const MAX_ENV_VARS: usize = 256;
 /// Largest env value accepted.
 const MAX_ENV_VALUE: usize = 32 * 1024;
 
+/// The device a call names, recorded on the call's span.
 fn device_id(field: &str, s: &str) -> Result<DeviceId, ConvertError> {
-    DeviceId::new(s).map_err(|e| ConvertError::new(field, e))
+    let id = DeviceId::new(s).map_err(|e| ConvertError::new(field, e))?;
+    crate::telemetry::record_device(&id);
+    Ok(id)
 }
 
 fn fleet_id(field: &str, s: &str) -> Result<FleetId, ConvertError> {

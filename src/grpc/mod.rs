@@ -22,7 +22,9 @@ pub fn status_from_store(e: StoreError) -> tonic::Status {
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
         StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         StoreError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-        StoreError::Conflict { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::Conflict { .. } | StoreError::Precondition { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         StoreError::Unavailable { .. } => {
             tracing::warn!(error = %e, "database unavailable");
             Status::unavailable("database unavailable; retry later")

@@ -20,6 +20,7 @@ use crate::domain::{
 use crate::events::{Event, EventKind, Events, Watch, Watched};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 
 pub struct Operations<S> {
     store: S,
@@ -193,12 +194,22 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
     }
 }
 
+/// The operation a call names, recorded on the call's span.
 fn op_id(v: u64) -> Result<OperationId, ConvertError> {
-    i64::try_from(v)
+    let id = i64::try_from(v)
         .ok()
         .filter(|v| *v > 0)
         .map(OperationId)
-        .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))
+        .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))?;
+    telemetry::record_operation(&id);
+    Ok(id)
+}
+
+/// The device a call names, recorded on the call's span.
+fn device_id(s: &str) -> Result<DeviceId, ConvertError> {
+    let id = DeviceId::new(s).map_err(|e| ConvertError::new("device", e))?;
+    telemetry::record_device(&id);
+    Ok(id)
 }
 
 #[tonic::async_trait]
@@ -216,7 +227,7 @@ impl<S: Store> OperationService for Operations<S> {
             .then(|| FleetId::new(&req.fleet).map_err(|e| ConvertError::new("fleet", e)))
             .transpose()?;
         let device = (!req.device.is_empty())
-            .then(|| DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e)))
+            .then(|| device_id(&req.device))
             .transpose()?;
         if let Some(f) = &fleet {
             self.store.get_fleet(f).await.map_err(status_from_store)?;
@@ -259,7 +270,7 @@ impl<S: Store> OperationService for Operations<S> {
     ) -> Result<Response<pb::CreateOperationResponse>, Status> {
         let p = principal(&req)?;
         let req = req.into_inner();
-        let device = DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e))?;
+        let device = device_id(&req.device)?;
         let spec = spec_from_pb(req.spec)?;
         let force = force_from_pb(req.force)?;
         let fleet = self
@@ -279,6 +290,7 @@ impl<S: Store> OperationService for Operations<S> {
             .create_operation(&device, &spec, force.as_ref(), now)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_operation(&op.id);
         if let Some(f) = &force {
             self.store
                 .append_audit(&AuditEntry {
@@ -315,6 +327,7 @@ impl<S: Store> OperationService for Operations<S> {
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_device(&op.device);
         self.device_fleet(&p, Action::ReadOperations, &op.device)
             .await?;
         Ok(Response::new(pb::GetOperationResponse {
@@ -327,8 +340,7 @@ impl<S: Store> OperationService for Operations<S> {
         req: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
         let p = principal(&req)?;
-        let device =
-            DeviceId::new(req.into_inner().device).map_err(|e| ConvertError::new("device", e))?;
+        let device = device_id(&req.into_inner().device)?;
         self.device_fleet(&p, Action::ReadOperations, &device)
             .await?;
         let ops = self
@@ -353,6 +365,7 @@ impl<S: Store> OperationService for Operations<S> {
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_device(&op.device);
         let fleet = self
             .device_fleet(&p, Action::WriteOperations, &op.device)
             .await?;

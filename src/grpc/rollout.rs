@@ -4,7 +4,6 @@
 //! rollout belongs to its fleet; actions are audited naming the token.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -54,12 +53,15 @@ fn status_from_rollout(e: RolloutError) -> Status {
     }
 }
 
+/// The rollout a call names, recorded on the call's span.
 fn rollout_id(v: u64) -> Result<RolloutId, ConvertError> {
-    i64::try_from(v)
+    let id = i64::try_from(v)
         .ok()
         .filter(|v| *v > 0)
         .map(RolloutId)
-        .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))
+        .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))?;
+    crate::telemetry::record_rollout(&id);
+    Ok(id)
 }
 
 fn amount_from_pb(field: &str, a: &pb::Amount) -> Result<Amount, ConvertError> {
@@ -235,9 +237,6 @@ pub(crate) fn status_to_pb(s: &RolloutStatus) -> pb::RolloutStatus {
     }
 }
 
-/// How often a watch re-reads the status at most while events arrive.
-const WATCH_COALESCE: Duration = Duration::from_millis(200);
-
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::RolloutStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -264,6 +263,7 @@ impl<S: Store> RolloutService for RolloutApi<S> {
             .create(create)
             .await
             .map_err(status_from_rollout)?;
+        crate::telemetry::record_rollout(&r.id);
         let status = self
             .rollouts
             .status(r.id)
@@ -379,46 +379,21 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         let p = principal(&req)?;
         let id = rollout_id(req.into_inner().id)?;
         self.check_rollout(&p, Action::ReadRollouts, id).await?;
-        let rollouts = self.rollouts.clone();
-        // Subscribe before the first read, so nothing between is missed.
-        let mut ops = rollouts.events().subscribe();
-        let mut notices = rollouts.events().subscribe_rollouts();
-        let first = rollouts.status(id).await.map_err(status_from_store)?;
+        let mut watch = self.rollouts.watch(id).await.map_err(status_from_store)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            let mut last = status_to_pb(&first);
-            let mut active = first.rollout.progress.state.is_active();
-            if tx.send(Ok(last.clone())).await.is_err() {
-                return;
-            }
-            // Re-read at least this often, so a soak's end shows.
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            while active {
-                tokio::select! {
+            loop {
+                let next = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tick.tick() => {}
-                    r = ops.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
-                    r = notices.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
-                }
-                tokio::time::sleep(WATCH_COALESCE).await;
-                // Drain what arrived meanwhile: one read covers it all.
-                while ops.try_recv().is_ok() {}
-                while notices.try_recv().is_ok() {}
-                match rollouts.status(id).await {
-                    Ok(s) => {
-                        active = s.rollout.progress.state.is_active();
-                        let now = status_to_pb(&s);
-                        if now != last {
-                            last = now.clone();
-                            if tx.send(Ok(now)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(status_from_store(e))).await;
-                        return;
-                    }
+                    next = watch.next() => next,
+                };
+                let item = match next {
+                    None => return,
+                    Some(Ok(s)) => Ok(status_to_pb(&s)),
+                    Some(Err(e)) => Err(status_from_store(e)),
+                };
+                if tx.send(item).await.is_err() {
+                    return;
                 }
             }
         });

@@ -749,6 +749,22 @@ macro_rules! impl_store {
                 row.as_ref().map(operation_from_row).transpose()
             }
 
+            async fn supersede_older_assignments(&self, device: &DeviceId, now: Timestamp) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE operations SET status = 'superseded', updated_ms = $2 \
+                     WHERE device_id = $1 AND kind = 'assign_release' \
+                     AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval') \
+                     AND id < (SELECT MAX(id) FROM operations WHERE device_id = $1 AND kind = 'assign_release' \
+                               AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval'))",
+                )
+                .bind(device.as_str())
+                .bind(now.0)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                Ok(done.rows_affected())
+            }
+
             async fn devices_with_active_operations(&self) -> Result<Vec<DeviceId>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT DISTINCT device_id FROM operations \
@@ -761,6 +777,21 @@ macro_rules! impl_store {
                     .map(|r| {
                         let d: String = get(r, "device_id")?;
                         DeviceId::new(&d).map_err(|e| codec::corrupt("operation", &d, e))
+                    })
+                    .collect()
+            }
+
+            async fn operation_status_counts(&self) -> Result<Vec<(OpStatus, u64)>, StoreError> {
+                let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM operations GROUP BY status ORDER BY status")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let status: String = get(r, "status")?;
+                        let parsed = OpStatus::parse(&status)
+                            .ok_or_else(|| codec::corrupt("operation", &status, "unknown status"))?;
+                        Ok((parsed, codec::to_u64("operation count", &status, get(r, "n")?)?))
                     })
                     .collect()
             }
@@ -862,9 +893,7 @@ macro_rules! impl_store {
                 if let Some(row) = active {
                     let old: i64 = get(&row, "id")?;
                     if !supersede {
-                        return Err(StoreError::Conflict {
-                            entity: "rollout",
-                            key: old.to_string(),
+                        return Err(StoreError::Precondition {
                             message: format!(
                                 "rollout {old} ({kind}) is still active for fleet {}; abort it, or create the new one with supersede",
                                 rollout.fleet

@@ -38,6 +38,10 @@ pub enum StoreError {
     AlreadyExists { entity: &'static str, key: String },
     #[error("{message}")]
     Invalid { message: String },
+    /// The request is valid but the stored state does not allow it now
+    /// (e.g. another rollout of the kind is active).
+    #[error("{message}")]
+    Precondition { message: String },
     #[error("{entity} {key} changed concurrently: {message}")]
     Conflict {
         entity: &'static str,
@@ -73,16 +77,23 @@ pub enum StoreError {
 
 impl StoreError {
     /// Classifies a driver error: lost connections are `Unavailable` (retry
-    /// later), everything else `Database`.
+    /// later), everything else `Database`. Every driver error passes here,
+    /// and is counted in the `lockstep.db.errors` metric.
     pub(crate) fn from_sqlx(source: sqlx::Error) -> Self {
-        match &source {
+        let e = match &source {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable { source },
             _ => StoreError::Database { source },
-        }
+        };
+        crate::telemetry::Metrics::global().db_error(if e.is_unavailable() {
+            "unavailable"
+        } else {
+            "query"
+        });
+        e
     }
 
     /// Like [`StoreError::from_sqlx`], but unique and foreign-key violations
@@ -445,10 +456,24 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         device: &DeviceId,
     ) -> impl Future<Output = Result<Option<OperationRecord>, StoreError>> + Send;
+    /// Marks the device's release assignments that are waiting (not
+    /// applying) superseded when a newer waiting one exists: an older
+    /// assignment that came back from a stale apply never runs after a newer
+    /// one was queued behind it. Returns how many were superseded.
+    fn supersede_older_assignments(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Devices with unfinished operations (to resume after a restart).
     fn devices_with_active_operations(
         &self,
     ) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
+    /// How many operations are in each stored status (statuses without
+    /// operations are left out), in status-name order. For metrics.
+    fn operation_status_counts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(OpStatus, u64)>, StoreError>> + Send;
     /// In one transaction: stores `op`'s status and progress — only if the
     /// stored status is still `expected`, else `Conflict` — and appends
     /// `intents` to its device's outbox. Returns the intents' sequences.

@@ -147,6 +147,21 @@ impl Server {
         }
     }
 
+    /// A server a test started itself (`lockstep serve --data-dir <data_dir>`
+    /// without a token file of its own), its stderr lines arriving on `log`;
+    /// its address is the test's to fill in.
+    pub fn adopt(child: Child, log: mpsc::Receiver<String>, data_dir: tempfile::TempDir) -> Server {
+        Server {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+            token_file: data_dir.path().join("admin.token"),
+            data_dir: Some(data_dir),
+            startup: Vec::new(),
+            token_dir: None,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
