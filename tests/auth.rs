@@ -964,7 +964,7 @@ async fn every_method_of_every_service_but_the_agents_needs_an_api_token() {
     use prost::Message as _;
     let w = world().await;
     let set = prost_types::FileDescriptorSet::decode(lockstep::grpc::FILE_DESCRIPTOR_SET).unwrap();
-    let mut checked = 0;
+    let mut checked = std::collections::BTreeSet::new();
     for file in &set.file {
         for service in &file.service {
             let name = format!("{}.{}", file.package(), service.name());
@@ -999,11 +999,29 @@ async fn every_method_of_every_service_but_the_agents_needs_an_api_token() {
                     assert_eq!(err.code(), Code::Unauthenticated, "{path}: {err:?}");
                     assert!(err.message().contains(needle), "{path}: {err:?}");
                 }
-                checked += 1;
+                checked.insert(path);
             }
         }
     }
-    assert!(checked >= 42, "only {checked} methods found");
+    assert!(checked.len() >= 42, "only {} methods found", checked.len());
+    // Every service's every method is among them, the rollouts' stream too.
+    for path in [
+        "/lockstep.v1.RolloutService/CreateRollout",
+        "/lockstep.v1.RolloutService/GetRollout",
+        "/lockstep.v1.RolloutService/ListRollouts",
+        "/lockstep.v1.RolloutService/PauseRollout",
+        "/lockstep.v1.RolloutService/ResumeRollout",
+        "/lockstep.v1.RolloutService/AbortRollout",
+        "/lockstep.v1.RolloutService/WatchRollout",
+        "/lockstep.v1.OperationService/WatchEvents",
+        "/lockstep.v1.TokenService/WhoAmI",
+        "/lockstep.v1.AuditService/ListAudit",
+    ] {
+        assert!(
+            checked.contains(path),
+            "{path} was not checked: {checked:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1688,4 +1706,243 @@ async fn a_scoped_token_watches_only_its_fleets_devices() {
         ("dx", "cancelled", "not on dx"),
         "y's event is not shown to x's viewer"
     );
+}
+
+#[tokio::test]
+async fn rollouts_keep_to_their_fleet_and_name_the_token_that_acts() {
+    let w = world().await;
+    let s = &w.server;
+    let ops_x = token(&w, "operator", &["site-x"], "ops x").await;
+    let ops_y = token(&w, "operator", &["site-y"], "ops y").await;
+    let x = Api::as_token(s, &ops_x).await;
+    let action = |id: u64| pb::RolloutActionRequest {
+        id,
+        actor: "mallory".into(),
+        reason: "not mine".into(),
+    };
+    // Fleet x's operator can neither see nor act on fleet y's rollout, nor
+    // start one there (or one of y's release on x).
+    all_fail(
+        vec![
+            rpc!(
+                x.roll,
+                get_rollout,
+                pb::GetRolloutRequest { id: w.rollout_y }
+            ),
+            rpc!(
+                x.roll,
+                watch_rollout,
+                pb::GetRolloutRequest { id: w.rollout_y }
+            ),
+            rpc!(
+                x.roll,
+                list_rollouts,
+                pb::ListRolloutsRequest {
+                    fleet: "site-y".into()
+                }
+            ),
+            rpc!(x.roll, pause_rollout, action(w.rollout_y)),
+            rpc!(x.roll, resume_rollout, action(w.rollout_y)),
+            rpc!(x.roll, abort_rollout, action(w.rollout_y)),
+            rpc!(
+                x.roll,
+                create_rollout,
+                pb::CreateRolloutRequest {
+                    fleet: "site-y".into(),
+                    target: Some(pb::create_rollout_request::Target::Release("ry".into())),
+                    supersede: true,
+                    ..Default::default()
+                }
+            ),
+            rpc!(
+                x.roll,
+                create_rollout,
+                pb::CreateRolloutRequest {
+                    fleet: "site-x".into(),
+                    target: Some(pb::create_rollout_request::Target::Release("ry".into())),
+                    ..Default::default()
+                }
+            ),
+        ],
+        Code::PermissionDenied,
+        "not scoped to fleet site-y",
+    )
+    .await;
+    // y's rollout is untouched.
+    let y = w
+        .admin
+        .roll
+        .clone()
+        .get_rollout(pb::GetRolloutRequest { id: w.rollout_y })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .rollout
+        .unwrap();
+    assert_eq!(y.state, "running");
+
+    // On its own fleet it starts, reads, watches and pauses a rollout; the
+    // rollout and the audit log name the token, with the client's note.
+    let mut roll_x = x.roll.clone();
+    let mine = roll_x
+        .create_rollout(pb::CreateRolloutRequest {
+            fleet: "site-x".into(),
+            target: Some(pb::create_rollout_request::Target::Release("rx".into())),
+            actor: "ci job 7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .rollout
+        .unwrap();
+    assert!(
+        mine.created_by.starts_with("ci job 7 via ops x (token "),
+        "{}",
+        mine.created_by
+    );
+    let first = roll_x
+        .watch_rollout(pb::GetRolloutRequest { id: mine.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.rollout.unwrap().id, mine.id);
+    roll_x
+        .pause_rollout(pb::RolloutActionRequest {
+            id: mine.id,
+            actor: "anna".into(),
+            reason: "look first".into(),
+        })
+        .await
+        .unwrap();
+    let paused = AuditServiceClient::new(s.channel().await)
+        .list_audit(pb::ListAuditRequest {
+            action: "rollout_paused".into(),
+            fleet: "site-x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(paused.len(), 1, "{paused:?}");
+    assert!(
+        paused[0].actor.starts_with("anna via ops x (token "),
+        "{}",
+        paused[0].actor
+    );
+    assert_eq!(paused[0].subject, format!("rollout {}", mine.id));
+
+    // Lists without a fleet keep to each token's fleets.
+    for (t, want) in [(&ops_x, vec![mine.id]), (&ops_y, vec![w.rollout_y])] {
+        let listed: Vec<u64> = RolloutServiceClient::new(s.channel_as(t).await)
+            .list_rollouts(pb::ListRolloutsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .rollouts
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, want);
+    }
+    let all: Vec<u64> = w
+        .admin
+        .roll
+        .clone()
+        .list_rollouts(pb::ListRolloutsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .rollouts
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(all.len(), 2, "{all:?}");
+
+    // A viewer of y follows y's rollout and changes nothing, and the CLI
+    // says so with exit 7, as it does for a token of another fleet.
+    let viewer_y = token(&w, "viewer", &["site-y"], "wall y").await;
+    let v = Api::as_token(s, &viewer_y).await;
+    all_succeed(vec![
+        rpc!(
+            v.roll,
+            get_rollout,
+            pb::GetRolloutRequest { id: w.rollout_y }
+        ),
+        rpc!(
+            v.roll,
+            watch_rollout,
+            pb::GetRolloutRequest { id: w.rollout_y }
+        ),
+    ])
+    .await;
+    all_fail(
+        vec![
+            rpc!(v.roll, pause_rollout, action(w.rollout_y)),
+            rpc!(
+                v.roll,
+                create_rollout,
+                pb::CreateRolloutRequest {
+                    fleet: "site-y".into(),
+                    target: Some(pb::create_rollout_request::Target::Release("ry".into())),
+                    supersede: true,
+                    ..Default::default()
+                }
+            ),
+        ],
+        Code::PermissionDenied,
+        "a viewer token may not",
+    )
+    .await;
+    let id_y = w.rollout_y.to_string();
+    for (t, args) in [
+        (
+            &viewer_y,
+            vec!["rollout", "pause", id_y.as_str(), "--reason", "x"],
+        ),
+        (
+            &viewer_y,
+            vec![
+                "rollout",
+                "create",
+                "--fleet",
+                "site-y",
+                "--release",
+                "ry",
+                "--supersede",
+            ],
+        ),
+        (&ops_x, vec!["rollout", "watch", id_y.as_str()]),
+        (&ops_x, vec!["rollout", "get", id_y.as_str()]),
+    ] {
+        let run = cli(s, Some(t), &args);
+        assert_eq!(run.code, 7, "{args:?}: {run:?}");
+        assert!(run.stderr.contains("PERMISSION_DENIED"), "{run:?}");
+    }
+    let run = cli(s, None, &["rollout", "list"]);
+    assert_eq!(run.code, 7, "{run:?}");
+    let listed = cli(s, Some(&ops_x), &["rollout", "list", "--output", "json"]).json();
+    let ids: Vec<u64> = listed["rollouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [mine.id]);
+    let got = cli(
+        s,
+        Some(&viewer_y),
+        &["rollout", "get", id_y.as_str(), "--output", "json"],
+    )
+    .json();
+    assert_eq!(got["rollout"]["state"], "running");
 }
