@@ -1194,6 +1194,8 @@ async fn without_a_token_pages_go_to_the_login_and_the_api_answers_401() {
         ("", "/"),
         ("approvals", "/approvals"),
         ("devices/dev-1", "/devices/dev-1"),
+        ("rollouts", "/rollouts"),
+        ("rollouts/1", "/rollouts/1"),
     ] {
         let (status, head, _) = http(&fx.dashboard, None, "GET", path, None, "").await;
         assert_eq!(status, 303, "/{path}");
@@ -1208,21 +1210,29 @@ async fn without_a_token_pages_go_to_the_login_and_the_api_answers_401() {
         "api/approvals",
         "api/events",
         "api/me",
+        "api/rollouts",
+        "api/rollouts/1",
+        "api/rollouts/1/events",
     ] {
         let (status, _, body) = http(&fx.dashboard, None, "GET", path, None, "").await;
         assert_eq!(status, 401, "{path}: {body}");
         assert!(body.contains("missing authorization"), "{path}: {body}");
     }
-    let (status, _, body) = http(
-        &fx.dashboard,
-        None,
-        "POST",
-        "api/approvals/1/decline",
-        Some("application/json"),
-        r#"{"message":"no"}"#,
-    )
-    .await;
-    assert_eq!(status, 401, "{body}");
+    for (path, body) in [
+        ("api/approvals/1/decline", r#"{"message":"no"}"#),
+        ("api/rollouts/1/pause", r#"{"reason":"no"}"#),
+    ] {
+        let (status, _, answer) = http(
+            &fx.dashboard,
+            None,
+            "POST",
+            path,
+            Some("application/json"),
+            body,
+        )
+        .await;
+        assert_eq!(status, 401, "{path}: {answer}");
+    }
     // The login page and its assets need no token; the nav is not shown.
     let (status, _, page) = http(&fx.dashboard, None, "GET", "login", None, "").await;
     assert_eq!(status, 200);
@@ -2054,4 +2064,185 @@ async fn the_rollout_page_shows_devices_held_up_by_a_lock_and_follows_progress_t
             "{name}: {screenshots:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn rollout_pages_and_api_keep_to_the_tokens_fleets_and_only_operators_act() {
+    let fx = Fixture::start().await;
+    let mut devs = DeviceServiceClient::new(fx.server.channel().await);
+    devs.create_fleet(pb::CreateFleetRequest {
+        id: "other".into(),
+        name: "Elsewhere".into(),
+    })
+    .await
+    .unwrap();
+    devs.register_device(pb::RegisterDeviceRequest {
+        id: "dev-2".into(),
+        fleet: "other".into(),
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    let id = fx.running_rollout().await;
+    let page = format!("rollouts/{id}");
+    let body = r#"{"reason":"site visit first"}"#;
+
+    // A token of another fleet sees no rollout of the site's, and may
+    // neither read, follow nor act on it.
+    let other = new_token(&fx, "customer", &["other"]).await;
+    let (status, list) = get_as(&fx, &other, "api/rollouts").await;
+    assert_eq!((status, &list["rollouts"]), (200, &serde_json::json!([])));
+    for path in [
+        format!("api/rollouts/{id}"),
+        format!("api/rollouts/{id}/events"),
+        "api/rollouts?fleet=site".to_owned(),
+    ] {
+        let (status, answer) = get_as(&fx, &other, &path).await;
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not scoped to fleet site")),
+            "{path}: {answer}"
+        );
+    }
+    let (status, _, html) = http(&fx.dashboard, Some(&other), "GET", &page, None, "").await;
+    assert_eq!(status, 403);
+    assert!(html.contains("not scoped to fleet site"), "{html}");
+    let operator_other = new_token(&fx, "operator", &["other"]).await;
+    for action in ["pause", "resume", "abort"] {
+        let (status, answer) = post_as(
+            &fx,
+            &operator_other,
+            &format!("api/rollouts/{id}/{action}"),
+            body,
+        )
+        .await;
+        assert_eq!(status, 403, "{action}: {answer}");
+    }
+
+    // Viewers and customers of the site follow it, read-only: the page
+    // offers no buttons and the API refuses the actions.
+    let viewer = new_token(&fx, "viewer", &[]).await;
+    let customer = new_token(&fx, "customer", &["site"]).await;
+    for (t, role) in [(&viewer, "viewer"), (&customer, "customer")] {
+        let (status, s) = get_as(&fx, t, &format!("api/rollouts/{id}")).await;
+        assert_eq!((status, s["rollout"]["id"].as_u64()), (200, Some(id)));
+        let (_, list) = get_as(&fx, t, "api/rollouts").await;
+        assert_eq!(list["rollouts"][0]["id"].as_u64(), Some(id), "{list}");
+        let (status, _, html) = http(&fx.dashboard, Some(t), "GET", &page, None, "").await;
+        assert_eq!(status, 200);
+        assert!(html.contains("data-acts=\"no\""), "{role}: {html}");
+        for action in ["pause", "resume", "abort"] {
+            let (status, answer) =
+                post_as(&fx, t, &format!("api/rollouts/{id}/{action}"), body).await;
+            assert_eq!(status, 403, "{role} {action}: {answer}");
+            assert_eq!(
+                answer["error"],
+                format!("a {role} token may not start, pause, resume or abort rollouts"),
+            );
+        }
+    }
+    // The stream opens for a token that may read the rollout.
+    let (_, _, head) = open_stream(
+        &fx.dashboard,
+        &viewer,
+        &format!("api/rollouts/{id}/events"),
+        false,
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    // The site's operator acts, recorded as its token with the page's note.
+    let operator = new_token(&fx, "operator", &["site"]).await;
+    let (_, _, html) = http(&fx.dashboard, Some(&operator), "GET", &page, None, "").await;
+    assert!(html.contains("data-acts=\"yes\""), "{html}");
+    // Pages of the other fleet are not told of the site's rollout; the
+    // site's are.
+    let (mut site_events, mut site_buf, _) =
+        open_stream(&fx.dashboard, &operator, "api/events", false).await;
+    let (mut other_events, mut other_buf, _) =
+        open_stream(&fx.dashboard, &other, "api/events", false).await;
+    let (status, s) = post_as(
+        &fx,
+        &operator,
+        &format!("api/rollouts/{id}/pause"),
+        r#"{"reason":"site visit first","actor":"anna"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, s["rollout"]["state"].as_str()),
+        (200, Some("paused")),
+        "{s}"
+    );
+    let notice = loop {
+        let e = next_event(&mut site_events, &mut site_buf).await;
+        if e["kind"] == "rollout" {
+            break e;
+        }
+    };
+    assert_eq!(notice["change"], "paused", "{notice}");
+    // Something of the other fleet happens after the pause: the other
+    // fleet's page sees it, and no rollout notice around it.
+    let mut ops = OperationServiceClient::new(fx.server.channel().await);
+    let op = ops
+        .create_operation(pb::CreateOperationRequest {
+            device: "dev-2".into(),
+            spec: Some(pb::OperationSpec {
+                kind: Some(pb::operation_spec::Kind::Reboot(
+                    pb::operation_spec::Empty {},
+                )),
+            }),
+            force: None,
+            actor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    ops.cancel_operation(pb::CancelOperationRequest {
+        id: op.id,
+        actor: String::new(),
+        reason: "marker".into(),
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let e = next_event(&mut other_events, &mut other_buf).await;
+        let marker = e["kind"] == "cancelled";
+        seen.push(e);
+        if marker {
+            break;
+        }
+    }
+    let mut chunk = [0u8; 4096];
+    if let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), other_events.read(&mut chunk)).await
+    {
+        other_buf.extend_from_slice(&chunk[..n]);
+    }
+    let late = String::from_utf8_lossy(&other_buf).into_owned();
+    assert!(
+        seen.iter().all(|e| e["kind"] != "rollout") && !late.contains("\"rollout\""),
+        "the other fleet's page was told of the site's rollout: {seen:?} {late}"
+    );
+    let audit = pb::audit_service_client::AuditServiceClient::new(fx.server.channel().await)
+        .list_audit(pb::ListAuditRequest {
+            action: "rollout_paused".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert!(
+        audit[0]
+            .actor
+            .starts_with("anna via operator token (token "),
+        "{}",
+        audit[0].actor
+    );
 }
