@@ -353,6 +353,32 @@ async fn an_otlp_collector_receives_spans_for_calls_and_scheduler_decisions_and_
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+    // Calls the access check refuses are spanned too: the span layer is
+    // outside it.
+    let anonymous = DeviceServiceClient::new(server.raw_channel().await)
+        .list_fleets(pb::ListFleetsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    let viewer = pb::token_service_client::TokenServiceClient::new(server.channel().await)
+        .create_token(pb::CreateTokenRequest {
+            name: "wall".into(),
+            role: "viewer".into(),
+            fleets: vec![],
+            expires_in_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let denied = DeviceServiceClient::new(server.channel_as(&viewer).await)
+        .create_fleet(pb::CreateFleetRequest {
+            id: "other".into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
 
     // A span per call, named after its method, with its status and the ids
     // the handler knew.
@@ -380,6 +406,18 @@ async fn an_otlp_collector_receives_spans_for_calls_and_scheduler_decisions_and_
         .await;
     assert_eq!(not_found.attr("rpc.grpc.status_code"), Some("5"));
     assert_eq!(not_found.attr("device"), Some("nope"));
+    let unauthenticated = collector
+        .span("the ListFleets span without a token", |s| {
+            s.name == "lockstep.v1.DeviceService/ListFleets"
+        })
+        .await;
+    assert_eq!(unauthenticated.attr("rpc.grpc.status_code"), Some("16"));
+    collector
+        .span("the viewer's refused CreateFleet span", |s| {
+            s.name == "lockstep.v1.DeviceService/CreateFleet"
+                && s.attr("rpc.grpc.status_code") == Some("7")
+        })
+        .await;
 
     // A span per scheduler decision, with the device and operation.
     let decision = collector
