@@ -60,6 +60,28 @@ fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
+    // The login link carries the admin token the server wrote, and the
+    // rollout's page and CLI watch are named with the same token.
+    let token_file = dir.path().join("server-data").join("admin.token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let link = out
+        .split_whitespace()
+        .find(|w| w.contains("/login#token="))
+        .expect("a login link");
+    assert_eq!(
+        link.split_once("#token=").unwrap().1,
+        token.trim(),
+        "the link logs in with the server's token"
+    );
+    let dashboard = link.split_once("/login#").unwrap().0;
+    let watch = format!(
+        "watch it: {dashboard}/rollouts/1  or  lockstep rollout watch 1 --server http://127.0.0.1:"
+    );
+    assert!(out.contains(&watch), "missing {watch:?} in:\n{out}");
+    assert!(
+        out.contains(&format!("--token-file {}", token_file.display())),
+        "{out}"
+    );
     // The sample blocks end with the demo.
     let marker = format!("--demo-pid {}", child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
