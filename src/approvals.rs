@@ -3,11 +3,16 @@
 //! One implementation, called by the gRPC `WindowService` and by the web
 //! dashboard, so the two edges can never decide differently. The scheduler
 //! acts on the recorded decision (`domain::approval_gate`); this module only
-//! records it, audits it and wakes the device.
+//! checks who asks (`domain::allows`: reading needs the approval's fleet in
+//! scope, deciding a customer or admin token), records the decision, audits
+//! it naming the token, and wakes the device.
 
 use crate::clock;
+use std::collections::HashMap;
+
 use crate::domain::{
-    Approval, ApprovalStatus, AuditEntry, DeviceId, Occurrence, OperationRecord, WindowRule,
+    Action, Approval, ApprovalStatus, AuditEntry, Denied, DeviceId, FleetId, Occurrence,
+    OperationRecord, Principal, WindowRule, allows, role_allows,
 };
 use crate::limits::{MAX_ACTOR_BYTES, MAX_TEXT_BYTES};
 use crate::scheduler::Wakeups;
@@ -22,6 +27,9 @@ pub enum ApprovalError {
         field: &'static str,
         message: String,
     },
+    /// The token may not read or decide this approval.
+    #[error(transparent)]
+    Denied(#[from] Denied),
     /// Not found, already decided (`Conflict`), or the database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -46,15 +54,15 @@ pub const CANDIDATES_ACCEPTED: usize = 50;
 pub struct ApprovalView {
     pub approval: Approval,
     pub operation: OperationRecord,
+    /// The fleet of the operation's device.
+    pub fleet: FleetId,
     /// Upcoming occurrences to choose from; empty once decided.
     pub candidates: Vec<Occurrence>,
 }
 
-/// Who decides: required, at most [`MAX_ACTOR_BYTES`].
-pub fn actor(s: &str) -> Result<String, ApprovalError> {
-    if s.trim().is_empty() {
-        return Err(ApprovalError::invalid("actor", "who decides is required"));
-    }
+/// The note beside the deciding token (the request's `actor` field):
+/// optional, at most [`MAX_ACTOR_BYTES`], no NUL character.
+pub fn actor_note(s: &str) -> Result<&str, ApprovalError> {
     if s.len() > MAX_ACTOR_BYTES {
         return Err(ApprovalError::invalid(
             "actor",
@@ -64,7 +72,7 @@ pub fn actor(s: &str) -> Result<String, ApprovalError> {
     if s.contains('\0') {
         return Err(ApprovalError::invalid("actor", "contains a NUL character"));
     }
-    Ok(s.to_owned())
+    Ok(s)
 }
 
 /// The device's next `count` window occurrences (of every window that
@@ -91,6 +99,18 @@ pub async fn upcoming_occurrences<S: Store>(
     Ok(all)
 }
 
+/// A role that never decides is refused before anything is looked up.
+fn may_decide(p: &Principal) -> Result<(), Denied> {
+    if role_allows(p.role, Action::DecideApprovals) {
+        Ok(())
+    } else {
+        Err(Denied::Role {
+            role: p.role,
+            action: Action::DecideApprovals,
+        })
+    }
+}
+
 /// Lists and decides approvals over a store; wakes the device's scheduler
 /// after a decision.
 pub struct Approvals<S> {
@@ -104,7 +124,11 @@ impl<S: Store> Approvals<S> {
     }
 
     /// The approval with its operation and, while it is open, its candidates.
-    pub async fn view(&self, approval: Approval) -> Result<ApprovalView, ApprovalError> {
+    async fn view(
+        &self,
+        approval: Approval,
+        fleet: FleetId,
+    ) -> Result<ApprovalView, ApprovalError> {
         let operation = self.store.get_operation(approval.operation).await?;
         let candidates = if approval.status == ApprovalStatus::Requested {
             upcoming_occurrences(&self.store, &operation.device, CANDIDATES_OFFERED).await?
@@ -114,24 +138,55 @@ impl<S: Store> Approvals<S> {
         Ok(ApprovalView {
             approval,
             operation,
+            fleet,
             candidates,
         })
     }
 
-    /// Approvals with `status` (all when `None`), oldest first; with
-    /// `newest`, only that many of the most recent.
+    /// The fleet an approval belongs to: its operation's device's.
+    async fn fleet_of(
+        &self,
+        approval: &Approval,
+    ) -> Result<(OperationRecord, FleetId), StoreError> {
+        let op = self.store.get_operation(approval.operation).await?;
+        let fleet = self.store.get_device(&op.device).await?.fleet;
+        Ok((op, fleet))
+    }
+
+    /// The approvals `p` may see with `status` (all when `None`), oldest
+    /// first; with `newest`, only that many of the most recent.
     pub async fn list(
         &self,
+        p: &Principal,
         status: Option<ApprovalStatus>,
         newest: Option<usize>,
     ) -> Result<Vec<ApprovalView>, ApprovalError> {
-        let mut list = self.store.list_approvals(status).await?;
-        if let Some(n) = newest {
-            list.drain(..list.len().saturating_sub(n));
+        // The role first: a token that may not read approvals learns nothing.
+        if let Err(Denied::Role { role, action }) = allows(p, Action::ReadApprovals, None) {
+            return Err(Denied::Role { role, action }.into());
         }
-        let mut out = Vec::with_capacity(list.len());
-        for a in list {
-            out.push(self.view(a).await?);
+        let mut fleets: HashMap<DeviceId, FleetId> = HashMap::new();
+        let mut visible = Vec::new();
+        for a in self.store.list_approvals(status).await? {
+            let op = self.store.get_operation(a.operation).await?;
+            let fleet = match fleets.get(&op.device) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.store.get_device(&op.device).await?.fleet;
+                    fleets.insert(op.device.clone(), f.clone());
+                    f
+                }
+            };
+            if p.sees(&fleet) {
+                visible.push((a, fleet));
+            }
+        }
+        if let Some(n) = newest {
+            visible.drain(..visible.len().saturating_sub(n));
+        }
+        let mut out = Vec::with_capacity(visible.len());
+        for (a, fleet) in visible {
+            out.push(self.view(a, fleet).await?);
         }
         Ok(out)
     }
@@ -139,18 +194,22 @@ impl<S: Store> Approvals<S> {
     /// Approves one of the device's upcoming occurrences: it becomes the
     /// operation's only window. Refuses an occurrence that is not one of the
     /// device's next [`CANDIDATES_ACCEPTED`], and an approval no longer open.
+    /// `note` is who the client says decides (optional, kept beside the token).
     pub async fn approve(
         &self,
+        p: &Principal,
         id: i64,
         occurrence: Option<Occurrence>,
-        actor_name: &str,
+        note: &str,
     ) -> Result<ApprovalView, ApprovalError> {
-        let actor_name = actor(actor_name)?;
+        may_decide(p)?;
+        let note = actor_note(note)?;
         let chosen = occurrence.ok_or_else(|| {
             ApprovalError::invalid("occurrence", "one of the candidate occurrences is required")
         })?;
         let current = self.store.get_approval(id).await?;
-        let op = self.store.get_operation(current.operation).await?;
+        let (op, fleet) = self.fleet_of(&current).await?;
+        allows(p, Action::DecideApprovals, Some(&fleet))?;
         if !upcoming_occurrences(&self.store, &op.device, CANDIDATES_ACCEPTED)
             .await?
             .contains(&chosen)
@@ -160,8 +219,10 @@ impl<S: Store> Approvals<S> {
                 "is not an upcoming occurrence of a window of this device; pick one of the candidates",
             ));
         }
+        let actor_name = p.actor_noting(note);
         self.decide(
             id,
+            fleet,
             |a| Approval {
                 status: ApprovalStatus::Approved,
                 occurrence: Some(chosen),
@@ -178,11 +239,12 @@ impl<S: Store> Approvals<S> {
     /// naming who declined and why.
     pub async fn decline(
         &self,
+        p: &Principal,
         id: i64,
         message: &str,
-        actor_name: &str,
+        note: &str,
     ) -> Result<ApprovalView, ApprovalError> {
-        let actor_name = actor(actor_name)?;
+        let note = actor_note(note)?;
         if message.len() > MAX_TEXT_BYTES {
             return Err(ApprovalError::invalid(
                 "message",
@@ -195,8 +257,14 @@ impl<S: Store> Approvals<S> {
                 "contains a NUL character",
             ));
         }
+        may_decide(p)?;
+        let current = self.store.get_approval(id).await?;
+        let (_, fleet) = self.fleet_of(&current).await?;
+        allows(p, Action::DecideApprovals, Some(&fleet))?;
+        let actor_name = p.actor_noting(note);
         self.decide(
             id,
+            fleet,
             |a| Approval {
                 status: ApprovalStatus::Declined,
                 decided_by: Some(actor_name.clone()),
@@ -214,6 +282,7 @@ impl<S: Store> Approvals<S> {
     async fn decide(
         &self,
         id: i64,
+        fleet: FleetId,
         decision: impl FnOnce(&Approval) -> Approval,
         action: &str,
         actor_name: &str,
@@ -231,6 +300,7 @@ impl<S: Store> Approvals<S> {
                 actor: actor_name.to_owned(),
                 action: action.to_owned(),
                 subject: format!("device {} operation {} approval {id}", op.device, op.id),
+                fleet: Some(fleet.clone()),
                 reason: next.message.clone().unwrap_or_default(),
                 details: serde_json::json!({
                     "occurrence": next.occurrence.map(|o| (o.start.0, o.end.0)),
@@ -239,7 +309,7 @@ impl<S: Store> Approvals<S> {
             })
             .await?;
         self.wakeups.wake(&op.device);
-        self.view(next).await
+        self.view(next, fleet).await
     }
 }
 
@@ -248,16 +318,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_actor_is_required_and_kept_to_256_characters() {
+    fn an_actor_note_is_optional_and_kept_to_256_bytes_without_nul() {
+        assert_eq!(actor_note("").unwrap(), "");
+        assert_eq!(actor_note(&"x".repeat(256)).unwrap().len(), 256);
         assert!(matches!(
-            actor("  "),
-            Err(ApprovalError::Invalid { field: "actor", .. })
-        ));
-        assert_eq!(actor(&"x".repeat(256)).unwrap().len(), 256);
-        assert!(matches!(
-            actor(&"x".repeat(257)),
+            actor_note(&"x".repeat(257)),
             Err(ApprovalError::Invalid { field, .. }) if field == "actor"
         ));
-        assert_eq!(actor("customer@site").unwrap(), "customer@site");
+        assert!(matches!(
+            actor_note("a\0b"),
+            Err(ApprovalError::Invalid { field, .. }) if field == "actor"
+        ));
+        assert_eq!(actor_note("customer@site").unwrap(), "customer@site");
     }
 }

@@ -8,7 +8,7 @@
 //! filter (by fleet or device) that every watcher — gRPC `WatchEvents`, the
 //! dashboard's event stream — goes through.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use tokio::sync::broadcast;
 
@@ -88,6 +88,9 @@ pub struct Event {
 pub struct RolloutNotice {
     pub at: Timestamp,
     pub rollout: RolloutId,
+    /// The rollout's fleet: who may be told (a token's scope, a page's
+    /// fleet filter).
+    pub fleet: FleetId,
     /// batch_started, soaking, paused, resumed, aborted, completed,
     /// superseded, devices_started, created.
     pub kind: &'static str,
@@ -128,10 +131,17 @@ impl Events {
         self.tx.subscribe()
     }
 
-    pub fn publish_rollout(&self, rollout: RolloutId, kind: &'static str, message: String) {
+    pub fn publish_rollout(
+        &self,
+        rollout: RolloutId,
+        fleet: &FleetId,
+        kind: &'static str,
+        message: String,
+    ) {
         let _ = self.rollouts.send(RolloutNotice {
             at: crate::clock::now(),
             rollout,
+            fleet: fleet.clone(),
             kind,
             message,
         });
@@ -159,6 +169,8 @@ pub struct Watch<S> {
     store: S,
     fleet: Option<FleetId>,
     device: Option<DeviceId>,
+    /// Only devices of these fleets (the watcher's token scope).
+    within: Option<BTreeSet<FleetId>>,
     /// Device → fleet, looked up once per device seen.
     fleets: HashMap<DeviceId, FleetId>,
 }
@@ -175,8 +187,16 @@ impl<S: Store> Watch<S> {
             store,
             fleet,
             device,
+            within: None,
             fleets: HashMap::new(),
         }
+    }
+
+    /// Restricts the watch to devices of these fleets (a token's scope);
+    /// `None` leaves it as it is.
+    pub fn within(mut self, fleets: Option<BTreeSet<FleetId>>) -> Self {
+        self.within = fleets;
+        self
     }
 
     /// The next matching event, or how many were missed; `None` once the
@@ -191,7 +211,7 @@ impl<S: Store> Watch<S> {
             if self.device.as_ref().is_some_and(|d| *d != e.device) {
                 continue;
             }
-            if let Some(f) = &self.fleet {
+            if self.fleet.is_some() || self.within.is_some() {
                 if !self.fleets.contains_key(&e.device) {
                     match self.store.get_device(&e.device).await {
                         Ok(d) => {
@@ -200,7 +220,13 @@ impl<S: Store> Watch<S> {
                         Err(_) => continue,
                     }
                 }
-                if self.fleets.get(&e.device) != Some(f) {
+                let fleet = self.fleets.get(&e.device);
+                if self.fleet.is_some() && fleet != self.fleet.as_ref() {
+                    continue;
+                }
+                if let Some(w) = &self.within
+                    && !fleet.is_some_and(|f| w.contains(f))
+                {
                     continue;
                 }
             }
@@ -298,5 +324,25 @@ mod watch_tests {
             events.publish(&s1, None, EventKind::Applying);
         }
         assert!(matches!(by_fleet.next().await, Some(Watched::Lagged(_))));
+    }
+
+    #[tokio::test]
+    async fn a_watch_within_a_scope_sees_only_the_scopes_devices() {
+        let (store, _dir) = store_with_devices().await;
+        let events = Events::new(16);
+        let mut scoped = Watch::new(&events, store.clone(), None, None)
+            .within(Some([FleetId::new("south").unwrap()].into()));
+        for d in ["n1", "s1"] {
+            events.publish(&DeviceId::new(d).unwrap(), None, EventKind::Online);
+        }
+        assert_eq!(kinds_of(scoped.next().await), ("s1".into(), "online"));
+        let mut nothing = Watch::new(&events, store, None, None).within(Some(BTreeSet::new()));
+        events.publish(&DeviceId::new("s1").unwrap(), None, EventKind::Offline);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), nothing.next())
+                .await
+                .is_err(),
+            "an empty scope sees nothing"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, watch};
 
 use crate::domain::DeviceId;
+use crate::telemetry::Metrics;
 
 struct Conn {
     id: u64,
@@ -21,6 +22,8 @@ struct Conn {
 pub struct Hub {
     conns: Arc<Mutex<HashMap<DeviceId, Conn>>>,
     next_id: Arc<AtomicU64>,
+    /// `lockstep.agents.connected` follows the registry's size.
+    metrics: Metrics,
 }
 
 /// What a stream task holds while connected.
@@ -33,6 +36,14 @@ pub struct Registration {
 }
 
 impl Hub {
+    /// An empty registry that keeps `metrics` informed of its size.
+    pub fn with_metrics(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Conn>> {
         // A panic while holding this lock leaves the map itself consistent.
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
@@ -51,8 +62,11 @@ impl Hub {
                 superseded,
             },
         );
-        if let Some(old) = old {
-            let _ = old.superseded.send(true);
+        match old {
+            Some(old) => {
+                let _ = old.superseded.send(true);
+            }
+            None => self.metrics.agents_connected(1),
         }
         Registration {
             id,
@@ -66,6 +80,7 @@ impl Hub {
         let mut conns = self.lock();
         if conns.get(device).is_some_and(|c| c.id == id) {
             conns.remove(device);
+            self.metrics.agents_connected(-1);
         }
     }
 
@@ -104,5 +119,25 @@ mod tests {
         hub.unregister(&d, second.id);
         assert!(!hub.is_connected(&d));
         assert_eq!(hub.connected(), 0);
+    }
+
+    #[test]
+    fn the_connected_agents_metric_follows_the_registry() {
+        use crate::telemetry::{sample, scraped_metrics};
+        let (metrics, scrape, _provider) = scraped_metrics();
+        let connected = || sample(&scrape.render(), "lockstep_agents_connected", &[]);
+        let hub = Hub::with_metrics(metrics);
+        assert_eq!(connected(), Some(0.0));
+        let (d, e) = (DeviceId::new("d").unwrap(), DeviceId::new("e").unwrap());
+        let first = hub.register(&d);
+        hub.register(&e);
+        assert_eq!(connected(), Some(2.0));
+        // A newer stream for d replaces the first: still two devices.
+        let second = hub.register(&d);
+        assert_eq!(connected(), Some(2.0));
+        hub.unregister(&d, first.id);
+        assert_eq!(connected(), Some(2.0));
+        hub.unregister(&d, second.id);
+        assert_eq!(connected(), Some(1.0));
     }
 }

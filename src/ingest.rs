@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::clock;
 use crate::domain::LockReport;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
 /// Why a submission was not committed. Lock reports are idempotent, so the
 /// caller may simply resend.
@@ -58,8 +59,17 @@ pub struct Ingestor {
 impl Ingestor {
     /// Starts the batching task. It ends when every `Ingestor` is dropped.
     pub fn spawn<S: Store>(store: S, config: IngestConfig) -> (Self, JoinHandle<()>) {
+        Self::spawn_with_metrics(store, config, Metrics::default())
+    }
+
+    /// As [`Ingestor::spawn`], recording each batch's size in `metrics`.
+    pub fn spawn_with_metrics<S: Store>(
+        store: S,
+        config: IngestConfig,
+        metrics: Metrics,
+    ) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let task = tokio::spawn(run(store, config, rx));
+        let task = tokio::spawn(run(store, config, rx, metrics));
         (Self { tx }, task)
     }
 
@@ -78,7 +88,12 @@ impl Ingestor {
     }
 }
 
-async fn run<S: Store>(store: S, config: IngestConfig, mut rx: mpsc::Receiver<Submission>) {
+async fn run<S: Store>(
+    store: S,
+    config: IngestConfig,
+    mut rx: mpsc::Receiver<Submission>,
+    metrics: Metrics,
+) {
     while let Some(first) = rx.recv().await {
         // Gather.
         let mut batch = first.reports;
@@ -94,6 +109,7 @@ async fn run<S: Store>(store: S, config: IngestConfig, mut rx: mpsc::Receiver<Su
             }
         }
         // Act: one transaction for the whole batch.
+        metrics.ingest_batch(batch.len());
         let result = store
             .ingest_lock_reports(&batch, clock::now())
             .await
@@ -194,6 +210,36 @@ mod tests {
         }
         drop(ingestor);
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn batch_sizes_are_recorded_for_every_transaction() {
+        use crate::telemetry::{sample, scraped_metrics};
+        let (store, _dir) = crate::testkit::sqlite_store().await;
+        let (metrics, scrape, _provider) = scraped_metrics();
+        let (ingestor, task) =
+            Ingestor::spawn_with_metrics(store.clone(), IngestConfig::default(), metrics);
+        let report = |block: &str| LockReport {
+            device: DeviceId::new("unknown").unwrap(),
+            block: BlockName::new(block).unwrap(),
+            state: LockState::UNREPORTED,
+        };
+        ingestor
+            .submit(vec![report("a"), report("b"), report("c")])
+            .await
+            .unwrap();
+        ingestor.submit(vec![report("a")]).await.unwrap();
+        drop(ingestor);
+        task.await.unwrap();
+        let text = scrape.render();
+        assert_eq!(
+            sample(&text, "lockstep_ingest_batch_size_count", &[]),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "lockstep_ingest_batch_size_sum", &[]),
+            Some(4.0)
+        );
     }
 
     #[tokio::test]

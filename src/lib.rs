@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md for the map.
 
+pub mod access;
 pub mod agent;
 pub mod approvals;
 pub mod auth;
@@ -23,5 +24,6 @@ pub mod rollouts;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod testkit;
 pub mod tls;

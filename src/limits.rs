@@ -54,8 +54,14 @@ pub const MAX_FLEET_NAME_BYTES: usize = 256;
 /// Bytes of an actor (who did it).
 pub const MAX_ACTOR_BYTES: usize = 256;
 /// Bytes of a free-text reason or message (force, cancel, decline, refuse,
-/// defer, a failure's error).
+/// defer, a failure's error, rollout pause/resume/abort, token revocation).
 pub const MAX_TEXT_BYTES: usize = 4096;
+/// Characters of an API token's name (no control characters).
+pub const MAX_TOKEN_NAME_CHARS: usize = 128;
+/// Fleets one API token may be scoped to.
+pub const MAX_TOKEN_FLEETS: usize = 256;
+/// Bytes of an audit filter (action, subject).
+pub const MAX_AUDIT_FILTER_BYTES: usize = 256;
 /// Bytes of an IANA time-zone name.
 pub const MAX_TIME_ZONE_BYTES: usize = 64;
 /// Entries of a weekly window's day list.

@@ -55,6 +55,12 @@ enum Command {
     Policy(lockstep::cli::Verb<lockstep::cli::PolicyCommand>),
     /// Customer approvals of operations: list, approve, decline.
     Approval(lockstep::cli::Verb<lockstep::cli::ApprovalCommand>),
+    /// Phased rollouts: create, get, list, pause, resume, abort, watch.
+    Rollout(lockstep::cli::Verb<lockstep::cli::RolloutCommand>),
+    /// API tokens: create, list, revoke, whoami.
+    Token(lockstep::cli::Verb<lockstep::cli::TokenCommand>),
+    /// The audit log: list.
+    Audit(lockstep::cli::Verb<lockstep::cli::AuditCommand>),
 }
 
 /// Agent settings: flags, else `LOCKSTEP_*` env, else the `--config` JSON file
@@ -290,8 +296,8 @@ struct ServeArgs {
     /// Address for the gRPC API.
     #[arg(long, env = "LOCKSTEP_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Address for the web dashboard, or `off`. It has no login: keep it on
-    /// loopback or behind an authenticating proxy.
+    /// Address for the web dashboard, or `off`. People log in with an API
+    /// token.
     #[arg(long, env = "LOCKSTEP_DASHBOARD_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_dashboard_listen)]
     dashboard_listen: DashboardListen,
     /// Where the embedded SQLite database lives (used unless --database-url is given).
@@ -334,6 +340,19 @@ struct ServeArgs {
     /// Unary gRPC calls per second per client (token, else address); burst twice that; 0 = off.
     #[arg(long, env = "LOCKSTEP_RATE_LIMIT", default_value_t = 100)]
     rate_limit: u32,
+    /// Where to write the bootstrap admin token, created when no admin token
+    /// is usable (the first start). Default: <data-dir>/admin.token on the
+    /// embedded database, ./lockstep-admin.token with --database-url.
+    #[arg(long, env = "LOCKSTEP_BOOTSTRAP_TOKEN_FILE")]
+    bootstrap_token_file: Option<PathBuf>,
+    /// OpenTelemetry collector (OTLP over gRPC, e.g. http://collector:4317):
+    /// spans and metrics are exported there. Unset: nothing is exported.
+    #[arg(long, env = "LOCKSTEP_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Address for the Prometheus scrape endpoint (GET /metrics), or `off`.
+    /// It has no login: bind it where only the scraper reaches it.
+    #[arg(long, env = "LOCKSTEP_METRICS_LISTEN", default_value = "off", value_parser = parse_dashboard_listen)]
+    metrics_listen: DashboardListen,
 }
 
 /// `--dashboard-listen`: an address, or `off`.
@@ -380,13 +399,18 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, scrape: lockstep::telemetry::Scrape) -> anyhow::Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             lockstep::tls::ServerTls::load(cert, key, args.tls_client_ca.as_deref())
                 .context("setting up TLS")?,
         ),
         _ => None,
+    };
+    let bootstrap_token_file = match (&args.bootstrap_token_file, &args.database_url) {
+        (Some(path), _) => path.clone(),
+        (None, Some(_)) => PathBuf::from("./lockstep-admin.token"),
+        (None, None) => args.data_dir.join("admin.token"),
     };
     let config = ServeConfig {
         listen: args.listen,
@@ -401,6 +425,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             rate_per_client: args.rate_limit,
             rate_burst: args.rate_limit.saturating_mul(2),
         },
+        bootstrap_token_file,
+        metrics: args
+            .metrics_listen
+            .0
+            .map(|listen| lockstep::telemetry::MetricsEndpoint { listen, scrape }),
     };
     let pool = PoolOptions {
         max_connections: args.db_max_connections,
@@ -433,26 +462,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+/// Logs for every command; spans and metrics for `serve` as its flags ask.
+fn telemetry_config(cli: &Cli) -> lockstep::telemetry::TelemetryConfig {
+    use lockstep::telemetry::{LogFormat, TelemetryConfig};
+    let log_format = LogFormat::parse(&cli.log_format).unwrap_or_default();
+    match &cli.command {
+        Command::Serve(a) => TelemetryConfig {
+            log_format,
+            otlp_endpoint: a.otlp_endpoint.clone(),
+            prometheus: a.metrics_listen.0.is_some(),
+        },
+        _ => TelemetryConfig {
+            log_format,
+            ..TelemetryConfig::default()
+        },
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    // Flushes spans and metrics when dropped, at the end of main.
+    let telemetry = lockstep::telemetry::install(&telemetry_config(&cli))?;
     match cli.command {
-        Command::Serve(args) => serve(args).await?,
+        Command::Serve(args) => serve(args, telemetry.scrape()).await?,
         Command::Agent(args) => {
             let cfg = agent_config(*args)?;
             tracing::info!(device = %cfg.device, server = %cfg.server, "starting agent");
@@ -475,6 +508,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Window(v) => std::process::exit(v.run().await),
         Command::Policy(v) => std::process::exit(v.run().await),
         Command::Approval(v) => std::process::exit(v.run().await),
+        Command::Rollout(v) => std::process::exit(v.run().await),
+        Command::Token(v) => std::process::exit(v.run().await),
+        Command::Audit(v) => std::process::exit(v.run().await),
     }
     Ok(())
 }

@@ -18,8 +18,10 @@
 //! rate limit, so a load balancer is never throttled into marking the
 //! server down.
 //!
-//! The rate limiter is keyed by [`client_key`]; once callers carry an
-//! authenticated principal, keying on it is a change to that one function.
+//! The rate limiter is keyed by [`client_key`]: per API token (its id with
+//! its secret) when a bearer token is present, else per peer address. This
+//! layer runs inside `RpcSpans` but before `RequireToken`, so it never sees
+//! the principal; a refused call is still spanned with its status.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -108,22 +110,54 @@ impl TokenBucket {
 /// Who a unary call is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientKey {
-    /// A hash of the `authorization` metadata (the value itself is never kept).
+    /// An API token, by a hash of its id and secret (the value itself is
+    /// never kept): one bucket per token however the header is spelled.
     Token([u8; 16]),
-    /// The peer's IP address, for calls without a token.
+    /// Any other `authorization` value (a device credential, a malformed
+    /// token), by a hash of the header.
+    Header([u8; 16]),
+    /// The peer's IP address, for calls without an `authorization` header.
     Peer(IpAddr),
     /// Neither is known.
     Unknown,
 }
 
-/// The key a call is rate-limited by: its bearer token if it has one, else
-/// its peer's address.
+fn hash16(parts: &[&[u8]]) -> [u8; 16] {
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0]);
+    }
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&h.finalize()[..16]);
+    key
+}
+
+/// The key a call is rate-limited by, the one place that decides it.
+///
+/// This layer runs before `RequireToken`, so the token is not yet
+/// authenticated here (and the principal is not known). A bearer API token
+/// `lst_<id>_<secret>` is keyed by its token id together with its secret: a
+/// real token therefore gets exactly one bucket per token id however the
+/// header is spelled (scheme case, spaces), while a caller who knows only an
+/// id cannot forge `lst_<someone's id>_x` to drain that token's bucket. Any
+/// other `authorization` value is keyed by a hash of the header; calls
+/// without one by the peer's address.
 pub fn client_key<B>(req: &http::Request<B>) -> ClientKey {
     if let Some(v) = req.headers().get("authorization") {
-        let digest = sha2::Sha256::digest(v.as_bytes());
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        return ClientKey::Token(key);
+        let token = v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .and_then(|(_, t)| crate::domain::split_token(t.trim()));
+        return match token {
+            Some((id, secret)) => {
+                ClientKey::Token(hash16(&[id.as_str().as_bytes(), secret.as_bytes()]))
+            }
+            None => ClientKey::Header(hash16(&[v.as_bytes()])),
+        };
     }
     let ext = req.extensions();
     ext.get::<TcpConnectInfo>()
@@ -381,6 +415,29 @@ mod tests {
     use tower::{Layer as _, Service as _, ServiceExt as _};
 
     type Resp = http::Response<String>;
+
+    fn key_of(auth: Option<&str>) -> ClientKey {
+        let mut req = http::Request::new(());
+        if let Some(a) = auth {
+            req.headers_mut()
+                .insert("authorization", a.parse().unwrap());
+        }
+        client_key(&req)
+    }
+
+    #[test]
+    fn a_token_is_one_bucket_however_spelled_and_its_id_alone_is_not_enough() {
+        let k = key_of(Some("Bearer lst_abc_secret"));
+        assert!(matches!(k, ClientKey::Token(_)));
+        assert_eq!(k, key_of(Some("bearer   lst_abc_secret ")));
+        assert_ne!(k, key_of(Some("Bearer lst_abc_other")), "a forged secret");
+        assert_ne!(k, key_of(Some("Bearer lst_xyz_secret")));
+        assert!(matches!(
+            key_of(Some("Bearer lsd_device")),
+            ClientKey::Header(_)
+        ));
+        assert_eq!(key_of(None), ClientKey::Unknown);
+    }
 
     fn layer(config: OverloadConfig) -> OverloadLayer {
         OverloadLayer::new(config, ["/s.S/Stream".to_owned()].into())

@@ -10,6 +10,9 @@
 //! and by soak timers; a slow resync (every 30 s, per active rollout, not
 //! per device) covers changes that raise no event, such as an operation an
 //! operator cancelled by hand.
+//!
+//! [`RolloutWatch`] is the one way to follow a rollout (gRPC `WatchRollout`,
+//! the dashboard's rollout stream): events coalesced into status re-reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -23,7 +26,7 @@ use crate::domain::{
     Reason, Rollout, RolloutEvent, RolloutId, RolloutState, RolloutTarget, Strategy, Tag,
     Timestamp,
 };
-use crate::events::{EventKind, Events};
+use crate::events::{Event, EventKind, Events, RolloutNotice};
 use crate::scheduler::Wakeups;
 use crate::store::{NewRollout, Store, StoreError};
 
@@ -230,6 +233,7 @@ impl<S: Store> Rollouts<S> {
         );
         self.events.publish_rollout(
             rollout.id,
+            &rollout.fleet,
             "created",
             format!(
                 "{} devices in {} batches ({} already at the target)",
@@ -268,7 +272,7 @@ impl<S: Store> Rollouts<S> {
             .await?;
         self.audit(actor, "rollout_paused", id, reason, "{}")
             .await?;
-        self.events.publish_rollout(id, "paused", message);
+        self.events.publish_rollout(id, &r.fleet, "paused", message);
         Ok(self.store.get_rollout(id).await?)
     }
 
@@ -294,7 +298,7 @@ impl<S: Store> Rollouts<S> {
         self.audit(actor, "rollout_resumed", id, reason, "{}")
             .await?;
         self.events
-            .publish_rollout(id, "resumed", with_reason("resumed", reason));
+            .publish_rollout(id, &r.fleet, "resumed", with_reason("resumed", reason));
         self.wakeups.wake(id);
         Ok(self.store.get_rollout(id).await?)
     }
@@ -322,6 +326,7 @@ impl<S: Store> Rollouts<S> {
         let cancelled = self.cancel_members(id, &message).await?;
         self.events.publish_rollout(
             id,
+            &r.fleet,
             "aborted",
             format!("{message}; {cancelled} operations cancelled"),
         );
@@ -420,6 +425,7 @@ impl<S: Store> Rollouts<S> {
                 actor: actor.to_owned(),
                 action: action.to_owned(),
                 subject: format!("rollout {id}"),
+                fleet: self.store.get_rollout(id).await.ok().map(|r| r.fleet),
                 reason: reason.to_owned(),
                 details: details.to_owned(),
             })
@@ -494,7 +500,7 @@ impl<S: Store> Rollouts<S> {
                     self.cancel_members(id, &text).await?;
                 }
             }
-            self.events.publish_rollout(id, kind, text);
+            self.events.publish_rollout(id, &r.fleet, kind, text);
         }
         for (batch, n) in &adv.start {
             let ops = self
@@ -508,6 +514,7 @@ impl<S: Store> Rollouts<S> {
                 tracing::info!(rollout = %id, batch, devices = ops.len(), "devices started");
                 self.events.publish_rollout(
                     id,
+                    &r.fleet,
                     "devices_started",
                     format!("{} devices of batch {batch} started", ops.len()),
                 );
@@ -517,6 +524,98 @@ impl<S: Store> Rollouts<S> {
             self.wakeups.wake_at(id, at);
         }
         Ok(())
+    }
+}
+
+/// How often a watch re-reads the status at most while events arrive.
+pub const WATCH_COALESCE: Duration = Duration::from_millis(200);
+/// How often a watch re-reads the status without events, so changes that
+/// raise none (a soak ending) show.
+pub const WATCH_RESYNC: Duration = Duration::from_secs(5);
+
+impl<S: Store> Rollouts<S> {
+    /// Follows rollout `id`: see [`RolloutWatch::next`]. Subscribes before
+    /// the first read, so nothing in between is missed; an unknown rollout
+    /// is `NotFound` here, before anything is sent.
+    pub async fn watch(&self, id: RolloutId) -> Result<RolloutWatch<S>, StoreError> {
+        let ops = self.events.subscribe();
+        let notices = self.events.subscribe_rollouts();
+        let first = self.status(id).await?;
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + WATCH_RESYNC, WATCH_RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(RolloutWatch {
+            rollouts: self.clone(),
+            id,
+            ops,
+            notices,
+            resync,
+            first: Some(first),
+            last: None,
+            done: false,
+        })
+    }
+}
+
+/// A rollout's status now, then again whenever it changes, until it is no
+/// longer active. Any member operation's event (or this rollout's notice)
+/// leads to one re-read at most every [`WATCH_COALESCE`], and a quiet
+/// rollout is re-read every [`WATCH_RESYNC`]; a status equal to the last one
+/// is not sent again.
+pub struct RolloutWatch<S> {
+    rollouts: Rollouts<S>,
+    id: RolloutId,
+    ops: tokio::sync::broadcast::Receiver<Event>,
+    notices: tokio::sync::broadcast::Receiver<RolloutNotice>,
+    resync: tokio::time::Interval,
+    first: Option<RolloutStatus>,
+    last: Option<RolloutStatus>,
+    done: bool,
+}
+
+impl<S: Store> RolloutWatch<S> {
+    /// The next status to show: the current one first, then each change.
+    /// `None` after the final (no longer active) status was returned, after
+    /// an error, or when the event bus closed. Cancel-safe between statuses.
+    pub async fn next(&mut self) -> Option<Result<RolloutStatus, StoreError>> {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        if let Some(first) = self.first.take() {
+            self.done = !first.rollout.progress.state.is_active();
+            self.last = Some(first.clone());
+            return Some(Ok(first));
+        }
+        while !self.done {
+            tokio::select! {
+                _ = self.resync.tick() => {}
+                r = self.ops.recv() => if matches!(r, Err(RecvError::Closed)) { return None },
+                r = self.notices.recv() => match r {
+                    Ok(n) if n.rollout != self.id => continue,
+                    Err(RecvError::Closed) => return None,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                },
+            }
+            tokio::time::sleep(WATCH_COALESCE).await;
+            // What arrived meanwhile is covered by the one read below.
+            while matches!(self.ops.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
+            while matches!(
+                self.notices.try_recv(),
+                Ok(_) | Err(TryRecvError::Lagged(_))
+            ) {}
+            match self.rollouts.status(self.id).await {
+                Ok(s) => {
+                    self.done = !s.rollout.progress.state.is_active();
+                    if self.last.as_ref() != Some(&s) {
+                        self.last = Some(s.clone());
+                        return Some(Ok(s));
+                    }
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -589,7 +688,14 @@ pub async fn run_controller<S: Store>(rollouts: Rollouts<S>) {
         }
         rollouts.wakeups.due(clock::now());
         for id in rollouts.wakeups.take() {
-            if let Err(e) = rollouts.step(id).await {
+            let span = tracing::info_span!(
+                "rollout.step",
+                otel.status_code = tracing::field::Empty,
+                rollout = %id,
+            );
+            let stepped = tracing::Instrument::instrument(rollouts.step(id), span.clone()).await;
+            if let Err(e) = stepped {
+                span.record("otel.status_code", "ERROR");
                 tracing::warn!(rollout = %id, error = %e, "rollout step failed; retrying shortly");
                 let w = rollouts.wakeups.clone();
                 tokio::spawn(async move {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 
 use crate::clock;
 use crate::domain::{
@@ -21,6 +22,7 @@ use crate::events::{EventKind, Events};
 use crate::hub::Hub;
 use crate::intents::{ApplyOp, IntentBody, TargetBlock};
 use crate::store::{EnvOwner, Store, StoreError};
+use crate::telemetry::{self, Metrics};
 
 /// Devices waiting for the scheduler's attention. Each device is queued at
 /// most once, so the queue is bounded by the number of devices.
@@ -88,6 +90,7 @@ pub struct Scheduler<S> {
     hub: Hub,
     wakeups: Wakeups,
     events: Events,
+    metrics: Metrics,
 }
 
 /// What the gather step found for a device.
@@ -103,7 +106,26 @@ impl<S: Store> Scheduler<S> {
             hub,
             wakeups,
             events,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Records decision latency and intents sent in `metrics`.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        Self { metrics, ..self }
+    }
+
+    /// The pure decision, timed for `lockstep.scheduler.decision.duration`.
+    fn decide(
+        &self,
+        operation: &Operation,
+        state: &DeviceState,
+        force: Option<&domain::Force>,
+    ) -> Result<domain::Decision, domain::ImpactError> {
+        let started = std::time::Instant::now();
+        let decision = domain::decide(operation, state, force);
+        self.metrics.decision(started.elapsed());
+        decision
     }
 
     /// Runs until the task is aborted. Resumes unfinished operations first.
@@ -132,7 +154,18 @@ impl<S: Store> Scheduler<S> {
             }
             self.wakeups.due(clock::now());
             for device in self.wakeups.take() {
-                if let Err(e) = self.handle(&device).await {
+                // One span per decision; `operation` and `step` are
+                // recorded once known.
+                let span = tracing::info_span!(
+                    "scheduler.decide",
+                    otel.status_code = tracing::field::Empty,
+                    device = %device,
+                    operation = tracing::field::Empty,
+                    step = tracing::field::Empty,
+                );
+                let handled = self.handle(&device).instrument(span.clone()).await;
+                if let Err(e) = handled {
+                    span.record("otel.status_code", "ERROR");
                     tracing::warn!(device = %device, error = %e, "scheduling failed; retrying shortly");
                     let wakeups = self.wakeups.clone();
                     tokio::spawn(async move {
@@ -213,9 +246,30 @@ impl<S: Store> Scheduler<S> {
 
     /// Gather → decide → act for one device.
     async fn handle(&self, device: &DeviceId) -> Result<(), ScheduleError> {
-        let Some(op) = self.store.current_operation(device).await? else {
+        let Some(mut op) = self.store.current_operation(device).await? else {
             return Ok(());
         };
+        if matches!(op.spec, domain::OperationSpec::AssignRelease(_))
+            && matches!(
+                op.status,
+                OpStatus::Pending
+                    | OpStatus::WaitingLock
+                    | OpStatus::WaitingWindow
+                    | OpStatus::WaitingApproval
+            )
+            && self
+                .store
+                .supersede_older_assignments(device, clock::now())
+                .await?
+                > 0
+        {
+            tracing::info!(device = %device, operation = %op.id, "a newer release assignment supersedes this one");
+            match self.store.current_operation(device).await? {
+                Some(current) => op = current,
+                None => return Ok(()),
+            }
+        }
+        telemetry::record_operation(&op.id);
         if op.status == OpStatus::Applying {
             return Ok(());
         }
@@ -228,13 +282,13 @@ impl<S: Store> Scheduler<S> {
         let (operation, apply_op, target_name) = match self.to_domain(&op, &g).await {
             Ok(x) => x,
             Err(error) => {
+                tracing::Span::current().record("step", "fail");
                 return self.act(&op, Step::Fail { error }, None, "").await;
             }
         };
         let record = self.store.get_device(device).await?;
         let policy = self.store.fleet_policy(&record.fleet).await?;
-        let mut op = op;
-        let mut decision = domain::decide(&operation, &g.state, op.force.as_ref());
+        let mut decision = self.decide(&operation, &g.state, op.force.as_ref());
         // Bounded deferral: holders waited on past the fleet's limit.
         if let Ok(domain::Decision::Blocked { holders, .. }) = &decision {
             let now = clock::now();
@@ -255,7 +309,7 @@ impl<S: Store> Scheduler<S> {
                                 Some(f) => f.merge(&time_force),
                                 None => time_force,
                             };
-                            decision = domain::decide(&operation, &g.state, Some(&merged));
+                            decision = self.decide(&operation, &g.state, Some(&merged));
                             tracing::warn!(device = %device, operation = %op.id, blocks = ?names, "deferral limit reached: overriding the holders' locks");
                             self.events.publish(
                                 device,
@@ -329,6 +383,7 @@ impl<S: Store> Scheduler<S> {
                     actor: "scheduler".into(),
                     action: "force_applied".into(),
                     subject: format!("device {device} operation {}", op.id),
+                    fleet: Some(record.fleet.clone()),
                     reason,
                     details: serde_json::json!({ "overridden": forced.iter().map(ToString::to_string).collect::<Vec<_>>() }).to_string(),
                 })
@@ -352,7 +407,7 @@ impl<S: Store> Scheduler<S> {
         {
             let held = domain::held_back(holders, impact);
             let pt = Arc::new(domain::partial_target(target, &g.state.blocks, &held));
-            let pd = domain::decide(
+            let pd = self.decide(
                 &Operation::UpdateRelease {
                     target: Arc::clone(&pt),
                 },
@@ -392,9 +447,15 @@ impl<S: Store> Scheduler<S> {
             }
         }
         let step = domain::next_step(&op, decision, online, gate);
+        tracing::Span::current().record("step", step_name(&step));
         tracing::debug!(device = %device, operation = %op.id, ?step, partial, "scheduler decision");
         self.act_partial(&op, step, Some(apply_op), &target_name, partial)
             .await
+    }
+
+    /// The device's fleet, for the audit log (`None` if it cannot be read).
+    async fn fleet_of(&self, device: &DeviceId) -> Option<domain::FleetId> {
+        self.store.get_device(device).await.ok().map(|d| d.fleet)
     }
 
     /// Writes a scheduler decision about some blocks to the audit log.
@@ -412,6 +473,7 @@ impl<S: Store> Scheduler<S> {
                 actor: "scheduler".into(),
                 action: action.into(),
                 subject: format!("device {device} operation {}", op.id),
+                fleet: self.fleet_of(device).await,
                 reason: reason.into(),
                 details: serde_json::json!({ "blocks": blocks }).to_string(),
             })
@@ -538,6 +600,7 @@ impl<S: Store> Scheduler<S> {
                         actor: "scheduler".into(),
                         action: "approval_requested".into(),
                         subject: format!("device {device} operation {}", op.id),
+                        fleet: self.fleet_of(device).await,
                         reason: String::new(),
                         details: serde_json::json!({ "approval": approval.id }).to_string(),
                     })
@@ -718,6 +781,8 @@ impl<S: Store> Scheduler<S> {
         let now = clock::now();
         let mut next = op.clone();
         next.progress.partial_in_flight = partial;
+        // Each intent's kind and reason, for `lockstep.intents.sent`.
+        let mut sent: Vec<(&'static str, &'static str)> = Vec::new();
         let (intents, device_status) = match step {
             Step::Wait => return Ok(()),
             Step::Fail { error } => {
@@ -762,6 +827,7 @@ impl<S: Store> Scheduler<S> {
                             .insert((r.block.clone(), r.generation));
                         next.progress.asked_at.entry(r.block.clone()).or_insert(now);
                         tracing::info!(device = %op.device, operation = %op.id, block = %r.block, reason = %r.reason, "asking lock holder to release");
+                        sent.push((IntentKind::ReleaseRequest.as_str(), r.reason.as_str()));
                         NewIntent {
                             kind: IntentKind::ReleaseRequest,
                             body: IntentBody::release_request(r, target, window).to_json(),
@@ -794,18 +860,24 @@ impl<S: Store> Scheduler<S> {
                 let mut intents: Vec<NewIntent> = notices
                     .iter()
                     .filter(|(_, r)| **r == Reason::UpdateNoRestart)
-                    .map(|(b, r)| NewIntent {
-                        kind: IntentKind::Notice,
-                        body: IntentBody::notice(
-                            b,
-                            *r,
-                            format!("release {target} lands; {b} is unchanged and keeps running"),
-                        )
-                        .to_json(),
-                        operation: Some(op.id),
+                    .map(|(b, r)| {
+                        sent.push((IntentKind::Notice.as_str(), r.as_str()));
+                        NewIntent {
+                            kind: IntentKind::Notice,
+                            body: IntentBody::notice(
+                                b,
+                                *r,
+                                format!(
+                                    "release {target} lands; {b} is unchanged and keeps running"
+                                ),
+                            )
+                            .to_json(),
+                            operation: Some(op.id),
+                        }
                     })
                     .collect();
                 tracing::info!(device = %op.device, operation = %op.id, disturbed = disturbed.len(), "sending apply");
+                sent.push((IntentKind::Apply.as_str(), "none"));
                 intents.push(NewIntent {
                     kind: IntentKind::Apply,
                     body: IntentBody::apply(apply_op, &fence, &disturbed, &forced).to_json(),
@@ -831,6 +903,9 @@ impl<S: Store> Scheduler<S> {
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
+        }
+        for (kind, reason) in sent {
+            self.metrics.intent_sent(kind, reason);
         }
         let event = match next.status {
             OpStatus::Failed => Some(EventKind::Failed {
@@ -863,6 +938,17 @@ impl<S: Store> Scheduler<S> {
             self.hub.notify(&op.device);
         }
         Ok(())
+    }
+}
+
+/// A step's name, for the decision span.
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::Wait => "wait",
+        Step::RequestRelease { .. } => "request_release",
+        Step::WaitWindow { .. } => "wait_window",
+        Step::Apply { .. } => "apply",
+        Step::Fail { .. } => "fail",
     }
 }
 

@@ -1,6 +1,9 @@
 //! `lockstep serve`: assembles the gRPC server (our services, health,
 //! reflection) and the web dashboard over the same store, scheduler and
-//! events, and runs them until SIGINT or SIGTERM.
+//! events, and runs them until SIGINT or SIGTERM. Every service but
+//! `AgentService`, health and reflection is wrapped in
+//! [`RequireToken`](grpc::access::RequireToken); when no admin token is
+//! usable, one is created first and written to the bootstrap token file.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,15 +12,18 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::access::{self, BootstrapError, Tokens};
 use crate::dashboard::{self, Dashboard};
 use crate::events::Events;
 use crate::grpc;
+use crate::grpc::access::RequireToken;
 use crate::hub::Hub;
 use crate::ingest::{IngestConfig, Ingestor};
 use crate::limits::MAX_MESSAGE_BYTES;
 use crate::overload::{OverloadConfig, OverloadLayer};
 use crate::scheduler::{Scheduler, Wakeups};
 use crate::store::Store;
+use crate::telemetry::{self, Metrics, MetricsEndpoint};
 use crate::tls::ServerTls;
 
 /// How long in-flight calls may finish after a shutdown signal.
@@ -46,6 +52,8 @@ pub enum ServeError {
         "refusing plain text on {addr}, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-plaintext to accept that traffic is readable on the network"
     )]
     Plaintext { addr: SocketAddr },
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
 }
 
 /// How to run the server.
@@ -62,6 +70,11 @@ pub struct ServeConfig {
     pub insecure_plaintext: bool,
     /// Timeouts, in-flight and rate limits of the gRPC server.
     pub overload: OverloadConfig,
+    /// Where a bootstrap admin token is written when no admin token is
+    /// usable (mode 0600).
+    pub bootstrap_token_file: std::path::PathBuf,
+    /// The Prometheus scrape endpoint (`GET /metrics`), if any.
+    pub metrics: Option<MetricsEndpoint>,
 }
 
 impl ServeConfig {
@@ -90,7 +103,9 @@ macro_rules! limited {
 }
 
 /// The gRPC services whose health follows the database's.
-const DB_BACKED: [&str; 6] = [
+const DB_BACKED: [&str; 8] = [
+    "lockstep.v1.TokenService",
+    "lockstep.v1.AuditService",
     "lockstep.v1.RolloutService",
     "lockstep.v1.WindowService",
     "lockstep.v1.CatalogService",
@@ -104,6 +119,7 @@ const DB_BACKED: [&str; 6] = [
 pub struct Bound {
     listener: TcpListener,
     dashboard: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     config: ServeConfig,
 }
 
@@ -122,9 +138,14 @@ impl Bound {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let metrics = match &config.metrics {
+            Some(m) => Some(bind(m.listen).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
             dashboard,
+            metrics,
             config,
         })
     }
@@ -147,6 +168,15 @@ impl Bound {
         store: S,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        let token_file = &self.config.bootstrap_token_file;
+        if let Some(t) = access::bootstrap(&store, token_file).await? {
+            tracing::warn!(
+                token = %t.id,
+                path = %token_file.display(),
+                "no usable admin token: created one and wrote it to the bootstrap token file (mode 0600); use it to create scoped tokens (lockstep token create), then keep it safe or revoke it"
+            );
+        }
+        let tokens = Tokens::new(store.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
@@ -169,13 +199,22 @@ impl Bound {
                 .await;
         }
         let background = tokio::spawn(watch_database(store.clone(), health.clone()));
-        let hub = Hub::default();
+        let metrics = Metrics::global();
+        let hub = Hub::with_metrics(metrics.clone());
         let wakeups = Wakeups::default();
-        let (ingestor, ingest_task) = Ingestor::spawn(store.clone(), IngestConfig::default());
+        let (ingestor, ingest_task) =
+            Ingestor::spawn_with_metrics(store.clone(), IngestConfig::default(), metrics.clone());
         let events = Events::default();
         let scheduler = tokio::spawn(
-            Scheduler::new(store.clone(), hub.clone(), wakeups.clone(), events.clone()).run(),
+            Scheduler::new(store.clone(), hub.clone(), wakeups.clone(), events.clone())
+                .with_metrics(metrics.clone())
+                .run(),
         );
+        let counting = tokio::spawn(telemetry::count_operations(
+            store.clone(),
+            events.clone(),
+            metrics,
+        ));
         let rollouts = crate::rollouts::Rollouts::new(
             store.clone(),
             wakeups.clone(),
@@ -203,6 +242,7 @@ impl Bound {
                 store.clone(),
                 wakeups.clone(),
                 events.clone(),
+                rollouts.clone(),
                 stop_rx.clone(),
             ));
             let mut stopped = stop_rx.clone();
@@ -214,6 +254,20 @@ impl Bound {
         if let Some(url) = &dashboard_url {
             tracing::info!(url = %url, "dashboard listening");
         }
+        let scrape = self.metrics.zip(self.config.metrics).map(|(listener, m)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(url = %format!("http://{addr}/metrics"), "metrics listening");
+            }
+            let mut stopped = stop_rx.clone();
+            tokio::spawn(dashboard::serve(
+                listener,
+                None,
+                telemetry::router(m.scrape),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
         let incoming = TcpListenerStream::new(self.listener);
         let mut stopped = stop_rx.clone();
         let mut builder = tonic::transport::Server::builder();
@@ -222,45 +276,70 @@ impl Bound {
                 .tls_config(tls.grpc())
                 .map_err(|source| ServeError::Transport { source })?;
         }
+        // Layers: spans outermost (a call refused by any layer below still
+        // gets its span and status), then overload (rate, in-flight,
+        // timeout, stream cap), then per service the message-size limits
+        // around the token check.
         let server = builder
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .max_concurrent_streams(Some(16))
-            .http2_max_header_list_size(Some(crate::limits::MAX_HEADER_LIST_BYTES))
+            .layer(telemetry::RpcSpans)
             .layer(OverloadLayer::new(
                 self.config.overload.clone(),
                 crate::overload::served_streaming_methods(),
             ))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_concurrent_streams(Some(16))
+            .http2_max_header_list_size(Some(crate::limits::MAX_HEADER_LIST_BYTES))
             .add_service(limited!(health_service))
-            .add_service(limited!(
-                grpc::pb::catalog_service_server::CatalogServiceServer::new(
+            .add_service(RequireToken::new(
+                limited!(grpc::pb::catalog_service_server::CatalogServiceServer::new(
                     grpc::catalog::Catalog::new(store.clone()),
-                )
+                )),
+                tokens.clone(),
             ))
-            .add_service(limited!(
-                grpc::pb::device_service_server::DeviceServiceServer::new(
+            .add_service(RequireToken::new(
+                limited!(grpc::pb::device_service_server::DeviceServiceServer::new(
                     grpc::device::Devices::new(store.clone(), wakeups.clone()),
-                )
+                )),
+                tokens.clone(),
             ))
-            .add_service(limited!(
-                grpc::pb::operation_service_server::OperationServiceServer::new(
-                    grpc::operation::Operations::new(
-                        store.clone(),
-                        wakeups.clone(),
-                        events.clone(),
-                    ),
-                )
+            .add_service(RequireToken::new(
+                limited!(
+                    grpc::pb::operation_service_server::OperationServiceServer::new(
+                        grpc::operation::Operations::new(
+                            store.clone(),
+                            wakeups.clone(),
+                            events.clone(),
+                        ),
+                    )
+                ),
+                tokens.clone(),
             ))
-            .add_service(limited!(
-                grpc::pb::window_service_server::WindowServiceServer::new(
+            .add_service(RequireToken::new(
+                limited!(grpc::pb::window_service_server::WindowServiceServer::new(
                     grpc::window::Windows::new(store.clone(), wakeups.clone()),
-                )
+                )),
+                tokens.clone(),
             ))
-            .add_service(limited!(
-                grpc::pb::rollout_service_server::RolloutServiceServer::new(
+            .add_service(RequireToken::new(
+                limited!(grpc::pb::rollout_service_server::RolloutServiceServer::new(
                     grpc::rollout::RolloutApi::new(rollouts.clone()),
-                )
+                )),
+                tokens.clone(),
             ))
+            .add_service(RequireToken::new(
+                limited!(grpc::pb::token_service_server::TokenServiceServer::new(
+                    grpc::token::TokenApi::new(store.clone()),
+                )),
+                tokens.clone(),
+            ))
+            .add_service(RequireToken::new(
+                limited!(grpc::pb::audit_service_server::AuditServiceServer::new(
+                    grpc::audit::AuditApi::new(store.clone()),
+                )),
+                tokens,
+            ))
+            // Devices authenticate with their own credential, on their stream.
             .add_service(limited!(
                 grpc::pb::agent_service_server::AgentServiceServer::new(
                     grpc::agent::Agents::new(
@@ -312,6 +391,10 @@ impl Bound {
                 ),
             }
         }
+        if let Some(scrape) = scrape {
+            scrape.abort();
+        }
+        counting.abort();
         background.abort();
         pruning.abort();
         scheduler.abort();

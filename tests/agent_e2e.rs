@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lockstep::domain::{DeviceId, IntentKind, IntentSeq, NewIntent};
 use lockstep::grpc::pb;
-use lockstep::store::{PoolOptions, SqliteStore, Store};
+use lockstep::store::{AuditFilter, PoolOptions, SqliteStore, Store};
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
 use pb::operation_service_client::OperationServiceClient;
@@ -110,7 +110,7 @@ impl Fixture {
         self.agent = Some(agent);
     }
 
-    async fn channel(&self) -> tonic::transport::Channel {
+    async fn channel(&self) -> support::Chan {
         self.server
             .as_ref()
             .expect("server running")
@@ -1001,7 +1001,7 @@ async fn a_deferral_past_the_limit_is_time_forced_when_the_policy_says_force() {
     let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
         .await
         .unwrap();
-    let audit = store.list_audit(0, 100).await.unwrap();
+    let audit = store.list_audit(&AuditFilter::default()).await.unwrap();
     assert!(
         audit
             .iter()
@@ -1033,7 +1033,7 @@ async fn a_deferral_past_the_limit_turns_the_operation_overdue_when_the_policy_s
     let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
         .await
         .unwrap();
-    let audit = store.list_audit(0, 100).await.unwrap();
+    let audit = store.list_audit(&AuditFilter::default()).await.unwrap();
     assert!(
         audit.iter().any(|(_, e)| e.action == "deferral_expired"),
         "{audit:?}"
@@ -1159,9 +1159,7 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
         fx.state().await.device.unwrap().status(),
         pb::DeviceStatus::WaitingApproval
     );
-    let pending = |windows: &mut pb::window_service_client::WindowServiceClient<
-        tonic::transport::Channel,
-    >| {
+    let pending = |windows: &mut pb::window_service_client::WindowServiceClient<support::Chan>| {
         let mut w = windows.clone();
         async move {
             w.list_approvals(pb::ListApprovalsRequest {
@@ -1252,7 +1250,7 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
         .await
         .unwrap();
     let actions: Vec<String> = store
-        .list_audit(0, 100)
+        .list_audit(&AuditFilter::default())
         .await
         .unwrap()
         .into_iter()
@@ -1861,7 +1859,7 @@ async fn a_force_naming_a_overrides_only_a_and_is_audited() {
     let store = SqliteStore::open(&fx.data_dir, &PoolOptions::default())
         .await
         .unwrap();
-    let audit = store.list_audit(0, 100).await.unwrap();
+    let audit = store.list_audit(&AuditFilter::default()).await.unwrap();
     let actions: Vec<&str> = audit.iter().map(|(_, e)| e.action.as_str()).collect();
     assert!(
         actions.contains(&"force_requested") && actions.contains(&"force_applied"),

@@ -44,12 +44,27 @@ impl Run {
     }
 }
 
-/// Runs `lockstep <args>` with `LOCKSTEP_SERVER=server`, for at most 60 s.
+/// Runs `lockstep <args>` with `LOCKSTEP_SERVER=server` and no token, for
+/// at most 60 s.
 fn lockstep(server: &str, args: &[&str]) -> Run {
-    let mut child = Command::new(BIN)
+    run_cli(server, None, args)
+}
+
+/// [`lockstep`] with `LOCKSTEP_TOKEN=token`.
+fn lockstep_as(server: &str, token: &str, args: &[&str]) -> Run {
+    run_cli(server, Some(token), args)
+}
+
+fn run_cli(server: &str, token: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("LOCKSTEP_TOKEN")
+        .env_remove("LOCKSTEP_TOKEN_FILE");
+    if let Some(t) = token {
+        cmd.env("LOCKSTEP_TOKEN", t);
+    }
+    let mut child = cmd
         .args(args)
         .env("LOCKSTEP_SERVER", server)
-        .env_remove("LOCKSTEP_TOKEN")
         .env("LOCKSTEP_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -99,7 +114,8 @@ fn digest(c: char) -> String {
 fn an_operator_runs_the_catalog_devices_env_and_operations() {
     let server = Server::start(&[]);
     let url = server.url();
-    let cli = |args: &[&str]| lockstep(&url, args);
+    let token = server.token();
+    let cli = |args: &[&str]| lockstep_as(&url, &token, args);
     let tmp = tempfile::tempdir().expect("temp dir");
 
     // Fleets.
@@ -355,8 +371,17 @@ fn an_operator_runs_the_catalog_devices_env_and_operations() {
     assert_eq!(op["kind"], "reboot");
     let got = cli(&["op", "get", &id]).ok();
     assert!(got.stdout.contains("pending"), "{got:?}");
-    let got = cli(&["op", "get", &id, "--output", "json", "--token", "t0k3n"]).json();
+    let got = cli(&["op", "get", &id, "--output", "json"]).json();
     assert_eq!(got["status"], "pending");
+    // --token wins over LOCKSTEP_TOKEN: a made-up one is refused, exit 7.
+    let refused = cli(&["op", "get", &id, "--token", "t0k3n"]);
+    assert_eq!(refused.code, 7, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .starts_with("error: UNAUTHENTICATED: not an API token"),
+        "{refused:?}"
+    );
     let waited = cli(&["op", "wait", &id, "--timeout", "300ms"]);
     assert_eq!(waited.code, 6, "{waited:?}");
     assert!(waited.stderr.contains("still pending"), "{waited:?}");

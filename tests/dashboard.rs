@@ -2,8 +2,9 @@
 //! with its dashboard on a free loopback port, seeded through the gRPC API,
 //! real agents and flock-holding blocks where a scenario needs them, and
 //! headless Chromium (Debian's `/usr/bin/chromium`, driven by playwright-core
-//! from `tests/browser/`) looking at the pages. Plain HTTP checks cover the
-//! JSON API's errors and the event stream.
+//! from `tests/browser/`) looking at the pages after logging in with the
+//! server's admin token. Plain HTTP checks cover the login, what each token
+//! may see and do, the JSON API's errors and the event stream.
 //!
 //! The browser tests fail — never skip — when node, Chromium or
 //! playwright-core is missing, naming the command that installs it.
@@ -18,6 +19,7 @@ use lockstep::grpc::pb;
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
 use pb::operation_service_client::OperationServiceClient;
+use pb::rollout_service_client::RolloutServiceClient;
 use pb::window_service_client::WindowServiceClient;
 use support::{Agent, Server, eventually, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -42,6 +44,8 @@ struct Fixture {
     server: Server,
     /// The dashboard's base URL, with a trailing slash.
     dashboard: String,
+    /// The server's admin token.
+    token: String,
     agent: Option<Agent>,
     dir: tempfile::TempDir,
 }
@@ -60,9 +64,11 @@ impl Fixture {
             None,
         );
         let dashboard = dashboard_url(&server);
+        let token = server.token();
         let fx = Fixture {
             server,
             dashboard,
+            token,
             agent: None,
             dir,
         };
@@ -237,22 +243,82 @@ impl Fixture {
 
     /// GET a dashboard path (no leading slash); (status, JSON body).
     async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let (status, _, body) = http(&self.dashboard, "GET", path, None, "").await;
-        (status, serde_json::from_str(&body).unwrap_or_default())
+        get_json(&self.dashboard, &self.token, path).await
     }
 
     /// POST a JSON body to a dashboard path; (status, JSON body).
     async fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
-        let (status, _, body) = http(
-            &self.dashboard,
-            "POST",
-            path,
-            Some("application/json"),
-            body,
-        )
-        .await;
-        (status, serde_json::from_str(&body).unwrap_or_default())
+        post_json(&self.dashboard, &self.token, path, body).await
     }
+
+    /// A rollout of release r1 to the fleet, created through gRPC. dev-1
+    /// never connects, so its operation stays in flight and the rollout
+    /// running until an operator acts; returns once that operation exists.
+    async fn running_rollout(&self) -> u64 {
+        let id = create_rollout(self.server.channel().await, "r1", 0).await;
+        eventually(30, "dev-1's rollout operation to start", || async {
+            let (_, s) = self.get(&format!("api/rollouts/{id}")).await;
+            (s["progress"]["in_flight"] == 1).then_some(())
+        })
+        .await;
+        id
+    }
+}
+
+/// GET a dashboard path (no leading slash) with `token`; (status, JSON body).
+async fn get_json(base: &str, token: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = http(base, Some(token), "GET", path, None, "").await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// POST a JSON body to a dashboard path with `token`; (status, JSON body).
+async fn post_json(base: &str, token: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = http(
+        base,
+        Some(token),
+        "POST",
+        path,
+        Some("application/json"),
+        body,
+    )
+    .await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// Creates a rollout of `release` to fleet `site` through gRPC, with a
+/// canary of `canary` devices and then everyone else; its id.
+async fn create_rollout(ch: support::Chan, release: &str, canary: u32) -> u64 {
+    RolloutServiceClient::new(ch)
+        .create_rollout(pb::CreateRolloutRequest {
+            fleet: "site".into(),
+            target: Some(pb::create_rollout_request::Target::Release(release.into())),
+            strategy: Some(pb::RolloutStrategy {
+                canary,
+                ..Default::default()
+            }),
+            actor: "ops@example".into(),
+            seed: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .rollout
+        .unwrap()
+        .id
+}
+
+/// A rollout as gRPC `GetRollout` sees it.
+async fn grpc_rollout(ch: support::Chan, id: u64) -> pb::RolloutStatus {
+    RolloutServiceClient::new(ch)
+        .get_rollout(pb::GetRolloutRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
 }
 
 impl Drop for Fixture {
@@ -302,9 +368,11 @@ fn dashboard_url(server: &Server) -> String {
     }
 }
 
-/// One HTTP/1.1 request over a plain TCP connection; (status, headers, body).
+/// One HTTP/1.1 request over a plain TCP connection, with the token as a
+/// bearer header if given; (status, headers, body).
 async fn http(
     base: &str,
+    token: Option<&str>,
     method: &str,
     path: &str,
     content_type: Option<&str>,
@@ -318,8 +386,11 @@ async fn http(
     let ct = content_type
         .map(|c| format!("Content-Type: {c}\r\n"))
         .unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\n{ct}{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(req.as_bytes()).await.unwrap();
@@ -396,12 +467,15 @@ struct Browser {
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl Browser {
-    fn start(script: &str, url: &str, shots: &Path) -> Browser {
+    /// Runs `script` against the dashboard at `url`, logging in with `token`
+    /// on the login page first.
+    fn start(script: &str, url: &str, token: &str, shots: &Path) -> Browser {
         let dir = browser_prerequisites();
         let mut child = tokio::process::Command::new("node")
             .arg(dir.join(script))
             .arg(url)
             .arg(shots)
+            .env("LOCKSTEP_TOKEN", token)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -546,7 +620,7 @@ async fn the_device_page_shows_a_wait_on_a_held_lock_and_follows_its_release_liv
     assert_eq!(fleets["fleets"][0]["counts"]["waiting_lock"], 1, "{fleets}");
 
     let shots = screenshot_dir("device-lock");
-    let mut browser = Browser::start("device_lock.mjs", &fx.dashboard, &shots);
+    let mut browser = Browser::start("device_lock.mjs", &fx.dashboard, &fx.token, &shots);
     browser.step("ready").await;
     browser
         .reply(serde_json::json!({ "device": "dev-1" }))
@@ -594,7 +668,7 @@ async fn a_customer_declines_then_approves_a_window_on_the_approvals_page() {
     fx.wait_op(first, "waiting_approval").await;
 
     let shots = screenshot_dir("approvals");
-    let mut browser = Browser::start("approvals.mjs", &fx.dashboard, &shots);
+    let mut browser = Browser::start("approvals.mjs", &fx.dashboard, &fx.token, &shots);
     browser.step("ready").await;
     browser
         .reply(serde_json::json!({ "operation": first }))
@@ -647,7 +721,13 @@ async fn a_customer_declines_then_approves_a_window_on_the_approvals_page() {
     );
     let (_, decided) = fx.get("api/approvals?status=approved").await;
     assert_eq!(decided["approvals"][0]["operation"]["id"], second);
-    assert_eq!(decided["approvals"][0]["decided_by"], "customer@site");
+    let decided_by = decided["approvals"][0]["decided_by"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        decided_by.starts_with("customer@site via bootstrap-admin (token "),
+        "the name given on the page, beside the token that decided: {decided_by}"
+    );
     assert_eq!(decided["approvals"][0]["approved"]["start_ms"], start);
     // Decided once: deciding again is refused, whichever way.
     let id = decided["approvals"][0]["id"].as_i64().unwrap();
@@ -678,6 +758,12 @@ async fn the_json_api_refuses_bad_input_with_400_naming_the_field() {
         ("api/operations/abc", "id"),
         ("api/approvals?status=maybe", "status"),
         ("api/events?device=no%20spaces", "device"),
+        ("api/rollouts?fleet=Bad%20Fleet!", "fleet"),
+        ("api/rollouts?limit=0", "limit"),
+        ("api/rollouts?colour=red", "colour"),
+        ("api/rollouts/0", "id"),
+        ("api/rollouts/abc", "id"),
+        ("api/rollouts/-3/events", "id"),
     ] {
         let (status, body) = fx.get(path).await;
         assert_eq!(
@@ -691,7 +777,6 @@ async fn the_json_api_refuses_bad_input_with_400_naming_the_field() {
         );
     }
     for (body, field) in [
-        (r#"{"occurrence":{"start_ms":1,"end_ms":2}}"#, "actor"),
         (r#"{"actor":"x"}"#, "occurrence"),
         (r#"{"actor":"x","occurrence":"soon"}"#, "occurrence"),
         (
@@ -716,16 +801,61 @@ async fn the_json_api_refuses_bad_input_with_400_naming_the_field() {
         )
         .await;
     assert_eq!((status, answer["field"].as_str()), (400, Some("message")));
+    // Rollout actions need why (the audit log says it, beside the token;
+    // `actor` is an optional note); the body is checked before the rollout
+    // is looked up.
+    for action in ["pause", "resume", "abort"] {
+        for (body, field) in [
+            (r#"{"actor":7,"reason":"site visit"}"#, "actor"),
+            (r#"{"actor":"ops@site"}"#, "reason"),
+            (r#"{"reason":"  "}"#, "reason"),
+            (r#"{"actor":"ops@site","reason":["no"]}"#, "reason"),
+            ("not json", "body"),
+            ("[1]", "body"),
+        ] {
+            let (status, answer) = fx.post(&format!("api/rollouts/1/{action}"), body).await;
+            assert_eq!(
+                (status, answer["field"].as_str()),
+                (400, Some(field)),
+                "{action} {body}: {answer}"
+            );
+        }
+        let (status, answer) = fx
+            .post(
+                &format!("api/rollouts/x/{action}"),
+                r#"{"actor":"a","reason":"b"}"#,
+            )
+            .await;
+        assert_eq!((status, answer["field"].as_str()), (400, Some("id")));
+    }
+    let long = "x".repeat(4097);
+    let (status, answer) = fx
+        .post(
+            "api/rollouts/1/pause",
+            &serde_json::json!({ "actor": "a", "reason": long }).to_string(),
+        )
+        .await;
+    assert_eq!((status, answer["field"].as_str()), (400, Some("reason")));
+    let (status, answer) = fx
+        .post(
+            "api/rollouts/1/pause",
+            &serde_json::json!({ "actor": "x".repeat(257), "reason": "why" }).to_string(),
+        )
+        .await;
+    assert_eq!((status, answer["field"].as_str()), (400, Some("actor")));
     // A write must say it is JSON (a cross-site form cannot).
-    let (status, _, _) = http(
-        &fx.dashboard,
-        "POST",
-        "api/approvals/1/decline",
-        Some("application/x-www-form-urlencoded"),
-        "message=x&actor=y",
-    )
-    .await;
-    assert_eq!(status, 415);
+    for path in ["api/approvals/1/decline", "api/rollouts/1/abort"] {
+        let (status, _, _) = http(
+            &fx.dashboard,
+            Some(&fx.token),
+            "POST",
+            path,
+            Some("application/x-www-form-urlencoded"),
+            "reason=x&actor=y",
+        )
+        .await;
+        assert_eq!(status, 415, "{path}");
+    }
 }
 
 #[tokio::test]
@@ -738,6 +868,9 @@ async fn the_json_api_answers_404_for_what_does_not_exist() {
         "api/devices?fleet=elsewhere",
         "api/events?fleet=elsewhere",
         "api/events?device=dev-9",
+        "api/rollouts/999",
+        "api/rollouts/999/events",
+        "api/rollouts?fleet=elsewhere",
         "api/nothing-here",
     ] {
         let (status, body) = fx.get(path).await;
@@ -755,20 +888,52 @@ async fn the_json_api_answers_404_for_what_does_not_exist() {
         .await;
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("999"), "{body}");
-    let (status, _, page) = http(&fx.dashboard, "GET", "devices/dev-9", None, "").await;
+    for action in ["pause", "resume", "abort"] {
+        let (status, body) = fx
+            .post(
+                &format!("api/rollouts/999/{action}"),
+                r#"{"actor":"ops@site","reason":"site visit"}"#,
+            )
+            .await;
+        assert_eq!(status, 404, "{action}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("999"), "{body}");
+    }
+    let (status, _, page) = http(
+        &fx.dashboard,
+        Some(&fx.token),
+        "GET",
+        "devices/dev-9",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(status, 404);
     assert!(page.contains("No device dev-9"), "{page}");
+    for (path, says) in [
+        ("rollouts/999", "No rollout 999"),
+        ("rollouts/abc", "No such rollout"),
+    ] {
+        let (status, _, page) = http(&fx.dashboard, Some(&fx.token), "GET", path, None, "").await;
+        assert_eq!(status, 404, "{path}");
+        assert!(page.contains(says), "{path}: {page}");
+    }
 }
 
 #[tokio::test]
 async fn the_pages_and_assets_are_served_from_the_binary_with_a_shared_nav() {
     let fx = Fixture::start().await;
+    let rollout = fx.running_rollout().await;
+    let rollout_page = format!("rollouts/{rollout}");
+    let rollout_marker = format!("data-rollout=\"{rollout}\"");
     for (path, marker) in [
         ("", "data-page=\"fleet\""),
         ("approvals", "data-page=\"approvals\""),
         ("devices/dev-1", "data-device=\"dev-1\""),
+        ("rollouts", "data-page=\"rollouts\""),
+        (rollout_page.as_str(), rollout_marker.as_str()),
     ] {
-        let (status, head, page) = http(&fx.dashboard, "GET", path, None, "").await;
+        let (status, head, page) =
+            http(&fx.dashboard, Some(&fx.token), "GET", path, None, "").await;
         assert_eq!(status, 200, "/{path}");
         assert!(head.contains("content-type: text/html"), "/{path}: {head}");
         assert!(
@@ -776,7 +941,11 @@ async fn the_pages_and_assets_are_served_from_the_binary_with_a_shared_nav() {
             "{head}"
         );
         assert!(page.contains(marker), "/{path}: {page}");
-        for link in ["<a href=\"/\"", "<a href=\"/approvals\""] {
+        for link in [
+            "<a href=\"/\"",
+            "<a href=\"/rollouts\"",
+            "<a href=\"/approvals\"",
+        ] {
             assert!(page.contains(link), "/{path} has the nav link {link}");
         }
         assert!(page.contains("/assets/app.js") && page.contains("/assets/app.css"));
@@ -787,14 +956,31 @@ async fn the_pages_and_assets_are_served_from_the_binary_with_a_shared_nav() {
         ("fleet.js", "text/javascript"),
         ("device.js", "text/javascript"),
         ("approvals.js", "text/javascript"),
+        ("rollouts.js", "text/javascript"),
+        ("rollout.js", "text/javascript"),
     ] {
-        let (status, head, body) =
-            http(&fx.dashboard, "GET", &format!("assets/{asset}"), None, "").await;
+        let (status, head, body) = http(
+            &fx.dashboard,
+            Some(&fx.token),
+            "GET",
+            &format!("assets/{asset}"),
+            None,
+            "",
+        )
+        .await;
         assert_eq!(status, 200, "{asset}");
         assert!(head.contains(kind), "{asset}: {head}");
         assert!(!body.is_empty());
     }
-    let (status, _, _) = http(&fx.dashboard, "GET", "assets/missing.js", None, "").await;
+    let (status, _, _) = http(
+        &fx.dashboard,
+        Some(&fx.token),
+        "GET",
+        "assets/missing.js",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -840,7 +1026,7 @@ async fn the_event_stream_sends_the_watched_devices_events_as_json() {
     let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
     stream
         .write_all(
-            format!("GET /api/events?device=dev-1 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+            format!("GET /api/events?device=dev-1 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCookie: lockstep_token={}\r\n\r\n", fx.token)
                 .as_bytes(),
         )
         .await
@@ -933,5 +1119,1130 @@ fn the_dashboard_listen_flag_refuses_what_is_not_an_address_or_off() {
     assert!(
         err.contains("--dashboard-listen") && err.contains("off"),
         "{err}"
+    );
+}
+
+// ------------------------------------------------------------ who may look
+
+/// A new token made through `TokenService` with the fixture's admin token.
+async fn new_token(fx: &Fixture, role: &str, fleets: &[&str]) -> String {
+    pb::token_service_client::TokenServiceClient::new(fx.server.channel().await)
+        .create_token(pb::CreateTokenRequest {
+            name: format!("{role} token"),
+            role: role.into(),
+            fleets: fleets.iter().map(|f| (*f).into()).collect(),
+            expires_in_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret
+}
+
+/// GET with `token` as a bearer header; (status, JSON body).
+async fn get_as(fx: &Fixture, token: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = http(&fx.dashboard, Some(token), "GET", path, None, "").await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// POST a JSON body with `token` as a bearer header; (status, JSON body).
+async fn post_as(fx: &Fixture, token: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = http(
+        &fx.dashboard,
+        Some(token),
+        "POST",
+        path,
+        Some("application/json"),
+        body,
+    )
+    .await;
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// One request carrying a `Cookie` header; (status, headers, body).
+async fn with_cookie(
+    fx: &Fixture,
+    method: &str,
+    path: &str,
+    cookie: &str,
+) -> (u16, String, String) {
+    let host = fx
+        .dashboard
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test]
+async fn without_a_token_pages_go_to_the_login_and_the_api_answers_401() {
+    let fx = Fixture::start().await;
+    for (path, next) in [
+        ("", "/"),
+        ("approvals", "/approvals"),
+        ("devices/dev-1", "/devices/dev-1"),
+        ("rollouts", "/rollouts"),
+        ("rollouts/1", "/rollouts/1"),
+    ] {
+        let (status, head, _) = http(&fx.dashboard, None, "GET", path, None, "").await;
+        assert_eq!(status, 303, "/{path}");
+        assert!(
+            head.contains(&format!("location: /login?next={next}")),
+            "/{path}: {head}"
+        );
+    }
+    for path in [
+        "api/fleets",
+        "api/devices",
+        "api/approvals",
+        "api/events",
+        "api/me",
+        "api/rollouts",
+        "api/rollouts/1",
+        "api/rollouts/1/events",
+    ] {
+        let (status, _, body) = http(&fx.dashboard, None, "GET", path, None, "").await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("missing authorization"), "{path}: {body}");
+    }
+    for (path, body) in [
+        ("api/approvals/1/decline", r#"{"message":"no"}"#),
+        ("api/rollouts/1/pause", r#"{"reason":"no"}"#),
+    ] {
+        let (status, _, answer) = http(
+            &fx.dashboard,
+            None,
+            "POST",
+            path,
+            Some("application/json"),
+            body,
+        )
+        .await;
+        assert_eq!(status, 401, "{path}: {answer}");
+    }
+    // The login page and its assets need no token; the nav is not shown.
+    let (status, _, page) = http(&fx.dashboard, None, "GET", "login", None, "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("id=\"login\"") && !page.contains("<a href=\"/approvals\""));
+    let (status, _, _) = http(&fx.dashboard, None, "GET", "assets/login.js", None, "").await;
+    assert_eq!(status, 200);
+
+    // Logging in: a bad token is refused; a good one is kept in a cookie
+    // scripts cannot read and other sites cannot send.
+    for (body, want) in [
+        (r#"{"token":"lst_000000000000_nope"}"#, 401),
+        (r#"{"token":"hunter2"}"#, 401),
+        (r#"{}"#, 400),
+    ] {
+        let (status, _, answer) = http(
+            &fx.dashboard,
+            None,
+            "POST",
+            "api/login",
+            Some("application/json"),
+            body,
+        )
+        .await;
+        assert_eq!(status, want, "{body}: {answer}");
+    }
+    let (status, head, body) = http(
+        &fx.dashboard,
+        None,
+        "POST",
+        "api/login",
+        Some("application/json"),
+        &format!(r#"{{"token":"{}"}}"#, fx.token),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cookie_line = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    for part in [
+        "lockstep_token=lst_",
+        "httponly",
+        "samesite=strict",
+        "path=/",
+    ] {
+        assert!(cookie_line.contains(part), "{part} in {cookie_line}");
+    }
+    let cookie = format!("lockstep_token={}", fx.token);
+    let (status, _, page) = with_cookie(&fx, "GET", "", &cookie).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("bootstrap-admin · admin · all fleets"),
+        "{page}"
+    );
+    let (status, _, me) = with_cookie(&fx, "GET", "api/me", &cookie).await;
+    assert_eq!(status, 200);
+    let me: serde_json::Value = serde_json::from_str(&me).unwrap();
+    assert_eq!(me["role"], "admin");
+    let (status, head, _) = with_cookie(&fx, "POST", "api/logout", &cookie).await;
+    assert_eq!(status, 204);
+    assert!(head.contains("max-age=0"), "{head}");
+
+    // A revoked token's cookie no longer opens anything.
+    let viewer = new_token(&fx, "viewer", &[]).await;
+    let id = viewer.split('_').nth(1).unwrap().to_owned();
+    pb::token_service_client::TokenServiceClient::new(fx.server.channel().await)
+        .revoke_token(pb::RevokeTokenRequest {
+            id,
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let (status, _, body) = with_cookie(
+        &fx,
+        "GET",
+        "api/fleets",
+        &format!("lockstep_token={viewer}"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(body.contains("was revoked"), "{body}");
+}
+
+#[tokio::test]
+async fn a_customer_sees_only_its_fleets_and_a_viewer_cannot_decide() {
+    let fx = Fixture::start().await;
+    let mut devs = DeviceServiceClient::new(fx.server.channel().await);
+    devs.create_fleet(pb::CreateFleetRequest {
+        id: "other".into(),
+        name: "Elsewhere".into(),
+    })
+    .await
+    .unwrap();
+    devs.register_device(pb::RegisterDeviceRequest {
+        id: "dev-2".into(),
+        fleet: "other".into(),
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    // An open approval on dev-1 (site): dev-1 never connects here, so it is
+    // opened straight in the database.
+    let op = fx
+        .create_op(pb::operation_spec::Kind::OsUpdate("2.0".into()))
+        .await;
+    let store = lockstep::store::SqliteStore::open(
+        &fx.dir.path().join("server-data"),
+        &lockstep::store::PoolOptions::default(),
+    )
+    .await
+    .unwrap();
+    use lockstep::store::Store as _;
+    let approval = store
+        .create_approval(
+            lockstep::domain::OperationId(op as i64),
+            lockstep::clock::now(),
+        )
+        .await
+        .unwrap()
+        .id;
+
+    let other = new_token(&fx, "customer", &["other"]).await;
+    let (_, fleets) = get_as(&fx, &other, "api/fleets").await;
+    assert_eq!(fleets["fleets"].as_array().unwrap().len(), 1, "{fleets}");
+    assert_eq!(fleets["fleets"][0]["id"], "other");
+    let (_, devices) = get_as(&fx, &other, "api/devices").await;
+    let ids: Vec<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["dev-2"]);
+    for path in [
+        "api/devices/dev-1",
+        "api/devices/dev-1/timeline",
+        "api/devices?fleet=site",
+        &format!("api/operations/{op}"),
+        "api/events?fleet=site",
+        "api/events?device=dev-1",
+    ] {
+        let (status, body) = get_as(&fx, &other, path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not scoped to fleet site")),
+            "{path}: {body}"
+        );
+    }
+    let (status, _, page) = http(
+        &fx.dashboard,
+        Some(&other),
+        "GET",
+        "devices/dev-1",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(page.contains("not scoped to fleet site"), "{page}");
+    let (_, approvals) = get_as(&fx, &other, "api/approvals").await;
+    assert_eq!(approvals["approvals"], serde_json::json!([]), "{approvals}");
+    let (status, body) = post_as(
+        &fx,
+        &other,
+        &format!("api/approvals/{approval}/decline"),
+        r#"{"message":"no"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+
+    // A viewer sees the approval and may not decide it.
+    let viewer = new_token(&fx, "viewer", &[]).await;
+    let (_, approvals) = get_as(&fx, &viewer, "api/approvals").await;
+    assert_eq!(approvals["approvals"][0]["id"], approval);
+    let (status, body) = post_as(
+        &fx,
+        &viewer,
+        &format!("api/approvals/{approval}/decline"),
+        r#"{"message":"no"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "a viewer token may not approve or decline");
+    let (_, _, page) = http(&fx.dashboard, Some(&viewer), "GET", "approvals", None, "").await;
+    assert!(page.contains("data-decides=\"no\""), "{page}");
+    let (_, me) = get_as(&fx, &viewer, "api/me").await;
+    assert!(
+        !me["may"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("decide_approvals")),
+        "{me}"
+    );
+
+    // The site's customer decides it.
+    let site = new_token(&fx, "customer", &["site"]).await;
+    let (_, _, page) = http(&fx.dashboard, Some(&site), "GET", "approvals", None, "").await;
+    assert!(page.contains("data-decides=\"yes\""), "{page}");
+    let (status, body) = post_as(
+        &fx,
+        &site,
+        &format!("api/approvals/{approval}/decline"),
+        r#"{"message":"harvest week","actor":"anna"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "declined");
+    assert!(
+        body["decided_by"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("anna via customer token (token ")),
+        "{body}"
+    );
+}
+
+// ------------------------------------------------------------ rollouts
+
+#[tokio::test]
+async fn rollout_actions_on_the_api_follow_the_rollout_state_and_conflict_otherwise() {
+    let fx = Fixture::start().await;
+    let id = fx.running_rollout().await;
+    let (status, s) = fx.get(&format!("api/rollouts/{id}")).await;
+    assert_eq!(status, 200, "{s}");
+    let r = &s["rollout"];
+    assert_eq!(
+        (
+            r["state"].as_str(),
+            r["active"].as_bool(),
+            r["target_kind"].as_str(),
+            r["target"].as_str(),
+            r["fleet"].as_str(),
+        ),
+        (
+            Some("running"),
+            Some(true),
+            Some("release"),
+            Some("r1"),
+            Some("site"),
+        ),
+        "{s}"
+    );
+    // The token that created it, with what the client said beside it.
+    assert!(
+        r["created_by"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("ops@example via bootstrap-admin (token ")),
+        "{s}"
+    );
+    assert_eq!(s["batches"].as_array().map(Vec::len), Some(1), "{s}");
+    assert_eq!(s["batches"][0]["size"], 1, "{s}");
+    assert_eq!(s["batches"][0]["current"], true, "{s}");
+
+    let act = |action: &str, reason: &str| {
+        let path = format!("api/rollouts/{id}/{action}");
+        let body = serde_json::json!({ "actor": "ops@site", "reason": reason }).to_string();
+        let base = fx.dashboard.clone();
+        let token = fx.token.clone();
+        async move { post_json(&base, &token, &path, &body).await }
+    };
+    // Resuming a running rollout is refused, and so on: the same rules as gRPC.
+    let (status, body) = act("resume", "go on").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("running"),
+        "{body}"
+    );
+    let (status, s) = act("pause", "site visit first").await;
+    assert_eq!(
+        (status, s["rollout"]["state"].as_str()),
+        (200, Some("paused")),
+        "{s}"
+    );
+    assert!(
+        s["rollout"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("site visit first"),
+        "{s}"
+    );
+    let (status, body) = act("pause", "again").await;
+    assert_eq!(status, 409, "{body}");
+    let (status, s) = act("resume", "visit done").await;
+    assert_eq!(
+        (status, s["rollout"]["state"].as_str()),
+        (200, Some("running")),
+        "{s}"
+    );
+    let (status, s) = act("abort", "wrong release").await;
+    assert_eq!(
+        (
+            status,
+            s["rollout"]["state"].as_str(),
+            s["rollout"]["active"].as_bool()
+        ),
+        (200, Some("aborted"), Some(false)),
+        "{s}"
+    );
+    assert!(
+        s["rollout"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong release"),
+        "{s}"
+    );
+    // Aborting cancelled dev-1's operation, which had not started applying.
+    assert_eq!(s["progress"]["cancelled"], 1, "{s}");
+    for action in ["pause", "resume", "abort"] {
+        let (status, body) = act(action, "too late").await;
+        assert_eq!(status, 409, "{action}: {body}");
+    }
+    // gRPC sees what the dashboard did: they share one implementation.
+    let grpc = grpc_rollout(fx.server.channel().await, id).await;
+    assert_eq!(grpc.rollout.unwrap().state, "aborted");
+    // Listed, newest first, with its overall progress.
+    for path in ["api/rollouts", "api/rollouts?fleet=site&limit=1"] {
+        let (status, list) = fx.get(path).await;
+        assert_eq!(status, 200, "{path}: {list}");
+        let first = &list["rollouts"][0];
+        assert_eq!(
+            (
+                first["id"].as_u64(),
+                first["state"].as_str(),
+                first["batches"].as_u64(),
+                first["progress"]["cancelled"].as_u64()
+            ),
+            (Some(id), Some("aborted"), Some(1), Some(1)),
+            "{path}: {list}"
+        );
+    }
+}
+
+/// Opens an event stream at `path` and reads its response head; (the
+/// connection, what was read after the head, the head in lower case).
+/// With `close`, the server closes the connection once the stream ends.
+async fn open_stream(
+    base: &str,
+    token: &str,
+    path: &str,
+    close: bool,
+) -> (tokio::net::TcpStream, Vec<u8>, String) {
+    let host = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    stream
+        .write_all(
+            format!(
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n{connection}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(at) = text.find("\r\n\r\n") {
+            let head = text[..at].to_ascii_lowercase();
+            // Keep the blank line: `next_event` looks for "\ndata: ".
+            buf.drain(..at + 2);
+            return (stream, buf, head);
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut chunk))
+            .await
+            .expect("headers within 20 s")
+            .unwrap();
+        assert!(n > 0, "the stream closed before its head: {text}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Every `data:` payload of an event stream read to its end (the server
+/// closes it); fails after 30 s.
+async fn read_stream_to_end(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Vec<String> {
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(buf))
+        .await
+        .expect("the stream ends within 30 s")
+        .unwrap();
+    String::from_utf8_lossy(buf)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_rollout_stream_sends_each_change_and_ends_after_the_final_status() {
+    let fx = Fixture::start().await;
+    let id = fx.running_rollout().await;
+    let (mut stream, mut buf, head) = open_stream(
+        &fx.dashboard,
+        &fx.token,
+        &format!("api/rollouts/{id}/events"),
+        true,
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let first = next_event(&mut stream, &mut buf).await;
+    assert_eq!(first["rollout"]["state"], "running", "{first}");
+    assert_eq!(first["progress"]["in_flight"], 1, "{first}");
+
+    let body = r#"{"actor":"ops@site","reason":"site visit first"}"#;
+    let (status, _) = fx.post(&format!("api/rollouts/{id}/pause"), body).await;
+    assert_eq!(status, 200);
+    let paused = next_event(&mut stream, &mut buf).await;
+    assert_eq!(paused["rollout"]["state"], "paused", "{paused}");
+
+    let body = r#"{"actor":"ops@site","reason":"wrong release"}"#;
+    let (status, _) = fx.post(&format!("api/rollouts/{id}/abort"), body).await;
+    assert_eq!(status, 200);
+    // The final status comes, then the server ends the stream.
+    let rest = read_stream_to_end(&mut stream, &mut buf).await;
+    let last: serde_json::Value =
+        serde_json::from_str(rest.last().expect("the final status")).unwrap();
+    assert_eq!(
+        (
+            last["rollout"]["state"].as_str(),
+            last["rollout"]["active"].as_bool(),
+            last["progress"]["cancelled"].as_u64()
+        ),
+        (Some("aborted"), Some(false), Some(1)),
+        "{last}"
+    );
+    // An ended rollout's stream is its one status.
+    let (status, _, body) = http(
+        &fx.dashboard,
+        Some(&fx.token),
+        "GET",
+        &format!("api/rollouts/{id}/events"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let statuses: Vec<&str> = body.lines().filter(|l| l.starts_with("data: ")).collect();
+    assert_eq!(statuses.len(), 1, "{body}");
+    assert!(statuses[0].contains("\"aborted\""), "{body}");
+}
+
+#[tokio::test]
+async fn the_event_stream_tells_pages_when_a_rollout_changes() {
+    let fx = Fixture::start().await;
+    let id = fx.running_rollout().await;
+    let (mut stream, mut buf, head) =
+        open_stream(&fx.dashboard, &fx.token, "api/events", false).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let (status, _) = fx
+        .post(
+            &format!("api/rollouts/{id}/pause"),
+            r#"{"actor":"ops@site","reason":"site visit first"}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let event = loop {
+        let e = next_event(&mut stream, &mut buf).await;
+        if e["kind"] == "rollout" {
+            break e;
+        }
+    };
+    assert_eq!(
+        (event["rollout"].as_u64(), event["change"].as_str()),
+        (Some(id), Some("paused")),
+        "{event}"
+    );
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("site visit first"),
+        "{event}"
+    );
+}
+
+/// `controller` holds its lock while `<lock-dir>/hold` exists; each block
+/// writes its pid, so the test ends exactly its own processes.
+const CONTROLLER_BLOCK: &str = r#"echo $$ > "$LOCKSTEP_LOCK_DIR/pid"
+while true; do
+  if [ -f "$LOCKSTEP_LOCK_DIR/hold" ]; then
+    flock "$LOCKSTEP_LOCK_FILE" sh -c 'while [ -f "$LOCKSTEP_LOCK_DIR/hold" ]; do sleep 0.05; done'
+  fi
+  sleep 0.05
+done"#;
+
+const ROLLOUT_BLOCKS: [&str; 2] = ["telemetry", "controller"];
+
+/// A server with its dashboard and several real agents running
+/// `telemetry` and `controller` (which takes its lock on demand) at 1.0.0
+/// (release r1); release r3 replaces the controller (1.1.0), so a device
+/// whose controller holds its lock waits for it with `update_restart`.
+struct RolloutFleet {
+    server: Server,
+    dashboard: String,
+    devices: Vec<String>,
+    agents: Vec<Agent>,
+    dir: tempfile::TempDir,
+}
+
+impl RolloutFleet {
+    async fn start(devices: &[&str]) -> RolloutFleet {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("server-data");
+        let server = Server::spawn(
+            &[
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--dashboard-listen",
+                "127.0.0.1:0",
+            ],
+            None,
+        );
+        let dashboard = dashboard_url(&server);
+        let mut f = RolloutFleet {
+            server,
+            dashboard,
+            devices: devices.iter().map(|d| (*d).to_owned()).collect(),
+            agents: Vec::new(),
+            dir,
+        };
+        let ch = f.server.channel().await;
+        let mut cat = CatalogServiceClient::new(ch.clone());
+        let mut devs = DeviceServiceClient::new(ch.clone());
+        devs.create_fleet(pb::CreateFleetRequest {
+            id: "site".into(),
+            name: "North site".into(),
+        })
+        .await
+        .unwrap();
+        WindowServiceClient::new(ch.clone())
+            .set_fleet_policy(pb::SetFleetPolicyRequest {
+                policy: Some(pb::FleetPolicy {
+                    fleet: "site".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        let command = |block: &str| -> Vec<String> {
+            let body = if block == "controller" {
+                CONTROLLER_BLOCK
+            } else {
+                PLAIN_BLOCK
+            };
+            vec!["sh".into(), "-c".into(), body.into()]
+        };
+        for (i, block) in ROLLOUT_BLOCKS.into_iter().enumerate() {
+            cat.create_block(pb::CreateBlockRequest {
+                name: block.into(),
+                description: String::new(),
+            })
+            .await
+            .unwrap();
+            for (j, version) in ["1.0.0", "1.1.0"].into_iter().enumerate() {
+                cat.create_block_version(pb::CreateBlockVersionRequest {
+                    block_version: Some(pb::BlockVersion {
+                        block: block.into(),
+                        version: version.into(),
+                        image_digest: format!("sha256:{:064x}", 10 * i + j + 1),
+                        config: Some(pb::BlockConfig {
+                            command: command(block),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap();
+            }
+        }
+        for (id, controller) in [("r1", "1.0.0"), ("r3", "1.1.0")] {
+            cat.create_release(pb::CreateReleaseRequest {
+                id: id.into(),
+                fleet: "site".into(),
+                blocks: vec![
+                    pb::BlockRef {
+                        block: "telemetry".into(),
+                        version: "1.0.0".into(),
+                    },
+                    pb::BlockRef {
+                        block: "controller".into(),
+                        version: controller.into(),
+                    },
+                ],
+                env: Default::default(),
+            })
+            .await
+            .unwrap();
+        }
+        let manifest_blocks: Vec<serde_json::Value> = ROLLOUT_BLOCKS
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "name": b, "version": "1.0.0", "command": command(b), "env": {}
+                })
+            })
+            .collect();
+        let manifest =
+            serde_json::json!({ "release": "r1", "os_version": "1.0", "blocks": manifest_blocks });
+        for device in devices {
+            let reg = devs
+                .register_device(pb::RegisterDeviceRequest {
+                    id: (*device).into(),
+                    fleet: "site".into(),
+                    tags: vec![],
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let d = f.dir.path().join(device);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("credential"), &reg.credential).unwrap();
+            std::fs::write(d.join("manifest.json"), manifest.to_string()).unwrap();
+            let path = |name: &str| d.join(name).to_str().unwrap().to_owned();
+            let args: Vec<String> = vec![
+                "--server".into(),
+                f.server.url(),
+                "--device".into(),
+                (*device).into(),
+                "--credential-file".into(),
+                path("credential"),
+                "--lock-root".into(),
+                path("locks"),
+                "--state-dir".into(),
+                path("state"),
+                "--manifest".into(),
+                path("manifest.json"),
+                "--api-listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--lock-poll".into(),
+                "100ms".into(),
+            ];
+            let agent = Agent::spawn(&args);
+            agent.wait_log("connected to the server");
+            f.agents.push(agent);
+        }
+        // Every device has reported what it runs before a rollout plans.
+        for device in devices {
+            eventually(30, &format!("{device} to report"), || async {
+                let st = DeviceServiceClient::new(f.server.channel().await)
+                    .get_device_state(pb::GetDeviceStateRequest {
+                        id: (*device).into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                st.reported.then_some(())
+            })
+            .await;
+        }
+        f
+    }
+
+    fn lock_dir(&self, device: &str, block: &str) -> PathBuf {
+        self.dir.path().join(device).join("locks").join(block)
+    }
+
+    /// Makes `device`'s controller take (or let go of) its lock.
+    fn hold(&self, device: &str, on: bool) {
+        let f = self.lock_dir(device, "controller").join("hold");
+        if on {
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    async fn wait_held(&self, device: &str) {
+        eventually(
+            30,
+            &format!("{device}'s controller lock to be seen held"),
+            || async {
+                DeviceServiceClient::new(self.server.channel().await)
+                    .get_device_state(pb::GetDeviceStateRequest { id: device.into() })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .locks
+                    .iter()
+                    .any(|l| l.block == "controller" && l.held)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Devices that have an operation (started by the rollout).
+    async fn started(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in &self.devices {
+            let ops = OperationServiceClient::new(self.server.channel().await)
+                .list_operations(pb::ListOperationsRequest { device: d.clone() })
+                .await
+                .unwrap()
+                .into_inner()
+                .operations;
+            if !ops.is_empty() {
+                out.push(d.clone());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for RolloutFleet {
+    fn drop(&mut self) {
+        self.agents.clear();
+        // Blocks outlive their agents by design: let go of every lock (the
+        // inner flock loops end), then end this test's blocks by their pids.
+        for d in &self.devices {
+            for block in ROLLOUT_BLOCKS {
+                let dir = self.lock_dir(d, block);
+                let _ = std::fs::remove_file(dir.join("hold"));
+                if let Ok(pid) = std::fs::read_to_string(dir.join("pid")) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", pid.trim()])
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_rollout_page_shows_devices_held_up_by_a_lock_and_follows_progress_to_completed_live() {
+    browser_prerequisites();
+    let devices = ["inv-1", "inv-2", "inv-3"];
+    let f = RolloutFleet::start(&devices).await;
+    for d in devices {
+        f.hold(d, true);
+        f.wait_held(d).await;
+    }
+    // A canary, then the other two; r3 replaces every held controller.
+    let id = create_rollout(f.server.channel().await, "r3", 1).await;
+    let canary = eventually(30, "the canary's operation", || async {
+        let started = f.started().await;
+        (started.len() == 1).then(|| started[0].clone())
+    })
+    .await;
+    // The API says what the page will show.
+    let status = eventually(60, "the canary to wait on controller", || async {
+        let (_, s) = get_json(
+            &f.dashboard,
+            &f.server.token(),
+            &format!("api/rollouts/{id}"),
+        )
+        .await;
+        (s["waiting_lock"][0]["devices"] == 1).then_some(s)
+    })
+    .await;
+    let wait = &status["waiting_lock"][0];
+    assert_eq!(
+        (
+            wait["block"].as_str(),
+            wait["reason"].as_str(),
+            wait["reason_text"].as_str()
+        ),
+        (
+            Some("controller"),
+            Some("update_restart"),
+            Some("the release replaces this block, so it restarts")
+        ),
+        "{status}"
+    );
+    assert_eq!(
+        status["device_statuses"],
+        serde_json::json!([
+            { "status": "in_sync", "devices": 2 },
+            { "status": "waiting_lock", "devices": 1 }
+        ]),
+        "{status}"
+    );
+
+    let shots = screenshot_dir("rollout");
+    let mut browser = Browser::start("rollout.mjs", &f.dashboard, &f.server.token(), &shots);
+    browser.step("ready").await;
+    browser.reply(serde_json::json!({ "rollout": id })).await;
+
+    // Paused and resumed with the page's buttons: the same calls as gRPC.
+    browser.step("paused").await;
+    let paused = grpc_rollout(f.server.channel().await, id).await;
+    let info = paused.rollout.unwrap();
+    assert_eq!(info.state, "paused");
+    assert!(info.message.contains("site visit first"), "{info:?}");
+    browser.reply(serde_json::json!({})).await;
+    browser.step("resumed").await;
+    let resumed = grpc_rollout(f.server.channel().await, id).await;
+    assert_eq!(resumed.rollout.unwrap().state, "running");
+    browser.reply(serde_json::json!({})).await;
+
+    // The canary's controller lets go: it updates, and the next batch
+    // starts and waits on the other two controllers.
+    browser.step("release-canary").await;
+    f.hold(&canary, false);
+    browser.reply(serde_json::json!({})).await;
+    browser.step("release-rest").await;
+    let held = grpc_rollout(f.server.channel().await, id).await;
+    assert_eq!(held.batches[0].succeeded, 1, "{held:?}");
+    assert_eq!(held.waiting_lock[0].devices, 2, "{held:?}");
+    for d in devices {
+        f.hold(d, false);
+    }
+    browser.reply(serde_json::json!({})).await;
+
+    browser.step("done").await;
+    let done = grpc_rollout(f.server.channel().await, id).await;
+    assert_eq!(done.rollout.unwrap().state, "completed");
+    assert_eq!(
+        done.batches.iter().map(|b| b.succeeded).sum::<u64>(),
+        3,
+        "{:?}",
+        done.batches
+    );
+    browser.reply(serde_json::json!({})).await;
+    let screenshots = browser.finish().await;
+    for name in [
+        "rollouts-list.png",
+        "rollout-held-by-controller.png",
+        "rollout-paused.png",
+        "rollout-next-batch-held.png",
+        "rollout-completed.png",
+    ] {
+        assert!(
+            screenshots.iter().any(|s| s.ends_with(name)),
+            "{name}: {screenshots:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rollout_pages_and_api_keep_to_the_tokens_fleets_and_only_operators_act() {
+    let fx = Fixture::start().await;
+    let mut devs = DeviceServiceClient::new(fx.server.channel().await);
+    devs.create_fleet(pb::CreateFleetRequest {
+        id: "other".into(),
+        name: "Elsewhere".into(),
+    })
+    .await
+    .unwrap();
+    devs.register_device(pb::RegisterDeviceRequest {
+        id: "dev-2".into(),
+        fleet: "other".into(),
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    let id = fx.running_rollout().await;
+    let page = format!("rollouts/{id}");
+    let body = r#"{"reason":"site visit first"}"#;
+
+    // A token of another fleet sees no rollout of the site's, and may
+    // neither read, follow nor act on it.
+    let other = new_token(&fx, "customer", &["other"]).await;
+    let (status, list) = get_as(&fx, &other, "api/rollouts").await;
+    assert_eq!((status, &list["rollouts"]), (200, &serde_json::json!([])));
+    for path in [
+        format!("api/rollouts/{id}"),
+        format!("api/rollouts/{id}/events"),
+        "api/rollouts?fleet=site".to_owned(),
+    ] {
+        let (status, answer) = get_as(&fx, &other, &path).await;
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not scoped to fleet site")),
+            "{path}: {answer}"
+        );
+    }
+    let (status, _, html) = http(&fx.dashboard, Some(&other), "GET", &page, None, "").await;
+    assert_eq!(status, 403);
+    assert!(html.contains("not scoped to fleet site"), "{html}");
+    let operator_other = new_token(&fx, "operator", &["other"]).await;
+    for action in ["pause", "resume", "abort"] {
+        let (status, answer) = post_as(
+            &fx,
+            &operator_other,
+            &format!("api/rollouts/{id}/{action}"),
+            body,
+        )
+        .await;
+        assert_eq!(status, 403, "{action}: {answer}");
+    }
+
+    // Viewers and customers of the site follow it, read-only: the page
+    // offers no buttons and the API refuses the actions.
+    let viewer = new_token(&fx, "viewer", &[]).await;
+    let customer = new_token(&fx, "customer", &["site"]).await;
+    for (t, role) in [(&viewer, "viewer"), (&customer, "customer")] {
+        let (status, s) = get_as(&fx, t, &format!("api/rollouts/{id}")).await;
+        assert_eq!((status, s["rollout"]["id"].as_u64()), (200, Some(id)));
+        let (_, list) = get_as(&fx, t, "api/rollouts").await;
+        assert_eq!(list["rollouts"][0]["id"].as_u64(), Some(id), "{list}");
+        let (status, _, html) = http(&fx.dashboard, Some(t), "GET", &page, None, "").await;
+        assert_eq!(status, 200);
+        assert!(html.contains("data-acts=\"no\""), "{role}: {html}");
+        for action in ["pause", "resume", "abort"] {
+            let (status, answer) =
+                post_as(&fx, t, &format!("api/rollouts/{id}/{action}"), body).await;
+            assert_eq!(status, 403, "{role} {action}: {answer}");
+            assert_eq!(
+                answer["error"],
+                format!("a {role} token may not start, pause, resume or abort rollouts"),
+            );
+        }
+    }
+    // The stream opens for a token that may read the rollout.
+    let (_, _, head) = open_stream(
+        &fx.dashboard,
+        &viewer,
+        &format!("api/rollouts/{id}/events"),
+        false,
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    // The site's operator acts, recorded as its token with the page's note.
+    let operator = new_token(&fx, "operator", &["site"]).await;
+    let (_, _, html) = http(&fx.dashboard, Some(&operator), "GET", &page, None, "").await;
+    assert!(html.contains("data-acts=\"yes\""), "{html}");
+    // Pages of the other fleet are not told of the site's rollout; the
+    // site's are.
+    let (mut site_events, mut site_buf, _) =
+        open_stream(&fx.dashboard, &operator, "api/events", false).await;
+    let (mut other_events, mut other_buf, _) =
+        open_stream(&fx.dashboard, &other, "api/events", false).await;
+    let (status, s) = post_as(
+        &fx,
+        &operator,
+        &format!("api/rollouts/{id}/pause"),
+        r#"{"reason":"site visit first","actor":"anna"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, s["rollout"]["state"].as_str()),
+        (200, Some("paused")),
+        "{s}"
+    );
+    let notice = loop {
+        let e = next_event(&mut site_events, &mut site_buf).await;
+        if e["kind"] == "rollout" {
+            break e;
+        }
+    };
+    assert_eq!(notice["change"], "paused", "{notice}");
+    // Something of the other fleet happens after the pause: the other
+    // fleet's page sees it, and no rollout notice around it.
+    let mut ops = OperationServiceClient::new(fx.server.channel().await);
+    let op = ops
+        .create_operation(pb::CreateOperationRequest {
+            device: "dev-2".into(),
+            spec: Some(pb::OperationSpec {
+                kind: Some(pb::operation_spec::Kind::Reboot(
+                    pb::operation_spec::Empty {},
+                )),
+            }),
+            force: None,
+            actor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .operation
+        .unwrap();
+    ops.cancel_operation(pb::CancelOperationRequest {
+        id: op.id,
+        actor: String::new(),
+        reason: "marker".into(),
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let e = next_event(&mut other_events, &mut other_buf).await;
+        let marker = e["kind"] == "cancelled";
+        seen.push(e);
+        if marker {
+            break;
+        }
+    }
+    let mut chunk = [0u8; 4096];
+    if let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), other_events.read(&mut chunk)).await
+    {
+        other_buf.extend_from_slice(&chunk[..n]);
+    }
+    let late = String::from_utf8_lossy(&other_buf).into_owned();
+    assert!(
+        seen.iter().all(|e| e["kind"] != "rollout") && !late.contains("\"rollout\""),
+        "the other fleet's page was told of the site's rollout: {seen:?} {late}"
+    );
+    let audit = pb::audit_service_client::AuditServiceClient::new(fx.server.channel().await)
+        .list_audit(pb::ListAuditRequest {
+            action: "rollout_paused".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert!(
+        audit[0]
+            .actor
+            .starts_with("anna via operator token (token "),
+        "{}",
+        audit[0].actor
     );
 }

@@ -1,6 +1,7 @@
 //! `lockstep demo` end to end: the real binary starts its server, agents and
-//! sample blocks, rolls r2 out, narrates, and exits when the rollout is done
-//! (`--exit-when-done`), leaving no process behind.
+//! sample blocks, uses the admin token its server wrote (and prints a
+//! dashboard link that logs in with it), rolls r2 out, narrates, and exits
+//! when the rollout is done (`--exit-when-done`), leaving no process behind.
 
 mod support;
 
@@ -49,6 +50,8 @@ fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
     assert!(status.success(), "demo exited with {status}");
     for needle in [
         "dashboard: http://127.0.0.1:",
+        "/login#token=lst_",
+        "admin token in ",
         "ui         2.0.0: untouched, keeps running",
         "controller (update_restart) holds its lock; asked to release",
         "batch 1 starts",
@@ -57,6 +60,28 @@ fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
+    // The login link carries the admin token the server wrote, and the
+    // rollout's page and CLI watch are named with the same token.
+    let token_file = dir.path().join("server-data").join("admin.token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let link = out
+        .split_whitespace()
+        .find(|w| w.contains("/login#token="))
+        .expect("a login link");
+    assert_eq!(
+        link.split_once("#token=").unwrap().1,
+        token.trim(),
+        "the link logs in with the server's token"
+    );
+    let dashboard = link.split_once("/login#").unwrap().0;
+    let watch = format!(
+        "watch it: {dashboard}/rollouts/1  or  lockstep rollout watch 1 --server http://127.0.0.1:"
+    );
+    assert!(out.contains(&watch), "missing {watch:?} in:\n{out}");
+    assert!(
+        out.contains(&format!("--token-file {}", token_file.display())),
+        "{out}"
+    );
     // The sample blocks end with the demo.
     let marker = format!("--demo-pid {}", child.id());
     let deadline = Instant::now() + Duration::from_secs(10);

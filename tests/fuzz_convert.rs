@@ -26,6 +26,19 @@ use proptest::prelude::*;
 use prost::Message as _;
 use tonic::{Code, Request, Status};
 
+/// A request as `RequireToken` hands it on: carrying an admin principal
+/// (the handlers are called in-process, without the token layer).
+fn authed<T>(message: T) -> Request<T> {
+    let mut req = Request::new(message);
+    req.extensions_mut().insert(lockstep::domain::Principal {
+        token: lockstep::domain::TokenId::new("fuzz").unwrap(),
+        name: "fuzz".into(),
+        role: lockstep::domain::Role::Admin,
+        scope: lockstep::domain::Scope::AllFleets,
+    });
+    req
+}
+
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -115,7 +128,7 @@ fn services() -> &'static Services {
                 _dir: dir,
             };
             s.devices
-                .create_fleet(Request::new(pb::CreateFleetRequest {
+                .create_fleet(authed(pb::CreateFleetRequest {
                     id: "site".into(),
                     name: "Site".into(),
                 }))
@@ -123,25 +136,25 @@ fn services() -> &'static Services {
                 .unwrap();
             for b in ["a", "b"] {
                 s.catalog
-                    .create_block(Request::new(pb::CreateBlockRequest {
+                    .create_block(authed(pb::CreateBlockRequest {
                         name: b.into(),
                         description: String::new(),
                     }))
                     .await
                     .unwrap();
                 s.catalog
-                    .create_block_version(Request::new(pb::CreateBlockVersionRequest {
+                    .create_block_version(authed(pb::CreateBlockVersionRequest {
                         block_version: Some(block_version(b)),
                     }))
                     .await
                     .unwrap();
             }
             s.catalog
-                .create_release(Request::new(release_request()))
+                .create_release(authed(release_request()))
                 .await
                 .unwrap();
             s.devices
-                .register_device(Request::new(pb::RegisterDeviceRequest {
+                .register_device(authed(pb::RegisterDeviceRequest {
                     id: "d1".into(),
                     fleet: "site".into(),
                     tags: vec!["north".into()],
@@ -273,42 +286,42 @@ fn strategy() -> pb::RolloutStrategy {
 
 fuzz_rpc! {
     create_block: pb::CreateBlockRequest = pb::CreateBlockRequest { name: "c".into(), description: "a block".into() }
-        => |s, r| s.catalog.create_block(Request::new(r));
+        => |s, r| s.catalog.create_block(authed(r));
     create_block_version: pb::CreateBlockVersionRequest = pb::CreateBlockVersionRequest { block_version: Some(block_version("a")) }
-        => |s, r| s.catalog.create_block_version(Request::new(r));
+        => |s, r| s.catalog.create_block_version(authed(r));
     create_release: pb::CreateReleaseRequest = release_request()
-        => |s, r| s.catalog.create_release(Request::new(r));
+        => |s, r| s.catalog.create_release(authed(r));
     diff_releases: pb::DiffReleasesRequest = pb::DiffReleasesRequest { from: "r1".into(), to: "r1".into() }
-        => |s, r| s.catalog.diff_releases(Request::new(r));
+        => |s, r| s.catalog.diff_releases(authed(r));
     list_releases: pb::ListReleasesRequest = pb::ListReleasesRequest { fleet: "site".into(), page_size: 10, page_token: String::new() }
-        => |s, r| s.catalog.list_releases(Request::new(r));
+        => |s, r| s.catalog.list_releases(authed(r));
     create_fleet: pb::CreateFleetRequest = pb::CreateFleetRequest { id: "f2".into(), name: "F".into() }
-        => |s, r| s.devices.create_fleet(Request::new(r));
+        => |s, r| s.devices.create_fleet(authed(r));
     register_device: pb::RegisterDeviceRequest = pb::RegisterDeviceRequest { id: "d2".into(), fleet: "site".into(), tags: vec!["north".into()] }
-        => |s, r| s.devices.register_device(Request::new(r));
+        => |s, r| s.devices.register_device(authed(r));
     list_devices: pb::ListDevicesRequest = pb::ListDevicesRequest { fleet: "site".into(), tag: "north".into(), status: 1, page_size: 5, page_token: String::new() }
-        => |s, r| s.devices.list_devices(Request::new(r));
+        => |s, r| s.devices.list_devices(authed(r));
     set_env: pb::SetEnvRequest = pb::SetEnvRequest {
             owner: Some(pb::EnvOwner { owner: Some(pb::env_owner::Owner::Device("d1".into())) }),
             vars: vec![pb::EnvVar { name: "GAIN".into(), value: "0.7".into(), blocks: vec!["a".into()] }],
         }
-        => |s, r| s.devices.set_env(Request::new(r));
+        => |s, r| s.devices.set_env(authed(r));
     unset_env: pb::UnsetEnvRequest = pb::UnsetEnvRequest {
             owner: Some(pb::EnvOwner { owner: Some(pb::env_owner::Owner::Fleet("site".into())) }),
             keys: vec![pb::EnvVarKey { name: "GAIN".into(), blocks: vec!["a".into()] }],
         }
-        => |s, r| s.devices.unset_env(Request::new(r));
+        => |s, r| s.devices.unset_env(authed(r));
     get_device_state: pb::GetDeviceStateRequest = pb::GetDeviceStateRequest { id: "d1".into() }
-        => |s, r| s.devices.get_device_state(Request::new(r));
+        => |s, r| s.devices.get_device_state(authed(r));
     create_operation: pb::CreateOperationRequest = pb::CreateOperationRequest {
             device: "d1".into(),
             spec: Some(pb::OperationSpec { kind: Some(pb::operation_spec::Kind::AssignRelease("r1".into())) }),
             force: Some(pb::Force { blocks: vec!["a".into()], reason: "urgent".into() }),
             actor: "me".into(),
         }
-        => |s, r| s.operations.create_operation(Request::new(r));
+        => |s, r| s.operations.create_operation(authed(r));
     cancel_operation: pb::CancelOperationRequest = pb::CancelOperationRequest { id: 1, actor: "me".into(), reason: "no".into() }
-        => |s, r| s.operations.cancel_operation(Request::new(r));
+        => |s, r| s.operations.cancel_operation(authed(r));
     create_window: pb::CreateWindowRequest = pb::CreateWindowRequest {
             scope: scope(),
             rule: Some(pb::create_window_request::Rule::Recurrence(pb::RecurrenceRule {
@@ -316,7 +329,7 @@ fuzz_rpc! {
                 duration_minutes: 180,
             })),
         }
-        => |s, r| s.windows.create_window(Request::new(r));
+        => |s, r| s.windows.create_window(authed(r));
     create_weekly_window: pb::CreateWindowRequest = pb::CreateWindowRequest {
             scope: scope(),
             rule: Some(pb::create_window_request::Rule::Weekly(pb::WeeklyRule {
@@ -326,9 +339,9 @@ fuzz_rpc! {
                 time_zone: "Europe/Amsterdam".into(),
             })),
         }
-        => |s, r| s.windows.create_window(Request::new(r));
+        => |s, r| s.windows.create_window(authed(r));
     next_windows: pb::NextWindowsRequest = pb::NextWindowsRequest { device: "d1".into(), count: 5 }
-        => |s, r| s.windows.next_windows(Request::new(r));
+        => |s, r| s.windows.next_windows(authed(r));
     set_fleet_policy: pb::SetFleetPolicyRequest = pb::SetFleetPolicyRequest {
             policy: Some(pb::FleetPolicy {
                 fleet: "site".into(),
@@ -340,15 +353,15 @@ fuzz_rpc! {
                 on_missed_occurrence: "next".into(),
             }),
         }
-        => |s, r| s.windows.set_fleet_policy(Request::new(r));
+        => |s, r| s.windows.set_fleet_policy(authed(r));
     approve: pb::ApproveRequest = pb::ApproveRequest {
             approval_id: 1,
             occurrence: Some(pb::Window { start_unix_ms: 1, end_unix_ms: 2 }),
             actor: "customer".into(),
         }
-        => |s, r| s.windows.approve(Request::new(r));
+        => |s, r| s.windows.approve(authed(r));
     decline: pb::DeclineRequest = pb::DeclineRequest { approval_id: 1, message: "not now".into(), actor: "customer".into() }
-        => |s, r| s.windows.decline(Request::new(r));
+        => |s, r| s.windows.decline(authed(r));
     create_rollout: pb::CreateRolloutRequest = pb::CreateRolloutRequest {
             fleet: "site".into(),
             tag: "north".into(),
@@ -358,9 +371,9 @@ fuzz_rpc! {
             actor: "me".into(),
             seed: 7,
         }
-        => |s, r| s.rollouts.create_rollout(Request::new(r));
+        => |s, r| s.rollouts.create_rollout(authed(r));
     pause_rollout: pb::RolloutActionRequest = pb::RolloutActionRequest { id: 1, actor: "me".into(), reason: "look".into() }
-        => |s, r| s.rollouts.pause_rollout(Request::new(r));
+        => |s, r| s.rollouts.pause_rollout(authed(r));
 }
 
 // ------------------------------------------------ well-typed messages
@@ -465,7 +478,10 @@ fn agent_server() -> &'static (std::net::SocketAddr, String) {
                     rate_per_client: 0,
                     ..Default::default()
                 },
+                bootstrap_token_file: dir.path().join("admin.token"),
+                metrics: None,
             };
+            let token_file = dir.path().join("admin.token");
             let bound = lockstep::server::Bound::bind(config).await.unwrap();
             let addr = bound.local_addr();
             tokio::spawn(async move {
@@ -477,7 +493,16 @@ fn agent_server() -> &'static (std::net::SocketAddr, String) {
                 .connect()
                 .await
                 .unwrap();
-            let mut devices = pb::device_service_client::DeviceServiceClient::new(channel);
+            // The server writes its bootstrap admin token as it starts.
+            let token = loop {
+                match lockstep::access::read_token_file(&token_file) {
+                    Ok(t) if !t.is_empty() => break t,
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            };
+            let bearer = lockstep::cli::Bearer::new(&token).unwrap();
+            let mut devices =
+                pb::device_service_client::DeviceServiceClient::with_interceptor(channel, bearer);
             devices
                 .create_fleet(pb::CreateFleetRequest {
                     id: "site".into(),

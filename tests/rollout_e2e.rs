@@ -44,7 +44,7 @@ impl Drop for Fleet {
 }
 
 impl Fleet {
-    async fn channel(&self) -> tonic::transport::Channel {
+    async fn channel(&self) -> support::Chan {
         self.server.channel().await
     }
 
@@ -98,7 +98,7 @@ impl Fleet {
         .await;
     }
 
-    async fn rollouts(&self) -> RolloutServiceClient<tonic::transport::Channel> {
+    async fn rollouts(&self) -> RolloutServiceClient<support::Chan> {
         RolloutServiceClient::new(self.channel().await)
     }
 
@@ -134,7 +134,7 @@ impl Fleet {
 }
 
 async fn block_version(
-    cat: &mut CatalogServiceClient<tonic::transport::Channel>,
+    cat: &mut CatalogServiceClient<support::Chan>,
     fleet: &Fleet,
     block: &str,
     version: &str,
@@ -156,11 +156,7 @@ async fn block_version(
     .unwrap();
 }
 
-async fn release(
-    cat: &mut CatalogServiceClient<tonic::transport::Channel>,
-    id: &str,
-    blocks: &[(&str, &str)],
-) {
+async fn release(cat: &mut CatalogServiceClient<support::Chan>, id: &str, blocks: &[(&str, &str)]) {
     cat.create_release(pb::CreateReleaseRequest {
         id: id.into(),
         fleet: "site".into(),

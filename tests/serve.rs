@@ -7,7 +7,7 @@ mod support;
 use support::Server;
 use tokio_stream::StreamExt as _;
 
-async fn channel(server: &Server) -> tonic::transport::Channel {
+async fn channel(server: &Server) -> support::Chan {
     server.channel().await
 }
 

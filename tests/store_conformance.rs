@@ -231,6 +231,7 @@ async fn releases_round_trip_and_list_in_pages<S: Store>(s: S) {
     let p1 = s
         .list_releases(
             Some(&fleet_id("f1")),
+            None,
             &PageRequest {
                 size: 2,
                 token: None,
@@ -249,6 +250,7 @@ async fn releases_round_trip_and_list_in_pages<S: Store>(s: S) {
     let p2 = s
         .list_releases(
             None,
+            None,
             &PageRequest {
                 size: 2,
                 token: p1.next.clone(),
@@ -266,6 +268,7 @@ async fn releases_round_trip_and_list_in_pages<S: Store>(s: S) {
     let p3 = s
         .list_releases(
             None,
+            None,
             &PageRequest {
                 size: 2,
                 token: p2.next.clone(),
@@ -276,10 +279,29 @@ async fn releases_round_trip_and_list_in_pages<S: Store>(s: S) {
     assert_eq!(p3.items.len(), 1);
     assert_eq!(p3.next, None);
     let other = s
-        .list_releases(Some(&fleet_id("elsewhere")), &PageRequest::default())
+        .list_releases(Some(&fleet_id("elsewhere")), None, &PageRequest::default())
         .await
         .unwrap();
     assert!(other.items.is_empty());
+    // Within a scope: only the scope's fleets' releases.
+    let scoped = s
+        .list_releases(
+            None,
+            Some(&[fleet_id("elsewhere")].into()),
+            &PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert!(scoped.items.is_empty());
+    let scoped = s
+        .list_releases(
+            None,
+            Some(&[fleet_id("f1"), fleet_id("elsewhere")].into()),
+            &PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scoped.items.len(), 5);
 }
 
 async fn releases_need_their_fleet_and_block_versions<S: Store>(s: S) {
@@ -418,6 +440,56 @@ async fn devices_register_filter_and_paginate<S: Store>(s: S) {
             .await
             .unwrap()),
         vec!["d3"]
+    );
+    // Within a token's scope: only its fleets' devices, paged the same way.
+    let in_f2 = DeviceFilter {
+        tag: Some(Tag::new("site-a").unwrap()),
+        within: Some([fleet_id("f2")].into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&s
+            .list_devices(&in_f2, &PageRequest::default())
+            .await
+            .unwrap()),
+        vec!["d4"]
+    );
+    let both = DeviceFilter {
+        within: Some([fleet_id("f1"), fleet_id("f2")].into()),
+        ..Default::default()
+    };
+    let first = s
+        .list_devices(
+            &both,
+            &PageRequest {
+                size: 3,
+                token: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), vec!["d1", "d2", "d3"]);
+    let rest = s
+        .list_devices(
+            &both,
+            &PageRequest {
+                size: 3,
+                token: first.next,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest), vec!["d4"]);
+    let none = DeviceFilter {
+        within: Some(BTreeSet::new()),
+        ..Default::default()
+    };
+    assert!(
+        s.list_devices(&none, &PageRequest::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
     );
     assert!(matches!(
         s.set_device_status(&dev("zz"), DeviceStatus::Done)
@@ -891,21 +963,248 @@ async fn device_status_counts_are_per_fleet_and_status<S: Store>(s: S) {
     assert_eq!(counts.len(), 2);
 }
 
+async fn operation_status_counts_count_every_stored_status<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    assert!(s.operation_status_counts().await.unwrap().is_empty());
+    for d in ["d1", "d2"] {
+        s.register_device(&device(d, "f1", &[]), "h").await.unwrap();
+    }
+    let r = |id: &str| OperationSpec::AssignRelease(ReleaseId::new(id).unwrap());
+    // d1: r1 is superseded by r2, which then waits on a lock; d2: a reboot.
+    s.create_operation(&dev("d1"), &r("r1"), None, ts(1))
+        .await
+        .unwrap();
+    let r2 = s
+        .create_operation(&dev("d1"), &r("r2"), None, ts(2))
+        .await
+        .unwrap();
+    s.create_operation(&dev("d2"), &OperationSpec::Reboot, None, ts(3))
+        .await
+        .unwrap();
+    let mut step = r2.clone();
+    step.status = OpStatus::WaitingLock;
+    s.record_step(&step, OpStatus::Pending, &[], ts(4))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.operation_status_counts().await.unwrap(),
+        vec![
+            (OpStatus::Pending, 1),
+            (OpStatus::Superseded, 1),
+            (OpStatus::WaitingLock, 1),
+        ]
+    );
+}
+
 async fn audit_entries_append_and_list_in_order<S: Store>(s: S) {
     let e = |n: i64| AuditEntry {
         at: ts(n),
         actor: "ops@example".into(),
         action: "force".into(),
         subject: format!("device d{n}"),
+        fleet: Some(fleet_id("f1")),
         reason: "inverter replaced".into(),
         details: "{}".into(),
     };
     let id1 = s.append_audit(&e(1)).await.unwrap();
     let id2 = s.append_audit(&e(2)).await.unwrap();
     assert!(id2 > id1);
-    let all = s.list_audit(0, 10).await.unwrap();
+    let filter = |after: i64| AuditFilter {
+        after,
+        limit: 10,
+        ..Default::default()
+    };
+    let all = s.list_audit(&filter(0)).await.unwrap();
     assert_eq!(all, vec![(id1, e(1)), (id2, e(2))]);
-    assert_eq!(s.list_audit(id1, 10).await.unwrap(), vec![(id2, e(2))]);
+    assert_eq!(s.list_audit(&filter(id1)).await.unwrap(), vec![(id2, e(2))]);
+}
+
+async fn audit_entries_filter_by_action_subject_fleet_and_scope<S: Store>(s: S) {
+    let entry = |action: &str, subject: &str, fleet: Option<&str>| AuditEntry {
+        at: ts(7),
+        actor: "ci (token abc)".into(),
+        action: action.into(),
+        subject: subject.into(),
+        fleet: fleet.map(fleet_id),
+        reason: String::new(),
+        details: "{}".into(),
+    };
+    let rows = [
+        entry("force_requested", "device dev-1 operation 1", Some("f1")),
+        entry(
+            "operation_cancelled",
+            "device dev-10 operation 2",
+            Some("f1"),
+        ),
+        entry("force_requested", "device dev-2 operation 3", Some("f2")),
+        entry("token_created", "token abc", None),
+        entry("rollout_paused", "device dev-1", Some("f1")),
+    ];
+    let mut ids = Vec::new();
+    for r in &rows {
+        ids.push(s.append_audit(r).await.unwrap());
+    }
+    let got = |f: AuditFilter| {
+        let s = s.clone();
+        async move {
+            s.list_audit(&f)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e.subject)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        got(AuditFilter {
+            action: Some("force_requested".into()),
+            ..Default::default()
+        })
+        .await,
+        vec!["device dev-1 operation 1", "device dev-2 operation 3"]
+    );
+    assert_eq!(
+        got(AuditFilter {
+            subject: Some("device dev-1".into()),
+            ..Default::default()
+        })
+        .await,
+        vec!["device dev-1 operation 1", "device dev-1"],
+        "a subject matches itself and what it starts by whole words"
+    );
+    assert_eq!(
+        got(AuditFilter {
+            fleet: Some(fleet_id("f2")),
+            ..Default::default()
+        })
+        .await,
+        vec!["device dev-2 operation 3"]
+    );
+    assert_eq!(
+        got(AuditFilter {
+            within: Some([fleet_id("f1")].into()),
+            ..Default::default()
+        })
+        .await,
+        vec![
+            "device dev-1 operation 1",
+            "device dev-10 operation 2",
+            "device dev-1"
+        ],
+        "a scope leaves out other fleets and entries of no fleet"
+    );
+    assert_eq!(
+        got(AuditFilter {
+            after: ids[1],
+            limit: 2,
+            ..Default::default()
+        })
+        .await,
+        vec!["device dev-2 operation 3", "token abc"]
+    );
+    let none = s.list_audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(none[3].1.fleet, None);
+}
+
+fn api_token(id: &str, role: Role, fleets: &[&str], expires: Option<i64>) -> ApiToken {
+    ApiToken {
+        id: TokenId::new(id).unwrap(),
+        name: format!("{id} token"),
+        role,
+        scope: Scope::fleets(fleets.iter().map(|f| fleet_id(f))),
+        created_by: "admin (token a1)".into(),
+        created: ts(10),
+        expires: expires.map(ts),
+        revoked: None,
+        revoked_by: None,
+    }
+}
+
+async fn api_tokens_round_trip_by_hash_and_revoke_once<S: Store>(s: S) {
+    let op = api_token("op1", Role::Operator, &["f1", "f2"], Some(5_000));
+    s.create_token(&op, "hash-op1").await.unwrap();
+    assert_eq!(
+        s.get_token(&op.id).await.unwrap(),
+        (op.clone(), "hash-op1".to_owned())
+    );
+    assert!(matches!(
+        s.create_token(&op, "other").await.unwrap_err(),
+        StoreError::AlreadyExists {
+            entity: "api token",
+            ..
+        }
+    ));
+    assert!(matches!(
+        s.get_token(&TokenId::new("nope").unwrap())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound {
+            entity: "api token",
+            ..
+        }
+    ));
+    let viewer = api_token("v1", Role::Viewer, &[], None);
+    s.create_token(&viewer, "hash-v1").await.unwrap();
+    assert_eq!(
+        s.list_tokens().await.unwrap(),
+        vec![op.clone(), viewer.clone()]
+    );
+
+    let revoked = s
+        .revoke_token(&op.id, "admin (token a1)", ts(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        (revoked.revoked, revoked.revoked_by.as_deref()),
+        (Some(ts(20)), Some("admin (token a1)"))
+    );
+    assert_eq!(s.get_token(&op.id).await.unwrap().0, revoked);
+    assert!(matches!(
+        s.revoke_token(&op.id, "x", ts(21)).await.unwrap_err(),
+        StoreError::Conflict { .. }
+    ));
+    assert!(matches!(
+        s.revoke_token(&TokenId::new("nope").unwrap(), "x", ts(21))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+}
+
+async fn a_bootstrap_token_is_stored_only_while_no_admin_token_is_usable<S: Store>(s: S) {
+    let first = api_token("boot1", Role::Admin, &[], None);
+    assert!(
+        s.create_token_unless_admin(&first, "h1", ts(100))
+            .await
+            .unwrap()
+    );
+    let second = api_token("boot2", Role::Admin, &[], None);
+    assert!(
+        !s.create_token_unless_admin(&second, "h2", ts(100))
+            .await
+            .unwrap(),
+        "an admin token exists"
+    );
+    // Other roles do not count; a revoked or expired admin does not either.
+    s.create_token(&api_token("v", Role::Viewer, &[], None), "h")
+        .await
+        .unwrap();
+    s.revoke_token(&first.id, "x", ts(200)).await.unwrap();
+    s.create_token(&api_token("old", Role::Admin, &[], Some(300)), "h")
+        .await
+        .unwrap();
+    assert!(
+        !s.create_token_unless_admin(&second, "h2", ts(299))
+            .await
+            .unwrap(),
+        "old is usable until 300"
+    );
+    assert!(
+        s.create_token_unless_admin(&second, "h2", ts(300))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.get_token(&second.id).await.unwrap().1, "h2");
 }
 
 async fn operations_supersede_and_steps_are_atomic_with_their_intents<S: Store>(s: S) {
@@ -1176,7 +1475,7 @@ async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: 
     // One active rollout of a kind per fleet: refused, or superseded.
     let again = s.create_rollout(&new, &the_plan, false, ts(11)).await;
     assert!(
-        matches!(again, Err(StoreError::Conflict { .. })),
+        matches!(&again, Err(StoreError::Precondition { message }) if message.contains("still active")),
         "{again:?}"
     );
     let os_rollout = NewRollout {
@@ -1292,6 +1591,70 @@ async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: 
     ));
 }
 
+async fn a_newer_waiting_assignment_supersedes_an_older_one_that_came_back<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let r = |id: &str| OperationSpec::AssignRelease(ReleaseId::new(id).unwrap());
+    let old = s
+        .create_operation(&dev("d1"), &r("r1"), None, ts(1))
+        .await
+        .unwrap();
+    // The old one is applying, so creating r2 does not supersede it ...
+    let mut applying = old.clone();
+    applying.status = OpStatus::Applying;
+    s.record_step(&applying, OpStatus::Pending, &[], ts(2))
+        .await
+        .unwrap();
+    let newer = s
+        .create_operation(&dev("d1"), &r("r2"), None, ts(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(4))
+            .await
+            .unwrap(),
+        0,
+        "an applying assignment is left alone"
+    );
+    // ... then its apply came back stale and it waits again.
+    let mut back = applying.clone();
+    back.status = OpStatus::WaitingLock;
+    s.record_step(&back, OpStatus::Applying, &[], ts(5))
+        .await
+        .unwrap();
+    let reboot = s
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(6))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(7))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.get_operation(old.id).await.unwrap().status,
+        OpStatus::Superseded
+    );
+    assert_eq!(
+        s.get_operation(newer.id).await.unwrap().status,
+        OpStatus::Pending
+    );
+    assert_eq!(
+        s.get_operation(reboot.id).await.unwrap().status,
+        OpStatus::Pending,
+        "other kinds are untouched"
+    );
+    assert_eq!(
+        s.supersede_older_assignments(&dev("d1"), ts(8))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1329,10 +1692,15 @@ conformance!(
     acknowledged_intents_leave_the_outbox,
     a_device_timeline_interleaves_intents_and_answers_newest_first,
     device_status_counts_are_per_fleet_and_status,
+    operation_status_counts_count_every_stored_status,
     audit_entries_append_and_list_in_order,
+    audit_entries_filter_by_action_subject_fleet_and_scope,
+    api_tokens_round_trip_by_hash_and_revoke_once,
+    a_bootstrap_token_is_stored_only_while_no_admin_token_is_usable,
     operations_supersede_and_steps_are_atomic_with_their_intents,
     windows_and_policies_attach_to_fleets_tags_and_devices,
     rollouts_store_their_plan_and_start_members_in_plan_order,
+    a_newer_waiting_assignment_supersedes_an_older_one_that_came_back,
 );
 
 // ------------------------------------------- backend-specific behaviour

@@ -98,6 +98,12 @@ async fn tls_channel(server: &Server, ca_pem: &str) -> tonic::transport::Channel
         .expect("a TLS connection to lockstep serve")
 }
 
+/// [`tls_channel`] with the server's admin token on every call.
+async fn tls_authed(server: &Server, ca_pem: &str) -> support::Chan {
+    let bearer = lockstep::cli::Bearer::new(&server.token()).expect("a token");
+    tonic::service::interceptor::InterceptedService::new(tls_channel(server, ca_pem).await, bearer)
+}
+
 async fn health(channel: tonic::transport::Channel) -> Result<i32, tonic::Status> {
     tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
@@ -116,7 +122,10 @@ async fn grpc_over_tls_works_and_plain_text_to_the_tls_port_fails() {
         health(channel.clone()).await.expect("health over TLS"),
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-    let mut devices = DeviceServiceClient::new(channel);
+    let mut devices = DeviceServiceClient::with_interceptor(
+        channel,
+        lockstep::cli::Bearer::new(&server.token()).expect("a token"),
+    );
     devices
         .create_fleet(pb::CreateFleetRequest {
             id: "site".into(),
@@ -172,7 +181,7 @@ async fn a_client_that_does_not_trust_the_ca_is_refused() {
 
 /// Registers `dev-1` over TLS and writes its credential to the PKI dir.
 async fn register(server: &Server, pki: &Pki) {
-    let mut devices = DeviceServiceClient::new(tls_channel(server, &pki.ca_pem()).await);
+    let mut devices = DeviceServiceClient::new(tls_authed(server, &pki.ca_pem()).await);
     devices
         .create_fleet(pb::CreateFleetRequest {
             id: "site".into(),
@@ -251,7 +260,7 @@ async fn under_mutual_tls_an_agent_connects_only_with_a_certificate_naming_its_d
     // Its own certificate: connected, and the server sees it online.
     let good = agent(&server, &pki, Some("dev-1"), "good");
     good.wait_log("connected to the server");
-    let mut devices = DeviceServiceClient::new(tls_channel(&server, &pki.ca_pem()).await);
+    let mut devices = DeviceServiceClient::new(tls_authed(&server, &pki.ca_pem()).await);
     support::eventually(30, "dev-1 in sync", || {
         let mut devices = devices.clone();
         async move {
@@ -426,6 +435,7 @@ fn the_cli_talks_to_a_tls_server_when_it_trusts_the_ca() {
         std::process::Command::new(support::BIN)
             .args(["fleet", "list", "--output", "json", "--server", &url])
             .args(extra)
+            .env("LOCKSTEP_TOKEN", server.token())
             .output()
             .unwrap()
     };

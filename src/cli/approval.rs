@@ -24,8 +24,13 @@ pub enum ApprovalCommand {
         id: u64,
         #[command(flatten)]
         pick: PickArgs,
-        /// Who approves (recorded in the audit log).
-        #[arg(long, value_name = "WHO")]
+        /// On whose behalf (recorded beside the token in the audit log).
+        #[arg(
+            long,
+            value_name = "WHO",
+            default_value = "",
+            hide_default_value = true
+        )]
         actor: String,
     },
     /// Declines an approval; its operation is cancelled with the message.
@@ -35,8 +40,13 @@ pub enum ApprovalCommand {
         /// Why (shown on the cancelled operation).
         #[arg(long, value_name = "TEXT")]
         message: String,
-        /// Who declines (recorded in the audit log).
-        #[arg(long, value_name = "WHO")]
+        /// On whose behalf (recorded beside the token in the audit log).
+        #[arg(
+            long,
+            value_name = "WHO",
+            default_value = "",
+            hide_default_value = true
+        )]
         actor: String,
     },
 }

@@ -1,7 +1,10 @@
 //! The operator verbs' connection to `lockstep serve`: dials `--server`
 //! once per invocation (over TLS for `https://`, trusting `--tls-ca`), with
-//! bounded connect and call times, and stamps every request with the
-//! `--token` bearer metadata when one is given.
+//! bounded connect and call times, and stamps every request with the API
+//! token as bearer metadata: `--token`, else the `--token-file`, else
+//! `./lockstep-data/admin.token` if there is one. The call time bounds a
+//! call until its answer starts: a server stream (`rollout watch`) then
+//! flows for as long as the server sends.
 
 use std::time::Duration;
 
@@ -11,9 +14,12 @@ use tonic::transport::Channel;
 use super::ClientOpts;
 use super::error::CliError;
 use super::parse;
+use crate::grpc::pb::audit_service_client::AuditServiceClient;
 use crate::grpc::pb::catalog_service_client::CatalogServiceClient;
 use crate::grpc::pb::device_service_client::DeviceServiceClient;
 use crate::grpc::pb::operation_service_client::OperationServiceClient;
+use crate::grpc::pb::rollout_service_client::RolloutServiceClient;
+use crate::grpc::pb::token_service_client::TokenServiceClient;
 use crate::grpc::pb::window_service_client::WindowServiceClient;
 use crate::limits::MAX_MESSAGE_BYTES;
 use crate::tls::ClientTls;
@@ -37,8 +43,8 @@ impl Target {
             server: opts.server.clone(),
             reason,
         })?;
-        let auth = match opts.token.as_deref().map(str::trim) {
-            None | Some("") => None,
+        let auth = match token(opts)? {
+            None => None,
             Some(t) => Some(
                 MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| CliError::BadToken)?,
             ),
@@ -68,6 +74,63 @@ impl Target {
         })
     }
 }
+
+/// Where a local `lockstep serve` (default data directory) writes its
+/// bootstrap admin token, relative to the working directory.
+pub const LOCAL_TOKEN_FILE: &str = "lockstep-data/admin.token";
+
+/// The token to send: `--token`, else `--token-file`, else the local
+/// server's bootstrap token file if it exists; `None` sends no token.
+fn token(opts: &ClientOpts) -> Result<Option<String>, CliError> {
+    if let Some(t) = opts
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(Some(t.to_owned()));
+    }
+    let (path, explicit) = match &opts.token_file {
+        Some(p) => (p.clone(), true),
+        None => (std::path::PathBuf::from(LOCAL_TOKEN_FILE), false),
+    };
+    match crate::access::read_token_file(&path) {
+        Ok(t) if !t.is_empty() => Ok(Some(t)),
+        Ok(_) if explicit => Err(CliError::TokenFile {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
+        }),
+        Err(source) if explicit => Err(CliError::TokenFile { path, source }),
+        _ => Ok(None),
+    }
+}
+
+/// Stamps every request with `authorization: Bearer <token>` unless it
+/// carries an authorization already: for clients built on a channel
+/// (`lockstep demo`, tests) rather than through [`Api::req`].
+#[derive(Debug, Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    /// `None` if the token cannot be sent as metadata.
+    pub fn new(token: &str) -> Option<Self> {
+        MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .ok()
+            .map(Bearer)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if !req.metadata().contains_key("authorization") {
+            req.metadata_mut().insert("authorization", self.0.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose requests carry a token.
+pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// A connected server.
 pub struct Api {
@@ -105,6 +168,24 @@ impl Api {
 
     pub fn windows(&self) -> WindowServiceClient<Channel> {
         WindowServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn rollouts(&self) -> RolloutServiceClient<Channel> {
+        RolloutServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn tokens(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn audit(&self) -> AuditServiceClient<Channel> {
+        AuditServiceClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

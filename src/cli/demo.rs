@@ -8,7 +8,9 @@
 //! goes through the public gRPC API, as an operator's tools would.
 //!
 //! The sample blocks are this binary too (`lockstep debug demo-block`), so
-//! the demo needs nothing but the binary.
+//! the demo needs nothing but the binary. It uses the admin token its
+//! server wrote on first start (`<dir>/server-data/admin.token`), and
+//! prints a dashboard link that logs in with it.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -16,8 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use super::client::{AuthChannel, Bearer};
 use crate::grpc::pb;
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
@@ -149,10 +153,24 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     children.0.push(server);
     let url = format!("http://{}", args.listen);
     let ch = connect(&url, &dir.join("server.log"), &mut children.0[0]).await?;
+    // The server writes its admin token on start, before it serves.
+    let token_file = dir.join("server-data").join("admin.token");
+    let token = read_token(&token_file, &mut children.0[0]).await?;
+    let bearer = Bearer::new(&token).ok_or_else(|| {
+        DemoError::Server(format!("{} holds no usable token", token_file.display()))
+    })?;
+    let ch: AuthChannel = InterceptedService::new(ch, bearer);
     n.say(
         "server",
         format!(
-            "listening on {url} (embedded SQLite); dashboard: http://{}/",
+            "listening on {url} (embedded SQLite); admin token in {}",
+            token_file.display()
+        ),
+    );
+    n.say(
+        "server",
+        format!(
+            "dashboard: http://{}/login#token={token}",
             args.dashboard_listen
         ),
     );
@@ -402,8 +420,9 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     n.say(
         "rollout",
         format!(
-            "watch it: http://{}/rollouts/{rollout_id}  or  lockstep rollout watch {rollout_id} --server {url}",
-            args.dashboard_listen
+            "watch it: http://{}/rollouts/{rollout_id}  or  lockstep rollout watch {rollout_id} --server {url} --token-file {}",
+            args.dashboard_listen,
+            token_file.display()
         ),
     );
     let mut watch = RolloutServiceClient::new(ch.clone())
@@ -513,7 +532,38 @@ async fn connect(url: &str, log: &Path, server: &mut Child) -> Result<Channel, D
     }
 }
 
-async fn wait_reported(devs: &mut DeviceServiceClient<Channel>, id: &str) -> Result<(), DemoError> {
+/// The token the server writes to `path` (atomically) on its first start,
+/// once it is there.
+async fn read_token(path: &Path, server: &mut Child) -> Result<String, DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match crate::access::read_token_file(path) {
+            Ok(t) if !t.is_empty() => return Ok(t),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("reading {}", path.display()))(e));
+            }
+            _ => {}
+        }
+        if let Ok(Some(status)) = server.try_wait() {
+            return Err(DemoError::Server(format!(
+                "it exited ({status}) before writing {}",
+                path.display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Server(format!(
+                "no admin token in {} within 30 s",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_reported(
+    devs: &mut DeviceServiceClient<AuthChannel>,
+    id: &str,
+) -> Result<(), DemoError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = devs

@@ -182,7 +182,7 @@ async fn register(
 }
 
 /// A new file only its owner can read or write.
-fn create_private(path: &Path) -> Result<std::fs::File, CliError> {
+pub(super) fn create_private(path: &Path) -> Result<std::fs::File, CliError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .write(true)
@@ -190,13 +190,13 @@ fn create_private(path: &Path) -> Result<std::fs::File, CliError> {
         .mode(0o600)
         .open(path)
         .map_err(|source| CliError::WriteOutput {
-            action: "creating the credential file",
+            action: "creating the file",
             path: path.to_owned(),
             source,
         })
 }
 
-fn write_secret(mut file: std::fs::File, secret: &str) -> std::io::Result<()> {
+pub(super) fn write_secret(mut file: std::fs::File, secret: &str) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     // The umask can only narrow the mode; make it exactly 0600.
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;

@@ -9,7 +9,8 @@ use tonic::Code;
 
 /// Exit codes of the operator verbs.
 pub mod exit {
-    /// `op wait`: the operation ended failed, cancelled or superseded.
+    /// `op wait`: the operation ended failed, cancelled or superseded;
+    /// `rollout watch`: the rollout ended aborted or superseded.
     pub const OPERATION_FAILED: i32 = 1;
     /// Bad flags or arguments, or `INVALID_ARGUMENT` from the server.
     pub const USAGE: i32 = 2;
@@ -19,6 +20,9 @@ pub mod exit {
     /// The server cannot be reached, or answers `UNAVAILABLE`.
     pub const UNAVAILABLE: i32 = 5;
     pub const OTHER: i32 = 6;
+    /// `UNAUTHENTICATED` (no, a bad, revoked or expired token) or
+    /// `PERMISSION_DENIED` (the token's role or fleets do not allow it).
+    pub const DENIED: i32 = 7;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,11 @@ pub enum CliError {
     BadServer { server: String, reason: String },
     #[error("--token cannot be sent as gRPC metadata (it must be visible ASCII)")]
     BadToken,
+    #[error("cannot read the token file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("UNAVAILABLE: cannot reach the server at {server}: {reason}")]
     Connect { server: String, reason: String },
     /// The server refused a call; shown as `CODE: message`.
@@ -77,6 +86,19 @@ pub enum CliError {
     /// `approval approve`: the approval was already decided.
     #[error("FAILED_PRECONDITION: approval {id} is {status}, not requested")]
     AlreadyDecided { id: u64, status: String },
+    /// `rollout watch`: the rollout ended without completing.
+    #[error("rollout {id} {state}{}", detail(message))]
+    RolloutEnded {
+        id: u64,
+        state: String,
+        message: String,
+    },
+    /// `rollout watch`: the stream ended while the rollout was still active
+    /// (the server stopped, say).
+    #[error(
+        "UNAVAILABLE: the server ended the watch while rollout {id} was still {state}; watch again to carry on"
+    )]
+    WatchEnded { id: u64, state: String },
 }
 
 impl CliError {
@@ -89,13 +111,16 @@ impl CliError {
     /// The process exit code for this failure (see [`exit`]).
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::OperationFailed { .. } => exit::OPERATION_FAILED,
+            CliError::OperationFailed { .. } | CliError::RolloutEnded { .. } => {
+                exit::OPERATION_FAILED
+            }
             CliError::Usage { .. }
             | CliError::BadServer { .. }
             | CliError::BadToken
+            | CliError::TokenFile { .. }
             | CliError::ReadInput { .. }
             | CliError::BadInput { .. } => exit::USAGE,
-            CliError::Connect { .. } => exit::UNAVAILABLE,
+            CliError::Connect { .. } | CliError::WatchEnded { .. } => exit::UNAVAILABLE,
             CliError::NotFound { .. } => exit::NOT_FOUND,
             CliError::AlreadyDecided { .. } => exit::CONFLICT,
             CliError::Rpc { status, .. } => code_exit(status.code()),
@@ -115,6 +140,7 @@ pub fn code_exit(code: Code) -> i32 {
         Code::NotFound => exit::NOT_FOUND,
         Code::AlreadyExists | Code::FailedPrecondition => exit::CONFLICT,
         Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+        Code::Unauthenticated | Code::PermissionDenied => exit::DENIED,
         _ => exit::OTHER,
     }
 }
@@ -146,10 +172,17 @@ fn rpc_line(status: &tonic::Status) -> String {
     let name = code_name(status.code());
     // One line, whatever the server put in its message.
     let message = status.message().split_whitespace().collect::<Vec<_>>();
-    if message.is_empty() {
+    let line = if message.is_empty() {
         name.to_owned()
     } else {
         format!("{name}: {}", message.join(" "))
+    };
+    if status.code() == Code::Unauthenticated {
+        format!(
+            "{line} (give an API token with --token or --token-file, or LOCKSTEP_TOKEN or LOCKSTEP_TOKEN_FILE)"
+        )
+    } else {
+        line
     }
 }
 
@@ -188,7 +221,8 @@ mod tests {
             (Code::Unavailable, 5),
             (Code::DeadlineExceeded, 5),
             (Code::Internal, 6),
-            (Code::Unauthenticated, 6),
+            (Code::Unauthenticated, 7),
+            (Code::PermissionDenied, 7),
             (Code::Aborted, 6),
         ];
         for (code, want) in cases {
@@ -202,7 +236,7 @@ mod tests {
 
     #[test]
     fn errors_read_as_one_line() {
-        let cases: [(CliError, &str, i32); 8] = [
+        let cases: [(CliError, &str, i32); 10] = [
             (
                 CliError::Rpc {
                     call: "GetDevice",
@@ -267,6 +301,23 @@ mod tests {
                 },
                 "FAILED_PRECONDITION: approval 9 is declined, not requested",
                 4,
+            ),
+            (
+                CliError::RolloutEnded {
+                    id: 3,
+                    state: "aborted".into(),
+                    message: "error threshold crossed: 2 failed (threshold 2); aborted".into(),
+                },
+                "rollout 3 aborted: error threshold crossed: 2 failed (threshold 2); aborted",
+                1,
+            ),
+            (
+                CliError::WatchEnded {
+                    id: 3,
+                    state: "running".into(),
+                },
+                "UNAVAILABLE: the server ended the watch while rollout 3 was still running; watch again to carry on",
+                5,
             ),
         ];
         for (e, line, code) in cases {

@@ -1,15 +1,20 @@
-//! The operator CLI: `lockstep fleet|block|release|device|env|op ...` and
-//! `lockstep window|policy|approval ...` in the same binary as the server and
-//! the agent, so operators, customers and scripts drive every API without a
+//! The operator CLI: `lockstep fleet|block|release|device|env|op ...`,
+//! `lockstep window|policy|approval ...`, `lockstep rollout ...` and
+//! `lockstep token|audit ...` in the same binary as the server and the
+//! agent, so operators, customers and scripts drive every API without a
 //! gRPC tool. Each verb is a thin client of the public gRPC API: aligned tables for people by default, one JSON document with
 //! `--output json` for scripts, and exit codes scripts can branch on
 //! ([`exit`]: 0 ok, 1 operation failed, 2 usage, 3 not found, 4 already
-//! exists / failed precondition, 5 server unavailable, 6 other).
+//! exists / failed precondition, 5 server unavailable, 6 other, 7 not
+//! authenticated or not allowed). Every verb sends the API token given by
+//! `--token`, `--token-file` (or their env variables), else the one a local
+//! server wrote to `./lockstep-data/admin.token`.
 //!
 //! The binary wires each verb group as a subcommand holding a [`Verb`]; the
 //! group enums and [`run`] are usable on their own.
 
 mod approval;
+mod audit;
 mod block;
 mod client;
 pub mod demo;
@@ -20,12 +25,16 @@ mod fleet;
 mod op;
 pub mod parse;
 mod policy;
+mod progress;
 mod release;
+mod rollout;
 mod table;
+mod token;
 mod view;
 mod window;
 
 pub use approval::{ApprovalCommand, PickArgs};
+pub use audit::AuditCommand;
 pub use block::{AddVersionArgs, BlockCommand};
 pub use device::DeviceCommand;
 pub use env::{EnvCommand, OwnerArgs};
@@ -34,9 +43,12 @@ pub use fleet::FleetCommand;
 pub use op::{OpCommand, OpCreateArgs, OpKindArgs};
 pub use policy::{PolicyChanges, PolicyCommand};
 pub use release::ReleaseCommand;
+pub use rollout::{RolloutActionArgs, RolloutCommand, RolloutCreateArgs, RolloutTargetArgs};
+pub use token::{TokenCommand, TokenCreateArgs};
 pub use window::{RuleArgs, ScopeArgs, WindowCommand, WindowCreateArgs};
 
 use client::{Api, Target};
+pub use client::{AuthChannel, Bearer};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -62,7 +74,7 @@ pub struct ClientOpts {
         help_heading = "Client options"
     )]
     pub server: String,
-    /// Sent as `authorization: Bearer <token>` metadata.
+    /// The API token, sent as `authorization: Bearer <token>` metadata.
     #[arg(
         long,
         global = true,
@@ -79,6 +91,17 @@ pub struct ClientOpts {
         help_heading = "Client options"
     )]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// A file holding the API token (when --token is not given). With
+    /// neither, ./lockstep-data/admin.token is used if it exists: the token
+    /// a local `lockstep serve` wrote on its first start.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_TOKEN_FILE",
+        value_name = "FILE",
+        help_heading = "Client options"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
     /// table (for people) or json (for scripts).
     #[arg(
         long,
@@ -120,6 +143,15 @@ pub enum CliCommand {
     /// Customer approvals of operations: list, approve, decline.
     #[command(subcommand)]
     Approval(ApprovalCommand),
+    /// Phased rollouts: create, get, list, pause, resume, abort, watch.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// API tokens: create, list, revoke, whoami.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit log: list.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 macro_rules! into_cli_command {
@@ -142,6 +174,9 @@ into_cli_command!(
     Window(WindowCommand),
     Policy(PolicyCommand),
     Approval(ApprovalCommand),
+    Rollout(RolloutCommand),
+    Token(TokenCommand),
+    Audit(AuditCommand),
 );
 
 /// One verb group as a subcommand of the binary: its verbs plus the client
@@ -190,6 +225,9 @@ pub async fn run(opts: ClientOpts, cmd: CliCommand) -> Result<(), CliError> {
         CliCommand::Window(c) => window::run(&ctx, c).await,
         CliCommand::Policy(c) => policy::run(&ctx, c).await,
         CliCommand::Approval(c) => approval::run(&ctx, c).await,
+        CliCommand::Rollout(c) => rollout::run(&ctx, c).await,
+        CliCommand::Token(c) => token::run(&ctx, c).await,
+        CliCommand::Audit(c) => audit::run(&ctx, c).await,
     }
 }
 
@@ -231,6 +269,9 @@ mod tests {
         Window(Verb<WindowCommand>),
         Policy(Verb<PolicyCommand>),
         Approval(Verb<ApprovalCommand>),
+        Rollout(Verb<RolloutCommand>),
+        Token(Verb<TokenCommand>),
+        Audit(Verb<AuditCommand>),
     }
 
     /// Stands in for the server's own `--server`-free subcommands.
@@ -252,6 +293,9 @@ mod tests {
             Group::Window(v) => (v.opts, v.command.into()),
             Group::Policy(v) => (v.opts, v.command.into()),
             Group::Approval(v) => (v.opts, v.command.into()),
+            Group::Rollout(v) => (v.opts, v.command.into()),
+            Group::Token(v) => (v.opts, v.command.into()),
+            Group::Audit(v) => (v.opts, v.command.into()),
         })
     }
 
@@ -444,7 +488,7 @@ mod tests {
             ),
             ("lockstep approval approve 3 --actor me", false),
             ("lockstep approval approve 3 --index 0 --actor me", false),
-            ("lockstep approval approve 3 --index 1", false),
+            ("lockstep approval approve 3 --index 1", true),
             (
                 "lockstep approval approve 3 --index 1 --start 2026-11-24T22:00:00Z --actor me",
                 false,
@@ -454,6 +498,89 @@ mod tests {
                 true,
             ),
             ("lockstep approval decline 3 --actor me", false),
+            ("lockstep approval decline 3 --message no", true),
+            (
+                "lockstep token create --role operator --fleet a --fleet b --expires 30d --name ci",
+                true,
+            ),
+            (
+                "lockstep token create --role admin --token-out /tmp/t",
+                true,
+            ),
+            ("lockstep token create", false),
+            ("lockstep token create --role root", false),
+            ("lockstep token create --role viewer --expires 30", false),
+            ("lockstep token list --output json", true),
+            ("lockstep token revoke 0a1b2c3d4e5f --reason leaked", true),
+            ("lockstep token revoke", false),
+            ("lockstep token whoami", true),
+            ("lockstep audit list", true),
+            (
+                "lockstep audit list --after 10 --limit 50 --action force_requested --subject device_d1 --fleet f",
+                true,
+            ),
+            ("lockstep audit list --limit 0", false),
+            ("lockstep audit list --limit 1001", false),
+            ("lockstep audit list --after x", false),
+            ("lockstep fleet list --token-file /tmp/t", true),
+            (
+                "lockstep rollout create --fleet f --release r2 --canary 1 --batches 10%,25%,50 --max-in-flight 3 --soak 10m --success-threshold 95 --error-threshold 5% --on-error abort --supersede --actor me --seed 7 --tag north",
+                true,
+            ),
+            ("lockstep rollout create --fleet f --os-version 13.1", true),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 10% --batches 50",
+                true,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --error-threshold 2 --success-threshold 95%",
+                true,
+            ),
+            ("lockstep rollout create --fleet f", false),
+            ("lockstep rollout create --release r2", false),
+            (
+                "lockstep rollout create --fleet f --release r2 --os-version 13.1",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --batches 10%,150%",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --error-threshold 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --success-threshold 0",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --soak 31d",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --soak 10",
+                false,
+            ),
+            (
+                "lockstep rollout create --fleet f --release r2 --on-error explode",
+                false,
+            ),
+            ("lockstep rollout get 3", true),
+            ("lockstep rollout get 0", false),
+            ("lockstep rollout get three", false),
+            ("lockstep rollout list", true),
+            ("lockstep rollout list --fleet f --output json", true),
+            ("lockstep rollout pause 3 --actor me --reason why", true),
+            ("lockstep rollout resume 3", true),
+            ("lockstep rollout abort 3 --reason bad", true),
+            ("lockstep rollout abort", false),
+            ("lockstep rollout watch 3 --output json", true),
+            ("lockstep rollout watch", false),
         ];
         for (line, ok) in cases {
             let got = parse(line);

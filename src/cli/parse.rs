@@ -1,12 +1,15 @@
 //! Pure parsers for the operator verbs' arguments (`K=V`, `BLOCK@VERSION`,
-//! `BLOCK[:restart]`, durations, device statuses, server URLs, and for
+//! `BLOCK[:restart]`, durations, device statuses, server URLs, for
 //! maintenance windows weekdays, local times, time zones, instants and
-//! recurrences), kept apart from IO so each is pinned by a table of cases.
+//! recurrences, and for rollouts batch amounts, percentages, error
+//! thresholds and soaks), kept apart from IO so each is pinned by a table of
+//! cases.
 //! They are clap value parsers, so a bad argument is a usage error (exit 2)
 //! before any call.
 
 use std::time::Duration;
 
+use crate::domain::{Amount, Strategy};
 use crate::grpc::pb;
 
 /// `NAME=VALUE` (the value may be empty and may contain `=`).
@@ -124,6 +127,67 @@ pub fn deferral(s: &str) -> Result<u64, String> {
     match d.as_secs() {
         secs @ 1..=31_536_000 => Ok(secs),
         _ => Err(format!("{s:?}: must be between 1s and 365d")),
+    }
+}
+
+/// An id the server numbers from 1 (a rollout's).
+pub fn positive_id(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?}: expected a positive id, e.g. 7")),
+    }
+}
+
+/// A number of devices or failures: `50` (at least 1 `what`) or `10%`
+/// (1% to 100%).
+fn amount(s: &str, what: &str) -> Result<Amount, String> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        return match p.trim().parse::<u8>() {
+            Ok(p @ 1..=100) => Ok(Amount::Percent(p)),
+            _ => Err(format!("{s:?}: a percentage must be 1% to 100%")),
+        };
+    }
+    match t.parse::<u32>() {
+        Ok(0) => Err(format!("{s:?}: must be at least 1 {what}")),
+        Ok(n) => Ok(Amount::Count(n)),
+        Err(_) => Err(format!(
+            "{s:?}: expected a number of {what}s (e.g. 50) or a percentage (e.g. 10%)"
+        )),
+    }
+}
+
+/// One rollout batch: `50` devices or `10%` of the rollout's devices.
+pub fn batch_amount(s: &str) -> Result<Amount, String> {
+    amount(s, "device")
+}
+
+/// Failures that stop a rollout: `2`, or `5%` of the devices that finished.
+pub fn error_threshold(s: &str) -> Result<Amount, String> {
+    amount(s, "failure")
+}
+
+/// A percentage, `95` or `95%`, 1 to 100.
+pub fn percent(s: &str) -> Result<u8, String> {
+    let t = s.trim();
+    match t.strip_suffix('%').unwrap_or(t).trim().parse::<u8>() {
+        Ok(p @ 1..=100) => Ok(p),
+        _ => Err(format!(
+            "{s:?}: expected a percentage from 1 to 100, e.g. 95"
+        )),
+    }
+}
+
+/// How long a rollout soaks after each batch, in whole seconds (`0s`,
+/// `10m`, `2h`), at most 30 days as the server allows.
+pub fn soak(s: &str) -> Result<u64, String> {
+    let d = duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: must be whole seconds"));
+    }
+    match d.as_secs() {
+        secs if secs <= Strategy::MAX_SOAK_SECONDS => Ok(secs),
+        _ => Err(format!("{s:?}: must be at most 30d")),
     }
 }
 
@@ -526,6 +590,63 @@ mod tests {
         }
         for bad in ["0s", "1500ms", "366d", "1"] {
             assert!(deferral(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn rollout_amounts_are_counts_or_percentages() {
+        let ok = [
+            ("50", Amount::Count(50)),
+            ("1", Amount::Count(1)),
+            ("10%", Amount::Percent(10)),
+            ("100%", Amount::Percent(100)),
+            (" 25% ", Amount::Percent(25)),
+        ];
+        for (input, want) in ok {
+            assert_eq!(batch_amount(input), Ok(want), "{input}");
+            assert_eq!(error_threshold(input), Ok(want), "{input}");
+        }
+        for (bad, needle) in [
+            ("0", "at least 1 device"),
+            ("0%", "1% to 100%"),
+            ("150%", "1% to 100%"),
+            ("-1", "a number of devices"),
+            ("%", "1% to 100%"),
+            ("ten", "a number of devices"),
+            ("", "a number of devices"),
+            ("1.5%", "1% to 100%"),
+        ] {
+            let e = batch_amount(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad:?}: {e}");
+        }
+        assert!(
+            error_threshold("0")
+                .unwrap_err()
+                .contains("at least 1 failure")
+        );
+    }
+
+    #[test]
+    fn positive_ids() {
+        assert_eq!(positive_id("7"), Ok(7));
+        for bad in ["0", "-1", "seven", ""] {
+            assert!(positive_id(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn percentages_and_soaks() {
+        for (input, want) in [("95", 95), ("95%", 95), ("1", 1), ("100", 100)] {
+            assert_eq!(percent(input), Ok(want), "{input}");
+        }
+        for bad in ["0", "101", "101%", "-5", "half", ""] {
+            assert!(percent(bad).is_err(), "{bad:?} should be refused");
+        }
+        for (input, want) in [("0s", 0), ("90s", 90), ("10m", 600), ("30d", 2_592_000)] {
+            assert_eq!(soak(input), Ok(want), "{input}");
+        }
+        for bad in ["10", "31d", "1500ms", "soon"] {
+            assert!(soak(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

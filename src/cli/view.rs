@@ -1440,6 +1440,483 @@ impl Human for ApprovalList {
     }
 }
 
+// ----------------------------------------------------------------- rollouts
+
+/// A number of devices or failures: `{"count": 50}` or `{"percent": 10}`,
+/// as the proto's `Amount` oneof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmountView {
+    Count(u32),
+    Percent(u32),
+}
+
+impl AmountView {
+    fn from_pb(a: &pb::Amount) -> Option<Self> {
+        use pb::amount::Amount;
+        Some(match a.amount? {
+            Amount::Count(n) => AmountView::Count(n),
+            Amount::Percent(p) => AmountView::Percent(p),
+        })
+    }
+
+    fn domain(self) -> crate::domain::Amount {
+        use crate::domain::Amount;
+        match self {
+            AmountView::Count(n) => Amount::Count(n),
+            AmountView::Percent(p) => Amount::Percent(u8::try_from(p).unwrap_or(100)),
+        }
+    }
+}
+
+impl std::fmt::Display for AmountView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AmountView::Count(n) => write!(f, "{n}"),
+            AmountView::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// How a rollout proceeds, field for field as `RolloutStrategy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StrategyView {
+    pub canary: u32,
+    /// The batches after the canary; the last repeats until every device is
+    /// covered.
+    pub batches: Vec<AmountView>,
+    /// 0: no limit.
+    pub max_in_flight: u32,
+    pub soak_seconds: u64,
+    pub success_threshold_percent: u32,
+    pub error_threshold: Option<AmountView>,
+    /// pause or abort.
+    pub on_error: String,
+}
+
+impl From<pb::RolloutStrategy> for StrategyView {
+    fn from(s: pb::RolloutStrategy) -> Self {
+        StrategyView {
+            canary: s.canary,
+            batches: s.batches.iter().filter_map(AmountView::from_pb).collect(),
+            max_in_flight: s.max_in_flight,
+            soak_seconds: s.soak_seconds,
+            success_threshold_percent: match s.success_threshold_percent {
+                0 => 100,
+                p => p,
+            },
+            error_threshold: s.error_threshold.as_ref().and_then(AmountView::from_pb),
+            on_error: if s.on_error.is_empty() {
+                "pause".into()
+            } else {
+                s.on_error
+            },
+        }
+    }
+}
+
+impl StrategyView {
+    /// In the words of `rollout create`'s flags: `canary 1, batches
+    /// 10%,50, max in flight 3, soak 10m, success threshold 95%, error
+    /// threshold 2, on error pause`.
+    pub fn text(&self) -> String {
+        let batches = if self.batches.is_empty() {
+            "batches (the rest at once)".to_owned()
+        } else {
+            let list: Vec<String> = self.batches.iter().map(ToString::to_string).collect();
+            format!("batches {}", list.join(","))
+        };
+        let in_flight = match self.max_in_flight {
+            0 => "no in-flight limit".to_owned(),
+            n => format!("max in flight {n}"),
+        };
+        let error = self.error_threshold.unwrap_or(AmountView::Count(1));
+        format!(
+            "canary {}, {batches}, {in_flight}, soak {}, success threshold {}%, error threshold {error}, on error {}",
+            self.canary,
+            duration_text(self.soak_seconds),
+            self.success_threshold_percent,
+            self.on_error
+        )
+    }
+
+    /// How many batches the server plans for `devices` devices (its own
+    /// planner's arithmetic).
+    fn batch_count(&self, devices: u64) -> u64 {
+        let strategy = crate::domain::Strategy {
+            canary: self.canary,
+            batches: self.batches.iter().map(|a| a.domain()).collect(),
+            ..Default::default()
+        };
+        strategy.batch_sizes(devices).len() as u64
+    }
+}
+
+/// A rollout. Batches are numbered from 0 in JSON, as in the API
+/// (`current_batch`, `index`), and from 1 in tables (`batch 2/5`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutView {
+    pub id: u64,
+    pub fleet: String,
+    /// Only the fleet's devices with this tag; empty: all of them.
+    pub tag: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    pub strategy: StrategyView,
+    /// running, paused, aborted, completed or superseded.
+    pub state: String,
+    /// The batch being worked on, from 0.
+    pub current_batch: u32,
+    /// How many batches the plan has.
+    pub batch_count: u64,
+    /// Devices in batches; those already at the target are `skipped`.
+    pub devices: u64,
+    pub skipped: u64,
+    /// Why it paused, aborted or was superseded.
+    pub message: String,
+    pub created_by: String,
+    pub created_unix_ms: i64,
+    pub updated_unix_ms: i64,
+    pub seed: u64,
+}
+
+impl From<pb::RolloutInfo> for RolloutView {
+    fn from(r: pb::RolloutInfo) -> Self {
+        use pb::rollout_info::Target;
+        let (release, os_version) = match r.target {
+            Some(Target::Release(x)) => (Some(x), None),
+            Some(Target::OsVersion(v)) => (None, Some(v)),
+            None => (None, None),
+        };
+        let strategy: StrategyView = r.strategy.unwrap_or_default().into();
+        RolloutView {
+            batch_count: strategy.batch_count(r.devices),
+            id: r.id,
+            fleet: r.fleet,
+            tag: r.tag,
+            release,
+            os_version,
+            strategy,
+            state: r.state,
+            current_batch: r.current_batch,
+            devices: r.devices,
+            skipped: r.skipped,
+            message: r.message,
+            created_by: r.created_by,
+            created_unix_ms: r.created_unix_ms,
+            updated_unix_ms: r.updated_unix_ms,
+            seed: r.seed,
+        }
+    }
+}
+
+impl RolloutView {
+    /// `release r2` or `os 13.1`.
+    pub fn target(&self) -> String {
+        match (&self.release, &self.os_version) {
+            (Some(r), _) => format!("release {r}"),
+            (None, Some(v)) => format!("os {v}"),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// `2/5`, the batch being worked on counted from 1; `-` with no batches.
+    pub fn batch(&self) -> String {
+        if self.batch_count == 0 {
+            return "-".into();
+        }
+        format!("{}/{}", u64::from(self.current_batch) + 1, self.batch_count)
+    }
+
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let tag = if self.tag.is_empty() {
+            "(all devices)".to_owned()
+        } else {
+            self.tag.clone()
+        };
+        vec![
+            ("rollout", self.id.to_string()),
+            ("fleet", self.fleet.clone()),
+            ("tag", tag),
+            ("target", self.target()),
+            ("state", self.state.clone()),
+            ("batch", self.batch()),
+            (
+                "devices",
+                format!("{} ({} already at the target)", self.devices, self.skipped),
+            ),
+            ("strategy", self.strategy.text()),
+            ("message", self.message.clone()),
+            (
+                "created",
+                format!(
+                    "{} by {}",
+                    timestamp(self.created_unix_ms),
+                    or_dash(&self.created_by)
+                ),
+            ),
+            ("updated", timestamp(self.updated_unix_ms)),
+            ("seed", self.seed.to_string()),
+        ]
+    }
+}
+
+impl Human for RolloutView {
+    fn human(&self) -> String {
+        fields(&self.pairs())
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutView>,
+}
+
+impl Human for RolloutList {
+    fn human(&self) -> String {
+        let mut t = Table::new(&[
+            "ID", "FLEET", "TAG", "TARGET", "STATE", "BATCH", "DEVICES", "CREATED", "MESSAGE",
+        ]);
+        for r in &self.rollouts {
+            t.row(vec![
+                r.id.to_string(),
+                r.fleet.clone(),
+                r.tag.clone(),
+                r.target(),
+                r.state.clone(),
+                r.batch(),
+                r.devices.to_string(),
+                timestamp(r.created_unix_ms),
+                r.message.clone(),
+            ]);
+        }
+        t.render()
+    }
+}
+
+/// How one batch is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BatchView {
+    /// From 0, as in the API.
+    pub index: u32,
+    pub size: u64,
+    /// Not started yet.
+    pub queued: u64,
+    /// Started and not finished (waiting on a lock, window or approval, or
+    /// applying).
+    pub in_flight: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Cancelled or superseded.
+    pub cancelled: u64,
+}
+
+impl BatchView {
+    /// Succeeded, failed or cancelled.
+    pub fn finished(&self) -> u64 {
+        self.succeeded + self.failed + self.cancelled
+    }
+}
+
+/// Member devices with one device status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusCountView {
+    pub status: String,
+    pub devices: u64,
+}
+
+/// Member devices whose operation waits for a block's lock, for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockWaitView {
+    pub block: String,
+    pub reason: String,
+    pub devices: u64,
+}
+
+/// A rollout and how it is doing: `rollout create|get`, and each update of
+/// `rollout watch`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutStatusView {
+    pub rollout: RolloutView,
+    pub batches: Vec<BatchView>,
+    /// Member devices by device status.
+    pub device_statuses: Vec<StatusCountView>,
+    /// Devices held up by a block's lock, by block and reason.
+    pub waiting_lock: Vec<LockWaitView>,
+    /// While the current batch soaks: when the soak ends.
+    pub soak_until_unix_ms: Option<i64>,
+}
+
+impl RolloutStatusView {
+    /// The view of an answer; `None` when it lacks the rollout.
+    pub fn from_pb(s: pb::RolloutStatus) -> Option<Self> {
+        let mut rollout: RolloutView = s.rollout?.into();
+        rollout.batch_count = s.batches.len() as u64;
+        Some(RolloutStatusView {
+            rollout,
+            batches: s
+                .batches
+                .into_iter()
+                .map(|b| BatchView {
+                    index: b.index,
+                    size: b.size,
+                    queued: b.queued,
+                    in_flight: b.in_flight,
+                    succeeded: b.succeeded,
+                    failed: b.failed,
+                    cancelled: b.cancelled,
+                })
+                .collect(),
+            device_statuses: s
+                .device_statuses
+                .into_iter()
+                .map(|c| StatusCountView {
+                    status: c.status,
+                    devices: c.devices,
+                })
+                .collect(),
+            waiting_lock: s
+                .waiting_lock
+                .into_iter()
+                .map(|w| LockWaitView {
+                    reason: reason_name(w.reason()),
+                    block: w.block,
+                    devices: w.devices,
+                })
+                .collect(),
+            soak_until_unix_ms: (s.soak_until_unix_ms != 0).then_some(s.soak_until_unix_ms),
+        })
+    }
+
+    /// Devices in batches.
+    pub fn total(&self) -> u64 {
+        self.batches.iter().map(|b| b.size).sum()
+    }
+
+    /// Devices whose operation succeeded, failed or was cancelled.
+    pub fn finished(&self) -> u64 {
+        self.batches.iter().map(BatchView::finished).sum()
+    }
+
+    /// (succeeded, failed, cancelled) over every batch.
+    pub fn outcomes(&self) -> (u64, u64, u64) {
+        self.batches.iter().fold((0, 0, 0), |(s, f, c), b| {
+            (s + b.succeeded, f + b.failed, c + b.cancelled)
+        })
+    }
+
+    /// `1 (canary)` or `2`: batch `index` as tables number it.
+    pub fn batch_name(&self, index: u32) -> String {
+        if index == 0 && self.rollout.strategy.canary > 0 {
+            "1 (canary)".into()
+        } else {
+            (u64::from(index) + 1).to_string()
+        }
+    }
+
+    /// `controller: update_restart`, or with several blocks or reasons
+    /// `controller: update_restart 3, ui: dependency_restart 2`.
+    pub fn waiting_text(&self) -> String {
+        match &self.waiting_lock[..] {
+            [one] => format!("{}: {}", one.block, one.reason),
+            all => all
+                .iter()
+                .map(|w| format!("{}: {} {}", w.block, w.reason, w.devices))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// One line for people watching: the state, the batch, a soak, and
+    /// every device status but in_sync with its count, waiting_lock with
+    /// the blocks that hold devices up — `running · batch 2/5 ·
+    /// waiting_lock 3 (controller: update_restart) · failed 1`.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![self.rollout.state.clone()];
+        if !self.batches.is_empty() {
+            parts.push(format!("batch {}", self.rollout.batch()));
+        }
+        if let Some(until) = self.soak_until_unix_ms {
+            parts.push(format!("soaking until {}", timestamp(until)));
+        }
+        for c in &self.device_statuses {
+            if c.status == "in_sync" || c.devices == 0 {
+                continue;
+            }
+            if c.status == "waiting_lock" && !self.waiting_lock.is_empty() {
+                parts.push(format!(
+                    "waiting_lock {} ({})",
+                    c.devices,
+                    self.waiting_text()
+                ));
+            } else {
+                parts.push(format!("{} {}", c.status, c.devices));
+            }
+        }
+        parts.join(" · ")
+    }
+}
+
+impl Human for RolloutStatusView {
+    fn human(&self) -> String {
+        let mut pairs = self.rollout.pairs();
+        if let Some(until) = self.soak_until_unix_ms {
+            // After `batch`: the soak is the current batch's.
+            let at = pairs
+                .iter()
+                .position(|(k, _)| *k == "batch")
+                .map_or(0, |i| i + 1);
+            pairs.insert(at, ("soaking until", timestamp(until)));
+        }
+        let mut out = fields(&pairs);
+        out.push_str("\nBatches:\n");
+        let mut t = Table::new(&[
+            "BATCH",
+            "SIZE",
+            "QUEUED",
+            "IN FLIGHT",
+            "SUCCEEDED",
+            "FAILED",
+            "CANCELLED",
+        ]);
+        for b in &self.batches {
+            t.row(vec![
+                self.batch_name(b.index),
+                b.size.to_string(),
+                b.queued.to_string(),
+                b.in_flight.to_string(),
+                b.succeeded.to_string(),
+                b.failed.to_string(),
+                b.cancelled.to_string(),
+            ]);
+        }
+        out.push_str(&t.render());
+        out.push_str("\nDevices by status:\n");
+        let mut t = Table::new(&["STATUS", "DEVICES"]);
+        for c in &self.device_statuses {
+            t.row(vec![c.status.clone(), c.devices.to_string()]);
+        }
+        out.push_str(&t.render());
+        if self.waiting_lock.is_empty() {
+            out.push_str("\nWaiting on a block's lock: none\n");
+        } else {
+            out.push_str("\nWaiting on a block's lock:\n");
+            let mut t = Table::new(&["BLOCK", "REASON", "DEVICES"]);
+            for w in &self.waiting_lock {
+                t.row(vec![
+                    w.block.clone(),
+                    w.reason.clone(),
+                    w.devices.to_string(),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1793,5 +2270,182 @@ mod tests {
             let (k, t) = spec_parts(Some(pb::OperationSpec { kind }));
             assert_eq!((k.as_str(), t.as_deref()), (want_kind, want_target));
         }
+    }
+
+    fn rollout_info(state: &str) -> pb::RolloutInfo {
+        pb::RolloutInfo {
+            id: 7,
+            fleet: "inverters".into(),
+            tag: "north".into(),
+            target: Some(pb::rollout_info::Target::Release("r2".into())),
+            strategy: Some(pb::RolloutStrategy {
+                canary: 1,
+                batches: vec![
+                    pb::Amount {
+                        amount: Some(pb::amount::Amount::Percent(50)),
+                    },
+                    pb::Amount {
+                        amount: Some(pb::amount::Amount::Count(3)),
+                    },
+                ],
+                max_in_flight: 2,
+                soak_seconds: 600,
+                success_threshold_percent: 95,
+                error_threshold: Some(pb::Amount {
+                    amount: Some(pb::amount::Amount::Percent(5)),
+                }),
+                on_error: "abort".into(),
+            }),
+            state: state.into(),
+            current_batch: 1,
+            devices: 10,
+            skipped: 2,
+            message: String::new(),
+            created_by: "ops".into(),
+            created_unix_ms: 1_795_558_263_000,
+            updated_unix_ms: 1_795_558_323_000,
+            seed: 42,
+        }
+    }
+
+    #[test]
+    fn a_rollout_status_shows_batches_statuses_and_the_locks_that_hold_devices_up() {
+        let batch = |index, size, queued, in_flight, succeeded| pb::BatchProgress {
+            index,
+            size,
+            queued,
+            in_flight,
+            succeeded,
+            failed: 0,
+            cancelled: 0,
+        };
+        let status = RolloutStatusView::from_pb(pb::RolloutStatus {
+            rollout: Some(rollout_info("running")),
+            batches: vec![
+                batch(0, 1, 0, 0, 1),
+                batch(1, 5, 0, 3, 2),
+                batch(2, 3, 3, 0, 0),
+            ],
+            device_statuses: vec![
+                pb::StatusCount {
+                    status: "in_sync".into(),
+                    devices: 6,
+                },
+                pb::StatusCount {
+                    status: "waiting_lock".into(),
+                    devices: 3,
+                },
+            ],
+            waiting_lock: vec![pb::LockWaitCount {
+                block: "controller".into(),
+                reason: pb::Reason::UpdateRestart.into(),
+                devices: 3,
+            }],
+            soak_until_unix_ms: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            status.human(),
+            "rollout:   7\n\
+             fleet:     inverters\n\
+             tag:       north\n\
+             target:    release r2\n\
+             state:     running\n\
+             batch:     2/3\n\
+             devices:   10 (2 already at the target)\n\
+             strategy:  canary 1, batches 50%,3, max in flight 2, soak 10m, success threshold 95%, error threshold 5%, on error abort\n\
+             message:   -\n\
+             created:   2026-11-24T22:11:03Z by ops\n\
+             updated:   2026-11-24T22:12:03Z\n\
+             seed:      42\n\
+             \n\
+             Batches:\n\
+             BATCH       SIZE  QUEUED  IN FLIGHT  SUCCEEDED  FAILED  CANCELLED\n\
+             1 (canary)  1     0       0          1          0       0\n\
+             2           5     0       3          2          0       0\n\
+             3           3     3       0          0          0       0\n\
+             \n\
+             Devices by status:\n\
+             STATUS        DEVICES\n\
+             in_sync       6\n\
+             waiting_lock  3\n\
+             \n\
+             Waiting on a block's lock:\n\
+             BLOCK       REASON          DEVICES\n\
+             controller  update_restart  3\n"
+        );
+        assert_eq!(
+            status.summary(),
+            "running · batch 2/3 · waiting_lock 3 (controller: update_restart)"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["rollout"]["release"], "r2");
+        assert!(json["rollout"].get("os_version").is_none(), "{json}");
+        assert_eq!(
+            json["rollout"]["strategy"]["batches"],
+            serde_json::json!([{ "percent": 50 }, { "count": 3 }])
+        );
+        assert_eq!(json["rollout"]["batch_count"], 3);
+        assert_eq!(json["batches"][1]["in_flight"], 3);
+        assert_eq!(
+            json["waiting_lock"],
+            serde_json::json!([{ "block": "controller", "reason": "update_restart", "devices": 3 }])
+        );
+        assert!(json["soak_until_unix_ms"].is_null());
+
+        // A soak shows under the batch it belongs to.
+        let soaking = RolloutStatusView {
+            soak_until_unix_ms: Some(1_795_558_863_000),
+            ..status
+        };
+        assert!(
+            soaking
+                .human()
+                .contains("batch:          2/3\nsoaking until:  2026-11-24T22:21:03Z\n"),
+            "{}",
+            soaking.human()
+        );
+        assert_eq!(
+            soaking.summary(),
+            "running · batch 2/3 · soaking until 2026-11-24T22:21:03Z · waiting_lock 3 (controller: update_restart)"
+        );
+    }
+
+    /// 10 devices: a canary of 1, 50% (5), 3, and the last entry again for
+    /// the 1 left: four batches.
+    #[test]
+    fn rollouts_list_with_their_batch_as_planned() {
+        let os = pb::RolloutInfo {
+            id: 6,
+            tag: String::new(),
+            target: Some(pb::rollout_info::Target::OsVersion("13.1".into())),
+            strategy: Some(pb::RolloutStrategy::default()),
+            current_batch: 0,
+            message: "superseded by a newer rollout".into(),
+            ..rollout_info("superseded")
+        };
+        let list = RolloutList {
+            rollouts: vec![rollout_info("paused").into(), os.into()],
+        };
+        assert_eq!(
+            list.human(),
+            "ID  FLEET      TAG    TARGET      STATE       BATCH  DEVICES  CREATED               MESSAGE\n\
+             7   inverters  north  release r2  paused      2/4    10       2026-11-24T22:11:03Z  -\n\
+             6   inverters  -      os 13.1     superseded  1/1    10       2026-11-24T22:11:03Z  superseded by a newer rollout\n"
+        );
+        let json = serde_json::to_value(&list).unwrap();
+        assert_eq!(json["rollouts"][1]["os_version"], "13.1");
+        assert_eq!(
+            json["rollouts"][1]["strategy"],
+            serde_json::json!({
+                "canary": 0,
+                "batches": [],
+                "max_in_flight": 0,
+                "soak_seconds": 0,
+                "success_threshold_percent": 100,
+                "error_threshold": null,
+                "on_error": "pause",
+            })
+        );
     }
 }

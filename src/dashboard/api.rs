@@ -1,7 +1,10 @@
 //! The dashboard's JSON API under `/api/`: reads straight from the store,
-//! decisions through `crate::approvals`. Every input is checked here and a
+//! decisions through `crate::approvals`, rollout status and actions through
+//! `crate::rollouts` (the same calls as `RolloutService`). Every input is checked here and a
 //! bad one is a 400 naming the field (query parameter, path segment or JSON
-//! member); a missing thing is a 404.
+//! member); a missing thing is a 404. Every endpoint takes the logged-in
+//! token and checks its role and fleets: lists show the token's fleets only,
+//! anything else of another fleet is a 403.
 
 use std::collections::BTreeMap;
 
@@ -11,13 +14,15 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 
+use super::auth::{Authed, check, within};
 use super::views::{
     ApprovalItem, ApprovalsView, DeviceRow, DeviceView, DevicesView, FleetView, FleetsView,
-    OperationView, TimelineView,
+    OperationView, RolloutItem, RolloutStatusView, RolloutsView, TimelineView,
 };
 use super::{Dashboard, DashboardError};
 use crate::domain::{
-    ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Timestamp,
+    Action, ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Principal,
+    RolloutId, Timestamp,
 };
 use crate::store::{DeviceFilter, PageRequest, Store};
 
@@ -83,13 +88,16 @@ fn positive_id(field: &str, s: &str) -> Result<i64, DashboardError> {
 /// GET /api/fleets: every fleet with its device counts per status.
 pub async fn fleets<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
 ) -> Result<Json<FleetsView>, DashboardError> {
+    within(&p, Action::ReadFleets)?;
     let fleets = d.store.list_fleets().await?;
     let counts = d.store.device_status_counts().await?;
     Ok(Json(FleetsView {
         statuses: super::views::COUNTED.iter().map(|s| s.as_str()).collect(),
         fleets: fleets
             .iter()
+            .filter(|f| p.sees(&f.id))
             .map(|f| FleetView::new(f, counts.get(&f.id)))
             .collect(),
     }))
@@ -99,6 +107,7 @@ pub async fn fleets<S: Store>(
 /// their status and what their current operation waits on.
 pub async fn devices<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<DevicesView>, DashboardError> {
     let q = params(q, &["fleet", "status", "page_size", "page_token"])?;
@@ -121,6 +130,11 @@ pub async fn devices<S: Store>(
         .map(|s| number("page_size", s, 1..=PageRequest::MAX_SIZE))
         .transpose()?
         .unwrap_or(50);
+    // A fleet asked for must be in scope; without one, the token's fleets.
+    let scope = match &fleet {
+        Some(f) => check(&p, Action::ReadDevices, Some(f)).map(|()| None)?,
+        None => within(&p, Action::ReadDevices)?,
+    };
     if let Some(f) = &fleet {
         d.store.get_fleet(f).await?;
     }
@@ -131,6 +145,7 @@ pub async fn devices<S: Store>(
                 fleet,
                 tag: None,
                 status,
+                within: scope,
             },
             &PageRequest {
                 size,
@@ -162,10 +177,12 @@ const RECENT_OPERATIONS: usize = 10;
 /// with its waits, and the latest operations.
 pub async fn device<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeviceView>, DashboardError> {
     let id = device_id("id", &path_id(id)?)?;
     let record = d.store.get_device(&id).await?;
+    check(&p, Action::ReadDevices, Some(&record.fleet))?;
     let report = d.store.device_report(&id).await?;
     let locks = d.store.device_locks(&id).await?;
     let current = d.store.current_operation(&id).await?;
@@ -183,6 +200,7 @@ pub async fn device<S: Store>(
 /// GET /api/devices/{id}/timeline?limit=: intents sent and answers, newest first.
 pub async fn timeline<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<TimelineView>, DashboardError> {
@@ -193,7 +211,8 @@ pub async fn timeline<S: Store>(
         .map(|s| number("limit", s, 1..=500))
         .transpose()?
         .unwrap_or(50);
-    d.store.get_device(&id).await?;
+    let record = d.store.get_device(&id).await?;
+    check(&p, Action::ReadDevices, Some(&record.fleet))?;
     let entries = d.store.device_timeline(&id, limit).await?;
     Ok(Json(TimelineView {
         entries: entries.iter().map(Into::into).collect(),
@@ -203,10 +222,13 @@ pub async fn timeline<S: Store>(
 /// GET /api/operations/{id}
 pub async fn operation<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OperationView>, DashboardError> {
     let id = OperationId(positive_id("id", &path_id(id)?)?);
     let op = d.store.get_operation(id).await?;
+    let record = d.store.get_device(&op.device).await?;
+    check(&p, Action::ReadOperations, Some(&record.fleet))?;
     Ok(Json(OperationView::new(&op)))
 }
 
@@ -215,6 +237,7 @@ pub async fn operation<S: Store>(
 /// keeps the most recent.
 pub async fn approvals<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<ApprovalsView>, DashboardError> {
     let q = params(q, &["status", "limit"])?;
@@ -234,7 +257,10 @@ pub async fn approvals<S: Store>(
         .get("limit")
         .map(|s| number("limit", s, 1..=1000))
         .transpose()?;
-    let list = d.approvals.list(status, limit.map(|n| n as usize)).await?;
+    let list = d
+        .approvals
+        .list(&p, status, limit.map(|n| n as usize))
+        .await?;
     Ok(Json(ApprovalsView {
         approvals: list.iter().map(ApprovalItem::from).collect(),
     }))
@@ -242,7 +268,7 @@ pub async fn approvals<S: Store>(
 
 /// A JSON object body; writes must say `Content-Type: application/json`
 /// (a cross-site form cannot).
-fn json_object(
+pub(super) fn json_object(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<serde_json::Map<String, serde_json::Value>, DashboardError> {
@@ -303,9 +329,11 @@ fn occurrence_member(
     }))
 }
 
-/// POST /api/approvals/{id}/approve with `{"occurrence": {...}, "actor": ...}`.
+/// POST /api/approvals/{id}/approve with `{"occurrence": {...}, "actor": ...}`
+/// (`actor`, optional: who the person says decides, kept beside the token).
 pub async fn approve<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
@@ -314,14 +342,15 @@ pub async fn approve<S: Store>(
     let m = json_object(&headers, &body)?;
     let actor = string_member(&m, "actor")?;
     let occurrence = occurrence_member(&m)?;
-    let view = d.approvals.approve(id, occurrence, actor).await?;
-    tracing::info!(approval = id, actor, "approval approved on the dashboard");
+    let view = d.approvals.approve(&p, id, occurrence, actor).await?;
+    tracing::info!(approval = id, actor = %p.actor_noting(actor), "approval approved on the dashboard");
     Ok(Json(ApprovalItem::from(&view)))
 }
 
 /// POST /api/approvals/{id}/decline with `{"message": ..., "actor": ...}`.
 pub async fn decline<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
@@ -330,7 +359,176 @@ pub async fn decline<S: Store>(
     let m = json_object(&headers, &body)?;
     let actor = string_member(&m, "actor")?;
     let message = string_member(&m, "message")?;
-    let view = d.approvals.decline(id, message, actor).await?;
-    tracing::info!(approval = id, actor, "approval declined on the dashboard");
+    let view = d.approvals.decline(&p, id, message, actor).await?;
+    tracing::info!(approval = id, actor = %p.actor_noting(actor), "approval declined on the dashboard");
     Ok(Json(ApprovalItem::from(&view)))
+}
+
+/// The `{id}` of a rollout path.
+pub(super) fn rollout_id(
+    p: Result<Path<String>, PathRejection>,
+) -> Result<RolloutId, DashboardError> {
+    Ok(RolloutId(positive_id("id", &path_id(p)?)?))
+}
+
+/// GET /api/rollouts?fleet=&limit=: rollouts, newest first (at most
+/// `limit`, default 50), each with its overall progress; those of the
+/// token's fleets.
+pub async fn rollouts<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<RolloutsView>, DashboardError> {
+    let q = params(q, &["fleet", "limit"])?;
+    let fleet = q
+        .get("fleet")
+        .filter(|s| !s.is_empty())
+        .map(|s| fleet_id("fleet", s))
+        .transpose()?;
+    let limit = q
+        .get("limit")
+        .map(|s| number("limit", s, 1..=500))
+        .transpose()?
+        .unwrap_or(50);
+    let scope = match &fleet {
+        Some(f) => check(&p, Action::ReadRollouts, Some(f)).map(|()| None)?,
+        None => within(&p, Action::ReadRollouts)?,
+    };
+    if let Some(f) = &fleet {
+        d.store.get_fleet(f).await?;
+    }
+    let mut list = d.store.list_rollouts(fleet.as_ref()).await?;
+    list.retain(|r| scope.as_ref().is_none_or(|s| s.contains(&r.fleet)));
+    list.truncate(limit as usize);
+    let mut rollouts = Vec::with_capacity(list.len());
+    for r in &list {
+        let batches = d.store.rollout_batch_counts(r.id).await?;
+        rollouts.push(RolloutItem::new(r, &batches));
+    }
+    Ok(Json(RolloutsView { rollouts }))
+}
+
+/// GET /api/rollouts/{id}: the rollout, progress overall and per batch,
+/// members by device status, and devices waiting on a lock by block and
+/// reason. 403 for a rollout of a fleet the token does not cover.
+pub async fn rollout<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    let id = rollout_id(id)?;
+    let r = d.store.get_rollout(id).await?;
+    check(&p, Action::ReadRollouts, Some(&r.fleet))?;
+    let status = d.rollouts.status(id).await?;
+    Ok(Json(RolloutStatusView::new(&status, crate::clock::now())))
+}
+
+/// The longest `actor` and `reason` accepted for a rollout action: the same
+/// limits as `RolloutService` (`src/limits.rs`).
+const MAX_ACTOR: usize = crate::limits::MAX_ACTOR_BYTES;
+const MAX_REASON: usize = crate::limits::MAX_TEXT_BYTES;
+
+/// A required, non-blank string member of at most `max` characters.
+fn required_member<'a>(
+    m: &'a serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    max: usize,
+) -> Result<&'a str, DashboardError> {
+    let s = optional_member(m, field, max)?;
+    if s.is_empty() {
+        return Err(DashboardError::bad(field, "is required"));
+    }
+    Ok(s)
+}
+
+/// An optional string member (trimmed; `""` when absent) of at most `max`
+/// bytes, without a NUL character.
+fn optional_member<'a>(
+    m: &'a serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    max: usize,
+) -> Result<&'a str, DashboardError> {
+    let s = string_member(m, field)?.trim();
+    if s.len() > max {
+        return Err(DashboardError::bad(
+            field,
+            format!("{} bytes; at most {max}", s.len()),
+        ));
+    }
+    if s.contains('\0') {
+        return Err(DashboardError::bad(field, "contains a NUL character"));
+    }
+    Ok(s)
+}
+
+#[derive(Clone, Copy)]
+enum RolloutAction {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// POST /api/rollouts/{id}/<action> with `{"reason": ..., "actor": ...}`
+/// (`reason` required: the audit log says why; `actor`, optional: on whose
+/// behalf, kept beside the token): the same call as `RolloutService`, for a
+/// token that may run rollouts on the rollout's fleet (403 otherwise);
+/// answers with the rollout's status afterwards.
+async fn act<S: Store>(
+    d: Dashboard<S>,
+    p: Principal,
+    id: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    action: RolloutAction,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    let id = rollout_id(id)?;
+    // The body is checked before the rollout is looked up.
+    let m = json_object(headers, body)?;
+    let actor = p.actor_noting(optional_member(&m, "actor", MAX_ACTOR)?);
+    let reason = required_member(&m, "reason", MAX_REASON)?;
+    let r = d.store.get_rollout(id).await?;
+    check(&p, Action::WriteRollouts, Some(&r.fleet))?;
+    let (rollout, verb) = match action {
+        RolloutAction::Pause => (d.rollouts.pause(id, &actor, reason).await?, "paused"),
+        RolloutAction::Resume => (d.rollouts.resume(id, &actor, reason).await?, "resumed"),
+        RolloutAction::Abort => (d.rollouts.abort(id, &actor, reason).await?, "aborted"),
+    };
+    tracing::info!(rollout = %rollout.id, actor = %actor, reason, "rollout {verb} on the dashboard");
+    let status = d.rollouts.status(id).await?;
+    Ok(Json(RolloutStatusView::new(&status, crate::clock::now())))
+}
+
+/// POST /api/rollouts/{id}/pause: stops starting devices (409 unless running).
+pub async fn pause<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    act(d, p, id, &headers, &body, RolloutAction::Pause).await
+}
+
+/// POST /api/rollouts/{id}/resume: starts devices again, accepting the
+/// failures so far (409 unless paused).
+pub async fn resume<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    act(d, p, id, &headers, &body, RolloutAction::Resume).await
+}
+
+/// POST /api/rollouts/{id}/abort: stops for good and cancels member
+/// operations not yet applying (409 unless running or paused).
+pub async fn abort<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RolloutStatusView>, DashboardError> {
+    act(d, p, id, &headers, &body, RolloutAction::Abort).await
 }

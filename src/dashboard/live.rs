@@ -1,26 +1,46 @@
-//! `/api/events`: the live event bus as server-sent events, filtered by
-//! fleet or device through the same [`Watch`] as gRPC `WatchEvents`. Each
-//! event is a `data:` line holding a JSON [`EventView`]; its `kind` says what
-//! happened, and `lagged` says events were dropped for this page, which then
-//! re-reads everything. Pages treat events as "re-read now", never as state.
+//! Server-sent event streams. A token sees only what its role and fleets
+//! allow: the stream is refused (403) otherwise.
+//!
+//! `/api/events`: the live event bus, filtered by fleet or device through
+//! the same [`Watch`] as gRPC `WatchEvents`, plus rollout notices (kind
+//! `rollout`) unless filtered by device. Each event is a `data:` line
+//! holding a JSON [`EventView`]; its `kind` says what happened, and `lagged`
+//! says events were dropped for this page, which then re-reads everything.
+//! Pages treat these events as "re-read now", never as state. A token sees
+//! only its fleets' devices' events and rollout notices.
+//!
+//! `/api/rollouts/{id}/events`: one rollout's status (a JSON
+//! [`RolloutStatusView`]) now and whenever it changes, through the same
+//! [`RolloutWatch`] as gRPC `WatchRollout`; the stream ends after the final
+//! status of a rollout that is no longer active. A failed read is sent as an
+//! event named `problem` (`{"error": ...}`) and ends the stream, so the
+//! browser reconnects and starts over. It needs a token that may read the
+//! rollout's fleet.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::Path;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
+use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::api::{device_id, fleet_id, params};
-use super::views::EventView;
+use super::api::{device_id, fleet_id, params, rollout_id};
+use super::auth::{Authed, check, within};
+use super::views::{EventView, RolloutStatusView};
 use super::{Dashboard, DashboardError};
-use crate::events::{Watch, Watched};
+use crate::domain::{Action, FleetId};
+use crate::events::{RolloutNotice, Watch, Watched};
+use crate::rollouts::RolloutWatch;
 use crate::store::Store;
 
 /// GET /api/events?fleet=&device=
 pub async fn events<S: Store>(
     State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
     q: Result<Query<std::collections::BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, DashboardError> {
     let q = params(q, &["fleet", "device"])?;
@@ -34,36 +54,134 @@ pub async fn events<S: Store>(
         .filter(|s| !s.is_empty())
         .map(|s| device_id("device", s))
         .transpose()?;
+    let scope = match &fleet {
+        Some(f) => check(&p, Action::ReadDevices, Some(f)).map(|()| None)?,
+        None => within(&p, Action::ReadDevices)?,
+    };
     if let Some(f) = &fleet {
         d.store.get_fleet(f).await?;
     }
     if let Some(dev) = &device {
-        d.store.get_device(dev).await?;
+        let record = d.store.get_device(dev).await?;
+        check(&p, Action::ReadDevices, Some(&record.fleet))?;
     }
     // Subscribed before the response starts: nothing published after the
     // page sees the stream open is missed.
-    let watch = Watch::new(&d.events, d.store.clone(), fleet, device);
-    Ok(Sse::new(stream(watch, d.stopping.clone()))
+    // Rollouts belong to no device: a device's page is not told of them;
+    // other pages hear of the rollouts of the fleets they may read.
+    let notices = device.is_none().then(|| Notices {
+        rx: d.events.subscribe_rollouts(),
+        fleet: fleet.clone(),
+        within: scope.clone(),
+    });
+    let watch = Watch::new(&d.events, d.store.clone(), fleet, device).within(scope);
+    Ok(Sse::new(stream(watch, notices, d.stopping.clone()))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// The watcher's events as SSE events, until the bus closes or the server stops.
+/// Rollout notices for one page: those of its fleet filter, if any, and of
+/// the token's fleets.
+struct Notices {
+    rx: broadcast::Receiver<RolloutNotice>,
+    fleet: Option<FleetId>,
+    /// `None`: every fleet.
+    within: Option<BTreeSet<FleetId>>,
+}
+
+impl Notices {
+    fn shows(&self, n: &RolloutNotice) -> bool {
+        self.fleet.as_ref().is_none_or(|f| *f == n.fleet)
+            && self.within.as_ref().is_none_or(|w| w.contains(&n.fleet))
+    }
+}
+
+/// The next rollout notice this page may see, or never without a
+/// subscription.
+async fn notice(notices: &mut Option<Notices>) -> Result<RolloutNotice, RecvError> {
+    match notices {
+        Some(n) => loop {
+            let next = n.rx.recv().await?;
+            if n.shows(&next) {
+                return Ok(next);
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The watcher's events (and rollout notices) as SSE events, until the bus
+/// closes or the server stops.
 fn stream<S: Store>(
     watch: Watch<S>,
+    notices: Option<Notices>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold(
+        (watch, notices, stopping),
+        |(mut watch, mut notices, mut stopping)| async move {
+            let view = tokio::select! {
+                w = watch.next() => match w? {
+                    Watched::Event(e) => EventView::from(&e),
+                    Watched::Lagged(n) => EventView::lagged(n, crate::clock::now()),
+                },
+                n = notice(&mut notices) => match n {
+                    Ok(n) => EventView::from(&n),
+                    Err(RecvError::Lagged(n)) => EventView::lagged(n, crate::clock::now()),
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = stopping.wait_for(|s| *s) => return None,
+            };
+            let event = SseEvent::default()
+                .json_data(&view)
+                .unwrap_or_else(|_| SseEvent::default().data("{\"kind\":\"lagged\"}"));
+            Some((Ok(event), (watch, notices, stopping)))
+        },
+    )
+}
+
+/// GET /api/rollouts/{id}/events: the rollout's status now, then on every
+/// change (at most about 5 a second, and re-read every few seconds so a
+/// soak's end shows), until it is no longer active or the server stops.
+pub async fn rollout<S: Store>(
+    State(d): State<Dashboard<S>>,
+    Authed(p): Authed,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, DashboardError> {
+    let id = rollout_id(id)?;
+    // An unknown rollout is a 404 here, and one of another fleet a 403,
+    // before the stream starts.
+    let r = d.store.get_rollout(id).await?;
+    check(&p, Action::ReadRollouts, Some(&r.fleet))?;
+    let watch = d.rollouts.watch(id).await?;
+    Ok(Sse::new(rollout_stream(watch, d.stopping.clone()))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn rollout_stream<S: Store>(
+    watch: RolloutWatch<S>,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     futures::stream::unfold((watch, stopping), |(mut watch, mut stopping)| async move {
         let next = tokio::select! {
-            w = watch.next() => w?,
+            next = watch.next() => next?,
             _ = stopping.wait_for(|s| *s) => return None,
         };
-        let view = match &next {
-            Watched::Event(e) => EventView::from(e),
-            Watched::Lagged(n) => EventView::lagged(*n, crate::clock::now()),
-        };
-        let event = SseEvent::default()
-            .json_data(&view)
-            .unwrap_or_else(|_| SseEvent::default().data("{\"kind\":\"lagged\"}"));
+        let event = match next {
+            Ok(status) => {
+                SseEvent::default().json_data(RolloutStatusView::new(&status, crate::clock::now()))
+            }
+            Err(e) => {
+                let e = DashboardError::from(e);
+                SseEvent::default()
+                    .event("problem")
+                    .json_data(serde_json::json!({ "error": e.to_string() }))
+            }
+        }
+        .unwrap_or_else(|_| {
+            SseEvent::default()
+                .event("problem")
+                .data("{\"error\":\"unreadable status\"}")
+        });
         Some((Ok(event), (watch, stopping)))
     })
 }
@@ -82,7 +200,7 @@ mod tests {
         let events = Events::new(2);
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let watch = Watch::new(&events, store, None, None);
-        let mut s = Box::pin(stream(watch, stopping));
+        let mut s = Box::pin(stream(watch, None, stopping));
         let d = DeviceId::new("d").unwrap();
         for _ in 0..5 {
             events.publish(&d, None, EventKind::Applying);

@@ -1,18 +1,22 @@
 //! The web dashboard `lockstep serve` runs beside its gRPC API (flag
 //! `--dashboard-listen`): a few plain HTML pages for people — the fleet
-//! overview, one device, pending approvals — over a small JSON API under
-//! `/api/` and a server-sent event stream (`/api/events`) that tells pages
-//! what to re-read. It reads the store and calls the shared logic
-//! (`crate::approvals`, `crate::events::Watch`) directly, never through
-//! gRPC, and holds no decision of its own. Its view types (serde) live
+//! overview, one device, pending approvals, rollouts — over a small JSON API
+//! under `/api/` and server-sent event streams (`/api/events` tells pages
+//! what to re-read; `/api/rollouts/{id}/events` sends a rollout's status
+//! as it changes). It reads the store and calls the shared logic
+//! (`crate::approvals`, `crate::rollouts`, `crate::events::Watch`)
+//! directly, never through gRPC, and holds no decision of its own. Its view types (serde) live
 //! here: domain types stay free of serde. Assets are compiled into the
 //! binary; pages load nothing from the network.
 //!
-//! There is no login: keep it on loopback (the default) or behind an
-//! authenticating proxy. Writes require `Content-Type: application/json`,
-//! which a cross-site form cannot send.
+//! Every page and endpoint needs an API token (`auth`): people log in on
+//! `/login` (the token kept in an `HttpOnly`, `SameSite=Strict` cookie),
+//! scripts send `Authorization: Bearer`. What a token sees and may decide
+//! follows its role and fleets, exactly as on gRPC. Writes require
+//! `Content-Type: application/json`, which a cross-site form cannot send.
 
 mod api;
+mod auth;
 mod live;
 mod pages;
 mod views;
@@ -25,8 +29,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
+use crate::access::Tokens;
 use crate::approvals::{ApprovalError, Approvals};
 use crate::events::Events;
+use crate::rollouts::{RolloutError, Rollouts};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
@@ -36,9 +42,16 @@ use crate::store::{Store, StoreError};
 pub enum DashboardError {
     #[error("{field}: {message}")]
     BadRequest { field: String, message: String },
+    /// No usable API token (missing, invalid, revoked, expired).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token's role or fleets do not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    /// The request is valid but the state does not allow it (already decided).
+    /// The request is valid but the state does not allow it (an approval
+    /// already decided, a rollout not running or not paused).
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -60,6 +73,8 @@ impl DashboardError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             DashboardError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            DashboardError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            DashboardError::Forbidden(_) => StatusCode::FORBIDDEN,
             DashboardError::NotFound(_) => StatusCode::NOT_FOUND,
             DashboardError::Conflict(_) => StatusCode::CONFLICT,
             DashboardError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -73,9 +88,9 @@ impl From<StoreError> for DashboardError {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::NotFound { .. } => DashboardError::NotFound(e.to_string()),
-            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => {
-                DashboardError::Conflict(e.to_string())
-            }
+            StoreError::AlreadyExists { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::Precondition { .. } => DashboardError::Conflict(e.to_string()),
             StoreError::Invalid { message } => DashboardError::bad("request", message),
             StoreError::Unavailable { .. } => {
                 tracing::warn!(error = %e, "database unavailable");
@@ -96,7 +111,18 @@ impl From<ApprovalError> for DashboardError {
     fn from(e: ApprovalError) -> Self {
         match e {
             ApprovalError::Invalid { field, message } => DashboardError::bad(field, message),
+            ApprovalError::Denied(d) => DashboardError::Forbidden(d.to_string()),
             ApprovalError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<RolloutError> for DashboardError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Invalid { field, message } => DashboardError::bad(field, message),
+            RolloutError::WrongState { .. } => DashboardError::Conflict(e.to_string()),
+            RolloutError::Store(e) => e.into(),
         }
     }
 }
@@ -116,8 +142,11 @@ impl IntoResponse for DashboardError {
 /// What every handler shares. Cheap to clone.
 pub struct Dashboard<S> {
     store: S,
+    tokens: Tokens<S>,
     events: Events,
     approvals: std::sync::Arc<Approvals<S>>,
+    /// The same rollout actions and status as `RolloutService`.
+    rollouts: Rollouts<S>,
     /// Flips to `true` when the server stops: live streams end then, so a
     /// graceful shutdown is not held up by open pages.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -127,8 +156,10 @@ impl<S: Clone> Clone for Dashboard<S> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            tokens: self.tokens.clone(),
             events: self.events.clone(),
             approvals: self.approvals.clone(),
+            rollouts: self.rollouts.clone(),
             stopping: self.stopping.clone(),
         }
     }
@@ -139,12 +170,15 @@ impl<S: Store> Dashboard<S> {
         store: S,
         wakeups: Wakeups,
         events: Events,
+        rollouts: Rollouts<S>,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             approvals: std::sync::Arc::new(Approvals::new(store.clone(), wakeups)),
+            tokens: Tokens::new(store.clone()),
             store,
             events,
+            rollouts,
             stopping,
         }
     }
@@ -154,10 +188,16 @@ impl<S: Store> Dashboard<S> {
 /// bodies over [`crate::limits::MAX_DASHBOARD_BODY_BYTES`] are refused (413).
 pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
     Router::new()
-        .route("/", get(pages::fleet))
+        .route("/", get(pages::fleet::<S>))
         .route("/devices/{id}", get(pages::device::<S>))
-        .route("/approvals", get(pages::approvals))
+        .route("/approvals", get(pages::approvals::<S>))
+        .route("/rollouts", get(pages::rollouts::<S>))
+        .route("/rollouts/{id}", get(pages::rollout::<S>))
+        .route("/login", get(pages::login))
         .route("/assets/{name}", get(pages::asset))
+        .route("/api/login", post(auth::login::<S>))
+        .route("/api/logout", post(auth::logout))
+        .route("/api/me", get(auth::me))
         .route("/api/fleets", get(api::fleets::<S>))
         .route("/api/devices", get(api::devices::<S>))
         .route("/api/devices/{id}", get(api::device::<S>))
@@ -166,6 +206,12 @@ pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
         .route("/api/approvals", get(api::approvals::<S>))
         .route("/api/approvals/{id}/approve", post(api::approve::<S>))
         .route("/api/approvals/{id}/decline", post(api::decline::<S>))
+        .route("/api/rollouts", get(api::rollouts::<S>))
+        .route("/api/rollouts/{id}", get(api::rollout::<S>))
+        .route("/api/rollouts/{id}/pause", post(api::pause::<S>))
+        .route("/api/rollouts/{id}/resume", post(api::resume::<S>))
+        .route("/api/rollouts/{id}/abort", post(api::abort::<S>))
+        .route("/api/rollouts/{id}/events", get(live::rollout::<S>))
         .route("/api/events", get(live::events::<S>))
         .fallback(pages::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(

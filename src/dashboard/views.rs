@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::approvals::ApprovalView;
+use crate::domain::{BatchCounts, Reason, Rollout, RolloutTarget, Strategy};
 use crate::domain::{
     DeviceRecord, DeviceReport, DeviceStatus, LockState, Occurrence, OperationRecord,
     OperationSpec, ReleaseRequest, TimelineEntry, TimelineEvent,
 };
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, RolloutNotice};
 use crate::intents::{ApplyOp, IntentBody};
+use crate::rollouts::RolloutStatus;
 
 /// The device statuses the overview counts, in the order it shows them.
 pub const COUNTED: [DeviceStatus; 12] = [
@@ -522,6 +524,29 @@ pub struct EventView {
     pub message: Option<String>,
     /// For `deferred`: until when; for `waiting_window`: the next start.
     pub until_ms: Option<i64>,
+    /// For `rollout`: which rollout changed, and how (`created`,
+    /// `devices_started`, `batch_started`, `soaking`, `paused`, `resumed`,
+    /// `aborted`, `completed`, `superseded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<&'static str>,
+}
+
+impl From<&RolloutNotice> for EventView {
+    fn from(n: &RolloutNotice) -> Self {
+        EventView {
+            kind: "rollout",
+            at_ms: n.at.0,
+            device: None,
+            operation: None,
+            blocks: vec![],
+            message: Some(n.message.clone()),
+            until_ms: None,
+            rollout: Some(n.rollout.0),
+            change: Some(n.kind),
+        }
+    }
 }
 
 impl From<&Event> for EventView {
@@ -550,6 +575,8 @@ impl From<&Event> for EventView {
             blocks,
             message,
             until_ms,
+            rollout: None,
+            change: None,
         }
     }
 }
@@ -565,7 +592,264 @@ impl EventView {
             blocks: vec![],
             message: Some(format!("{missed} events missed; re-read the state")),
             until_ms: None,
+            rollout: None,
+            change: None,
         }
+    }
+}
+
+/// A rollout's strategy; amounts read `3` (devices) or `25%`.
+#[derive(Debug, Serialize)]
+pub struct StrategyView {
+    pub canary: u32,
+    pub batches: Vec<String>,
+    /// 0: no limit.
+    pub max_in_flight: u32,
+    pub soak_seconds: u64,
+    pub success_threshold_percent: u8,
+    pub error_threshold: String,
+    /// `pause` or `abort`.
+    pub on_error: &'static str,
+}
+
+impl From<&Strategy> for StrategyView {
+    fn from(s: &Strategy) -> Self {
+        StrategyView {
+            canary: s.canary,
+            batches: s.batches.iter().map(ToString::to_string).collect(),
+            max_in_flight: s.max_in_flight,
+            soak_seconds: s.soak_seconds,
+            success_threshold_percent: s.success_threshold,
+            error_threshold: s.error_threshold.to_string(),
+            on_error: s.on_error.as_str(),
+        }
+    }
+}
+
+/// A rollout: what it brings where, and where it is.
+#[derive(Debug, Serialize)]
+pub struct RolloutInfoView {
+    pub id: i64,
+    pub fleet: String,
+    /// Only the fleet's devices with this tag; `None`: all of them.
+    pub tag: Option<String>,
+    /// `release` or `os`.
+    pub target_kind: &'static str,
+    /// The release id, or the OS version.
+    pub target: String,
+    pub strategy: StrategyView,
+    /// `running`, `paused`, `aborted`, `completed` or `superseded`.
+    pub state: &'static str,
+    /// Running or paused: it may still change.
+    pub active: bool,
+    /// The batch being worked on (0-based); earlier ones met their threshold.
+    pub current_batch: u32,
+    /// Devices in batches; `skipped` already ran the target.
+    pub devices: u64,
+    pub skipped: u64,
+    /// Why it paused, aborted or was superseded; empty otherwise.
+    pub message: String,
+    pub created_by: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl From<&Rollout> for RolloutInfoView {
+    fn from(r: &Rollout) -> Self {
+        let (target_kind, target) = match &r.target {
+            RolloutTarget::Release(id) => ("release", id.to_string()),
+            RolloutTarget::OsVersion(v) => ("os", v.clone()),
+        };
+        RolloutInfoView {
+            id: r.id.0,
+            fleet: r.fleet.to_string(),
+            tag: r.selector.as_ref().map(ToString::to_string),
+            target_kind,
+            target,
+            strategy: StrategyView::from(&r.strategy),
+            state: r.progress.state.as_str(),
+            active: r.progress.state.is_active(),
+            current_batch: r.progress.current_batch,
+            devices: r.devices,
+            skipped: r.skipped,
+            message: r.message.clone(),
+            created_by: r.created_by.clone(),
+            created_ms: r.created.0,
+            updated_ms: r.updated.0,
+        }
+    }
+}
+
+/// Member devices by where they are in the rollout.
+#[derive(Debug, Default, Serialize)]
+pub struct CountsView {
+    pub size: u64,
+    /// Not started yet.
+    pub queued: u64,
+    /// Started, not finished (waiting on a lock, window or approval, or applying).
+    pub in_flight: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Cancelled or superseded.
+    pub cancelled: u64,
+}
+
+impl CountsView {
+    /// Every batch added up.
+    pub fn total(batches: &[BatchCounts]) -> Self {
+        let mut sum = BatchCounts::default();
+        for b in batches {
+            sum.queued += b.queued;
+            sum.in_flight += b.in_flight;
+            sum.succeeded += b.succeeded;
+            sum.failed += b.failed;
+            sum.cancelled += b.cancelled;
+        }
+        CountsView::from(&sum)
+    }
+}
+
+impl From<&BatchCounts> for CountsView {
+    fn from(b: &BatchCounts) -> Self {
+        CountsView {
+            size: b.size(),
+            queued: b.queued,
+            in_flight: b.in_flight,
+            succeeded: b.succeeded,
+            failed: b.failed,
+            cancelled: b.cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchView {
+    /// 0-based, in plan order (with a canary, batch 0 is the canary).
+    pub index: u32,
+    /// The batch being worked on.
+    pub current: bool,
+    #[serde(flatten)]
+    pub counts: CountsView,
+}
+
+/// A rollout in the list, with its overall progress.
+#[derive(Debug, Serialize)]
+pub struct RolloutItem {
+    #[serde(flatten)]
+    pub rollout: RolloutInfoView,
+    pub batches: usize,
+    pub progress: CountsView,
+}
+
+impl RolloutItem {
+    pub fn new(r: &Rollout, batches: &[BatchCounts]) -> Self {
+        RolloutItem {
+            rollout: RolloutInfoView::from(r),
+            batches: batches.len(),
+            progress: CountsView::total(batches),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RolloutsView {
+    /// Newest first.
+    pub rollouts: Vec<RolloutItem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusCountView {
+    pub status: &'static str,
+    pub devices: u64,
+}
+
+/// Devices whose operation waits for one block's lock, for one reason.
+#[derive(Debug, Serialize)]
+pub struct LockWaitView {
+    pub block: String,
+    /// The wire spelling (`update_restart`, `os_update`, ...).
+    pub reason: &'static str,
+    /// The same in words.
+    pub reason_text: &'static str,
+    pub devices: u64,
+}
+
+/// What a rollout page shows: the rollout, progress overall and per batch,
+/// members by device status, and which blocks' locks hold devices up.
+#[derive(Debug, Serialize)]
+pub struct RolloutStatusView {
+    pub rollout: RolloutInfoView,
+    pub progress: CountsView,
+    pub batches: Vec<BatchView>,
+    /// Member devices by device status (display order; none with 0).
+    pub device_statuses: Vec<StatusCountView>,
+    /// Most devices first.
+    pub waiting_lock: Vec<LockWaitView>,
+    /// While the current batch soaks: when the soak ends.
+    pub soak_until_ms: Option<i64>,
+    /// When this status was read (the server's clock).
+    pub at_ms: i64,
+}
+
+impl RolloutStatusView {
+    pub fn new(s: &RolloutStatus, at: crate::domain::Timestamp) -> Self {
+        let current = s.rollout.progress.current_batch;
+        let mut device_statuses: Vec<StatusCountView> = s
+            .device_statuses
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(st, n)| StatusCountView {
+                status: st.as_str(),
+                devices: *n,
+            })
+            .collect();
+        let order = |st: &str| COUNTED.iter().position(|c| c.as_str() == st);
+        device_statuses.sort_by_key(|c| order(c.status).unwrap_or(usize::MAX));
+        let mut waiting_lock: Vec<LockWaitView> = s
+            .waiting_lock
+            .iter()
+            .map(|((block, reason), n)| LockWaitView {
+                block: block.to_string(),
+                reason: reason.as_str(),
+                reason_text: reason_text(*reason),
+                devices: *n,
+            })
+            .collect();
+        // Stable: equal counts stay in block, then reason order.
+        waiting_lock.sort_by_key(|w| std::cmp::Reverse(w.devices));
+        RolloutStatusView {
+            rollout: RolloutInfoView::from(&s.rollout),
+            progress: CountsView::total(&s.batches),
+            batches: s
+                .batches
+                .iter()
+                .enumerate()
+                .map(|(i, b)| BatchView {
+                    index: i as u32,
+                    current: i as u32 == current && s.rollout.progress.state.is_active(),
+                    counts: CountsView::from(b),
+                })
+                .collect(),
+            device_statuses,
+            waiting_lock,
+            soak_until_ms: s.soak_until.map(|t| t.0),
+            at_ms: at.0,
+        }
+    }
+}
+
+/// Why a lock holder is asked to release, in words.
+pub fn reason_text(r: Reason) -> &'static str {
+    match r {
+        Reason::UpdateRestart => "the release replaces this block, so it restarts",
+        Reason::UpdateNoRestart => "a release lands that leaves this block untouched",
+        Reason::EnvChange => "this block's env changes, so it restarts",
+        Reason::Restart => "an operator restarts this block",
+        Reason::Stop => "this block is stopped",
+        Reason::DependencyRestart => "a block this one depends on restarts",
+        Reason::Reboot => "the device reboots",
+        Reason::Shutdown => "the device shuts down",
+        Reason::OsUpdate => "the OS is updated (a reboot)",
     }
 }
 
@@ -622,6 +906,87 @@ mod tests {
             "reboot; disturbs a; overrides the locks of a"
         );
         assert_eq!(sent_summary("not json").0, None);
+    }
+
+    #[test]
+    fn a_rollout_status_lists_waits_in_words_most_devices_first_and_statuses_in_display_order() {
+        use crate::domain::{BlockName, FleetId, ReleaseId, RolloutId, RolloutProgress, Timestamp};
+        let block = |b: &str| BlockName::new(b).unwrap();
+        let status = RolloutStatus {
+            rollout: Rollout {
+                id: RolloutId(4),
+                fleet: FleetId::new("site").unwrap(),
+                selector: None,
+                target: RolloutTarget::Release(ReleaseId::new("r3").unwrap()),
+                strategy: Strategy {
+                    canary: 1,
+                    ..Strategy::default()
+                },
+                seed: 7,
+                progress: RolloutProgress {
+                    current_batch: 1,
+                    ..RolloutProgress::started()
+                },
+                devices: 5,
+                skipped: 1,
+                message: String::new(),
+                created_by: "ops".into(),
+                created: Timestamp(1),
+                updated: Timestamp(2),
+            },
+            batches: vec![
+                BatchCounts {
+                    succeeded: 1,
+                    ..BatchCounts::default()
+                },
+                BatchCounts {
+                    in_flight: 3,
+                    queued: 1,
+                    ..BatchCounts::default()
+                },
+            ],
+            device_statuses: [
+                (DeviceStatus::WaitingLock, 3),
+                (DeviceStatus::InSync, 2),
+                (DeviceStatus::Failed, 0),
+            ]
+            .into(),
+            waiting_lock: [
+                ((block("a"), Reason::Reboot), 1),
+                ((block("controller"), Reason::UpdateRestart), 2),
+            ]
+            .into(),
+            soak_until: None,
+        };
+        let v = RolloutStatusView::new(&status, Timestamp(3));
+        assert_eq!(
+            (v.rollout.target_kind, v.rollout.target.as_str()),
+            ("release", "r3")
+        );
+        assert_eq!((v.rollout.state, v.rollout.active), ("running", true));
+        assert_eq!(
+            (v.progress.size, v.progress.succeeded, v.progress.in_flight),
+            (5, 1, 3)
+        );
+        assert_eq!(
+            v.batches.iter().map(|b| b.current).collect::<Vec<_>>(),
+            vec![false, true]
+        );
+        let waits: Vec<(&str, &str, u64)> = v
+            .waiting_lock
+            .iter()
+            .map(|w| (w.block.as_str(), w.reason, w.devices))
+            .collect();
+        assert_eq!(
+            waits,
+            vec![("controller", "update_restart", 2), ("a", "reboot", 1)]
+        );
+        assert!(v.waiting_lock[0].reason_text.contains("replaces"));
+        let statuses: Vec<&str> = v.device_statuses.iter().map(|c| c.status).collect();
+        assert_eq!(statuses, vec!["in_sync", "waiting_lock"]);
+        for r in Reason::ALL {
+            assert!(!reason_text(r).is_empty());
+        }
     }
 
     #[test]

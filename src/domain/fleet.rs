@@ -206,9 +206,14 @@ pub enum TimelineEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at: Timestamp,
+    /// Who: an API token (`name (token id)`, with what the client said it
+    /// acts for), or `scheduler`.
     pub actor: String,
     pub action: String,
     pub subject: String,
+    /// The fleet the subject belongs to; `None` for what belongs to none
+    /// (tokens).
+    pub fleet: Option<FleetId>,
     pub reason: String,
     pub details: String,
 }

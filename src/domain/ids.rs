@@ -172,6 +172,12 @@ string_id!(
     Tag, "tag", 63, "A-Z, a-z, 0-9, '-', '_', '.', ':'", id_char, alnum, "a letter or digit"
 );
 
+string_id!(
+    /// An API token's public identifier (the `<id>` of `lst_<id>_<secret>`):
+    /// named in listings, revocations and the audit log; never a secret.
+    TokenId, "token id", 32, "a-z, 0-9", lower_alnum, lower_alnum, "a-z or 0-9"
+);
+
 /// An operation's identifier, assigned by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OperationId(pub i64);

@@ -42,6 +42,7 @@
 //! randomness: no tokio, sqlx, tonic or prost. Time and randomness are
 //! parameters. `tests/domain_is_pure.rs` enforces the import ban.
 
+pub mod access;
 pub mod block;
 pub mod blockmap;
 pub mod delta;
@@ -56,6 +57,10 @@ pub mod release;
 pub mod rollout;
 pub mod window;
 
+pub use access::{
+    Action, ApiToken, Denied, Principal, Role, Scope, ScopeError, TokenRefused, TokenState, allows,
+    check_scope, role_allows, split_token,
+};
 pub use block::{
     BlockConfig, BlockError, BlockVersion, Dependency, Fingerprint, ImageDigest, UpdateStrategy,
 };
@@ -72,7 +77,7 @@ pub use fleet::{
 pub use gate::{Decision, Force, ForceError, ReleaseRequest, decide, gate};
 pub use ids::{
     BlockName, DeviceId, FleetId, Generation, IdError, IntentSeq, OperationId, ReleaseId, Tag,
-    Timestamp,
+    Timestamp, TokenId,
 };
 pub use impact::{
     Disturbance, Impact, ImpactError, Operation, Reason, ReleaseDiff, diff_releases, impact,

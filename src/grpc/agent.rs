@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use super::convert::{ConvertError, at_most, block_name};
 use super::pb::{self, agent_service_server::AgentService};
@@ -413,6 +414,19 @@ fn ack_body(ack: &pb::IntentAck) -> String {
 
 type Outbound = Box<Result<pb::ServerMessage, Status>>;
 
+/// What an agent message is, for its span.
+fn message_kind(m: &pb::AgentMessage) -> &'static str {
+    use pb::agent_message::Msg;
+    match &m.msg {
+        Some(Msg::Hello(_)) => "hello",
+        Some(Msg::LockReport(_)) => "lock_report",
+        Some(Msg::State(_)) => "state",
+        Some(Msg::Ack(_)) => "ack",
+        Some(Msg::Progress(_)) => "progress",
+        None => "empty",
+    }
+}
+
 /// The per-connection state of one agent stream.
 struct Session<S> {
     store: S,
@@ -625,6 +639,7 @@ impl<S: Store> AgentService for Agents<S> {
         if self.require_client_cert {
             check_client_cert(&req, &device)?;
         }
+        crate::telemetry::record_device(&device);
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -718,8 +733,17 @@ impl<S: Store> AgentService for Agents<S> {
                                 return Err(());
                             }
                             Ok(Some(m)) => {
+                                // A span per message, inside the connection's.
+                                let span = tracing::info_span!(
+                                    "agent.message",
+                                    otel.status_code = tracing::field::Empty,
+                                    device = %session.device,
+                                    kind = message_kind(&m),
+                                );
                                 // Boxed so the idle session future stays small.
-                                if let Err(status) = Box::pin(session.handle(m)).await {
+                                let handled = Box::pin(session.handle(m)).instrument(span.clone()).await;
+                                if let Err(status) = handled {
+                                    span.record("otel.status_code", "ERROR");
                                     tracing::warn!(device = %session.device, %status, "agent message refused");
                                     let _ = session.tx.send(Box::new(Err(status))).await;
                                     return Err(());
@@ -767,7 +791,10 @@ impl<S: Store> AgentService for Agents<S> {
                 }
             }
             session.wakeups.wake(&session.device);
-        });
+        }
+        // The call's span lasts as long as the connection: it ends at
+        // disconnect, with the messages' spans as its children.
+        .instrument(tracing::Span::current()));
         Ok(Response::new(Box::pin(
             ReceiverStream::new(rx).map(|m: Outbound| *m),
         )))

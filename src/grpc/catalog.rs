@@ -1,16 +1,18 @@
 //! `CatalogService`: blocks, block versions, releases and release diffs over
 //! the store. Handlers convert, call the domain for validation and diffs, and
-//! map errors; they decide nothing themselves.
+//! map errors; they decide nothing themselves. Blocks and block versions
+//! are the global catalog (no fleet); a release belongs to its fleet.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::access::{check, principal, within};
 use super::convert::{self, ConvertError, at_most, block_name, count_at_most};
 use super::pb::{self, catalog_service_server::CatalogService};
 use super::status_from_store;
 use crate::clock;
-use crate::domain::{self, BlockVersion, EnvContext, FleetId, Release, ReleaseId};
+use crate::domain::{self, Action, BlockVersion, EnvContext, FleetId, Release, ReleaseId};
 use crate::limits::{MAX_DESCRIPTION_BYTES, MAX_RELEASE_BLOCKS, MAX_VERSION_BYTES};
 use crate::store::{PageRequest, Store};
 
@@ -34,6 +36,7 @@ impl<S: Store> CatalogService for Catalog<S> {
         &self,
         req: Request<pb::CreateBlockRequest>,
     ) -> Result<Response<pb::CreateBlockResponse>, Status> {
+        check(&principal(&req)?, Action::WriteCatalog, None)?;
         let req = req.into_inner();
         let name = block_name("name", &req.name)?;
         at_most("description", &req.description, MAX_DESCRIPTION_BYTES)?;
@@ -49,6 +52,7 @@ impl<S: Store> CatalogService for Catalog<S> {
         &self,
         req: Request<pb::CreateBlockVersionRequest>,
     ) -> Result<Response<pb::CreateBlockVersionResponse>, Status> {
+        check(&principal(&req)?, Action::WriteCatalog, None)?;
         let m = req
             .into_inner()
             .block_version
@@ -68,6 +72,7 @@ impl<S: Store> CatalogService for Catalog<S> {
         &self,
         req: Request<pb::ListBlockVersionsRequest>,
     ) -> Result<Response<pb::ListBlockVersionsResponse>, Status> {
+        check(&principal(&req)?, Action::ReadCatalog, None)?;
         let block = block_name("block", &req.into_inner().block)?;
         let versions = self
             .store
@@ -83,9 +88,11 @@ impl<S: Store> CatalogService for Catalog<S> {
         &self,
         req: Request<pb::CreateReleaseRequest>,
     ) -> Result<Response<pb::CreateReleaseResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let id = release_id("id", &req.id)?;
         let fleet = FleetId::new(&req.fleet).map_err(|e| ConvertError::new("fleet", e))?;
+        check(&p, Action::WriteReleases, Some(&fleet))?;
         if req.blocks.is_empty() {
             return Err(ConvertError::new("blocks", "a release needs at least one block").into());
         }
@@ -132,12 +139,14 @@ impl<S: Store> CatalogService for Catalog<S> {
         &self,
         req: Request<pb::GetReleaseRequest>,
     ) -> Result<Response<pb::GetReleaseResponse>, Status> {
+        let p = principal(&req)?;
         let id = release_id("id", &req.into_inner().id)?;
         let release = self
             .store
             .get_release(&id)
             .await
             .map_err(status_from_store)?;
+        check(&p, Action::ReadReleases, Some(release.fleet()))?;
         Ok(Response::new(pb::GetReleaseResponse {
             release: Some((&release).into()),
         }))
@@ -147,11 +156,17 @@ impl<S: Store> CatalogService for Catalog<S> {
         &self,
         req: Request<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let fleet = if req.fleet.is_empty() {
             None
         } else {
             Some(FleetId::new(&req.fleet).map_err(|e| ConvertError::new("fleet", e))?)
+        };
+        // A fleet asked for must be in scope; without one, the token's fleets.
+        let within = match &fleet {
+            Some(f) => check(&p, Action::ReadReleases, Some(f)).map(|()| None)?,
+            None => within(&p, Action::ReadReleases)?,
         };
         let page = PageRequest {
             size: req.page_size,
@@ -159,7 +174,7 @@ impl<S: Store> CatalogService for Catalog<S> {
         };
         let page = self
             .store
-            .list_releases(fleet.as_ref(), &page)
+            .list_releases(fleet.as_ref(), within.as_ref(), &page)
             .await
             .map_err(status_from_store)?;
         Ok(Response::new(pb::ListReleasesResponse {
@@ -181,6 +196,7 @@ impl<S: Store> CatalogService for Catalog<S> {
         &self,
         req: Request<pb::DiffReleasesRequest>,
     ) -> Result<Response<pb::DiffReleasesResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let from_id = release_id("from", &req.from)?;
         let to_id = release_id("to", &req.to)?;
@@ -196,6 +212,8 @@ impl<S: Store> CatalogService for Catalog<S> {
                 .await
                 .map_err(status_from_store)?,
         );
+        check(&p, Action::ReadReleases, Some(from.fleet()))?;
+        check(&p, Action::ReadReleases, Some(to.fleet()))?;
         // Releases alone, without any device's operator env.
         let diff = domain::diff_releases(&from, &to, &EnvContext::default());
         let version = |r: &Release, b: &domain::BlockName| {

@@ -1,18 +1,20 @@
 //! `DeviceService`: fleets, device registration, env variables and what
-//! devices report, over the store.
+//! devices report, over the store. Each request is checked against the
+//! fleet it touches: the fleet named, or the device's.
 
 use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
+use super::access::{check, principal, within};
 use super::convert::{ConvertError, at_most, block_name, count_at_most};
 use super::pb::{self, device_service_server::DeviceService};
 use super::status_from_store;
 use crate::auth;
 use crate::clock;
 use crate::domain::{
-    DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, OperationSpec,
-    Tag,
+    Action, DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId,
+    OperationSpec, Tag,
 };
 use crate::limits::{
     MAX_ENV_VALUE_BYTES as MAX_ENV_VALUE, MAX_ENV_VARS, MAX_FLEET_NAME_BYTES, MAX_SCOPE_BLOCKS,
@@ -29,6 +31,20 @@ pub struct Devices<S> {
 impl<S: Store> Devices<S> {
     pub fn new(store: S, wakeups: Wakeups) -> Self {
         Self { store, wakeups }
+    }
+
+    /// The fleet whose env an owner's variables are: the fleet's, or the
+    /// device's.
+    async fn owner_fleet(&self, owner: &EnvOwner) -> Result<FleetId, Status> {
+        match owner {
+            EnvOwner::Fleet(f) => Ok(f.clone()),
+            EnvOwner::Device(d) => Ok(self
+                .store
+                .get_device(d)
+                .await
+                .map_err(status_from_store)?
+                .fleet),
+        }
     }
 
     /// Env variables changed: every affected device gets an `apply_env`
@@ -73,8 +89,11 @@ impl<S: Store> Devices<S> {
     }
 }
 
+/// The device a call names, recorded on the call's span.
 fn device_id(field: &str, s: &str) -> Result<DeviceId, ConvertError> {
-    DeviceId::new(s).map_err(|e| ConvertError::new(field, e))
+    let id = DeviceId::new(s).map_err(|e| ConvertError::new(field, e))?;
+    crate::telemetry::record_device(&id);
+    Ok(id)
 }
 
 fn fleet_id(field: &str, s: &str) -> Result<FleetId, ConvertError> {
@@ -157,6 +176,7 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::CreateFleetRequest>,
     ) -> Result<Response<pb::CreateFleetResponse>, Status> {
+        check(&principal(&req)?, Action::CreateFleet, None)?;
         let req = req.into_inner();
         at_most("name", &req.name, MAX_FLEET_NAME_BYTES)?;
         let fleet = Fleet {
@@ -176,11 +196,17 @@ impl<S: Store> DeviceService for Devices<S> {
 
     async fn list_fleets(
         &self,
-        _req: Request<pb::ListFleetsRequest>,
+        req: Request<pb::ListFleetsRequest>,
     ) -> Result<Response<pb::ListFleetsResponse>, Status> {
+        let p = principal(&req)?;
+        let within = within(&p, Action::ReadFleets)?;
         let fleets = self.store.list_fleets().await.map_err(status_from_store)?;
         Ok(Response::new(pb::ListFleetsResponse {
-            fleets: fleets.iter().map(fleet_to_pb).collect(),
+            fleets: fleets
+                .iter()
+                .filter(|f| within.as_ref().is_none_or(|w| w.contains(&f.id)))
+                .map(fleet_to_pb)
+                .collect(),
         }))
     }
 
@@ -188,6 +214,7 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::RegisterDeviceResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         if req.tags.len() > MAX_TAGS {
             return Err(ConvertError::new("tags", format!("at most {MAX_TAGS} tags")).into());
@@ -206,6 +233,7 @@ impl<S: Store> DeviceService for Devices<S> {
             credential_revoked: false,
             created: clock::now(),
         };
+        check(&p, Action::RegisterDevices, Some(&device.fleet))?;
         let (credential, hash) = auth::new_device_credential();
         self.store
             .register_device(&device, &hash)
@@ -222,12 +250,14 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::GetDeviceResponse>, Status> {
+        let p = principal(&req)?;
         let id = device_id("id", &req.into_inner().id)?;
         let d = self
             .store
             .get_device(&id)
             .await
             .map_err(status_from_store)?;
+        check(&p, Action::ReadDevices, Some(&d.fleet))?;
         Ok(Response::new(pb::GetDeviceResponse {
             device: Some(device_to_pb(&d)),
         }))
@@ -237,8 +267,9 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
-        let filter = DeviceFilter {
+        let mut filter = DeviceFilter {
             fleet: (!req.fleet.is_empty())
                 .then(|| fleet_id("fleet", &req.fleet))
                 .transpose()?,
@@ -246,7 +277,13 @@ impl<S: Store> DeviceService for Devices<S> {
                 .then(|| Tag::new(&req.tag).map_err(|e| ConvertError::new("tag", e)))
                 .transpose()?,
             status: status_from_pb("status", req.status)?,
+            within: None,
         };
+        // A fleet asked for must be in scope; without one, the token's fleets.
+        match &filter.fleet {
+            Some(f) => check(&p, Action::ReadDevices, Some(f))?,
+            None => filter.within = within(&p, Action::ReadDevices)?,
+        }
         let page = PageRequest {
             size: req.page_size,
             token: (!req.page_token.is_empty()).then_some(req.page_token),
@@ -266,8 +303,10 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::SetEnvRequest>,
     ) -> Result<Response<pb::SetEnvResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let owner = owner_from_pb(req.owner)?;
+        check(&p, Action::WriteEnv, Some(&self.owner_fleet(&owner).await?))?;
         if req.vars.is_empty() || req.vars.len() > MAX_ENV_VARS {
             return Err(ConvertError::new(
                 "vars",
@@ -302,8 +341,10 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::UnsetEnvRequest>,
     ) -> Result<Response<pb::UnsetEnvResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let owner = owner_from_pb(req.owner)?;
+        check(&p, Action::WriteEnv, Some(&self.owner_fleet(&owner).await?))?;
         if req.keys.is_empty() || req.keys.len() > MAX_ENV_VARS {
             return Err(
                 ConvertError::new("keys", format!("between 1 and {MAX_ENV_VARS} keys")).into(),
@@ -337,7 +378,9 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::ListEnvRequest>,
     ) -> Result<Response<pb::ListEnvResponse>, Status> {
+        let p = principal(&req)?;
         let owner = owner_from_pb(req.into_inner().owner)?;
+        check(&p, Action::ReadEnv, Some(&self.owner_fleet(&owner).await?))?;
         let layer = self
             .store
             .env_layer(&owner)
@@ -366,12 +409,14 @@ impl<S: Store> DeviceService for Devices<S> {
         &self,
         req: Request<pb::GetDeviceStateRequest>,
     ) -> Result<Response<pb::GetDeviceStateResponse>, Status> {
+        let p = principal(&req)?;
         let id = device_id("id", &req.into_inner().id)?;
         let device = self
             .store
             .get_device(&id)
             .await
             .map_err(status_from_store)?;
+        check(&p, Action::ReadDevices, Some(&device.fleet))?;
         let report = self
             .store
             .device_report(&id)

@@ -1,12 +1,15 @@
 //! The gRPC edge: generated protobuf types, conversions to and from the
 //! domain, and the services. Proto types never leave this module.
 
+pub mod access;
 pub mod agent;
+pub mod audit;
 pub mod catalog;
 pub mod convert;
 pub mod device;
 pub mod operation;
 pub mod rollout;
+pub mod token;
 pub mod window;
 
 use crate::store::StoreError;
@@ -19,7 +22,9 @@ pub fn status_from_store(e: StoreError) -> tonic::Status {
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
         StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         StoreError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-        StoreError::Conflict { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::Conflict { .. } | StoreError::Precondition { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         StoreError::Unavailable { .. } => {
             tracing::warn!(error = %e, "database unavailable");
             Status::unavailable("database unavailable; retry later")

@@ -1,15 +1,18 @@
 //! `OperationService`: operators record operations on devices; the scheduler
-//! decides when each may be applied. Forces and cancellations are audited.
+//! decides when each may be applied. Forces and cancellations are audited,
+//! naming the token that asked. Every request is checked against the fleet
+//! of the device it is about.
 
 use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
+use super::access::{check, principal, within};
 use super::convert::{ConvertError, at_most, block_name, count_at_most, disturbance_to_pb};
 use super::pb::{self, operation_service_server::OperationService};
 use super::status_from_store;
 use crate::clock;
-use crate::domain::FleetId;
+use crate::domain::{Action, FleetId, Principal};
 use crate::domain::{
     AuditEntry, DeviceId, Disturbance, Force, OpStatus, OperationId, OperationRecord,
     OperationSpec, ReleaseId,
@@ -18,6 +21,7 @@ use crate::events::{Event, EventKind, Events, Watch, Watched};
 use crate::limits::{MAX_SCOPE_BLOCKS, MAX_TEXT_BYTES, MAX_VERSION_BYTES};
 use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 
 pub struct Operations<S> {
     store: S,
@@ -32,6 +36,23 @@ impl<S: Store> Operations<S> {
             wakeups,
             events,
         }
+    }
+
+    /// The device's fleet, once `p` may take `action` on it.
+    async fn device_fleet(
+        &self,
+        p: &Principal,
+        action: Action,
+        device: &DeviceId,
+    ) -> Result<FleetId, Status> {
+        let fleet = self
+            .store
+            .get_device(device)
+            .await
+            .map_err(status_from_store)?
+            .fleet;
+        check(p, action, Some(&fleet))?;
+        Ok(fleet)
     }
 }
 
@@ -178,23 +199,28 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
     }
 }
 
+/// The operation a call names, recorded on the call's span.
 fn op_id(v: u64) -> Result<OperationId, ConvertError> {
-    i64::try_from(v)
+    let id = i64::try_from(v)
         .ok()
         .filter(|v| *v > 0)
         .map(OperationId)
-        .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))
+        .ok_or_else(|| ConvertError::new("id", "a positive operation id is required"))?;
+    telemetry::record_operation(&id);
+    Ok(id)
 }
 
-/// Who did it, as given (`unknown` when empty), at most
+/// The note beside the calling token (the request's `actor` field), at most
 /// [`crate::limits::MAX_ACTOR_BYTES`].
-fn actor(s: &str) -> Result<String, ConvertError> {
-    super::convert::at_most("actor", s, crate::limits::MAX_ACTOR_BYTES)?;
-    Ok(if s.is_empty() {
-        "unknown".to_owned()
-    } else {
-        s.to_owned()
-    })
+fn actor_note(s: &str) -> Result<(), ConvertError> {
+    at_most("actor", s, crate::limits::MAX_ACTOR_BYTES)
+}
+
+/// The device a call names, recorded on the call's span.
+fn device_id(s: &str) -> Result<DeviceId, ConvertError> {
+    let id = DeviceId::new(s).map_err(|e| ConvertError::new("device", e))?;
+    telemetry::record_device(&id);
+    Ok(id)
 }
 
 #[tonic::async_trait]
@@ -206,17 +232,27 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let fleet = (!req.fleet.is_empty())
             .then(|| FleetId::new(&req.fleet).map_err(|e| ConvertError::new("fleet", e)))
             .transpose()?;
         let device = (!req.device.is_empty())
-            .then(|| DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e)))
+            .then(|| device_id(&req.device))
             .transpose()?;
         if let Some(f) = &fleet {
             self.store.get_fleet(f).await.map_err(status_from_store)?;
         }
-        let mut watch = Watch::new(&self.events, self.store.clone(), fleet, device);
+        // What is watched must be in scope; without a fleet or a device,
+        // the token's fleets.
+        let scope = match &fleet {
+            Some(f) => check(&p, Action::ReadDevices, Some(f)).map(|()| None)?,
+            None => within(&p, Action::ReadDevices)?,
+        };
+        if let Some(d) = &device {
+            self.device_fleet(&p, Action::ReadDevices, d).await?;
+        }
+        let mut watch = Watch::new(&self.events, self.store.clone(), fleet, device).within(scope);
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             while let Some(w) = watch.next().await {
@@ -243,14 +279,22 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::CreateOperationRequest>,
     ) -> Result<Response<pb::CreateOperationResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
-        let device = DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e))?;
+        let device = device_id(&req.device)?;
         let spec = spec_from_pb(req.spec)?;
         let force = force_from_pb(req.force)?;
-        let actor = actor(&req.actor)?;
+        actor_note(&req.actor)?;
+        let fleet = self
+            .device_fleet(&p, Action::WriteOperations, &device)
+            .await?;
+        if force.is_some() {
+            check(&p, Action::Force, Some(&fleet))?;
+        }
         if let OperationSpec::AssignRelease(r) = &spec {
             // Fail early on a release that does not exist.
-            self.store.get_release(r).await.map_err(status_from_store)?;
+            let release = self.store.get_release(r).await.map_err(status_from_store)?;
+            check(&p, Action::ReadReleases, Some(release.fleet()))?;
         }
         let now = clock::now();
         let op = self
@@ -258,13 +302,15 @@ impl<S: Store> OperationService for Operations<S> {
             .create_operation(&device, &spec, force.as_ref(), now)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_operation(&op.id);
         if let Some(f) = &force {
             self.store
                 .append_audit(&AuditEntry {
                     at: now,
-                    actor,
+                    actor: p.actor_noting(&req.actor),
                     action: "force_requested".into(),
                     subject: format!("device {device} operation {}", op.id),
+                    fleet: Some(fleet.clone()),
                     reason: f.reason().to_owned(),
                     details: serde_json::json!({
                         "operation": spec.kind(),
@@ -286,12 +332,16 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::GetOperationRequest>,
     ) -> Result<Response<pb::GetOperationResponse>, Status> {
+        let p = principal(&req)?;
         let id = op_id(req.into_inner().id)?;
         let op = self
             .store
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_device(&op.device);
+        self.device_fleet(&p, Action::ReadOperations, &op.device)
+            .await?;
         Ok(Response::new(pb::GetOperationResponse {
             operation: Some(operation_to_pb(&op)),
         }))
@@ -301,8 +351,10 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
-        let device =
-            DeviceId::new(req.into_inner().device).map_err(|e| ConvertError::new("device", e))?;
+        let p = principal(&req)?;
+        let device = device_id(&req.into_inner().device)?;
+        self.device_fleet(&p, Action::ReadOperations, &device)
+            .await?;
         let ops = self
             .store
             .list_operations(&device)
@@ -317,15 +369,20 @@ impl<S: Store> OperationService for Operations<S> {
         &self,
         req: Request<pb::CancelOperationRequest>,
     ) -> Result<Response<pb::CancelOperationResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let id = op_id(req.id)?;
-        let actor = actor(&req.actor)?;
+        actor_note(&req.actor)?;
         at_most("reason", &req.reason, MAX_TEXT_BYTES)?;
         let op = self
             .store
             .get_operation(id)
             .await
             .map_err(status_from_store)?;
+        telemetry::record_device(&op.device);
+        let fleet = self
+            .device_fleet(&p, Action::WriteOperations, &op.device)
+            .await?;
         if !matches!(
             op.status,
             OpStatus::Pending
@@ -354,9 +411,10 @@ impl<S: Store> OperationService for Operations<S> {
         self.store
             .append_audit(&AuditEntry {
                 at: now,
-                actor,
+                actor: p.actor_noting(&req.actor),
                 action: "operation_cancelled".into(),
                 subject: format!("device {} operation {id}", op.device),
+                fleet: Some(fleet),
                 reason: req.reason.clone(),
                 details: "{}".into(),
             })

@@ -1,18 +1,20 @@
 //! `RolloutService`: phased rollouts of a release or an OS version. Requests
 //! are converted here (bad input is `INVALID_ARGUMENT` naming the field);
-//! the actions, status and controller live in [`crate::rollouts`].
+//! the actions, status and controller live in [`crate::rollouts`]. A
+//! rollout belongs to its fleet; actions are audited naming the token.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::access::{check, principal, within};
 use super::convert::{ConvertError, at_most, count_at_most};
 use super::pb::{self, rollout_service_server::RolloutService};
 use super::status_from_store;
 use crate::domain::{
-    Amount, FleetId, OnError, ReleaseId, Rollout, RolloutId, RolloutTarget, Strategy, Tag,
+    Action, Amount, FleetId, OnError, Principal, ReleaseId, Rollout, RolloutId, RolloutTarget,
+    Strategy, Tag,
 };
 use crate::limits::MAX_TEXT_BYTES;
 use crate::rollouts::{CreateRollout, RolloutError, RolloutStatus, Rollouts};
@@ -26,6 +28,22 @@ impl<S: Store> RolloutApi<S> {
     pub fn new(rollouts: Rollouts<S>) -> Self {
         Self { rollouts }
     }
+
+    /// `PERMISSION_DENIED` unless `p` may take `action` on the rollout's fleet.
+    async fn check_rollout(
+        &self,
+        p: &Principal,
+        action: Action,
+        id: RolloutId,
+    ) -> Result<(), Status> {
+        let r = self
+            .rollouts
+            .store()
+            .get_rollout(id)
+            .await
+            .map_err(status_from_store)?;
+        check(p, action, Some(&r.fleet))
+    }
 }
 
 fn status_from_rollout(e: RolloutError) -> Status {
@@ -36,23 +54,22 @@ fn status_from_rollout(e: RolloutError) -> Status {
     }
 }
 
+/// The rollout a call names, recorded on the call's span.
 fn rollout_id(v: u64) -> Result<RolloutId, ConvertError> {
-    i64::try_from(v)
+    let id = i64::try_from(v)
         .ok()
         .filter(|v| *v > 0)
         .map(RolloutId)
-        .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))
+        .ok_or_else(|| ConvertError::new("id", "a positive rollout id is required"))?;
+    crate::telemetry::record_rollout(&id);
+    Ok(id)
 }
 
-/// Who did it, as given (`unknown` when empty), at most
+/// The note beside the calling token (the request's `actor` field), at most
 /// [`crate::limits::MAX_ACTOR_BYTES`].
-fn actor(s: &str) -> Result<String, ConvertError> {
-    super::convert::at_most("actor", s, crate::limits::MAX_ACTOR_BYTES)?;
-    Ok(if s.is_empty() {
-        "unknown".to_owned()
-    } else {
-        s.to_owned()
-    })
+fn actor_note(s: &str) -> Result<&str, ConvertError> {
+    at_most("actor", s, crate::limits::MAX_ACTOR_BYTES)?;
+    Ok(s)
 }
 
 fn reason(s: &str) -> Result<&str, ConvertError> {
@@ -172,7 +189,9 @@ impl TryFrom<pb::CreateRolloutRequest> for CreateRollout {
             target,
             strategy: r.strategy.unwrap_or_default().try_into()?,
             supersede: r.supersede,
-            actor: actor(&r.actor)?,
+            // What the client says (checked against its limit); the edge
+            // replaces it with the token's actor.
+            actor: actor_note(&r.actor)?.to_owned(),
             seed: (r.seed != 0).then_some(r.seed),
         })
     }
@@ -238,9 +257,6 @@ pub(crate) fn status_to_pb(s: &RolloutStatus) -> pb::RolloutStatus {
     }
 }
 
-/// How often a watch re-reads the status at most while events arrive.
-const WATCH_COALESCE: Duration = Duration::from_millis(200);
-
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::RolloutStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -249,12 +265,25 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::CreateRolloutRequest>,
     ) -> Result<Response<pb::CreateRolloutResponse>, Status> {
-        let create: CreateRollout = req.into_inner().try_into()?;
+        let p = principal(&req)?;
+        let mut create: CreateRollout = req.into_inner().try_into()?;
+        check(&p, Action::WriteRollouts, Some(&create.fleet))?;
+        if let RolloutTarget::Release(r) = &create.target {
+            let release = self
+                .rollouts
+                .store()
+                .get_release(r)
+                .await
+                .map_err(status_from_store)?;
+            check(&p, Action::ReadReleases, Some(release.fleet()))?;
+        }
+        create.actor = p.actor_noting(&create.actor);
         let r = self
             .rollouts
             .create(create)
             .await
             .map_err(status_from_rollout)?;
+        crate::telemetry::record_rollout(&r.id);
         let status = self
             .rollouts
             .status(r.id)
@@ -269,7 +298,9 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::GetRolloutResponse>, Status> {
+        let p = principal(&req)?;
         let id = rollout_id(req.into_inner().id)?;
+        self.check_rollout(&p, Action::ReadRollouts, id).await?;
         let status = self.rollouts.status(id).await.map_err(status_from_store)?;
         Ok(Response::new(pb::GetRolloutResponse {
             status: Some(status_to_pb(&status)),
@@ -280,10 +311,15 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let fleet = match req.fleet.as_str() {
             "" => None,
             f => Some(FleetId::new(f).map_err(|e| ConvertError::new("fleet", e))?),
+        };
+        let within = match &fleet {
+            Some(f) => check(&p, Action::ReadRollouts, Some(f)).map(|()| None)?,
+            None => within(&p, Action::ReadRollouts)?,
         };
         let list = self
             .rollouts
@@ -292,7 +328,11 @@ impl<S: Store> RolloutService for RolloutApi<S> {
             .await
             .map_err(status_from_store)?;
         Ok(Response::new(pb::ListRolloutsResponse {
-            rollouts: list.iter().map(rollout_to_pb).collect(),
+            rollouts: list
+                .iter()
+                .filter(|r| within.as_ref().is_none_or(|w| w.contains(&r.fleet)))
+                .map(rollout_to_pb)
+                .collect(),
         }))
     }
 
@@ -300,12 +340,15 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
+        let id = rollout_id(req.id)?;
+        self.check_rollout(&p, Action::WriteRollouts, id).await?;
         let r = self
             .rollouts
             .pause(
-                rollout_id(req.id)?,
-                &actor(&req.actor)?,
+                id,
+                &p.actor_noting(actor_note(&req.actor)?),
                 reason(&req.reason)?,
             )
             .await
@@ -319,12 +362,15 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
+        let id = rollout_id(req.id)?;
+        self.check_rollout(&p, Action::WriteRollouts, id).await?;
         let r = self
             .rollouts
             .resume(
-                rollout_id(req.id)?,
-                &actor(&req.actor)?,
+                id,
+                &p.actor_noting(actor_note(&req.actor)?),
                 reason(&req.reason)?,
             )
             .await
@@ -338,12 +384,15 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::RolloutActionRequest>,
     ) -> Result<Response<pb::RolloutActionResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
+        let id = rollout_id(req.id)?;
+        self.check_rollout(&p, Action::WriteRollouts, id).await?;
         let r = self
             .rollouts
             .abort(
-                rollout_id(req.id)?,
-                &actor(&req.actor)?,
+                id,
+                &p.actor_noting(actor_note(&req.actor)?),
                 reason(&req.reason)?,
             )
             .await
@@ -359,47 +408,24 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         &self,
         req: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let p = principal(&req)?;
         let id = rollout_id(req.into_inner().id)?;
-        let rollouts = self.rollouts.clone();
-        // Subscribe before the first read, so nothing between is missed.
-        let mut ops = rollouts.events().subscribe();
-        let mut notices = rollouts.events().subscribe_rollouts();
-        let first = rollouts.status(id).await.map_err(status_from_store)?;
+        self.check_rollout(&p, Action::ReadRollouts, id).await?;
+        let mut watch = self.rollouts.watch(id).await.map_err(status_from_store)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            let mut last = status_to_pb(&first);
-            let mut active = first.rollout.progress.state.is_active();
-            if tx.send(Ok(last.clone())).await.is_err() {
-                return;
-            }
-            // Re-read at least this often, so a soak's end shows.
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            while active {
-                tokio::select! {
+            loop {
+                let next = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = tick.tick() => {}
-                    r = ops.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
-                    r = notices.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
-                }
-                tokio::time::sleep(WATCH_COALESCE).await;
-                // Drain what arrived meanwhile: one read covers it all.
-                while ops.try_recv().is_ok() {}
-                while notices.try_recv().is_ok() {}
-                match rollouts.status(id).await {
-                    Ok(s) => {
-                        active = s.rollout.progress.state.is_active();
-                        let now = status_to_pb(&s);
-                        if now != last {
-                            last = now.clone();
-                            if tx.send(Ok(now)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(status_from_store(e))).await;
-                        return;
-                    }
+                    next = watch.next() => next,
+                };
+                let item = match next {
+                    None => return,
+                    Some(Ok(s)) => Ok(status_to_pb(&s)),
+                    Some(Err(e)) => Err(status_from_store(e)),
+                };
+                if tx.send(item).await.is_err() {
+                    return;
                 }
             }
         });

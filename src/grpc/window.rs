@@ -2,17 +2,22 @@
 //! one-off) attached to a fleet, a tag or a device, and the per-fleet policy
 //! of which operations need one. Changes wake the scheduler. Customer
 //! approvals are listed and decided by `crate::approvals`, shared with the
-//! web dashboard; this edge only converts.
+//! web dashboard; this edge only converts. A window belongs to its fleet
+//! (a device's window to the device's fleet); a window on a device tag
+//! spans fleets, so changing one needs a token for every fleet, while every
+//! token may read it.
 
 use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
 
+use super::access::{check, principal};
 use super::convert::{ConvertError, at_most, count_at_most};
 use super::pb::{self, window_service_server::WindowService};
 use super::status_from_store;
 use crate::approvals::{self, ApprovalError, ApprovalView, Approvals};
 use crate::clock;
+use crate::domain::{Action, Principal};
 use crate::domain::{
     ApprovalStatus, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window,
     WindowRule, WindowScope,
@@ -37,6 +42,33 @@ impl<S: Store> Windows<S> {
             store,
             wakeups,
         }
+    }
+
+    /// The fleet a window scope belongs to; `None` for a tag (any fleet).
+    async fn scope_fleet(&self, scope: &WindowScope) -> Result<Option<FleetId>, Status> {
+        Ok(match scope {
+            WindowScope::Fleet(f) => Some(f.clone()),
+            WindowScope::Device(d) => Some(
+                self.store
+                    .get_device(d)
+                    .await
+                    .map_err(status_from_store)?
+                    .fleet,
+            ),
+            WindowScope::Tag(_) => None,
+        })
+    }
+
+    /// Whether `p` may read a window: its fleet in scope; tag windows are
+    /// read by every token.
+    async fn sees(&self, p: &Principal, scope: &WindowScope) -> Result<bool, Status> {
+        Ok(match self.scope_fleet(scope).await {
+            Ok(Some(f)) => p.sees(&f),
+            Ok(None) => true,
+            // A device that went away: only tokens for every fleet.
+            Err(s) if s.code() == tonic::Code::NotFound => p.scope.is_all(),
+            Err(s) => return Err(s),
+        })
     }
 
     /// Windows or policy changed: every device with unfinished work decides again.
@@ -197,6 +229,7 @@ fn approval_to_pb(v: &ApprovalView) -> pb::ApprovalInfo {
 fn status_from_approval(e: ApprovalError) -> Status {
     match e {
         ApprovalError::Invalid { field, message } => ConvertError::new(field, message).into(),
+        ApprovalError::Denied(d) => Status::permission_denied(d.to_string()),
         ApprovalError::Store(e) => status_from_store(e),
     }
 }
@@ -230,6 +263,7 @@ impl<S: Store> WindowService for Windows<S> {
         &self,
         req: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let p = principal(&req)?;
         let status = req.into_inner().status;
         let status = if status.is_empty() {
             None
@@ -243,7 +277,7 @@ impl<S: Store> WindowService for Windows<S> {
         };
         let list = self
             .approvals
-            .list(status, None)
+            .list(&p, status, None)
             .await
             .map_err(status_from_approval)?;
         Ok(Response::new(pb::ListApprovalsResponse {
@@ -255,21 +289,17 @@ impl<S: Store> WindowService for Windows<S> {
         &self,
         req: Request<pb::ApproveRequest>,
     ) -> Result<Response<pb::ApproveResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
-        // Checked here first too, so bad input is reported in the same order
-        // as ever (actor, occurrence, approval_id).
-        let actor = approvals::actor(&req.actor).map_err(status_from_approval)?;
-        let w = req.occurrence.ok_or_else(|| {
-            ConvertError::new("occurrence", "one of the candidate occurrences is required")
-        })?;
-        let chosen = crate::domain::Occurrence {
+        // Required; `approve` says so after the token's role is checked.
+        let chosen = req.occurrence.map(|w| crate::domain::Occurrence {
             start: Timestamp(w.start_unix_ms),
             end: Timestamp(w.end_unix_ms),
-        };
+        });
         let id = approval_id(req.approval_id)?;
         let view = self
             .approvals
-            .approve(id, Some(chosen), &actor)
+            .approve(&p, id, chosen, &req.actor)
             .await
             .map_err(status_from_approval)?;
         Ok(Response::new(pb::ApproveResponse {
@@ -281,12 +311,12 @@ impl<S: Store> WindowService for Windows<S> {
         &self,
         req: Request<pb::DeclineRequest>,
     ) -> Result<Response<pb::DeclineResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
-        let actor = approvals::actor(&req.actor).map_err(status_from_approval)?;
         let id = approval_id(req.approval_id)?;
         let view = self
             .approvals
-            .decline(id, &req.message, &actor)
+            .decline(&p, id, &req.message, &req.actor)
             .await
             .map_err(status_from_approval)?;
         Ok(Response::new(pb::DeclineResponse {
@@ -299,8 +329,17 @@ impl<S: Store> WindowService for Windows<S> {
         req: Request<pb::CreateWindowRequest>,
     ) -> Result<Response<pb::CreateWindowResponse>, Status> {
         use pb::create_window_request::Rule;
+        let p = principal(&req)?;
         let req = req.into_inner();
         let scope = scope_from_pb(req.scope)?;
+        // A window on a device not registered (yet) belongs to no known
+        // fleet: only a token for every fleet may attach one.
+        let fleet = match self.scope_fleet(&scope).await {
+            Ok(f) => f,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => return Err(s),
+        };
+        check(&p, Action::WriteWindows, fleet.as_ref())?;
         let rule = match req.rule {
             Some(Rule::Weekly(w)) => weekly_from_pb(w)?,
             Some(Rule::OneOff(o)) => {
@@ -362,20 +401,38 @@ impl<S: Store> WindowService for Windows<S> {
 
     async fn list_windows(
         &self,
-        _req: Request<pb::ListWindowsRequest>,
+        req: Request<pb::ListWindowsRequest>,
     ) -> Result<Response<pb::ListWindowsResponse>, Status> {
-        let windows = self.store.list_windows().await.map_err(status_from_store)?;
-        Ok(Response::new(pb::ListWindowsResponse {
-            windows: windows.iter().map(window_to_pb).collect(),
-        }))
+        let p = principal(&req)?;
+        super::access::within(&p, Action::ReadWindows)?;
+        let mut windows = Vec::new();
+        for w in self.store.list_windows().await.map_err(status_from_store)? {
+            if self.sees(&p, &w.scope).await? {
+                windows.push(window_to_pb(&w));
+            }
+        }
+        Ok(Response::new(pb::ListWindowsResponse { windows }))
     }
 
     async fn delete_window(
         &self,
         req: Request<pb::DeleteWindowRequest>,
     ) -> Result<Response<pb::DeleteWindowResponse>, Status> {
+        let p = principal(&req)?;
         let id = i64::try_from(req.into_inner().id)
             .map_err(|_| ConvertError::new("id", "out of range"))?;
+        let windows = self.store.list_windows().await.map_err(status_from_store)?;
+        let window = windows
+            .iter()
+            .find(|w| w.id == id)
+            .ok_or_else(|| Status::not_found(format!("window {id} not found")))?;
+        let fleet = match self.scope_fleet(&window.scope).await {
+            Ok(f) => f,
+            // The window of a device that went away: for every-fleet tokens.
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => return Err(s),
+        };
+        check(&p, Action::WriteWindows, fleet.as_ref())?;
         self.store
             .delete_window(id)
             .await
@@ -388,12 +445,15 @@ impl<S: Store> WindowService for Windows<S> {
         &self,
         req: Request<pb::NextWindowsRequest>,
     ) -> Result<Response<pb::NextWindowsResponse>, Status> {
+        let p = principal(&req)?;
         let req = req.into_inner();
         let device = DeviceId::new(&req.device).map_err(|e| ConvertError::new("device", e))?;
-        self.store
+        let record = self
+            .store
             .get_device(&device)
             .await
             .map_err(status_from_store)?;
+        check(&p, Action::ReadWindows, Some(&record.fleet))?;
         let count = match req.count {
             0 => 5,
             n => n.min(50) as usize,
@@ -416,11 +476,13 @@ impl<S: Store> WindowService for Windows<S> {
         &self,
         req: Request<pb::SetFleetPolicyRequest>,
     ) -> Result<Response<pb::SetFleetPolicyResponse>, Status> {
+        let who = principal(&req)?;
         let p = req
             .into_inner()
             .policy
             .ok_or_else(|| ConvertError::new("policy", "required"))?;
         let fleet = FleetId::new(&p.fleet).map_err(|e| ConvertError::new("policy.fleet", e))?;
+        check(&who, Action::WriteWindows, Some(&fleet))?;
         let needs_window = policy_kinds("policy.needs_window", &p.needs_window)?;
         let needs_approval = policy_kinds("policy.needs_approval", &p.needs_approval)?;
         let max_deferral_ms = match p.max_deferral_seconds {
@@ -486,8 +548,10 @@ impl<S: Store> WindowService for Windows<S> {
         &self,
         req: Request<pb::GetFleetPolicyRequest>,
     ) -> Result<Response<pb::GetFleetPolicyResponse>, Status> {
+        let p = principal(&req)?;
         let fleet =
             FleetId::new(req.into_inner().fleet).map_err(|e| ConvertError::new("fleet", e))?;
+        check(&p, Action::ReadWindows, Some(&fleet))?;
         self.store
             .get_fleet(&fleet)
             .await

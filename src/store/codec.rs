@@ -454,6 +454,27 @@ pub(crate) fn kinds_from_json(
     serde_json::from_str(s).map_err(|e| corrupt("fleet policy", key, e))
 }
 
+/// A token's scope as stored: a JSON array of fleet ids, `[]` for every fleet.
+pub(crate) fn token_scope_to_json(scope: &crate::domain::Scope) -> String {
+    let fleets: Vec<&str> = scope
+        .named()
+        .map(|set| set.iter().map(|f| f.as_str()).collect())
+        .unwrap_or_default();
+    to_json(&fleets)
+}
+
+pub(crate) fn token_scope_from_json(
+    key: &str,
+    s: &str,
+) -> Result<crate::domain::Scope, StoreError> {
+    let fleets: Vec<String> = serde_json::from_str(s).map_err(|e| corrupt("api token", key, e))?;
+    let fleets = fleets
+        .into_iter()
+        .map(|f| crate::domain::FleetId::new(f).map_err(|e| corrupt("api token", key, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::domain::Scope::fleets(fleets))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

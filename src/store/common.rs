@@ -231,22 +231,29 @@ macro_rules! impl_store {
             async fn list_releases(
                 &self,
                 fleet: Option<&FleetId>,
+                within: Option<&std::collections::BTreeSet<FleetId>>,
                 page: &PageRequest,
             ) -> Result<Page<ReleaseSummary>, StoreError> {
                 let limit = page.limit();
-                let rows = sqlx::query(
+                let sql = format!(
                     "SELECT r.id, r.fleet, r.created_ms, \
                        (SELECT COUNT(*) FROM release_blocks rb WHERE rb.release_id = r.id) AS blocks \
                      FROM releases r \
-                     WHERE ($1 IS NULL OR r.fleet = $1) AND ($2 IS NULL OR r.id > $2) \
+                     WHERE ($1 IS NULL OR r.fleet = $1) AND ($2 IS NULL OR r.id > $2){} \
                      ORDER BY r.id LIMIT $3",
-                )
-                .bind(fleet.map(FleetId::as_str))
-                .bind(page.token.as_deref())
-                .bind(limit + 1)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
+                    within_clause("r.fleet", within, 4),
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(fleet.map(FleetId::as_str))
+                    .bind(page.token.as_deref())
+                    .bind(limit + 1);
+                for f in within.into_iter().flatten() {
+                    q = q.bind(f.as_str());
+                }
+                let rows = q
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
                 let mut items = rows
                     .iter()
                     .map(|r| {
@@ -367,19 +374,25 @@ macro_rules! impl_store {
             ) -> Result<Page<DeviceRecord>, StoreError> {
                 let limit = page.limit();
                 let mut conn = self.pool.acquire().await.map_err(StoreError::from_sqlx)?;
-                let rows = sqlx::query(
+                let sql = format!(
                     "SELECT d.id, d.fleet, d.status, d.credential_revoked, d.created_ms FROM devices d \
                      WHERE ($1 IS NULL OR d.fleet = $1) \
                        AND ($2 IS NULL OR EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.tag = $2)) \
                        AND ($3 IS NULL OR d.status = $3) \
-                       AND ($4 IS NULL OR d.id > $4) \
+                       AND ($4 IS NULL OR d.id > $4){} \
                      ORDER BY d.id LIMIT $5",
-                )
-                .bind(filter.fleet.as_ref().map(FleetId::as_str))
-                .bind(filter.tag.as_ref().map(Tag::as_str))
-                .bind(filter.status.map(DeviceStatus::as_str))
-                .bind(page.token.as_deref())
-                .bind(limit + 1)
+                    within_clause("d.fleet", filter.within.as_ref(), 6),
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(filter.fleet.as_ref().map(FleetId::as_str))
+                    .bind(filter.tag.as_ref().map(Tag::as_str))
+                    .bind(filter.status.map(DeviceStatus::as_str))
+                    .bind(page.token.as_deref())
+                    .bind(limit + 1);
+                for f in filter.within.iter().flatten() {
+                    q = q.bind(f.as_str());
+                }
+                let rows = q
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(StoreError::from_sqlx)?;
@@ -736,6 +749,22 @@ macro_rules! impl_store {
                 row.as_ref().map(operation_from_row).transpose()
             }
 
+            async fn supersede_older_assignments(&self, device: &DeviceId, now: Timestamp) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE operations SET status = 'superseded', updated_ms = $2 \
+                     WHERE device_id = $1 AND kind = 'assign_release' \
+                     AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval') \
+                     AND id < (SELECT MAX(id) FROM operations WHERE device_id = $1 AND kind = 'assign_release' \
+                               AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval'))",
+                )
+                .bind(device.as_str())
+                .bind(now.0)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                Ok(done.rows_affected())
+            }
+
             async fn devices_with_active_operations(&self) -> Result<Vec<DeviceId>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT DISTINCT device_id FROM operations \
@@ -748,6 +777,21 @@ macro_rules! impl_store {
                     .map(|r| {
                         let d: String = get(r, "device_id")?;
                         DeviceId::new(&d).map_err(|e| codec::corrupt("operation", &d, e))
+                    })
+                    .collect()
+            }
+
+            async fn operation_status_counts(&self) -> Result<Vec<(OpStatus, u64)>, StoreError> {
+                let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM operations GROUP BY status ORDER BY status")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let status: String = get(r, "status")?;
+                        let parsed = OpStatus::parse(&status)
+                            .ok_or_else(|| codec::corrupt("operation", &status, "unknown status"))?;
+                        Ok((parsed, codec::to_u64("operation count", &status, get(r, "n")?)?))
                     })
                     .collect()
             }
@@ -849,9 +893,7 @@ macro_rules! impl_store {
                 if let Some(row) = active {
                     let old: i64 = get(&row, "id")?;
                     if !supersede {
-                        return Err(StoreError::Conflict {
-                            entity: "rollout",
-                            key: old.to_string(),
+                        return Err(StoreError::Precondition {
                             message: format!(
                                 "rollout {old} ({kind}) is still active for fleet {}; abort it, or create the new one with supersede",
                                 rollout.fleet
@@ -1472,8 +1514,8 @@ macro_rules! impl_store {
 
             async fn append_audit(&self, entry: &AuditEntry) -> Result<i64, StoreError> {
                 let row = sqlx::query(
-                    "INSERT INTO audit_log (at_ms, actor, action, subject, reason, details_json) \
-                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                    "INSERT INTO audit_log (at_ms, actor, action, subject, reason, details_json, fleet) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                 )
                 .bind(entry.at.0)
                 .bind(&entry.actor)
@@ -1481,31 +1523,50 @@ macro_rules! impl_store {
                 .bind(&entry.subject)
                 .bind(&entry.reason)
                 .bind(&entry.details)
+                .bind(entry.fleet.as_ref().map(FleetId::as_str))
                 .fetch_one(&self.pool)
                 .await
                 .map_err(StoreError::from_sqlx)?;
                 get(&row, "id")
             }
 
-            async fn list_audit(&self, after: i64, limit: u32) -> Result<Vec<(i64, AuditEntry)>, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT id, at_ms, actor, action, subject, reason, details_json FROM audit_log \
-                     WHERE id > $1 ORDER BY id LIMIT $2",
-                )
-                .bind(after)
-                .bind(i64::from(limit.clamp(1, 10_000)))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
+            async fn list_audit(
+                &self,
+                filter: &$crate::store::AuditFilter,
+            ) -> Result<Vec<(i64, AuditEntry)>, StoreError> {
+                let sql = format!(
+                    "SELECT id, at_ms, actor, action, subject, reason, details_json, fleet FROM audit_log \
+                     WHERE id > $1 \
+                       AND ($3 IS NULL OR action = $3) \
+                       AND ($4 IS NULL OR subject = $4 OR substr(subject, 1, length($4) + 1) = $4 || ' ') \
+                       AND ($5 IS NULL OR fleet = $5){} \
+                     ORDER BY id LIMIT $2",
+                    within_clause("fleet", filter.within.as_ref(), 6),
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(filter.after)
+                    .bind(i64::from(filter.limit.clamp(1, 10_000)))
+                    .bind(filter.action.as_deref())
+                    .bind(filter.subject.as_deref())
+                    .bind(filter.fleet.as_ref().map(FleetId::as_str));
+                for f in filter.within.iter().flatten() {
+                    q = q.bind(f.as_str());
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err(StoreError::from_sqlx)?;
                 rows.iter()
                     .map(|r| {
+                        let id: i64 = get(r, "id")?;
+                        let fleet: Option<String> = get(r, "fleet")?;
                         Ok((
-                            get(r, "id")?,
+                            id,
                             AuditEntry {
                                 at: Timestamp(get(r, "at_ms")?),
                                 actor: get(r, "actor")?,
                                 action: get(r, "action")?,
                                 subject: get(r, "subject")?,
+                                fleet: fleet
+                                    .map(|f| FleetId::new(f).map_err(|e| codec::corrupt("audit entry", id, e)))
+                                    .transpose()?,
                                 reason: get(r, "reason")?,
                                 details: get(r, "details_json")?,
                             },
@@ -1513,6 +1574,142 @@ macro_rules! impl_store {
                     })
                     .collect()
             }
+
+            async fn create_token(
+                &self,
+                token: &$crate::domain::ApiToken,
+                token_hash: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO api_tokens (id, name, role, fleets_json, secret_hash, created_by, created_ms, expires_ms, revoked_ms, revoked_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(token.id.as_str())
+                .bind(&token.name)
+                .bind(token.role.as_str())
+                .bind(codec::token_scope_to_json(&token.scope))
+                .bind(token_hash)
+                .bind(&token.created_by)
+                .bind(token.created.0)
+                .bind(token.expires.map(|t| t.0))
+                .bind(token.revoked.map(|t| t.0))
+                .bind(token.revoked_by.as_deref())
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::on_write("api token", &token.id, "api token"))?;
+                Ok(())
+            }
+
+            async fn create_token_unless_admin(
+                &self,
+                token: &$crate::domain::ApiToken,
+                token_hash: &str,
+                now: Timestamp,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO api_tokens (id, name, role, fleets_json, secret_hash, created_by, created_ms, expires_ms, revoked_ms, revoked_by) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL \
+                     WHERE NOT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked_ms IS NULL \
+                                       AND (expires_ms IS NULL OR expires_ms > $9))",
+                )
+                .bind(token.id.as_str())
+                .bind(&token.name)
+                .bind(token.role.as_str())
+                .bind(codec::token_scope_to_json(&token.scope))
+                .bind(token_hash)
+                .bind(&token.created_by)
+                .bind(token.created.0)
+                .bind(token.expires.map(|t| t.0))
+                .bind(now.0)
+                .execute(&self.pool)
+                .await
+                .map_err(StoreError::on_write("api token", &token.id, "api token"))?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn get_token(
+                &self,
+                id: &$crate::domain::TokenId,
+            ) -> Result<($crate::domain::ApiToken, String), StoreError> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TOKEN_COLUMNS}, secret_hash FROM api_tokens WHERE id = $1")))
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "api token",
+                        key: id.to_string(),
+                    })?;
+                Ok((token_from_row(&row)?, get(&row, "secret_hash")?))
+            }
+
+            async fn list_tokens(&self) -> Result<Vec<$crate::domain::ApiToken>, StoreError> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_ms, id")))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                rows.iter().map(token_from_row).collect()
+            }
+
+            async fn revoke_token(
+                &self,
+                id: &$crate::domain::TokenId,
+                by: &str,
+                now: Timestamp,
+            ) -> Result<$crate::domain::ApiToken, StoreError> {
+                let mut tx = self.begin().await?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1")))
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "api token",
+                        key: id.to_string(),
+                    })?;
+                let mut token = token_from_row(&row)?;
+                if token.revoked.is_some() {
+                    return Err(StoreError::Conflict {
+                        entity: "api token",
+                        key: id.to_string(),
+                        message: "it is already revoked".into(),
+                    });
+                }
+                sqlx::query("UPDATE api_tokens SET revoked_ms = $2, revoked_by = $3 WHERE id = $1 AND revoked_ms IS NULL")
+                    .bind(id.as_str())
+                    .bind(now.0)
+                    .bind(by)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                token.revoked = Some(now);
+                token.revoked_by = Some(by.to_owned());
+                Ok(token)
+            }
+        }
+
+        const TOKEN_COLUMNS: &str =
+            "id, name, role, fleets_json, created_by, created_ms, expires_ms, revoked_ms, revoked_by";
+
+        fn token_from_row(r: &DbRow) -> Result<$crate::domain::ApiToken, StoreError> {
+            let id: String = get(r, "id")?;
+            let role: String = get(r, "role")?;
+            let fleets: String = get(r, "fleets_json")?;
+            let expires: Option<i64> = get(r, "expires_ms")?;
+            let revoked: Option<i64> = get(r, "revoked_ms")?;
+            Ok($crate::domain::ApiToken {
+                id: $crate::domain::TokenId::new(&id).map_err(|e| codec::corrupt("api token", &id, e))?,
+                name: get(r, "name")?,
+                role: $crate::domain::Role::parse(&role)
+                    .ok_or_else(|| codec::corrupt("api token", &id, format!("unknown role {role:?}")))?,
+                scope: codec::token_scope_from_json(&id, &fleets)?,
+                created_by: get(r, "created_by")?,
+                created: Timestamp(get(r, "created_ms")?),
+                expires: expires.map(Timestamp),
+                revoked: revoked.map(Timestamp),
+                revoked_by: get(r, "revoked_by")?,
+            })
         }
 
         async fn create_operation_tx(
@@ -1847,6 +2044,26 @@ pub(crate) fn scope_blocks(scope: &crate::domain::EnvScope) -> Vec<&str> {
     match scope {
         crate::domain::EnvScope::Device => vec![""],
         crate::domain::EnvScope::Blocks(bs) => bs.iter().map(|b| b.as_str()).collect(),
+    }
+}
+
+/// ` AND <column> IN ($first, $first+1, ...)`, one placeholder per fleet
+/// of a scope (bound by the caller in order); nothing for `None`, and a
+/// clause that matches nothing for an empty set.
+pub(crate) fn within_clause(
+    column: &str,
+    within: Option<&std::collections::BTreeSet<crate::domain::FleetId>>,
+    first: usize,
+) -> String {
+    match within {
+        None => String::new(),
+        Some(set) if set.is_empty() => " AND 1 = 0".to_owned(),
+        Some(set) => {
+            let params: Vec<String> = (first..first + set.len())
+                .map(|n| format!("${n}"))
+                .collect();
+            format!(" AND {column} IN ({})", params.join(", "))
+        }
     }
 }
 

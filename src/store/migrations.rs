@@ -44,6 +44,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "rollouts",
         include_str!("../../migrations/postgres/0007_rollouts.sql"),
     ),
+    (
+        8,
+        "api tokens",
+        include_str!("../../migrations/postgres/0008_api_tokens.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -81,6 +86,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         7,
         "rollouts",
         include_str!("../../migrations/sqlite/0007_rollouts.sql"),
+    ),
+    (
+        8,
+        "api tokens",
+        include_str!("../../migrations/sqlite/0008_api_tokens.sql"),
     ),
 ];
 

@@ -9,10 +9,11 @@ pub mod migrations;
 pub mod pg;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use crate::domain::{ApiToken, TokenId};
 use crate::domain::{
     Approval, ApprovalStatus, AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord,
     DeviceReport, DeviceStatus, EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy,
@@ -37,6 +38,10 @@ pub enum StoreError {
     AlreadyExists { entity: &'static str, key: String },
     #[error("{message}")]
     Invalid { message: String },
+    /// The request is valid but the stored state does not allow it now
+    /// (e.g. another rollout of the kind is active).
+    #[error("{message}")]
+    Precondition { message: String },
     #[error("{entity} {key} changed concurrently: {message}")]
     Conflict {
         entity: &'static str,
@@ -72,16 +77,23 @@ pub enum StoreError {
 
 impl StoreError {
     /// Classifies a driver error: lost connections are `Unavailable` (retry
-    /// later), everything else `Database`.
+    /// later), everything else `Database`. Every driver error passes here,
+    /// and is counted in the `lockstep.db.errors` metric.
     pub(crate) fn from_sqlx(source: sqlx::Error) -> Self {
-        match &source {
+        let e = match &source {
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable { source },
             _ => StoreError::Database { source },
-        }
+        };
+        crate::telemetry::Metrics::global().db_error(if e.is_unavailable() {
+            "unavailable"
+        } else {
+            "query"
+        });
+        e
     }
 
     /// Like [`StoreError::from_sqlx`], but unique and foreign-key violations
@@ -177,6 +189,39 @@ pub struct DeviceFilter {
     pub fleet: Option<FleetId>,
     pub tag: Option<Tag>,
     pub status: Option<DeviceStatus>,
+    /// Only devices of these fleets (a token's scope); `None`: any fleet.
+    pub within: Option<BTreeSet<FleetId>>,
+}
+
+/// Which audit entries to list, oldest first; `None` matches everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Entries with an id greater than this.
+    pub after: i64,
+    /// At most this many (1 to 10 000).
+    pub limit: u32,
+    /// Exactly this action (`force_requested`, `token_revoked`, ...).
+    pub action: Option<String>,
+    /// Subjects that are this, or start with it followed by a space
+    /// (`device dev-1` matches `device dev-1 operation 7`, not `device dev-10`).
+    pub subject: Option<String>,
+    pub fleet: Option<FleetId>,
+    /// Only entries of these fleets (a token's scope; entries of no fleet
+    /// are left out); `None`: every entry.
+    pub within: Option<BTreeSet<FleetId>>,
+}
+
+impl Default for AuditFilter {
+    fn default() -> Self {
+        Self {
+            after: 0,
+            limit: 100,
+            action: None,
+            subject: None,
+            fleet: None,
+            within: None,
+        }
+    }
 }
 
 /// A release as listed (without its block versions).
@@ -266,9 +311,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         id: &ReleaseId,
     ) -> impl Future<Output = Result<Release, StoreError>> + Send;
+    /// Releases by id; of `fleet` if given, and only of the fleets
+    /// `within` names if given (a token's scope).
     fn list_releases(
         &self,
         fleet: Option<&FleetId>,
+        within: Option<&BTreeSet<FleetId>>,
         page: &PageRequest,
     ) -> impl Future<Output = Result<Page<ReleaseSummary>, StoreError>> + Send;
 
@@ -408,10 +456,24 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         device: &DeviceId,
     ) -> impl Future<Output = Result<Option<OperationRecord>, StoreError>> + Send;
+    /// Marks the device's release assignments that are waiting (not
+    /// applying) superseded when a newer waiting one exists: an older
+    /// assignment that came back from a stale apply never runs after a newer
+    /// one was queued behind it. Returns how many were superseded.
+    fn supersede_older_assignments(
+        &self,
+        device: &DeviceId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Devices with unfinished operations (to resume after a restart).
     fn devices_with_active_operations(
         &self,
     ) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
+    /// How many operations are in each stored status (statuses without
+    /// operations are left out), in status-name order. For metrics.
+    fn operation_status_counts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(OpStatus, u64)>, StoreError>> + Send;
     /// In one transaction: stores `op`'s status and progress — only if the
     /// stored status is still `expected`, else `Conflict` — and appends
     /// `intents` to its device's outbox. Returns the intents' sequences.
@@ -558,10 +620,41 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         entry: &AuditEntry,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
-    /// Entries with id greater than `after`, oldest first.
+    /// Entries matching `filter`, oldest first, with their ids.
     fn list_audit(
         &self,
-        after: i64,
-        limit: u32,
+        filter: &AuditFilter,
     ) -> impl Future<Output = Result<Vec<(i64, AuditEntry)>, StoreError>> + Send;
+
+    // ---- API tokens
+    /// Stores a new token: everything but the secret, and the hash of the
+    /// whole token. `AlreadyExists` if the id is taken.
+    fn create_token(
+        &self,
+        token: &ApiToken,
+        token_hash: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Stores `token` only if no admin token is usable at `now` (neither
+    /// revoked nor expired), in one statement, so replicas starting together
+    /// bootstrap once. Whether it was stored.
+    fn create_token_unless_admin(
+        &self,
+        token: &ApiToken,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A token and the stored hash of it.
+    fn get_token(
+        &self,
+        id: &TokenId,
+    ) -> impl Future<Output = Result<(ApiToken, String), StoreError>> + Send;
+    /// Every token, revoked and expired ones too, oldest first.
+    fn list_tokens(&self) -> impl Future<Output = Result<Vec<ApiToken>, StoreError>> + Send;
+    /// Marks a token revoked by `by`; `Conflict` if it already is.
+    fn revoke_token(
+        &self,
+        id: &TokenId,
+        by: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<ApiToken, StoreError>> + Send;
 }

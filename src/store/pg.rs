@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::common::{impl_store, paginate, scope_blocks, scope_columns};
+use super::common::{impl_store, paginate, scope_blocks, scope_columns, within_clause};
 use super::{
     Backend, DeviceFilter, EnvOwner, IngestOutcome, Page, PageRequest, PoolOptions, ReleaseSummary,
     StoreError, codec, migrations,

@@ -9,7 +9,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::common::{impl_store, paginate, scope_blocks, scope_columns};
+use super::common::{impl_store, paginate, scope_blocks, scope_columns, within_clause};
 use super::{
     Backend, DeviceFilter, EnvOwner, IngestOutcome, Page, PageRequest, PoolOptions, ReleaseSummary,
     StoreError, codec, migrations,

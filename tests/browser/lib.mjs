@@ -1,7 +1,9 @@
 // Shared by the dashboard's browser scenarios (run by tests/dashboard.rs as
-// `node tests/browser/<script>.mjs <url> <screenshot-dir>`): launches
-// Debian's headless Chromium through playwright-core, takes screenshots,
-// and talks to the Rust test that drives the world around the page.
+// `node tests/browser/<script>.mjs <url> <screenshot-dir>`, with the API
+// token to log in with in LOCKSTEP_TOKEN): launches Debian's headless
+// Chromium through playwright-core, logs in on the login page, takes
+// screenshots, and talks to the Rust test that drives the world around the
+// page.
 //
 // Protocol on stdout/stdin, one line each:
 //   STEP <name> <json>  the script waits; the Rust test acts, then answers
@@ -85,8 +87,24 @@ export async function text(selector) {
 }
 
 /**
+ * Logs in as a person would: the login page, the token pasted, back on the
+ * fleet page.
+ */
+async function login() {
+  const token = process.env.LOCKSTEP_TOKEN;
+  expect(token, 'LOCKSTEP_TOKEN (the token to log in with) is not set');
+  await page.goto(`${base}/`);
+  await page.waitForURL(/\/login\?next=/);
+  await page.fill('#token', token);
+  await page.click('#login button[type="submit"]');
+  await page.waitForURL(`${base}/`);
+  const who = await text('#who');
+  expect(who && who.includes('admin'), `the header shows who is logged in, shows ${who}`);
+}
+
+/**
  * Runs `scenario(page)` in a fresh headless Chromium with a throwaway
- * profile, and exits 0 on success or 1 with the reason.
+ * profile, logged in, and exits 0 on success or 1 with the reason.
  */
 export async function run(scenario) {
   let browser;
@@ -113,6 +131,7 @@ export async function run(scenario) {
     page.on('console', (m) => {
       if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
     });
+    await login();
     await scenario(page);
     expect(problems.length === 0, `the page reported errors:\n${problems.join('\n')}`);
     process.stdout.write('OK\n');

@@ -1,15 +1,23 @@
 //! Shared by the end-to-end tests: runs the real `lockstep` binary as a child
-//! process and finds the address it bound.
+//! process, finds the address it bound, and reads the bootstrap admin token
+//! it wrote (`<data-dir>/admin.token`, or a `--bootstrap-token-file` of the
+//! test's own for Postgres), which [`Server::channel`] attaches to every
+//! call and CLI tests pass as `LOCKSTEP_TOKEN`.
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lockstep");
+
+/// A channel whose calls carry a token (the server's admin token, unless
+/// made with [`Server::channel_as`]).
+pub type Chan = lockstep::cli::AuthChannel;
 
 /// A running `lockstep serve`. Killed on drop if still running.
 pub struct Server {
@@ -18,6 +26,29 @@ pub struct Server {
     pub log: mpsc::Receiver<String>,
     /// The embedded database's directory, when the server uses SQLite.
     pub data_dir: Option<tempfile::TempDir>,
+    /// What the server logged up to and including its listening line.
+    pub startup: Vec<String>,
+    /// Where the server writes its bootstrap admin token.
+    pub token_file: PathBuf,
+    /// Holds the token file of a Postgres server.
+    token_dir: Option<tempfile::TempDir>,
+}
+
+/// Where `lockstep serve <args>` run in `cwd` writes its bootstrap token.
+fn token_file_of(args: &[&str], cwd: Option<&Path>) -> PathBuf {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| *a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let path = flag("--bootstrap-token-file")
+        .or_else(|| flag("--data-dir").map(|d| d.join("admin.token")))
+        .unwrap_or_else(|| PathBuf::from("lockstep-data/admin.token"));
+    match cwd {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    }
 }
 
 impl Server {
@@ -55,6 +86,19 @@ impl Server {
         if !args.contains(&"--dashboard-listen") {
             cmd.args(["--dashboard-listen", "off"]);
         }
+        // A Postgres server's token goes to a directory of this test's own
+        // (its default, ./lockstep-admin.token, would be shared).
+        let mut token_dir = None;
+        let token_file =
+            if args.contains(&"--database-url") && !args.contains(&"--bootstrap-token-file") {
+                let dir = tempfile::tempdir().expect("temp token dir");
+                let path = dir.path().join("admin.token");
+                cmd.arg("--bootstrap-token-file").arg(&path);
+                token_dir = Some(dir);
+                path
+            } else {
+                token_file_of(args, cwd)
+            };
         let child = cmd
             .args(args)
             .env("LOCKSTEP_LOG", "info")
@@ -70,6 +114,9 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             log: rx,
             data_dir: None,
+            startup: Vec::new(),
+            token_file,
+            token_dir,
         };
         let stderr = server.child.stderr.take().expect("stderr piped");
         std::thread::spawn(move || {
@@ -87,6 +134,7 @@ impl Server {
                 .log
                 .recv_timeout(left)
                 .expect("lockstep serve did not report its address within 60 s");
+            server.startup.push(line.clone());
             if line.contains("lockstep listening") {
                 server.addr = line
                     .split_whitespace()
@@ -99,17 +147,54 @@ impl Server {
         }
     }
 
+    /// A server a test started itself (`lockstep serve --data-dir <data_dir>`
+    /// without a token file of its own), its stderr lines arriving on `log`;
+    /// its address is the test's to fill in.
+    pub fn adopt(child: Child, log: mpsc::Receiver<String>, data_dir: tempfile::TempDir) -> Server {
+        Server {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+            token_file: data_dir.path().join("admin.token"),
+            data_dir: Some(data_dir),
+            startup: Vec::new(),
+            token_dir: None,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// A gRPC channel to the server.
-    pub async fn channel(&self) -> tonic::transport::Channel {
+    /// The bootstrap admin token the server wrote.
+    pub fn token(&self) -> String {
+        let t = std::fs::read_to_string(&self.token_file).unwrap_or_else(|e| {
+            panic!(
+                "the server's admin token in {}: {e}",
+                self.token_file.display()
+            )
+        });
+        t.trim().to_owned()
+    }
+
+    /// A gRPC channel to the server, without a token.
+    pub async fn raw_channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.url())
             .expect("valid url")
             .connect()
             .await
             .expect("connect to lockstep serve")
+    }
+
+    /// A gRPC channel whose calls carry the server's admin token.
+    pub async fn channel(&self) -> Chan {
+        self.channel_as(&self.token()).await
+    }
+
+    /// A gRPC channel whose calls carry `token`.
+    pub async fn channel_as(&self, token: &str) -> Chan {
+        let bearer = lockstep::cli::Bearer::new(token).expect("a token that fits in metadata");
+        tonic::service::interceptor::InterceptedService::new(self.raw_channel().await, bearer)
     }
 
     /// Sends SIGTERM and waits (at most 30 s) for the exit status.

@@ -14,8 +14,17 @@ const LS = (() => {
     }
   }
 
-  /** GET (or POST with `body` as JSON) a dashboard API path; resolves to the JSON answer. */
-  async function api(path, { method = 'GET', body } = {}) {
+  /** Where to log in, coming back to this page afterwards. */
+  function toLogin() {
+    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
+
+  /**
+   * GET (or POST with `body` as JSON) a dashboard API path; resolves to the
+   * JSON answer. A 401 (no or no longer a valid token) goes to the login
+   * page, unless `login` says this is the login itself.
+   */
+  async function api(path, { method = 'GET', body, login = false } = {}) {
     const opts = { method, headers: { Accept: 'application/json' } };
     if (body !== undefined) {
       opts.headers['Content-Type'] = 'application/json';
@@ -28,8 +37,18 @@ const LS = (() => {
     } catch (_) {
       data = null;
     }
+    if (r.status === 401 && !login) toLogin();
     if (!r.ok) throw new ApiError(r.status, data);
     return data;
+  }
+
+  // The header's log-out button (on every page but the login).
+  const logout = document.getElementById('logout');
+  if (logout) {
+    logout.addEventListener('click', async () => {
+      await fetch('/api/logout', { method: 'POST' });
+      location.assign('/login');
+    });
   }
 
   /**
@@ -106,6 +125,36 @@ const LS = (() => {
     return s;
   }
 
+  /** Rollout progress segments, in the order a bar shows them. */
+  const SEGMENTS = [
+    ['succeeded', 'succeeded'], ['failed', 'failed'], ['cancelled', 'cancelled'],
+    ['in_flight', 'in flight'], ['queued', 'queued'],
+  ];
+
+  /** `2 of 3 succeeded · 1 in flight` for rollout counts (zeros left out). */
+  function countsText(c) {
+    const rest = SEGMENTS.slice(1).filter(([k]) => c[k]).map(([k, label]) => `${c[k]} ${label}`);
+    return [`${c.succeeded} of ${c.size} succeeded`, ...rest].join(' · ');
+  }
+
+  /**
+   * A progress bar for rollout counts ({size, queued, in_flight, succeeded,
+   * failed, cancelled}): one coloured segment per non-zero count, sized by
+   * share; the counts are also its data attributes and accessible label.
+   */
+  function progressBar(c) {
+    const dataset = {};
+    for (const [k] of SEGMENTS) dataset[k] = String(c[k] || 0);
+    const bar = h('div', { class: 'bar', role: 'img', 'aria-label': countsText(c), dataset });
+    for (const [k, label] of SEGMENTS) {
+      if (!c[k]) continue;
+      const seg = h('span', { class: `seg seg-${k}`, title: `${c[k]} ${label}` });
+      seg.style.flexGrow = String(c[k]);
+      bar.append(seg);
+    }
+    return bar;
+  }
+
   /** Replaces a tbody's rows; an empty list shows `emptyText` across `cols`. */
   function setRows(tbody, rows, emptyText, cols) {
     if (rows.length === 0) {
@@ -158,46 +207,76 @@ const LS = (() => {
     return refresh;
   }
 
-  /**
-   * Follows `/api/events` (filtered by `query`, e.g. {device: 'dev-1'}) and
-   * calls `onEvent(e)` for each event, and with {kind: 'open'} whenever the
-   * stream (re)connects — events may have been missed then, so pages re-read
-   * on every call. The header's indicator shows the connection state, and
-   * `document.body.dataset.liveEvents` counts events received.
-   */
-  function live(query, onEvent) {
+  /** The header's live indicator: `state` is idle, connecting, live, reconnecting or ended. */
+  function indicate(state, text) {
     const indicator = document.getElementById('live');
-    const state = (s, text) => {
-      if (!indicator) return;
-      indicator.dataset.state = s;
-      indicator.textContent = text;
-    };
-    const qs = new URLSearchParams(Object.entries(query || {}).filter(([, v]) => v)).toString();
-    const es = new EventSource('/api/events' + (qs ? `?${qs}` : ''));
+    if (!indicator) return;
+    indicator.dataset.state = state;
+    indicator.textContent = text;
+  }
+
+  /**
+   * Opens a server-sent event stream at `url` and shows its state in the
+   * header. `onOpen()` runs whenever the stream (re)connects, `onMessage(data)`
+   * for each unnamed event (parsed JSON, or null if unreadable), and
+   * `handlers[name](data)` for each event named `name`.
+   * `document.body.dataset.liveEvents` counts events received. Returns the
+   * EventSource; `end(es, text)` closes it for good.
+   */
+  function follow(url, { onOpen, onMessage, handlers = {} } = {}) {
+    const es = new EventSource(url);
     let received = 0;
-    state('connecting', 'connecting…');
-    es.onopen = () => {
-      state('live', 'live');
-      onEvent({ kind: 'open' });
-    };
-    es.onmessage = (m) => {
-      let e;
-      try {
-        e = JSON.parse(m.data);
-      } catch (_) {
-        e = { kind: 'lagged' };
-      }
+    const parse = (m) => {
       received += 1;
       document.body.dataset.liveEvents = String(received);
-      onEvent(e);
+      try {
+        return JSON.parse(m.data);
+      } catch (_) {
+        return null;
+      }
     };
-    es.onerror = () => state('reconnecting', 'reconnecting…');
+    indicate('connecting', 'connecting…');
+    es.onopen = () => {
+      indicate('live', 'live');
+      if (onOpen) onOpen();
+    };
+    es.onmessage = (m) => {
+      const data = parse(m);
+      if (onMessage) onMessage(data);
+    };
+    for (const [name, fn] of Object.entries(handlers)) {
+      es.addEventListener(name, (m) => fn(parse(m)));
+    }
+    es.onerror = () => {
+      if (es.readyState !== EventSource.CLOSED) indicate('reconnecting', 'reconnecting…');
+      else indicate('ended', 'disconnected');
+    };
     window.addEventListener('pagehide', () => es.close());
     return es;
   }
 
+  /** Closes a stream from `follow` for good; the indicator says `text`. */
+  function end(es, text) {
+    es.close();
+    indicate('ended', text);
+  }
+
+  /**
+   * Follows `/api/events` (filtered by `query`, e.g. {device: 'dev-1'}) and
+   * calls `onEvent(e)` for each event, and with {kind: 'open'} whenever the
+   * stream (re)connects — events may have been missed then, so pages re-read
+   * on every call.
+   */
+  function live(query, onEvent) {
+    const qs = new URLSearchParams(Object.entries(query || {}).filter(([, v]) => v)).toString();
+    return follow('/api/events' + (qs ? `?${qs}` : ''), {
+      onOpen: () => onEvent({ kind: 'open' }),
+      onMessage: (e) => onEvent(e || { kind: 'lagged' }),
+    });
+  }
+
   return {
     ApiError, api, h, fmtTime, fmtRelative, time, range, badge, deviceLink, opLabel, waitText,
-    setRows, problem, refresher, live,
+    countsText, progressBar, setRows, problem, refresher, follow, end, live,
   };
 })();

@@ -2,6 +2,8 @@
 // with an Approve button per occurrence, and a Decline form with a message.
 // Approvals are kept by id across live refreshes so a message being typed
 // is never wiped. Recent decisions show where each operation went next.
+// The logged-in token decides (and is recorded); "on behalf of" adds a
+// name beside it. A token that may not decide sees the list read-only.
 'use strict';
 
 (() => {
@@ -9,25 +11,19 @@
   const main = document.getElementById('main');
   const pending = document.getElementById('pending');
   const actor = document.getElementById('actor');
+  const decides = document.body.dataset.decides === 'yes';
+  if (!decides) {
+    document.getElementById('deciding').hidden = true;
+    document.getElementById('read-only').hidden = false;
+    pending.classList.add('read-only');
+  }
   actor.value = localStorage.getItem('lockstep.actor') || '';
   actor.addEventListener('change', () => localStorage.setItem('lockstep.actor', actor.value.trim()));
 
-  /** Who decides; focuses the field and says so when it is empty. */
-  function who(result) {
-    const name = actor.value.trim();
-    if (!name) {
-      result.textContent = 'Fill in who decides first.';
-      result.className = 'result error';
-      actor.focus();
-    }
-    return name;
-  }
-
   async function decide(article, path, body, button) {
     const result = article.querySelector('.result');
-    body.actor = who(result);
-    if (!body.actor) return;
-    localStorage.setItem('lockstep.actor', body.actor);
+    body.actor = actor.value.trim();
+    if (body.actor) localStorage.setItem('lockstep.actor', body.actor);
     const buttons = article.querySelectorAll('button');
     buttons.forEach((b) => { b.disabled = true; });
     result.className = 'result';
@@ -46,6 +42,9 @@
   }
 
   function candidates(a, article) {
+    if (!decides) {
+      return h('ul', { class: 'read-only-candidates' }, a.candidates.map((o) => h('li', {}, range(o))));
+    }
     if (a.candidates.length === 0) {
       return h('p', { class: 'notice' }, 'No upcoming window occurrence for this device: add a maintenance window first.');
     }
@@ -64,6 +63,10 @@
 
   function create(a) {
     const article = h('article', { class: 'approval', dataset: { approval: String(a.id), operation: String(a.operation.id), device: a.device } });
+    if (!decides) {
+      article.append(h('h3', {}), h('div', { class: 'choices' }));
+      return article;
+    }
     const message = h('textarea', { name: 'message', rows: '1', placeholder: 'e.g. harvest week, not now' });
     const declineButton = h('button', { type: 'submit', class: 'danger decline-button' }, 'Decline');
     const form = h('form', { class: 'decline' },
