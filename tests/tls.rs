@@ -325,9 +325,11 @@ async fn the_dashboard_answers_over_https_and_not_in_plain_text() {
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    tls.write_all(b"GET /api/fleets HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let request = format!(
+        "GET /api/fleets HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        server.token()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tls.read_to_string(&mut response).await.ok();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
