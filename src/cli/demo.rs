@@ -434,10 +434,15 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let mut final_state = String::new();
     let mut events_open = true;
+    // Every controller was seen holding its lock before the rollout began.
+    let mut locks: std::collections::HashMap<(String, String), bool> = device_ids
+        .iter()
+        .map(|d| ((d.clone(), "controller".to_owned()), true))
+        .collect();
     loop {
         tokio::select! {
             ev = events.message(), if events_open => match ev {
-                Ok(Some(e)) => narrate_event(&n, &applied, &e),
+                Ok(Some(e)) => narrate_event(&n, &applied, &mut locks, &e),
                 _ => events_open = false,
             },
             st = watch.message() => match st {
@@ -457,7 +462,7 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     // Let the last events of the final devices print.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while let Ok(Some(e)) = events.message().await {
-            narrate_event(&n, &applied, &e);
+            narrate_event(&n, &applied, &mut locks, &e);
         }
     })
     .await;
@@ -606,7 +611,14 @@ fn versions_text(blocks: &[pb::ReportedBlock]) -> String {
         .join(" ")
 }
 
-fn narrate_event(n: &Narrator, applied: &str, e: &pb::Event) {
+/// Narrates one event. `locks` remembers each device's lock states, so only
+/// a lock that changed is told (agents report every lock each time).
+fn narrate_event(
+    n: &Narrator,
+    applied: &str,
+    locks: &mut std::collections::HashMap<(String, String), bool>,
+    e: &pb::Event,
+) {
     let text = match e.kind.as_str() {
         "blocked_by_lock" => {
             let holders: Vec<String> = e
@@ -628,16 +640,26 @@ fn narrate_event(n: &Narrator, applied: &str, e: &pb::Event) {
         }
         "applied" => format!("applied r2: {applied}"),
         "lock_changed" => {
-            let locks: Vec<String> = e
-                .blocks
-                .iter()
-                .map(|l| match l.split_once(':') {
-                    Some((b, "held")) => format!("{b} took its lock"),
-                    Some((b, "free")) => format!("{b} released its lock"),
-                    _ => l.clone(),
-                })
-                .collect();
-            locks.join(", ")
+            let mut changed = Vec::new();
+            for l in &e.blocks {
+                let Some((b, state)) = l.split_once(':') else {
+                    continue;
+                };
+                let held = state == "held";
+                let before = locks.insert((e.device.clone(), b.to_owned()), held);
+                // A free lock seen for the first time is no news.
+                if before.unwrap_or(false) != held {
+                    changed.push(if held {
+                        format!("{b} took its lock")
+                    } else {
+                        format!("{b} released its lock")
+                    });
+                }
+            }
+            if changed.is_empty() {
+                return;
+            }
+            changed.join(", ")
         }
         "online" | "offline" => format!("agent {}", e.kind),
         "failed" => format!("failed: {}", e.message),
