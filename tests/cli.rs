@@ -5,47 +5,11 @@
 
 mod support;
 
-use std::io::Read as _;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
-use support::{BIN, Server};
+use support::Server;
+use support::cli::{Run, run_cli};
 
-/// What one CLI invocation did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success: {self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn json(self) -> Value {
-        let run = self.ok();
-        serde_json::from_str(&run.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", run.stdout))
-    }
-
-    /// The table row (line) that starts with `first`.
-    #[track_caller]
-    fn row(&self, first: &str) -> &str {
-        self.stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(first))
-            .unwrap_or_else(|| panic!("no row for {first:?} in:\n{}", self.stdout))
-    }
-}
-
-/// Runs `lockstep <args>` with `LOCKSTEP_SERVER=server` and no token, for
-/// at most 60 s.
+/// Runs `lockstep <args>` with `LOCKSTEP_SERVER=server` and no token.
 fn lockstep(server: &str, args: &[&str]) -> Run {
     run_cli(server, None, args)
 }
@@ -53,57 +17,6 @@ fn lockstep(server: &str, args: &[&str]) -> Run {
 /// [`lockstep`] with `LOCKSTEP_TOKEN=token`.
 fn lockstep_as(server: &str, token: &str, args: &[&str]) -> Run {
     run_cli(server, Some(token), args)
-}
-
-fn run_cli(server: &str, token: Option<&str>, args: &[&str]) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("LOCKSTEP_TOKEN")
-        .env_remove("LOCKSTEP_TOKEN_FILE");
-    if let Some(t) = token {
-        cmd.env("LOCKSTEP_TOKEN", t);
-    }
-    let mut child = cmd
-        .args(args)
-        .env("LOCKSTEP_SERVER", server)
-        .env("LOCKSTEP_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lockstep");
-    let drain = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout piped")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr piped")));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for lockstep") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("lockstep {args:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let run = Run {
-        code: status.code().expect("exited, not killed by a signal"),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    };
-    eprintln!(
-        "$ lockstep {}\n{}{}",
-        args.join(" "),
-        run.stdout,
-        run.stderr
-    );
-    run
 }
 
 fn digest(c: char) -> String {

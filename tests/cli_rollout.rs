@@ -12,129 +12,18 @@ mod support;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Agent, BIN, Server};
-
-/// What one CLI invocation did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success: {self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn json(self) -> Value {
-        let run = self.ok();
-        serde_json::from_str(&run.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", run.stdout))
-    }
-
-    #[track_caller]
-    fn fails(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "expected exit {code}: {self:#?}");
-        assert!(self.stdout.is_empty(), "nothing on stdout: {self:#?}");
-        assert!(self.stderr.starts_with("error: "), "{self:#?}");
-        self
-    }
-
-    /// The line that starts with `first` (as its first word).
-    #[track_caller]
-    fn row(&self, first: &str) -> &str {
-        self.stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(first))
-            .unwrap_or_else(|| panic!("no row for {first:?} in:\n{}", self.stdout))
-    }
-
-    /// The value of a `field:  value` line.
-    #[track_caller]
-    fn field(&self, name: &str) -> &str {
-        let key = format!("{name}:");
-        self.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {name:?} field in:\n{}", self.stdout))
-    }
-}
-
-/// Starts `lockstep <args>` with `LOCKSTEP_SERVER=server` and
-/// `LOCKSTEP_TOKEN=token` (none: no token), stdout and stderr piped (so
-/// stdout is not a terminal).
-fn spawn(server: &str, token: Option<&str>, args: &[&str]) -> Child {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("LOCKSTEP_TOKEN")
-        .env_remove("LOCKSTEP_TOKEN_FILE");
-    if let Some(t) = token {
-        cmd.env("LOCKSTEP_TOKEN", t);
-    }
-    cmd.args(args)
-        .env("LOCKSTEP_SERVER", server)
-        .env("LOCKSTEP_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lockstep")
-}
-
-fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
-    })
-}
-
-/// Waits (at most `secs` seconds) for `child` to exit; kills it and panics
-/// otherwise.
-fn wait_exit(child: &mut Child, secs: u64, what: &str) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for lockstep") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    status.code().expect("exited, not killed by a signal")
-}
+use support::cli::{Run, drain, eventually_blocking, run_cli, spawn, wait_exit};
+use support::{Agent, Server};
 
 /// Runs `lockstep <args>` with `LOCKSTEP_SERVER=server` and
 /// `LOCKSTEP_TOKEN=token`, for at most 60 s.
 fn lockstep(server: &str, token: Option<&str>, args: &[&str]) -> Run {
-    let mut child = spawn(server, token, args);
-    let out = drain(child.stdout.take().expect("stdout piped"));
-    let err = drain(child.stderr.take().expect("stderr piped"));
-    let code = wait_exit(&mut child, 60, &format!("lockstep {args:?}"));
-    let run = Run {
-        code,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    };
-    eprintln!(
-        "$ lockstep {}\n{}{}",
-        args.join(" "),
-        run.stdout,
-        run.stderr
-    );
-    run
+    run_cli(server, token, args)
 }
 
 /// A running `lockstep rollout watch`, its stdout read line by line as it
@@ -234,20 +123,6 @@ impl Drop for Watcher {
 
 /// Polls `check` (at most `secs` seconds, every 100 ms) until it returns
 /// `Some`; panics with `what` otherwise.
-fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn digest(c: char) -> String {
     format!("sha256:{}", c.to_string().repeat(64))
 }
@@ -308,7 +183,7 @@ impl Site {
         }
         for (id, _, hook) in devices {
             if hook.is_some() {
-                eventually(30, &format!("{id} to report its state"), || {
+                eventually_blocking(30, &format!("{id} to report its state"), || {
                     let state = cli(&["device", "state", id, "--output", "json"]).json();
                     (state["reported"] == true).then_some(())
                 });
@@ -444,7 +319,7 @@ fn a_created_rollout_is_shown_by_get_and_list_as_tables_and_json() {
     );
 
     // The canary starts; nothing else does while it is in flight.
-    let status = eventually(30, "the canary to start", || {
+    let status = eventually_blocking(30, "the canary to start", || {
         let s = site.get(&id);
         (s["batches"][0]["in_flight"] == 1).then_some(s)
     });
@@ -601,7 +476,7 @@ fn pause_resume_and_abort_change_the_state_or_exit_4_when_it_does_not_allow_them
     act("resume", &[]).fails(4);
 
     // The canary's operation is in flight (no agent); abort cancels it.
-    eventually(30, "the canary to start", || {
+    eventually_blocking(30, "the canary to start", || {
         (site.get(&id)["batches"][0]["in_flight"] == 1).then_some(())
     });
     let aborted = act("abort", &["--reason", "enough", "--output", "json"]).json();

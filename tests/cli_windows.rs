@@ -7,69 +7,26 @@
 
 mod support;
 
-use std::io::Read as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use lockstep::cli::parse::timestamp;
 use serde_json::{Value, json};
-use support::{Agent, BIN, Server};
+use support::cli::{Run, eventually_blocking, run_cli};
+use support::{Agent, Server};
 
-/// What one CLI invocation did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+/// The candidate rows (`#  START  END  DURATION`) `approval list` shows
+/// for approval `id`.
+fn candidates<'a>(run: &'a Run, id: &str) -> Vec<&'a str> {
+    let title = format!("Candidates of approval {id} ");
+    run.stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&title))
+        .skip(2)
+        .take_while(|l| !l.is_empty())
+        .collect()
 }
 
-impl Run {
-    #[track_caller]
-    fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success: {self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn json(self) -> Value {
-        let run = self.ok();
-        serde_json::from_str(&run.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", run.stdout))
-    }
-
-    #[track_caller]
-    fn fails(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "expected exit {code}: {self:#?}");
-        assert!(self.stdout.is_empty(), "nothing on stdout: {self:#?}");
-        assert!(self.stderr.starts_with("error: "), "{self:#?}");
-        self
-    }
-
-    /// The candidate rows (`#  START  END  DURATION`) `approval list` shows
-    /// for approval `id`.
-    fn candidates(&self, id: &str) -> Vec<&str> {
-        let title = format!("Candidates of approval {id} ");
-        self.stdout
-            .lines()
-            .skip_while(|l| !l.starts_with(&title))
-            .skip(2)
-            .take_while(|l| !l.is_empty())
-            .collect()
-    }
-
-    /// The table row (line) that starts with `first`.
-    #[track_caller]
-    fn row(&self, first: &str) -> &str {
-        self.stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(first))
-            .unwrap_or_else(|| panic!("no row for {first:?} in:\n{}", self.stdout))
-    }
-}
-
-/// Runs `lockstep <args>` with `LOCKSTEP_SERVER=server` and no token, for
-/// at most 60 s.
+/// Runs `lockstep <args>` with `LOCKSTEP_SERVER=server` and no token.
 fn lockstep(server: &str, args: &[&str]) -> Run {
     run_cli(server, None, args)
 }
@@ -77,73 +34,6 @@ fn lockstep(server: &str, args: &[&str]) -> Run {
 /// [`lockstep`] with `LOCKSTEP_TOKEN=token`.
 fn lockstep_as(server: &str, token: &str, args: &[&str]) -> Run {
     run_cli(server, Some(token), args)
-}
-
-fn run_cli(server: &str, token: Option<&str>, args: &[&str]) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.env_remove("LOCKSTEP_TOKEN")
-        .env_remove("LOCKSTEP_TOKEN_FILE");
-    if let Some(t) = token {
-        cmd.env("LOCKSTEP_TOKEN", t);
-    }
-    let mut child = cmd
-        .args(args)
-        .env("LOCKSTEP_SERVER", server)
-        .env("LOCKSTEP_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lockstep");
-    let drain = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout piped")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr piped")));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for lockstep") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("lockstep {args:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let run = Run {
-        code: status.code().expect("exited, not killed by a signal"),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    };
-    eprintln!(
-        "$ lockstep {}\n{}{}",
-        args.join(" "),
-        run.stdout,
-        run.stderr
-    );
-    run
-}
-
-/// Polls `check` (at most `secs` seconds, every 100 ms) until it returns
-/// `Some`; panics with `what` otherwise.
-fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn now_ms() -> i64 {
@@ -601,7 +491,7 @@ impl ApprovalFixture {
         ])
         .ok();
         let agent = start_agent(&url, dir.path());
-        eventually(30, "dev-1 to report its state", || {
+        eventually_blocking(30, "dev-1 to report its state", || {
             let state = cli(&["device", "state", "dev-1", "--output", "json"]).json();
             (state["reported"] == true).then_some(())
         });
@@ -664,7 +554,7 @@ impl ApprovalFixture {
     /// Polls the operation until its status satisfies `done`; returns it.
     fn wait_op(&self, id: u64, done: impl Fn(&str) -> bool) -> Value {
         let id = id.to_string();
-        eventually(30, &format!("operation {id} to change status"), || {
+        eventually_blocking(30, &format!("operation {id} to change status"), || {
             let op = self.cli(&["op", "get", &id, "--output", "json"]).json();
             done(op["status"].as_str().unwrap_or_default()).then_some(op)
         })
@@ -743,7 +633,7 @@ fn a_customer_approves_an_occurrence_and_the_operation_waits_for_that_window() {
             .contains(&format!("lockstep approval approve {id} --index N")),
         "{list:?}"
     );
-    let candidates = list.candidates(&id);
+    let candidates = candidates(&list, &id);
     assert_eq!(candidates.len(), 1, "{list:?}");
     let candidate = candidates[0];
     assert!(candidate.starts_with("1 "), "{candidate}");
