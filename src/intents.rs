@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::reconcile::{ApplyAction, PlannedIntent};
 use crate::domain::{
+    IntentKind, NewIntent,
     BlockMap, BlockName, BlockVersion, Disturbance, EnvContext, Generation, Occurrence, Reason,
     ReleaseRequest, UpdateStrategy,
 };
@@ -61,6 +63,108 @@ impl TargetBlock {
                 .map(|(k, v)| (k.as_str().to_owned(), v))
                 .collect(),
         }
+    }
+}
+
+impl TargetBlock {
+    /// A block as the reconciler targets it (spec and effective env).
+    pub fn from_target(t: &crate::domain::reconcile::BlockTarget) -> Self {
+        let bv = &t.spec;
+        TargetBlock {
+            name: bv.name.to_string(),
+            version: bv.version.to_string(),
+            image_digest: bv.image_digest.to_string(),
+            entrypoint: bv.config.entrypoint.clone(),
+            command: bv.config.command.clone(),
+            working_dir: bv.config.working_dir.clone(),
+            labels: bv.config.labels.clone(),
+            depends_on: bv
+                .depends_on
+                .iter()
+                .map(|d| (d.block.to_string(), d.restart))
+                .collect(),
+            hand_over_timeout_secs: match bv.update_strategy {
+                UpdateStrategy::HandOver { timeout } => Some(timeout.as_secs()),
+                _ => None,
+            },
+            env_fingerprint: crate::domain::env::fingerprint(&t.env).to_hex(),
+            env: t
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl ApplyOp {
+    /// The stored form of the reconciler's typed action.
+    pub fn from_action(action: &ApplyAction) -> Self {
+        let blocks = |bs: &[crate::domain::reconcile::BlockTarget]| {
+            bs.iter().map(TargetBlock::from_target).collect()
+        };
+        match action {
+            ApplyAction::Release { release, blocks: bs } => ApplyOp::ReleaseUpdate {
+                release: release.to_string(),
+                blocks: blocks(bs),
+            },
+            ApplyAction::Env { blocks: bs } => ApplyOp::EnvUpdate { blocks: blocks(bs) },
+            ApplyAction::Restart(b) => ApplyOp::RestartBlock {
+                block: b.to_string(),
+            },
+            ApplyAction::Stop(b) => ApplyOp::StopBlock {
+                block: b.to_string(),
+            },
+            ApplyAction::Start(t) => ApplyOp::StartBlock {
+                block: Box::new(TargetBlock::from_target(t)),
+            },
+            ApplyAction::Reboot => ApplyOp::Reboot,
+            ApplyAction::Shutdown => ApplyOp::Shutdown,
+            ApplyAction::OsUpdate(v) => ApplyOp::OsUpdate { version: v.clone() },
+        }
+    }
+}
+
+/// Encodes a planned intent for the outbox.
+pub fn encode(intent: &PlannedIntent) -> NewIntent {
+    match intent {
+        PlannedIntent::ReleaseRequest {
+            operation,
+            request,
+            target,
+            window,
+        } => NewIntent {
+            kind: IntentKind::ReleaseRequest,
+            body: IntentBody::release_request(request, target, *window).to_json(),
+            operation: Some(*operation),
+        },
+        PlannedIntent::Notice {
+            operation,
+            block,
+            reason,
+            message,
+        } => NewIntent {
+            kind: IntentKind::Notice,
+            body: IntentBody::notice(block, *reason, message.clone()).to_json(),
+            operation: Some(*operation),
+        },
+        PlannedIntent::Apply {
+            operation,
+            action,
+            fence,
+            disturbed,
+            forced,
+        } => NewIntent {
+            kind: IntentKind::Apply,
+            body: IntentBody::apply(ApplyOp::from_action(action), fence, disturbed, forced)
+                .to_json(),
+            operation: Some(*operation),
+        },
+        PlannedIntent::Withdraw { operation, seq } => NewIntent {
+            kind: IntentKind::Cancel,
+            body: IntentBody::Cancel { seq: seq.0 }.to_json(),
+            operation: Some(*operation),
+        },
     }
 }
 

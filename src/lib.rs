@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod app;
 pub mod approvals;
 pub mod auth;
 pub mod cli;

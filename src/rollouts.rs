@@ -22,11 +22,11 @@ use tokio::sync::Notify;
 
 use crate::clock;
 use crate::domain::{
-    self, AuditEntry, BatchCounts, BlockName, DeviceStatus, FleetId, OpStatus, OperationRecord,
+    self, AuditEntry, BatchCounts, BlockName, DeviceStatus, FleetId, OpStatus,
     Reason, Rollout, RolloutEvent, RolloutId, RolloutState, RolloutTarget, Strategy, Tag,
     Timestamp,
 };
-use crate::events::{Event, EventKind, Events, RolloutNotice};
+use crate::events::{Event, Events, RolloutNotice};
 use crate::scheduler::Wakeups;
 use crate::store::{NewRollout, Store, StoreError};
 
@@ -336,38 +336,35 @@ impl<S: Store> Rollouts<S> {
     /// Cancels member operations that have not started applying.
     async fn cancel_members(&self, id: RolloutId, why: &str) -> Result<u64, StoreError> {
         let mut cancelled = 0;
+        let fleet = self.store.get_rollout(id).await?.fleet;
         for op in self.store.rollout_active_operations(id).await? {
-            if !matches!(
-                op.status,
-                OpStatus::Pending
-                    | OpStatus::WaitingLock
-                    | OpStatus::WaitingWindow
-                    | OpStatus::WaitingApproval
-            ) {
+            // Only what has not started: a partial release under way goes on.
+            if !op.status.is_not_started() {
                 continue;
             }
-            let mut next: OperationRecord = op.clone();
-            next.status = OpStatus::Cancelled;
-            next.progress.error = Some(format!("rollout {id}: {why}"));
-            match self
-                .store
-                .record_step(&next, op.status, &[], clock::now())
-                .await
+            let reason = format!("rollout {id}: {why}");
+            let who = crate::app::operations::Cancel {
+                actor: None,
+                fleet: fleet.clone(),
+                reason: &reason,
+            };
+            match crate::app::operations::cancel(
+                &self.store,
+                &self.events,
+                &self.devices,
+                &op,
+                who,
+                clock::now(),
+            )
+            .await
             {
-                Ok(_) => {
-                    cancelled += 1;
-                    self.events.publish(
-                        &op.device,
-                        Some(op.id),
-                        EventKind::Cancelled {
-                            reason: format!("rollout {id}: {why}"),
-                        },
-                    );
-                    self.devices.wake(&op.device);
-                }
+                Ok(_) => cancelled += 1,
                 // It moved on (e.g. started applying): leave it be.
-                Err(StoreError::Conflict { .. }) => {}
-                Err(e) => return Err(e),
+                Err(
+                    crate::app::operations::CancelError::Changed { .. }
+                    | crate::app::operations::CancelError::NotCancellable(_),
+                ) => {}
+                Err(crate::app::operations::CancelError::Store(e)) => return Err(e),
             }
         }
         Ok(cancelled)

@@ -983,16 +983,10 @@ async fn operation_status_counts_count_every_stored_status<S: Store>(s: S) {
         .unwrap();
     let mut step = r2.clone();
     step.status = OpStatus::WaitingLock;
-    s.record_step(&step, OpStatus::Pending, &[], ts(4))
-        .await
-        .unwrap();
+    s.record_step(&step, &[], ts(4)).await.unwrap();
     assert_eq!(
         s.operation_status_counts().await.unwrap(),
-        vec![
-            (OpStatus::Pending, 1),
-            (OpStatus::Superseded, 1),
-            (OpStatus::WaitingLock, 1),
-        ]
+        vec![(OpStatus::Pending, 2), (OpStatus::WaitingLock, 1),]
     );
 }
 
@@ -1207,7 +1201,7 @@ async fn a_bootstrap_token_is_stored_only_while_no_admin_token_is_usable<S: Stor
     assert_eq!(s.get_token(&second.id).await.unwrap().1, "h2");
 }
 
-async fn operations_supersede_and_steps_are_atomic_with_their_intents<S: Store>(s: S) {
+async fn operations_are_kept_in_order_and_steps_are_atomic_with_their_intents<S: Store>(s: S) {
     with_fleet(&s, "f1").await;
     s.register_device(&device("d1", "f1", &[]), "h")
         .await
@@ -1226,16 +1220,20 @@ async fn operations_supersede_and_steps_are_atomic_with_their_intents<S: Store>(
         .create_operation(&dev("d1"), &r("r2"), None, ts(3))
         .await
         .unwrap();
+    // Creating never decides: the reconciler supersedes r1 later.
     assert_eq!(
         s.get_operation(first.id).await.unwrap().status,
-        OpStatus::Superseded
+        OpStatus::Pending
     );
     assert_eq!(s.get_operation(reboot.id).await.unwrap().force, Some(force));
-    // The oldest unfinished one is current: the reboot (r1 was superseded).
-    assert_eq!(
-        s.current_operation(&dev("d1")).await.unwrap().map(|o| o.id),
-        Some(reboot.id)
-    );
+    let active: Vec<OperationId> = s
+        .active_operations(&dev("d1"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(active, vec![first.id, reboot.id, second.id], "oldest first");
     assert_eq!(
         s.devices_with_active_operations().await.unwrap(),
         vec![dev("d1")]
@@ -1259,28 +1257,23 @@ async fn operations_supersede_and_steps_are_atomic_with_their_intents<S: Store>(
         operation: Some(reboot.id),
     };
     let seqs = s
-        .record_step(
-            &step,
-            OpStatus::Pending,
-            std::slice::from_ref(&intent),
-            ts(4),
-        )
+        .record_step(&step, std::slice::from_ref(&intent), ts(4))
         .await
         .unwrap();
     assert_eq!(seqs, vec![IntentSeq(1)]);
     let stored = s.get_operation(reboot.id).await.unwrap();
     assert_eq!(
-        (stored.status, stored.progress.clone()),
-        (OpStatus::WaitingLock, step.progress.clone())
+        (stored.status, stored.progress.clone(), stored.generation),
+        (OpStatus::WaitingLock, step.progress.clone(), 1)
     );
     assert_eq!(
         s.intent_info(&dev("d1"), IntentSeq(1)).await.unwrap(),
         Some((Some(reboot.id), IntentKind::ReleaseRequest))
     );
     assert_eq!(s.intent_info(&dev("d1"), IntentSeq(2)).await.unwrap(), None);
-    // A stale expectation is refused and appends nothing.
+    // A stale generation is refused and appends nothing.
     let err = s
-        .record_step(&step, OpStatus::Pending, &[intent], ts(5))
+        .record_step(&step, &[intent], ts(5))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
@@ -1519,9 +1512,7 @@ async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: 
     // A finished operation counts as succeeded.
     let mut op = started[0].clone();
     op.status = OpStatus::Done;
-    s.record_step(&op, OpStatus::Pending, &[], ts(22))
-        .await
-        .unwrap();
+    s.record_step(&op, &[], ts(22)).await.unwrap();
     let counts = s.rollout_batch_counts(rollout.id).await.unwrap();
     assert_eq!((counts[1].succeeded, counts[1].in_flight), (1, 1));
 
@@ -1591,68 +1582,325 @@ async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: 
     ));
 }
 
-async fn a_newer_waiting_assignment_supersedes_an_older_one_that_came_back<S: Store>(s: S) {
+fn env_of(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| (EnvName::new(*k).unwrap(), (*v).to_owned()))
+        .collect()
+}
+
+async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(s: S) {
     with_fleet(&s, "f1").await;
     s.register_device(&device("d1", "f1", &[]), "h")
         .await
         .unwrap();
-    let r = |id: &str| OperationSpec::AssignRelease(ReleaseId::new(id).unwrap());
-    let old = s
-        .create_operation(&dev("d1"), &r("r1"), None, ts(1))
-        .await
-        .unwrap();
-    // The old one is applying, so creating r2 does not supersede it ...
-    let mut applying = old.clone();
-    applying.status = OpStatus::Applying;
-    s.record_step(&applying, OpStatus::Pending, &[], ts(2))
-        .await
-        .unwrap();
-    let newer = s
-        .create_operation(&dev("d1"), &r("r2"), None, ts(3))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.supersede_older_assignments(&dev("d1"), ts(4))
-            .await
-            .unwrap(),
-        0,
-        "an applying assignment is left alone"
-    );
-    // ... then its apply came back stale and it waits again.
-    let mut back = applying.clone();
-    back.status = OpStatus::WaitingLock;
-    s.record_step(&back, OpStatus::Applying, &[], ts(5))
-        .await
-        .unwrap();
     let reboot = s
-        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(6))
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(1))
         .await
         .unwrap();
+    let restart = s
+        .create_operation(&dev("d1"), &OperationSpec::RestartBlock(b("b")), None, ts(2))
+        .await
+        .unwrap();
+    let mut waiting = reboot.clone();
+    waiting.status = OpStatus::WaitingLock;
+    waiting.progress.requested.insert((b("a"), Generation(3)));
+    let mut applying = restart.clone();
+    applying.status = OpStatus::Applying;
+    applying.progress.applied_env = [(b("b"), env_of(&[("MODE", "x")]))].into();
+    let audit = AuditEntry {
+        at: ts(3),
+        actor: "scheduler".into(),
+        action: "force_applied".into(),
+        subject: format!("device d1 operation {}", restart.id),
+        fleet: Some(fleet_id("f1")),
+        reason: "site visit".into(),
+        details: "{}".into(),
+    };
+    let plan = PlanWrite {
+        ops: vec![(waiting.clone(), 0), (applying.clone(), 0)],
+        intents: vec![
+            NewIntent {
+                kind: IntentKind::ReleaseRequest,
+                body: "{}".into(),
+                operation: Some(reboot.id),
+            },
+            NewIntent {
+                kind: IntentKind::Apply,
+                body: "{}".into(),
+                operation: Some(restart.id),
+            },
+        ],
+        withdrawn: vec![],
+        approvals: vec![ApprovalChange::Request {
+            operation: reboot.id,
+            audit: AuditEntry {
+                action: "approval_requested".into(),
+                ..audit.clone()
+            },
+        }],
+        audits: vec![audit.clone()],
+        device_status: Some(DeviceStatus::Applying),
+        applied_env: Some([(b("a"), env_of(&[("MODE", "y")]))].into()),
+        wake_at: Some(ts(500)),
+    };
+    let seqs = s.write_plan(&dev("d1"), &plan, ts(3)).await.unwrap();
+    assert_eq!(seqs, vec![IntentSeq(1), IntentSeq(2)]);
+    let stored = s.get_operation(reboot.id).await.unwrap();
     assert_eq!(
-        s.supersede_older_assignments(&dev("d1"), ts(7))
-            .await
-            .unwrap(),
-        1
+        (stored.status, stored.generation, stored.progress),
+        (OpStatus::WaitingLock, 1, waiting.progress.clone())
     );
+    let stored = s.get_operation(restart.id).await.unwrap();
+    assert_eq!((stored.status, stored.generation), (OpStatus::Applying, 1));
+    assert_eq!(stored.progress.applied_env, applying.progress.applied_env);
     assert_eq!(
-        s.get_operation(old.id).await.unwrap().status,
-        OpStatus::Superseded
+        s.get_device(&dev("d1")).await.unwrap().status,
+        DeviceStatus::Applying
     );
+    let (env, wake) = s.plan_state(&dev("d1")).await.unwrap();
+    assert_eq!(env, [(b("a"), env_of(&[("MODE", "y")]))].into());
+    assert_eq!(wake, Some(ts(500)));
+    let approval = s.latest_approval(reboot.id).await.unwrap().unwrap();
+    assert_eq!(approval.status, ApprovalStatus::Requested);
+    let audits = s.list_audit(&AuditFilter::default()).await.unwrap();
+    let actions: BTreeSet<String> = audits.iter().map(|(_, a)| a.action.clone()).collect();
     assert_eq!(
-        s.get_operation(newer.id).await.unwrap().status,
-        OpStatus::Pending
+        actions,
+        ["approval_requested".to_owned(), "force_applied".to_owned()].into()
     );
+    assert!(
+        audits
+            .iter()
+            .any(|(_, a)| a.details.contains(&approval.id.to_string())),
+        "the request's audit entry names the approval"
+    );
+    assert_eq!(s.due_wakeups(ts(499)).await.unwrap(), Vec::<DeviceId>::new());
+    assert_eq!(s.due_wakeups(ts(500)).await.unwrap(), vec![dev("d1")]);
+    assert_eq!(s.next_wakeup().await.unwrap(), Some(ts(500)));
+
+    // The same plan again is decided on generation 0: nothing of it lands,
+    // not even the parts about other rows.
+    let stale = PlanWrite {
+        ops: vec![(applying.clone(), 0)],
+        intents: vec![NewIntent {
+            kind: IntentKind::Notice,
+            body: "{}".into(),
+            operation: Some(restart.id),
+        }],
+        device_status: Some(DeviceStatus::Failed),
+        wake_at: None,
+        audits: vec![audit],
+        ..PlanWrite::default()
+    };
+    let err = s.write_plan(&dev("d1"), &stale, ts(4)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(s.unacked_intents(&dev("d1")).await.unwrap().len(), 2);
     assert_eq!(
-        s.get_operation(reboot.id).await.unwrap().status,
-        OpStatus::Pending,
-        "other kinds are untouched"
+        s.get_device(&dev("d1")).await.unwrap().status,
+        DeviceStatus::Applying
     );
+    assert_eq!(s.plan_state(&dev("d1")).await.unwrap().1, Some(ts(500)));
     assert_eq!(
-        s.supersede_older_assignments(&dev("d1"), ts(8))
-            .await
-            .unwrap(),
-        0
+        s.list_audit(&AuditFilter::default()).await.unwrap().len(),
+        2
     );
+}
+
+async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let op = s
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(1))
+        .await
+        .unwrap();
+    let other = s
+        .create_operation(&dev("d1"), &OperationSpec::RestartBlock(b("c")), None, ts(1))
+        .await
+        .unwrap();
+    let intent = |kind, op: &OperationRecord| NewIntent {
+        kind,
+        body: "{}".into(),
+        operation: Some(op.id),
+    };
+    let seqs = s
+        .append_intents(
+            &dev("d1"),
+            &[
+                intent(IntentKind::ReleaseRequest, &op),
+                intent(IntentKind::ReleaseRequest, &op),
+                intent(IntentKind::Apply, &op),
+                intent(IntentKind::ReleaseRequest, &other),
+            ],
+            ts(2),
+        )
+        .await
+        .unwrap();
+    // a defers twice (the later counts), b releases, the apply is stale.
+    s.ack_intent(
+        &dev("d1"),
+        seqs[0],
+        "deferred",
+        r#"{"block":"a","detail":{"until_unix_ms":100,"message":""}}"#,
+        ts(3),
+    )
+    .await
+    .unwrap();
+    s.ack_intent(
+        &dev("d1"),
+        seqs[0],
+        "deferred",
+        r#"{"block":"a","detail":{"until_unix_ms":200,"message":""}}"#,
+        ts(4),
+    )
+    .await
+    .unwrap();
+    s.ack_intent(&dev("d1"), seqs[1], "released", r#"{"block":"b","detail":{}}"#, ts(4))
+        .await
+        .unwrap();
+    s.ack_intent(&dev("d1"), seqs[2], "received", r#"{"block":"","detail":{}}"#, ts(5))
+        .await
+        .unwrap();
+    s.ack_intent(&dev("d1"), seqs[2], "stale", r#"{"block":"","detail":{"message":"moved"}}"#, ts(6))
+        .await
+        .unwrap();
+    let facts = s.operation_acks(&dev("d1")).await.unwrap();
+    assert_eq!(facts.answers, [(op.id, ApplyOutcome::Stale)].into());
+    assert_eq!(
+        facts.deferrals,
+        [(op.id, [(b("a"), ts(200))].into())].into()
+    );
+    // A newer apply without an answer hides the old answer.
+    let newer = s
+        .append_intents(&dev("d1"), &[intent(IntentKind::Apply, &op)], ts(7))
+        .await
+        .unwrap();
+    assert!(s.operation_acks(&dev("d1")).await.unwrap().answers.is_empty());
+    s.ack_intent(
+        &dev("d1"),
+        newer[0],
+        "failed",
+        r#"{"block":"","detail":{"error":"","held_by":["a"]}}"#,
+        ts(8),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.operation_acks(&dev("d1")).await.unwrap().answers,
+        [(op.id, ApplyOutcome::Blocked { held_by: vec![b("a")] })].into()
+    );
+
+    // Open requests: not released, not withdrawn.
+    let open = s.open_release_requests(&dev("d1")).await.unwrap();
+    assert_eq!(
+        open,
+        vec![
+            reconcile::OpenRequest {
+                operation: op.id,
+                seq: seqs[0]
+            },
+            reconcile::OpenRequest {
+                operation: other.id,
+                seq: seqs[3]
+            },
+        ]
+    );
+    let withdraw = PlanWrite {
+        intents: vec![intent(IntentKind::Cancel, &other)],
+        withdrawn: vec![seqs[3]],
+        ..PlanWrite::default()
+    };
+    s.write_plan(&dev("d1"), &withdraw, ts(9)).await.unwrap();
+    assert_eq!(
+        s.open_release_requests(&dev("d1")).await.unwrap(),
+        vec![reconcile::OpenRequest {
+            operation: op.id,
+            seq: seqs[0]
+        }]
+    );
+}
+
+async fn env_changes_merge_only_when_about_exactly_the_same_blocks<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let env = |blocks: &[&str]| {
+        OperationSpec::ApplyEnv(if blocks.is_empty() {
+            EnvTarget::AllBlocks
+        } else {
+            EnvTarget::Blocks(blocks.iter().map(|x| b(x)).collect())
+        })
+    };
+    let a1 = s.create_operation(&dev("d1"), &env(&["a"]), None, ts(1)).await.unwrap();
+    let a2 = s.create_operation(&dev("d1"), &env(&["a"]), None, ts(2)).await.unwrap();
+    let b1 = s.create_operation(&dev("d1"), &env(&["b"]), None, ts(3)).await.unwrap();
+    let ab = s.create_operation(&dev("d1"), &env(&["a", "b"]), None, ts(4)).await.unwrap();
+    let all1 = s.create_operation(&dev("d1"), &env(&[]), None, ts(5)).await.unwrap();
+    let all2 = s.create_operation(&dev("d1"), &env(&[]), None, ts(6)).await.unwrap();
+    assert_eq!(a1.id, a2.id, "same blocks merge");
+    assert_ne!(a1.id, b1.id, "other blocks never merge");
+    assert_ne!(ab.id, a1.id);
+    assert_eq!(all1.id, all2.id);
+    assert_eq!(s.get_operation(ab.id).await.unwrap().spec, env(&["a", "b"]));
+    // One that started applying takes no more changes.
+    let mut applying = s.get_operation(a1.id).await.unwrap();
+    applying.status = OpStatus::Applying;
+    s.record_step(&applying, &[], ts(7)).await.unwrap();
+    let a3 = s.create_operation(&dev("d1"), &env(&["a"]), None, ts(8)).await.unwrap();
+    assert_ne!(a3.id, a1.id);
+}
+
+async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let op = s
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(1))
+        .await
+        .unwrap();
+    let audit = AuditEntry {
+        at: ts(2),
+        actor: "ops".into(),
+        action: "operation_cancelled".into(),
+        subject: format!("device d1 operation {}", op.id),
+        fleet: Some(fleet_id("f1")),
+        reason: "not today".into(),
+        details: "{}".into(),
+    };
+    // The reconciler moved it on meanwhile: the cancel decided on
+    // generation 0 is refused, with no audit entry.
+    let mut moved = op.clone();
+    moved.status = OpStatus::Applying;
+    s.record_step(&moved, &[], ts(2)).await.unwrap();
+    let late = cancelled(&op, "not today").unwrap();
+    let err = s
+        .transition_operation(&late, Some(&audit), ts(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(s.list_audit(&AuditFilter::default()).await.unwrap().is_empty());
+    // A phase is recorded only while applying, and bumps the generation.
+    s.record_phase(op.id, "locks_acquired", ts(4)).await.unwrap();
+    let stored = s.get_operation(op.id).await.unwrap();
+    assert_eq!(stored.progress.phase.as_deref(), Some("locks_acquired"));
+    assert_eq!(stored.generation, 2);
+    // On the current generation a cancel lands with its audit entry.
+    let other = s
+        .create_operation(&dev("d1"), &OperationSpec::Shutdown, None, ts(5))
+        .await
+        .unwrap();
+    let done = s
+        .transition_operation(&cancelled(&other, "x").unwrap(), Some(&audit), ts(6))
+        .await
+        .unwrap();
+    assert_eq!((done.status, done.generation), (OpStatus::Cancelled, 1));
+    assert_eq!(s.list_audit(&AuditFilter::default()).await.unwrap().len(), 1);
+    s.record_phase(other.id, "late", ts(7)).await.unwrap();
+    assert_eq!(s.get_operation(other.id).await.unwrap().progress.phase, None);
 }
 
 macro_rules! conformance {
@@ -1697,10 +1945,13 @@ conformance!(
     audit_entries_filter_by_action_subject_fleet_and_scope,
     api_tokens_round_trip_by_hash_and_revoke_once,
     a_bootstrap_token_is_stored_only_while_no_admin_token_is_usable,
-    operations_supersede_and_steps_are_atomic_with_their_intents,
+    operations_are_kept_in_order_and_steps_are_atomic_with_their_intents,
     windows_and_policies_attach_to_fleets_tags_and_devices,
     rollouts_store_their_plan_and_start_members_in_plan_order,
-    a_newer_waiting_assignment_supersedes_an_older_one_that_came_back,
+    a_plan_is_written_whole_or_not_at_all_guarded_by_generations,
+    the_reconcilers_facts_are_the_latest_answers_and_open_requests,
+    env_changes_merge_only_when_about_exactly_the_same_blocks,
+    cancelling_and_phases_are_guarded_by_the_generation,
 );
 
 // ------------------------------------------- backend-specific behaviour

@@ -897,7 +897,8 @@ pub fn spec_parts(spec: Option<pb::OperationSpec>) -> (String, Option<String>) {
         Some(Kind::Reboot(_)) => ("reboot", None),
         Some(Kind::Shutdown(_)) => ("shutdown", None),
         Some(Kind::OsUpdate(v)) => ("os_update", Some(v)),
-        Some(Kind::ApplyEnv(_)) => ("apply_env", None),
+        Some(Kind::ApplyEnv(e)) if e.blocks.is_empty() => ("apply_env", None),
+        Some(Kind::ApplyEnv(e)) => ("apply_env", Some(e.blocks.join(","))),
         None => ("unknown", None),
     };
     (kind.to_owned(), target)
@@ -2263,7 +2264,16 @@ mod tests {
                 Some(Kind::OsUpdate("13.1".into())),
                 ("os_update", Some("13.1")),
             ),
-            (Some(Kind::ApplyEnv(Empty {})), ("apply_env", None)),
+            (
+                Some(Kind::ApplyEnv(pb::operation_spec::ApplyEnv { blocks: vec![] })),
+                ("apply_env", None),
+            ),
+            (
+                Some(Kind::ApplyEnv(pb::operation_spec::ApplyEnv {
+                    blocks: vec!["a".into(), "b".into()],
+                })),
+                ("apply_env", Some("a,b")),
+            ),
             (None, ("unknown", None)),
         ];
         for (kind, (want_kind, want_target)) in cases {

@@ -161,7 +161,8 @@ pub async fn devices<S: Store>(
         })?;
     let mut devices = Vec::with_capacity(page.items.len());
     for dev in &page.items {
-        let current = d.store.current_operation(&dev.id).await?;
+        // The oldest active operation stands for the device in the list.
+        let current = d.store.active_operations(&dev.id).await?.into_iter().next();
         devices.push(DeviceRow::new(dev, current.as_ref()));
     }
     Ok(Json(DevicesView {
@@ -185,7 +186,7 @@ pub async fn device<S: Store>(
     check(&p, Action::ReadDevices, Some(&record.fleet))?;
     let report = d.store.device_report(&id).await?;
     let locks = d.store.device_locks(&id).await?;
-    let current = d.store.current_operation(&id).await?;
+    let current = d.store.active_operations(&id).await?.into_iter().next();
     let mut recent = d.store.list_operations(&id).await?;
     recent.truncate(RECENT_OPERATIONS);
     Ok(Json(DeviceView::new(

@@ -126,7 +126,15 @@ fn target(spec: &OperationSpec) -> Option<String> {
         | OperationSpec::StopBlock(b)
         | OperationSpec::StartBlock(b) => Some(b.to_string()),
         OperationSpec::OsUpdate(v) => Some(v.clone()),
-        OperationSpec::Reboot | OperationSpec::Shutdown | OperationSpec::ApplyEnv => None,
+        OperationSpec::ApplyEnv(crate::domain::EnvTarget::Blocks(b)) => Some(
+            b.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        OperationSpec::Reboot
+        | OperationSpec::Shutdown
+        | OperationSpec::ApplyEnv(crate::domain::EnvTarget::AllBlocks) => None,
     }
 }
 
@@ -561,6 +569,9 @@ impl From<&Event> for EventView {
             EventKind::WaitingWindow { next_start } => (vec![], None, next_start.map(|t| t.0)),
             EventKind::Failed { error } => (vec![], Some(error.clone()), None),
             EventKind::Cancelled { reason } => (vec![], Some(reason.clone()), None),
+            EventKind::Queued { behind } => {
+                (vec![], Some(format!("behind operation {behind}")), None)
+            }
             EventKind::ApprovalRequested
             | EventKind::Applying
             | EventKind::Applied

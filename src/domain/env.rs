@@ -201,6 +201,24 @@ impl EnvContext {
         layers.into_iter().flatten().find_map(|l| l.get(name))
     }
 
+    /// The operator's part of `block`'s env (levels 3–6 merged): what an
+    /// env change sets, and what a release keeps when it replaces a block.
+    pub fn operator_env(&self, block: &BlockName) -> Env {
+        let mut out = Env::new();
+        let layers = [
+            Some(&self.fleet.wide),
+            self.fleet.scoped.get(block),
+            Some(&self.device.wide),
+            self.device.scoped.get(block),
+        ];
+        for layer in layers.into_iter().flatten() {
+            for (k, v) in layer {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
+
     pub fn effective_fingerprint(
         &self,
         block: &BlockName,
@@ -225,6 +243,20 @@ impl EnvContext {
         }
         Ok(next)
     }
+}
+
+/// A block's effective env from its release-wide and block-version env and
+/// the operator env it runs with: the same answer as
+/// [`EnvContext::effective`] when `operator` is that context's
+/// [`EnvContext::operator_env`].
+pub fn effective_with(release_env: &Env, block_env: &Env, operator: &Env) -> Env {
+    let mut out = release_env.clone();
+    for layer in [block_env, operator] {
+        for (k, v) in layer {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// Setting and unsetting variables at one level, as one operation.

@@ -48,11 +48,13 @@ pub mod blockmap;
 pub mod delta;
 pub mod device;
 pub mod env;
+pub mod event;
 pub mod fleet;
 pub mod gate;
 pub mod ids;
 pub mod impact;
 pub mod operation;
+pub mod reconcile;
 pub mod release;
 pub mod rollout;
 pub mod window;
@@ -74,6 +76,7 @@ pub use fleet::{
     AuditEntry, DeviceRecord, DeviceReport, DeviceStatus, Fleet, IntentKind, LockReport, NewIntent,
     ReportedBlock, StoredIntent, TimelineEntry, TimelineEvent,
 };
+pub use event::EventKind;
 pub use gate::{Decision, Force, ForceError, ReleaseRequest, decide, gate};
 pub use ids::{
     BlockName, DeviceId, FleetId, Generation, IdError, IntentSeq, OperationId, ReleaseId, Tag,
@@ -84,8 +87,9 @@ pub use impact::{
     release_impact,
 };
 pub use operation::{
-    ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, FleetPolicy, OpProgress,
-    OpStatus, OperationRecord, OperationSpec, Step, WindowGate, after_apply, approval_gate,
+    ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, EnvTarget, FleetPolicy, OpProgress,
+    NotCancellable, OpStatus, OperationRecord, OperationSpec, Step, WindowGate, after_apply,
+    approval_gate, cancelled,
     deferral_deadline, expired_holders, held_back, next_after_missed, next_step,
 };
 pub use release::{Release, ReleaseError, Target, partial_target};

@@ -20,9 +20,42 @@ pub enum OperationSpec {
     Reboot,
     Shutdown,
     OsUpdate(String),
-    /// Bring the device's blocks to the operator env as stored (created by
-    /// setting or unsetting env variables; pending ones merge).
-    ApplyEnv,
+    /// Bring the named blocks (or every block) to the operator env as
+    /// stored; created by setting or unsetting env variables. Only the
+    /// blocks it is about change: the others keep the env they run with.
+    ApplyEnv(EnvTarget),
+}
+
+/// The blocks an env change is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvTarget {
+    /// A device-wide variable: every block.
+    AllBlocks,
+    /// Variables scoped to these blocks.
+    Blocks(BTreeSet<BlockName>),
+}
+
+impl EnvTarget {
+    /// Whether `block`'s env is part of this change.
+    pub fn covers(&self, block: &BlockName) -> bool {
+        match self {
+            EnvTarget::AllBlocks => true,
+            EnvTarget::Blocks(b) => b.contains(block),
+        }
+    }
+
+    /// The target of one env change with these scopes: device-wide if any
+    /// is, else the union of the scoped blocks.
+    pub fn of_scopes<'a>(scopes: impl IntoIterator<Item = &'a super::env::EnvScope>) -> Self {
+        let mut blocks = BTreeSet::new();
+        for scope in scopes {
+            match scope {
+                super::env::EnvScope::Device => return EnvTarget::AllBlocks,
+                super::env::EnvScope::Blocks(b) => blocks.extend(b.iter().cloned()),
+            }
+        }
+        EnvTarget::Blocks(blocks)
+    }
 }
 
 impl OperationSpec {
@@ -35,7 +68,7 @@ impl OperationSpec {
             OperationSpec::Reboot => "reboot",
             OperationSpec::Shutdown => "shutdown",
             OperationSpec::OsUpdate(_) => "os_update",
-            OperationSpec::ApplyEnv => "apply_env",
+            OperationSpec::ApplyEnv(_) => "apply_env",
         }
     }
 }
@@ -43,7 +76,11 @@ impl OperationSpec {
 /// Where an operation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpStatus {
+    /// Not looked at yet.
     Pending,
+    /// Waits for an earlier operation on the same device that it conflicts
+    /// with (`OpProgress::behind`), or for the apply in flight to finish.
+    Queued,
     WaitingLock,
     /// Needs a maintenance window, and none is open.
     WaitingWindow,
@@ -59,8 +96,9 @@ pub enum OpStatus {
 }
 
 impl OpStatus {
-    pub const ALL: [OpStatus; 10] = [
+    pub const ALL: [OpStatus; 11] = [
         OpStatus::Pending,
+        OpStatus::Queued,
         OpStatus::WaitingLock,
         OpStatus::WaitingWindow,
         OpStatus::WaitingApproval,
@@ -74,6 +112,7 @@ impl OpStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             OpStatus::Pending => "pending",
+            OpStatus::Queued => "queued",
             OpStatus::WaitingLock => "waiting_lock",
             OpStatus::WaitingWindow => "waiting_window",
             OpStatus::WaitingApproval => "waiting_approval",
@@ -88,11 +127,59 @@ impl OpStatus {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|x| x.as_str() == s)
     }
+    /// Finished, one way or another: nothing more happens to it.
+    pub const TERMINAL: [OpStatus; 4] = [
+        OpStatus::Done,
+        OpStatus::Failed,
+        OpStatus::Cancelled,
+        OpStatus::Superseded,
+    ];
+    /// Not finished: the reconciler looks at these.
+    pub const ACTIVE: [OpStatus; 7] = [
+        OpStatus::Pending,
+        OpStatus::Queued,
+        OpStatus::WaitingLock,
+        OpStatus::WaitingWindow,
+        OpStatus::WaitingApproval,
+        OpStatus::PartiallyApplied,
+        OpStatus::Applying,
+    ];
+    /// Active and nothing sent to the device to apply yet: a newer release
+    /// supersedes these, and they may be cancelled.
+    pub const NOT_STARTED: [OpStatus; 5] = [
+        OpStatus::Pending,
+        OpStatus::Queued,
+        OpStatus::WaitingLock,
+        OpStatus::WaitingWindow,
+        OpStatus::WaitingApproval,
+    ];
+    /// What an operator may cancel: not started, or a partial release whose
+    /// held blocks have not followed yet.
+    pub const CANCELLABLE: [OpStatus; 6] = [
+        OpStatus::Pending,
+        OpStatus::Queued,
+        OpStatus::WaitingLock,
+        OpStatus::WaitingWindow,
+        OpStatus::WaitingApproval,
+        OpStatus::PartiallyApplied,
+    ];
+    /// An apply is on its way to the device or running there.
+    pub const IN_FLIGHT: [OpStatus; 1] = [OpStatus::Applying];
+
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            OpStatus::Done | OpStatus::Failed | OpStatus::Cancelled | OpStatus::Superseded
-        )
+        Self::TERMINAL.contains(&self)
+    }
+    pub fn is_active(self) -> bool {
+        Self::ACTIVE.contains(&self)
+    }
+    pub fn is_not_started(self) -> bool {
+        Self::NOT_STARTED.contains(&self)
+    }
+    pub fn is_cancellable(self) -> bool {
+        Self::CANCELLABLE.contains(&self)
+    }
+    pub fn is_in_flight(self) -> bool {
+        Self::IN_FLIGHT.contains(&self)
     }
 }
 
@@ -122,6 +209,12 @@ pub struct OpProgress {
     /// (a window is created, or the next one comes up), they are told again.
     pub told_window: Option<Occurrence>,
     pub error: Option<String>,
+    /// While `queued`: the earlier operation it waits for.
+    pub behind: Option<OperationId>,
+    /// While applying: the operator env (levels 3–6 of the precedence) each
+    /// block will run with once the apply lands, recorded as the device's
+    /// applied env when it does.
+    pub applied_env: std::collections::BTreeMap<BlockName, super::env::Env>,
 }
 
 /// An operation as stored.
@@ -135,6 +228,9 @@ pub struct OperationRecord {
     pub progress: OpProgress,
     pub created: Timestamp,
     pub updated: Timestamp,
+    /// Bumped by every write; a write compares it, so a decision made on an
+    /// older read never lands.
+    pub generation: u64,
 }
 
 impl OperationRecord {
@@ -147,6 +243,34 @@ impl OperationRecord {
             self.status.as_str()
         }
     }
+}
+
+/// Why an operation could not be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("operation {id} is {} and can no longer be cancelled", status.as_str())]
+pub struct NotCancellable {
+    pub id: OperationId,
+    pub status: OpStatus,
+}
+
+/// The operation cancelled (by an operator, or a rollout that ends): only
+/// one not started yet, or a partial release whose held blocks have not
+/// followed. The reconciler withdraws its release requests afterwards.
+pub fn cancelled(op: &OperationRecord, reason: &str) -> Result<OperationRecord, NotCancellable> {
+    if !op.status.is_cancellable() {
+        return Err(NotCancellable {
+            id: op.id,
+            status: op.status,
+        });
+    }
+    let mut next = op.clone();
+    next.status = OpStatus::Cancelled;
+    next.progress.waiting_on.clear();
+    next.progress.behind = None;
+    if !reason.is_empty() {
+        next.progress.error = Some(reason.to_owned());
+    }
+    Ok(next)
 }
 
 /// What the maintenance windows say about applying an operation now.
@@ -549,6 +673,7 @@ mod tests {
             progress: OpProgress::default(),
             created: Timestamp(0),
             updated: Timestamp(0),
+            generation: 0,
         }
     }
 
@@ -795,7 +920,7 @@ mod tests {
         assert!(p.needs_window(&OperationSpec::Shutdown));
         assert!(p.needs_window(&OperationSpec::OsUpdate("2".into())));
         assert!(!p.needs_window(&OperationSpec::RestartBlock(b("a"))));
-        assert!(!p.needs_window(&OperationSpec::ApplyEnv));
+        assert!(!p.needs_window(&OperationSpec::ApplyEnv(EnvTarget::AllBlocks)));
         assert!(
             p.needs_window
                 .iter()

@@ -379,6 +379,7 @@ impl MemberState {
             OpStatus::Failed => MemberState::Failed,
             OpStatus::Cancelled | OpStatus::Superseded => MemberState::Cancelled,
             OpStatus::Pending
+            | OpStatus::Queued
             | OpStatus::WaitingLock
             | OpStatus::WaitingWindow
             | OpStatus::WaitingApproval

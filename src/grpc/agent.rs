@@ -30,7 +30,7 @@ use crate::limits::{
     MAX_TEXT_BYTES, MAX_VERSION_BYTES,
 };
 use crate::overload::TokenBucket;
-use crate::scheduler::{Wakeups, on_apply_outcome};
+use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
 /// Metadata key naming the device a stream speaks for.
@@ -503,23 +503,10 @@ impl<S: Store> Session<S> {
                     .await
                     .map_err(status_from_store)?;
                 if let Some((Some(op_id), IntentKind::Apply)) = info {
-                    let op = self
-                        .store
-                        .get_operation(op_id)
+                    self.store
+                        .record_phase(op_id, &p.phase, clock::now())
                         .await
                         .map_err(status_from_store)?;
-                    if op.status == crate::domain::OpStatus::Applying {
-                        let mut next = op.clone();
-                        next.progress.phase = Some(p.phase);
-                        match self
-                            .store
-                            .record_step(&next, op.status, &[], clock::now())
-                            .await
-                        {
-                            Ok(_) | Err(StoreError::Conflict { .. }) => {}
-                            Err(e) => return Err(status_from_store(e)),
-                        }
-                    }
                 }
                 Ok(())
             }
@@ -569,59 +556,12 @@ impl<S: Store> Session<S> {
             }
             Err(e) => return Err(status_from_store(e)),
         }
-        let info = self
-            .store
-            .intent_info(&self.device, seq)
-            .await
-            .map_err(status_from_store)?;
-        match (info, outcome) {
-            (Some((Some(op_id), IntentKind::Apply)), Some(outcome)) => {
-                let op = self
-                    .store
-                    .get_operation(op_id)
-                    .await
-                    .map_err(status_from_store)?;
-                on_apply_outcome(&self.store, &self.wakeups, &self.events, &op, &outcome)
-                    .await
-                    .map_err(status_from_store)?;
-            }
-            (Some((Some(op_id), IntentKind::ReleaseRequest)), _)
-                if matches!(ack.kind, Some(pb::intent_ack::Kind::Deferred(_))) =>
-            {
-                if let (Some(pb::intent_ack::Kind::Deferred(d)), Ok(block)) =
-                    (&ack.kind, BlockName::new(&ack.block))
-                {
-                    let op = self
-                        .store
-                        .get_operation(op_id)
-                        .await
-                        .map_err(status_from_store)?;
-                    crate::scheduler::on_deferred(
-                        &self.store,
-                        &op,
-                        &block,
-                        Timestamp(d.until_unix_ms),
-                    )
-                    .await
-                    .map_err(status_from_store)?;
-                    self.events.publish(
-                        &self.device,
-                        Some(op.id),
-                        crate::events::EventKind::Deferred {
-                            block: block.to_string(),
-                            until: Timestamp(d.until_unix_ms),
-                        },
-                    );
-                }
-                tracing::info!(device = %self.device, seq = seq.0, block = %ack.block, "lock holder deferred");
-                self.wakeups.wake(&self.device);
-            }
-            (Some((_, IntentKind::ReleaseRequest)), _) => {
-                tracing::info!(device = %self.device, seq = seq.0, block = %ack.block, answer = name, "lock holder answered");
-                self.wakeups.wake(&self.device);
-            }
-            _ => {}
+        // The answer is a fact, stored above; the reconciler decides what
+        // it means for the operation.
+        if outcome.is_some() || name != "received" {
+            tracing::info!(device = %self.device, seq = seq.0, block = %ack.block, answer = name, "agent answered");
         }
+        self.wakeups.wake(&self.device);
         Ok(())
     }
 }
@@ -676,20 +616,7 @@ impl<S: Store> AgentService for Agents<S> {
 
         let registration = self.hub.register(&device);
         tracing::info!(device = %device, connected = self.hub.connected(), "agent connected");
-        // Online again: in sync unless an operation is under way (the
-        // scheduler, woken below, sets the status it is waiting on).
-        if self
-            .store
-            .current_operation(&device)
-            .await
-            .map_err(status_from_store)?
-            .is_none()
-        {
-            self.store
-                .set_device_status(&device, crate::domain::DeviceStatus::InSync)
-                .await
-                .map_err(status_from_store)?;
-        }
+        // Online again: the reconciler, woken below, sets its status.
         self.events
             .publish(&device, None, crate::events::EventKind::Online);
         if let Some(kind) = changed {

@@ -48,8 +48,14 @@ impl<S: Store> Devices<S> {
     }
 
     /// Env variables changed: every affected device gets an `apply_env`
-    /// operation (merged with one already pending), and the scheduler is woken.
-    async fn env_changed(&self, owner: &EnvOwner) -> Result<usize, Status> {
+    /// operation about the blocks the change is about (merged into one not
+    /// started yet about exactly those blocks), and the reconciler is woken.
+    /// Returns the operations.
+    async fn env_changed(
+        &self,
+        owner: &EnvOwner,
+        target: &crate::domain::EnvTarget,
+    ) -> Result<Vec<u64>, Status> {
         let devices: Vec<DeviceId> = match owner {
             EnvOwner::Device(d) => vec![d.clone()],
             EnvOwner::Fleet(f) => {
@@ -78,14 +84,17 @@ impl<S: Store> Devices<S> {
             }
         };
         let now = clock::now();
+        let mut ops = Vec::with_capacity(devices.len());
         for d in &devices {
-            self.store
-                .create_operation(d, &OperationSpec::ApplyEnv, None, now)
+            let op = self
+                .store
+                .create_operation(d, &OperationSpec::ApplyEnv(target.clone()), None, now)
                 .await
                 .map_err(status_from_store)?;
+            ops.push(u64::try_from(op.id.0).unwrap_or(0));
             self.wakeups.wake(d);
         }
-        Ok(devices.len())
+        Ok(ops)
     }
 }
 
@@ -327,14 +336,15 @@ impl<S: Store> DeviceService for Devices<S> {
             .set_env(&owner, &vars, clock::now())
             .await
             .map_err(status_from_store)?;
-        let devices = self.env_changed(&owner).await?;
+        let target = crate::domain::EnvTarget::of_scopes(vars.iter().map(|v| &v.scope));
+        let operations = self.env_changed(&owner, &target).await?;
         tracing::info!(
             owner = owner.key_for_logs(),
             count = vars.len(),
-            devices,
+            devices = operations.len(),
             "env variables set"
         );
-        Ok(Response::new(pb::SetEnvResponse {}))
+        Ok(Response::new(pb::SetEnvResponse { operations }))
     }
 
     async fn unset_env(
@@ -368,10 +378,16 @@ impl<S: Store> DeviceService for Devices<S> {
             .unset_env(&owner, &keys)
             .await
             .map_err(status_from_store)?;
-        if removed > 0 {
-            self.env_changed(&owner).await?;
-        }
-        Ok(Response::new(pb::UnsetEnvResponse { removed }))
+        let operations = if removed > 0 {
+            let target = crate::domain::EnvTarget::of_scopes(keys.iter().map(|(_, s)| s));
+            self.env_changed(&owner, &target).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::UnsetEnvResponse {
+            removed,
+            operations,
+        }))
     }
 
     async fn list_env(

@@ -20,7 +20,7 @@ use crate::domain::{
 use crate::events::{Event, EventKind, Events, Watch, Watched};
 use crate::limits::{MAX_SCOPE_BLOCKS, MAX_TEXT_BYTES, MAX_VERSION_BYTES};
 use crate::scheduler::Wakeups;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::telemetry;
 
 pub struct Operations<S> {
@@ -69,6 +69,7 @@ fn event_to_pb(e: &Event) -> pb::Event {
         ),
         EventKind::Failed { error } => (vec![], error.clone()),
         EventKind::Cancelled { reason } => (vec![], reason.clone()),
+        EventKind::Queued { behind } => (vec![], format!("behind operation {behind}")),
         EventKind::LockChanged { locks } => (locks.clone(), String::new()),
         EventKind::ApprovalRequested
         | EventKind::Applying
@@ -89,6 +90,24 @@ fn event_to_pb(e: &Event) -> pb::Event {
     }
 }
 
+/// The wire enum of a status.
+fn status_to_pb(s: OpStatus) -> pb::OperationStatus {
+    use pb::OperationStatus as P;
+    match s {
+        OpStatus::Pending => P::Pending,
+        OpStatus::Queued => P::Queued,
+        OpStatus::WaitingLock => P::WaitingLock,
+        OpStatus::WaitingWindow => P::WaitingWindow,
+        OpStatus::WaitingApproval => P::WaitingApproval,
+        OpStatus::PartiallyApplied => P::PartiallyApplied,
+        OpStatus::Applying => P::Applying,
+        OpStatus::Done => P::Done,
+        OpStatus::Failed => P::Failed,
+        OpStatus::Cancelled => P::Cancelled,
+        OpStatus::Superseded => P::Superseded,
+    }
+}
+
 fn spec_from_pb(m: Option<pb::OperationSpec>) -> Result<OperationSpec, ConvertError> {
     use pb::operation_spec::Kind;
     let kind = m
@@ -103,7 +122,16 @@ fn spec_from_pb(m: Option<pb::OperationSpec>) -> Result<OperationSpec, ConvertEr
         Kind::StartBlock(b) => OperationSpec::StartBlock(block_name("spec.start_block", &b)?),
         Kind::Reboot(_) => OperationSpec::Reboot,
         Kind::Shutdown(_) => OperationSpec::Shutdown,
-        Kind::ApplyEnv(_) => OperationSpec::ApplyEnv,
+        Kind::ApplyEnv(e) if e.blocks.is_empty() => {
+            OperationSpec::ApplyEnv(crate::domain::EnvTarget::AllBlocks)
+        }
+        Kind::ApplyEnv(e) => OperationSpec::ApplyEnv(crate::domain::EnvTarget::Blocks(
+            e.blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| block_name(&format!("spec.apply_env.blocks[{i}]"), b))
+                .collect::<Result<_, _>>()?,
+        )),
         Kind::OsUpdate(v) => {
             if v.is_empty() || v.len() > MAX_VERSION_BYTES || v.chars().any(char::is_control) {
                 return Err(ConvertError::new(
@@ -128,7 +156,12 @@ fn spec_to_pb(s: &OperationSpec) -> pb::OperationSpec {
         OperationSpec::Reboot => Kind::Reboot(Empty {}),
         OperationSpec::Shutdown => Kind::Shutdown(Empty {}),
         OperationSpec::OsUpdate(v) => Kind::OsUpdate(v.clone()),
-        OperationSpec::ApplyEnv => Kind::ApplyEnv(Empty {}),
+        OperationSpec::ApplyEnv(t) => Kind::ApplyEnv(pb::operation_spec::ApplyEnv {
+            blocks: match t {
+                crate::domain::EnvTarget::AllBlocks => Vec::new(),
+                crate::domain::EnvTarget::Blocks(b) => b.iter().map(ToString::to_string).collect(),
+            },
+        }),
     };
     pb::OperationSpec { kind: Some(kind) }
 }
@@ -196,6 +229,11 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
             start_unix_ms: o.start.0,
             end_unix_ms: o.end.0,
         }),
+        behind: op
+            .progress
+            .behind
+            .map_or(0, |b| u64::try_from(b.0).unwrap_or(0)),
+        state: status_to_pb(op.status).into(),
     }
 }
 
@@ -383,54 +421,23 @@ impl<S: Store> OperationService for Operations<S> {
         let fleet = self
             .device_fleet(&p, Action::WriteOperations, &op.device)
             .await?;
-        if !matches!(
-            op.status,
-            OpStatus::Pending
-                | OpStatus::WaitingLock
-                | OpStatus::WaitingWindow
-                | OpStatus::WaitingApproval
-                | OpStatus::PartiallyApplied
-        ) {
-            return Err(Status::failed_precondition(format!(
-                "operation {id} is {} and can no longer be cancelled",
-                op.status.as_str()
-            )));
-        }
-        let mut next = op.clone();
-        next.status = OpStatus::Cancelled;
-        let now = clock::now();
-        match self.store.record_step(&next, op.status, &[], now).await {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => {
-                return Err(Status::failed_precondition(format!(
-                    "operation {id} changed meanwhile; fetch it and retry"
-                )));
-            }
-            Err(e) => return Err(status_from_store(e)),
-        }
-        self.store
-            .append_audit(&AuditEntry {
-                at: now,
-                actor: p.actor_noting(&req.actor),
-                action: "operation_cancelled".into(),
-                subject: format!("device {} operation {id}", op.device),
-                fleet: Some(fleet),
-                reason: req.reason.clone(),
-                details: "{}".into(),
-            })
-            .await
-            .map_err(status_from_store)?;
-        self.events.publish(
-            &op.device,
-            Some(op.id),
-            EventKind::Cancelled { reason: req.reason },
-        );
-        self.wakeups.wake(&op.device);
-        let op = self
-            .store
-            .get_operation(id)
-            .await
-            .map_err(status_from_store)?;
+        let op = crate::app::operations::cancel(
+            &self.store,
+            &self.events,
+            &self.wakeups,
+            &op,
+            crate::app::operations::Cancel {
+                actor: Some(p.actor_noting(&req.actor)),
+                fleet,
+                reason: &req.reason,
+            },
+            clock::now(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::app::operations::CancelError::Store(e) => status_from_store(e),
+            other => Status::failed_precondition(other.to_string()),
+        })?;
         Ok(Response::new(pb::CancelOperationResponse {
             operation: Some(operation_to_pb(&op)),
         }))

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    BlockConfig, BlockName, BlockVersion, Dependency, Env, EnvName, Fingerprint, Force, Generation,
+    BlockConfig, BlockName, BlockVersion, Dependency, Env, EnvName, EnvTarget, Fingerprint, Force,
+    Generation,
     ImageDigest, IntentSeq, OpProgress, OperationSpec, Reason, ReleaseId, ReleaseRequest,
     UpdateStrategy, WindowRule,
 };
@@ -68,6 +69,125 @@ pub(crate) fn env_from_json(entity: &'static str, key: &str, s: &str) -> Result<
     m.into_iter()
         .map(|(k, v)| Ok((EnvName::new(k).map_err(|e| corrupt(entity, key, e))?, v)))
         .collect()
+}
+
+type BlockEnvsJson = BTreeMap<String, BTreeMap<String, String>>;
+
+fn block_envs_to_map(envs: &BTreeMap<BlockName, Env>) -> BlockEnvsJson {
+    envs.iter()
+        .map(|(b, env)| {
+            (
+                b.to_string(),
+                env.iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn block_envs_from_map(
+    entity: &'static str,
+    key: &str,
+    m: BlockEnvsJson,
+) -> Result<BTreeMap<BlockName, Env>, StoreError> {
+    m.into_iter()
+        .map(|(b, env)| {
+            let block = BlockName::new(b).map_err(|e| corrupt(entity, key, e))?;
+            let env = env
+                .into_iter()
+                .map(|(k, v)| Ok((EnvName::new(k).map_err(|e| corrupt(entity, key, e))?, v)))
+                .collect::<Result<Env, StoreError>>()?;
+            Ok((block, env))
+        })
+        .collect()
+}
+
+/// A device's applied env column: block → operator env.
+pub(crate) fn block_envs_to_json(envs: &BTreeMap<BlockName, Env>) -> String {
+    to_json(&block_envs_to_map(envs))
+}
+
+pub(crate) fn block_envs_from_json(
+    key: &str,
+    s: &str,
+) -> Result<BTreeMap<BlockName, Env>, StoreError> {
+    let m: BlockEnvsJson =
+        serde_json::from_str(s).map_err(|e| corrupt("device", key, format!("applied env: {e}")))?;
+    block_envs_from_map("device", key, m)
+}
+
+/// The details of an `approval_requested` audit entry.
+pub(crate) fn approval_audit_details(approval: i64) -> String {
+    serde_json::json!({ "approval": approval }).to_string()
+}
+
+/// The details of a scheduler audit entry about some blocks.
+pub(crate) fn blocks_audit_details(blocks: &[BlockName]) -> String {
+    serde_json::json!({ "blocks": blocks.iter().map(BlockName::as_str).collect::<Vec<_>>() })
+        .to_string()
+}
+
+/// The detail of an agent's answer, as `grpc::agent` stores it.
+#[derive(Deserialize, Default)]
+struct AckDetailJson {
+    #[serde(default)]
+    until_unix_ms: Option<i64>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    held_by: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct AckJson {
+    #[serde(default)]
+    block: String,
+    #[serde(default)]
+    detail: AckDetailJson,
+}
+
+/// What an agent's stored answer to an intent says, for the reconciler.
+pub(crate) enum AckFact {
+    /// The final answer to an apply.
+    Outcome(crate::domain::ApplyOutcome),
+    /// A holder defers its release until then.
+    Deferred {
+        block: BlockName,
+        until: crate::domain::Timestamp,
+    },
+    /// Anything else (received, released, refused…): nothing to decide on.
+    Other,
+}
+
+/// Decodes an answer (`kind` as stored by `ack_intent`, and its body).
+pub(crate) fn ack_fact(key: &str, kind: &str, body: &str) -> Result<AckFact, StoreError> {
+    use crate::domain::ApplyOutcome;
+    let a: AckJson =
+        serde_json::from_str(body).map_err(|e| corrupt("intent ack", key, format!("body: {e}")))?;
+    Ok(match kind {
+        "applied" => AckFact::Outcome(ApplyOutcome::Applied),
+        "stale" => AckFact::Outcome(ApplyOutcome::Stale),
+        "failed" if !a.detail.held_by.is_empty() => AckFact::Outcome(ApplyOutcome::Blocked {
+            held_by: a
+                .detail
+                .held_by
+                .iter()
+                .filter_map(|b| BlockName::new(b).ok())
+                .collect(),
+        }),
+        "failed" => AckFact::Outcome(ApplyOutcome::Failed {
+            error: a.detail.error.unwrap_or_default(),
+        }),
+        "deferred" => match (BlockName::new(&a.block), a.detail.until_unix_ms) {
+            (Ok(block), Some(until)) => AckFact::Deferred {
+                block,
+                until: crate::domain::Timestamp(until),
+            },
+            _ => AckFact::Other,
+        },
+        _ => AckFact::Other,
+    })
 }
 
 /// The JSON columns of a block version.
@@ -216,7 +336,15 @@ struct ProgressJson {
     partially_applied: bool,
     #[serde(default)]
     phase: Option<String>,
+    #[serde(default)]
+    behind: Option<i64>,
+    #[serde(default)]
+    applied_env: BTreeMap<String, BTreeMap<String, String>>,
 }
+
+/// The prefix of an `apply_env` operation's argument naming its blocks; an
+/// empty argument (every row before env changes had scopes) is every block.
+const ENV_BLOCKS_PREFIX: &str = "blocks:";
 
 /// (kind, argument) columns of an operation spec.
 pub(crate) fn spec_columns(spec: &OperationSpec) -> (&'static str, String) {
@@ -225,7 +353,17 @@ pub(crate) fn spec_columns(spec: &OperationSpec) -> (&'static str, String) {
         OperationSpec::RestartBlock(b)
         | OperationSpec::StopBlock(b)
         | OperationSpec::StartBlock(b) => b.to_string(),
-        OperationSpec::Reboot | OperationSpec::Shutdown | OperationSpec::ApplyEnv => String::new(),
+        OperationSpec::Reboot
+        | OperationSpec::Shutdown
+        | OperationSpec::ApplyEnv(EnvTarget::AllBlocks) => String::new(),
+        OperationSpec::ApplyEnv(EnvTarget::Blocks(blocks)) => format!(
+            "{ENV_BLOCKS_PREFIX}{}",
+            blocks
+                .iter()
+                .map(BlockName::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         OperationSpec::OsUpdate(v) => v.clone(),
     };
     (spec.kind(), arg)
@@ -248,7 +386,15 @@ pub(crate) fn spec_from_columns(
         "reboot" => OperationSpec::Reboot,
         "shutdown" => OperationSpec::Shutdown,
         "os_update" => OperationSpec::OsUpdate(arg.to_owned()),
-        "apply_env" => OperationSpec::ApplyEnv,
+        "apply_env" => match arg.strip_prefix(ENV_BLOCKS_PREFIX) {
+            None if arg.is_empty() => OperationSpec::ApplyEnv(EnvTarget::AllBlocks),
+            None => return Err(corrupt(E, key, format!("unknown env target {arg:?}"))),
+            Some(list) => OperationSpec::ApplyEnv(EnvTarget::Blocks(
+                list.split(',')
+                    .map(|b| BlockName::new(b).map_err(|e| corrupt(E, key, e)))
+                    .collect::<Result<_, _>>()?,
+            )),
+        },
         other => return Err(corrupt(E, key, format!("unknown kind {other:?}"))),
     })
 }
@@ -319,6 +465,8 @@ pub(crate) fn progress_to_json(p: &OpProgress) -> String {
         partial_in_flight: p.partial_in_flight,
         partially_applied: p.partially_applied,
         phase: p.phase.clone(),
+        behind: p.behind.map(|o| o.0),
+        applied_env: block_envs_to_map(&p.applied_env),
     })
 }
 
@@ -366,6 +514,8 @@ pub(crate) fn progress_from_json(key: &str, s: &str) -> Result<OpProgress, Store
         partial_in_flight: p.partial_in_flight,
         partially_applied: p.partially_applied,
         phase: p.phase,
+        behind: p.behind.map(crate::domain::OperationId),
+        applied_env: block_envs_from_map(E, key, p.applied_env)?,
     })
 }
 
@@ -520,7 +670,9 @@ mod tests {
             OperationSpec::Reboot,
             OperationSpec::Shutdown,
             OperationSpec::OsUpdate("6.2".into()),
-            OperationSpec::ApplyEnv,
+            OperationSpec::ApplyEnv(crate::domain::EnvTarget::AllBlocks),
+            OperationSpec::ApplyEnv(crate::domain::EnvTarget::Blocks([b("a")].into())),
+            OperationSpec::ApplyEnv(crate::domain::EnvTarget::Blocks([b("a"), b("b")].into())),
         ] {
             let (kind, arg) = spec_columns(&spec);
             assert_eq!(spec_from_columns("k", kind, &arg).unwrap(), spec);
@@ -547,6 +699,12 @@ mod tests {
             asked_at: [(b("a"), crate::domain::Timestamp(5))].into(),
             deferred_until: [(b("a"), crate::domain::Timestamp(9))].into(),
             overdue: true,
+            behind: Some(crate::domain::OperationId(3)),
+            applied_env: [(
+                b("a"),
+                [(EnvName::new("MODE").unwrap(), "x".to_owned())].into(),
+            )]
+            .into(),
             partial_in_flight: true,
             partially_applied: true,
             phase: Some("locks_acquired".into()),

@@ -740,36 +740,16 @@ macro_rules! impl_store {
                 rows.iter().map(operation_from_row).collect()
             }
 
-            async fn current_operation(&self, device: &DeviceId) -> Result<Option<OperationRecord>, StoreError> {
-                let row = sqlx::query(OPERATION_SELECT_CURRENT)
-                    .bind(device.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(StoreError::from_sqlx)?;
-                row.as_ref().map(operation_from_row).transpose()
-            }
-
-            async fn supersede_older_assignments(&self, device: &DeviceId, now: Timestamp) -> Result<u64, StoreError> {
-                let done = sqlx::query(
-                    "UPDATE operations SET status = 'superseded', updated_ms = $2 \
-                     WHERE device_id = $1 AND kind = 'assign_release' \
-                     AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval') \
-                     AND id < (SELECT MAX(id) FROM operations WHERE device_id = $1 AND kind = 'assign_release' \
-                               AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval'))",
-                )
-                .bind(device.as_str())
-                .bind(now.0)
-                .execute(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-                Ok(done.rows_affected())
-            }
-
             async fn devices_with_active_operations(&self) -> Result<Vec<DeviceId>, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT DISTINCT device_id FROM operations \
-                     WHERE status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'partially_applied', 'applying') ORDER BY device_id",
-                )
+                let sql = format!(
+                    "SELECT DISTINCT device_id FROM operations WHERE status IN {} ORDER BY device_id",
+                    $crate::store::plans::placeholders(1, OpStatus::ACTIVE.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for st in $crate::store::plans::status_names(&OpStatus::ACTIVE) {
+                    q = q.bind(st);
+                }
+                let rows = q
                 .fetch_all(&self.pool)
                 .await
                 .map_err(StoreError::from_sqlx)?;
@@ -799,20 +779,19 @@ macro_rules! impl_store {
             async fn record_step(
                 &self,
                 op: &OperationRecord,
-                expected: OpStatus,
                 intents: &[NewIntent],
                 now: Timestamp,
             ) -> Result<Vec<IntentSeq>, StoreError> {
                 let mut tx = self.begin().await?;
                 let done = sqlx::query(
-                    "UPDATE operations SET status = $2, status_json = $3, updated_ms = $4 \
-                     WHERE id = $1 AND status = $5",
+                    "UPDATE operations SET status = $2, status_json = $3, updated_ms = $4, generation = generation + 1 \
+                     WHERE id = $1 AND generation = $5",
                 )
                 .bind(op.id.0)
                 .bind(op.status.as_str())
                 .bind(codec::progress_to_json(&op.progress))
                 .bind(now.0)
-                .bind(expected.as_str())
+                .bind(codec::to_i64("operation generation", op.generation)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from_sqlx)?;
@@ -820,7 +799,7 @@ macro_rules! impl_store {
                     return Err(StoreError::Conflict {
                         entity: "operation",
                         key: op.id.to_string(),
-                        message: format!("it is no longer {}", expected.as_str()),
+                        message: format!("it changed since generation {}", op.generation),
                     });
                 }
                 let seqs = if intents.is_empty() {
@@ -1061,13 +1040,18 @@ macro_rules! impl_store {
                 &self,
                 id: $crate::domain::RolloutId,
             ) -> Result<Vec<OperationRecord>, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT o.id, o.device_id, o.kind, o.spec_json, o.force_json, o.status, o.status_json, o.created_ms, o.updated_ms \
+                let sql = format!(
+                    "SELECT o.id, o.device_id, o.kind, o.spec_json, o.force_json, o.status, o.status_json, o.created_ms, o.updated_ms, o.generation \
                      FROM rollout_members m JOIN operations o ON o.id = m.operation_id \
-                     WHERE m.rollout_id = $1 AND o.status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'partially_applied', 'applying') \
+                     WHERE m.rollout_id = $1 AND o.status IN {} \
                      ORDER BY o.id",
-                )
-                .bind(id.0)
+                    $crate::store::plans::placeholders(2, OpStatus::ACTIVE.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0);
+                for st in $crate::store::plans::status_names(&OpStatus::ACTIVE) {
+                    q = q.bind(st);
+                }
+                let rows = q
                 .fetch_all(&self.pool)
                 .await
                 .map_err(StoreError::from_sqlx)?;
@@ -1721,32 +1705,25 @@ macro_rules! impl_store {
         ) -> Result<OperationRecord, StoreError> {
                 let (kind, arg) = codec::spec_columns(spec);
                 let progress = OpProgress::default();
-                if matches!(spec, OperationSpec::ApplyEnv) && force.is_none() {
-                    // Pending env changes merge: the one not yet applying
-                    // will apply the env as stored when it runs.
-                    let pending = sqlx::query(
-                        "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms \
-                         FROM operations WHERE device_id = $1 AND kind = 'apply_env' \
-                         AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval') ORDER BY id LIMIT 1",
-                    )
-                    .bind(device.as_str())
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(StoreError::from_sqlx)?;
+                if matches!(spec, OperationSpec::ApplyEnv(_)) && force.is_none() {
+                    // An env change merges into a pending one about exactly
+                    // the same blocks: that one applies the env as stored.
+                    let sql = format!(
+                        "SELECT {OPERATION_COLUMNS_SQL} FROM operations WHERE device_id = $1 AND kind = $2 \
+                         AND spec_json = $3 AND force_json IS NULL AND status IN {} ORDER BY id LIMIT 1",
+                        $crate::store::plans::placeholders(4, OpStatus::NOT_STARTED.len())
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(device.as_str())
+                        .bind(kind)
+                        .bind(&arg);
+                    for st in $crate::store::plans::status_names(&OpStatus::NOT_STARTED) {
+                        q = q.bind(st);
+                    }
+                    let pending = q.fetch_optional(&mut **tx).await.map_err(StoreError::from_sqlx)?;
                     if let Some(row) = pending {
                         return operation_from_row(&row);
                     }
-                }
-                if matches!(spec, OperationSpec::AssignRelease(_)) {
-                    sqlx::query(
-                        "UPDATE operations SET status = 'superseded', updated_ms = $2 \
-                         WHERE device_id = $1 AND kind = 'assign_release' AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval')",
-                    )
-                    .bind(device.as_str())
-                    .bind(now.0)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(StoreError::from_sqlx)?;
                 }
                 let row = sqlx::query(
                     "INSERT INTO operations (device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms) \
@@ -1772,6 +1749,7 @@ macro_rules! impl_store {
                     progress,
                     created: now,
                     updated: now,
+                    generation: 0,
                 })
         }
 
@@ -1824,11 +1802,9 @@ macro_rules! impl_store {
              FROM block_versions WHERE block = $1";
         const _: &str = BLOCK_VERSION_COLUMNS;
 
-        const OPERATION_COLUMNS_SQL: &str = "id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms";
-        const OPERATION_SELECT_BY_ID: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE id = $1";
-        const OPERATION_SELECT_BY_DEVICE: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations WHERE device_id = $1 ORDER BY id DESC";
-        const OPERATION_SELECT_CURRENT: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms FROM operations \
-             WHERE device_id = $1 AND status IN ('pending', 'waiting_lock', 'waiting_window', 'waiting_approval', 'partially_applied', 'applying') ORDER BY id LIMIT 1";
+        const OPERATION_COLUMNS_SQL: &str = "id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms, generation";
+        const OPERATION_SELECT_BY_ID: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms, generation FROM operations WHERE id = $1";
+        const OPERATION_SELECT_BY_DEVICE: &str = "SELECT id, device_id, kind, spec_json, force_json, status, status_json, created_ms, updated_ms, generation FROM operations WHERE device_id = $1 ORDER BY id DESC";
         const _: &str = OPERATION_COLUMNS_SQL;
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -1935,7 +1911,29 @@ macro_rules! impl_store {
                 progress: codec::progress_from_json(&key, &progress)?,
                 created: Timestamp(get(r, "created_ms")?),
                 updated: Timestamp(get(r, "updated_ms")?),
+                generation: codec::to_u64("operation", &key, get(r, "generation")?)?,
             })
+        }
+
+        async fn append_audit_tx(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            entry: &AuditEntry,
+        ) -> Result<i64, StoreError> {
+            let row = sqlx::query(
+                "INSERT INTO audit_log (at_ms, actor, action, subject, reason, details_json, fleet) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(entry.at.0)
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(&entry.subject)
+            .bind(&entry.reason)
+            .bind(&entry.details)
+            .bind(entry.fleet.as_ref().map(|f| f.as_str()))
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+            get(&row, "id")
         }
 
         fn get<'r, T>(row: &'r DbRow, col: &str) -> Result<T, StoreError>

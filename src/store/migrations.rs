@@ -49,6 +49,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "api tokens",
         include_str!("../../migrations/postgres/0008_api_tokens.sql"),
     ),
+    (
+        9,
+        "reconciler",
+        include_str!("../../migrations/postgres/0009_reconciler.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -91,6 +96,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         8,
         "api tokens",
         include_str!("../../migrations/sqlite/0008_api_tokens.sql"),
+    ),
+    (
+        9,
+        "reconciler",
+        include_str!("../../migrations/sqlite/0009_reconciler.sql"),
     ),
 ];
 

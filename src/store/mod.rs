@@ -5,6 +5,7 @@
 
 mod codec;
 mod common;
+pub mod plans;
 pub mod migrations;
 pub mod pg;
 pub mod sqlite;
@@ -27,6 +28,7 @@ use crate::domain::{
 };
 
 pub use pg::PgStore;
+pub use plans::{AckFacts, ApprovalChange, PlanStore, PlanWrite};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed. Callers map these to API errors consistently.
@@ -270,8 +272,13 @@ impl Default for PoolOptions {
     }
 }
 
+/// The details of a scheduler audit entry about some blocks (JSON).
+pub fn blocks_audit_details(blocks: &[crate::domain::BlockName]) -> String {
+    codec::blocks_audit_details(blocks)
+}
+
 /// The one storage interface. Every method is one transaction.
-pub trait Store: Clone + Send + Sync + 'static {
+pub trait Store: PlanStore + Clone + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Cheap round trip, for health checks.
@@ -433,8 +440,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     // ---- operations
-    /// Records a new operation. A release assignment supersedes the
-    /// device's older release assignments that are not applying yet.
+    /// Records a new operation. An env change about exactly the same blocks
+    /// as one not started yet merges into it (that one is returned).
     fn create_operation(
         &self,
         device: &DeviceId,
@@ -451,20 +458,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         device: &DeviceId,
     ) -> impl Future<Output = Result<Vec<OperationRecord>, StoreError>> + Send;
-    /// The device's oldest operation that has not finished: the one in flight.
-    fn current_operation(
-        &self,
-        device: &DeviceId,
-    ) -> impl Future<Output = Result<Option<OperationRecord>, StoreError>> + Send;
-    /// Marks the device's release assignments that are waiting (not
-    /// applying) superseded when a newer waiting one exists: an older
-    /// assignment that came back from a stale apply never runs after a newer
-    /// one was queued behind it. Returns how many were superseded.
-    fn supersede_older_assignments(
-        &self,
-        device: &DeviceId,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Devices with unfinished operations (to resume after a restart).
     fn devices_with_active_operations(
         &self,
@@ -475,12 +468,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<(OpStatus, u64)>, StoreError>> + Send;
     /// In one transaction: stores `op`'s status and progress — only if the
-    /// stored status is still `expected`, else `Conflict` — and appends
-    /// `intents` to its device's outbox. Returns the intents' sequences.
+    /// stored generation is still `op.generation` (it becomes one more),
+    /// else `Conflict` — and appends `intents` to its device's outbox.
+    /// Returns the intents' sequences.
     fn record_step(
         &self,
         op: &OperationRecord,
-        expected: OpStatus,
         intents: &[NewIntent],
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IntentSeq>, StoreError>> + Send;

@@ -130,3 +130,4 @@ impl PgStore {
 }
 
 impl_store!(PgStore, sqlx::Postgres, Backend::Postgres);
+super::plans::impl_plan_store!(PgStore, sqlx::Postgres);

@@ -140,3 +140,4 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, sqlx::Sqlite, Backend::Sqlite);
+super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite);

@@ -1,0 +1,479 @@
+//! The reconciler's side of the store: the facts one reconciliation of a
+//! device reads (its active operations, the agent's answers to their
+//! intents, release requests still on the device, the env each block runs
+//! with) and the one transaction that writes a plan — operations guarded
+//! by their generation, intents, withdrawals, approvals, audit entries, the
+//! device's status, applied env and next wake-up, all or nothing.
+//!
+//! Status sets come from the domain (`OpStatus::ACTIVE`…) and are bound as
+//! parameters; no SQL here spells a status.
+
+use std::collections::BTreeMap;
+
+use crate::domain::reconcile::OpenRequest;
+use crate::domain::{
+    ApplyOutcome, Approval, AuditEntry, BlockName, DeviceId, DeviceStatus, Env, IntentSeq,
+    NewIntent, OpStatus, OperationId, OperationRecord, Occurrence, Timestamp,
+};
+
+use super::StoreError;
+
+/// The agent's answers that matter to the reconciler, per active operation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckFacts {
+    /// The final answer to each operation's latest apply, once given.
+    pub answers: BTreeMap<OperationId, ApplyOutcome>,
+    /// Each holder's latest "defer until", per operation.
+    pub deferrals: BTreeMap<OperationId, BTreeMap<BlockName, Timestamp>>,
+}
+
+/// A change to a customer approval, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalChange {
+    /// A new request; `audit` is written with the new approval's id.
+    Request {
+        operation: OperationId,
+        audit: AuditEntry,
+    },
+    /// The approved occurrence passed unused.
+    Missed { approval: Approval },
+    /// A new approval, already approved for `occurrence`.
+    Approved {
+        operation: OperationId,
+        occurrence: Occurrence,
+        decided_by: String,
+        message: Option<String>,
+    },
+}
+
+/// One plan as the store writes it (intents already encoded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanWrite {
+    /// Each operation's next record; written only if its stored generation
+    /// is still `expected`.
+    pub ops: Vec<(OperationRecord, u64)>,
+    pub intents: Vec<NewIntent>,
+    /// Release requests taken back by cancel intents in `intents`.
+    pub withdrawn: Vec<IntentSeq>,
+    pub approvals: Vec<ApprovalChange>,
+    pub audits: Vec<AuditEntry>,
+    pub device_status: Option<DeviceStatus>,
+    pub applied_env: Option<BTreeMap<BlockName, Env>>,
+    pub wake_at: Option<Timestamp>,
+}
+
+/// `($first, $first+1, …)`: a placeholder per status of a domain set.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+    format!("({})", list.join(", "))
+}
+
+/// The statuses of a domain set, as bound.
+pub(crate) fn status_names(set: &[OpStatus]) -> impl Iterator<Item = &'static str> + '_ {
+    set.iter().map(|s| s.as_str())
+}
+
+/// The reconciler's reads and its one write. Every method is one
+/// transaction (or one statement).
+pub trait PlanStore {
+    /// The device's active operations, oldest first.
+    fn active_operations(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Vec<OperationRecord>, StoreError>> + Send;
+
+    /// The agent's answers to the intents of the device's active operations.
+    fn operation_acks(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<AckFacts, StoreError>> + Send;
+
+    /// Release requests on the device not withdrawn and not released.
+    fn open_release_requests(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Vec<OpenRequest>, StoreError>> + Send;
+
+    /// The operator env each block of the device runs with, where
+    /// recorded, and when the device is next due to be reconciled.
+    fn plan_state(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<(BTreeMap<BlockName, Env>, Option<Timestamp>), StoreError>> + Send;
+
+    /// Writes a plan in one transaction. `Conflict` if any operation's
+    /// generation moved on (nothing is written then).
+    fn write_plan(
+        &self,
+        device: &DeviceId,
+        plan: &PlanWrite,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<IntentSeq>, StoreError>> + Send;
+
+    /// Devices whose wake-up time has come.
+    fn due_wakeups(
+        &self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<DeviceId>, StoreError>> + Send;
+
+    /// The earliest wake-up time of any device.
+    fn next_wakeup(&self) -> impl Future<Output = Result<Option<Timestamp>, StoreError>> + Send;
+
+    /// Moves an operation to `next` (e.g. cancelled) if its generation is
+    /// still `next.generation`, with its audit entry, in one transaction.
+    fn transition_operation(
+        &self,
+        next: &OperationRecord,
+        audit: Option<&AuditEntry>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<OperationRecord, StoreError>> + Send;
+
+    /// Records the phase an agent reports for an apply in flight.
+    fn record_phase(
+        &self,
+        op: OperationId,
+        phase: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+macro_rules! impl_plan_store {
+    ($store:ty, $db:ty) => {
+        impl $crate::store::plans::PlanStore for $store {
+            async fn active_operations(
+                &self,
+                device: &DeviceId,
+            ) -> Result<Vec<OperationRecord>, StoreError> {
+                use $crate::store::plans::{placeholders, status_names};
+                let sql = format!(
+                    "SELECT {OPERATION_COLUMNS_SQL} FROM operations WHERE device_id = $1 AND status IN {} ORDER BY id",
+                    placeholders(2, OpStatus::ACTIVE.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(device.as_str());
+                for s in status_names(&OpStatus::ACTIVE) {
+                    q = q.bind(s);
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err(StoreError::from_sqlx)?;
+                rows.iter().map(operation_from_row).collect()
+            }
+
+            async fn operation_acks(
+                &self,
+                device: &DeviceId,
+            ) -> Result<$crate::store::plans::AckFacts, StoreError> {
+                use $crate::store::codec::{AckFact, ack_fact};
+                use $crate::store::plans::{placeholders, status_names};
+                let sql = format!(
+                    "SELECT i.operation_id AS operation_id, i.seq AS seq, i.kind AS intent_kind, \
+                            a.kind AS ack_kind, a.body_json AS body_json \
+                     FROM intents i JOIN operations o ON o.id = i.operation_id \
+                     LEFT JOIN intent_acks a ON a.device_id = i.device_id AND a.seq = i.seq \
+                     WHERE i.device_id = $1 AND i.kind IN ($2, $3) AND o.status IN {} \
+                     ORDER BY i.seq, a.id",
+                    placeholders(4, OpStatus::ACTIVE.len())
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(device.as_str())
+                    .bind(IntentKind::Apply.as_str())
+                    .bind(IntentKind::ReleaseRequest.as_str());
+                for s in status_names(&OpStatus::ACTIVE) {
+                    q = q.bind(s);
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err(StoreError::from_sqlx)?;
+                let mut facts = $crate::store::plans::AckFacts::default();
+                // The latest apply intent of each operation: only its answer counts.
+                let mut latest_apply: std::collections::BTreeMap<OperationId, i64> =
+                    std::collections::BTreeMap::new();
+                for r in &rows {
+                    let op = OperationId(get(r, "operation_id")?);
+                    let seq: i64 = get(r, "seq")?;
+                    let intent_kind: String = get(r, "intent_kind")?;
+                    let ack_kind: Option<String> = get(r, "ack_kind")?;
+                    let body: Option<String> = get(r, "body_json")?;
+                    let is_apply = intent_kind == IntentKind::Apply.as_str();
+                    if is_apply && latest_apply.get(&op).is_none_or(|s| *s < seq) {
+                        latest_apply.insert(op, seq);
+                        facts.answers.remove(&op);
+                    }
+                    let (Some(kind), Some(body)) = (ack_kind, body) else { continue };
+                    match ack_fact(&format!("{device}/{seq}"), &kind, &body)? {
+                        AckFact::Outcome(o) if is_apply => {
+                            facts.answers.insert(op, o);
+                        }
+                        AckFact::Deferred { block, until } if !is_apply => {
+                            facts.deferrals.entry(op).or_default().insert(block, until);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(facts)
+            }
+
+            async fn open_release_requests(
+                &self,
+                device: &DeviceId,
+            ) -> Result<Vec<$crate::domain::reconcile::OpenRequest>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT i.operation_id AS operation_id, i.seq AS seq FROM intents i \
+                     WHERE i.device_id = $1 AND i.kind = $2 AND i.operation_id IS NOT NULL \
+                     AND i.withdrawn_ms IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM intent_acks a WHERE a.device_id = i.device_id AND a.seq = i.seq AND a.kind = $3) \
+                     ORDER BY i.seq",
+                )
+                .bind(device.as_str())
+                .bind(IntentKind::ReleaseRequest.as_str())
+                .bind("released")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let seq: i64 = get(r, "seq")?;
+                        Ok($crate::domain::reconcile::OpenRequest {
+                            operation: OperationId(get(r, "operation_id")?),
+                            seq: IntentSeq(codec::to_u64("intent", device.as_str(), seq)?),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn plan_state(
+                &self,
+                device: &DeviceId,
+            ) -> Result<(std::collections::BTreeMap<BlockName, $crate::domain::Env>, Option<Timestamp>), StoreError> {
+                let row = sqlx::query("SELECT applied_env_json, wake_at_ms FROM devices WHERE id = $1")
+                    .bind(device.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        entity: "device",
+                        key: device.to_string(),
+                    })?;
+                let json: String = get(&row, "applied_env_json")?;
+                let wake_at: Option<i64> = get(&row, "wake_at_ms")?;
+                Ok((codec::block_envs_from_json(device.as_str(), &json)?, wake_at.map(Timestamp)))
+            }
+
+            async fn write_plan(
+                &self,
+                device: &DeviceId,
+                plan: &$crate::store::plans::PlanWrite,
+                now: Timestamp,
+            ) -> Result<Vec<IntentSeq>, StoreError> {
+                use $crate::store::plans::ApprovalChange;
+                let mut tx = self.begin().await?;
+                for (op, expected) in &plan.ops {
+                    let done = sqlx::query(
+                        "UPDATE operations SET status = $2, status_json = $3, updated_ms = $4, \
+                           generation = generation + 1 \
+                         WHERE id = $1 AND generation = $5",
+                    )
+                    .bind(op.id.0)
+                    .bind(op.status.as_str())
+                    .bind(codec::progress_to_json(&op.progress))
+                    .bind(now.0)
+                    .bind(codec::to_i64("operation generation", *expected)?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::Conflict {
+                            entity: "operation",
+                            key: op.id.to_string(),
+                            message: format!("it changed since generation {expected}"),
+                        });
+                    }
+                }
+                for change in &plan.approvals {
+                    match change {
+                        ApprovalChange::Request { operation, audit } => {
+                            let row = sqlx::query(
+                                "INSERT INTO approvals (operation_id, status, created_ms) VALUES ($1, $2, $3) RETURNING id",
+                            )
+                            .bind(operation.0)
+                            .bind(ApprovalStatus::Requested.as_str())
+                            .bind(now.0)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(StoreError::on_write("approval", operation, "operation"))?;
+                            let id: i64 = get(&row, "id")?;
+                            let mut audit = audit.clone();
+                            audit.details = codec::approval_audit_details(id);
+                            append_audit_tx(&mut tx, &audit).await?;
+                        }
+                        ApprovalChange::Missed { approval } => {
+                            sqlx::query(
+                                "UPDATE approvals SET status = $2, decided_ms = $3 WHERE id = $1 AND status = $4",
+                            )
+                            .bind(approval.id)
+                            .bind(ApprovalStatus::Missed.as_str())
+                            .bind(now.0)
+                            .bind(ApprovalStatus::Approved.as_str())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from_sqlx)?;
+                        }
+                        ApprovalChange::Approved { operation, occurrence, decided_by, message } => {
+                            sqlx::query(
+                                "INSERT INTO approvals (operation_id, status, occurrence_start, occurrence_end, decided_by, message, created_ms, decided_ms) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                            )
+                            .bind(operation.0)
+                            .bind(ApprovalStatus::Approved.as_str())
+                            .bind(occurrence.start.0)
+                            .bind(occurrence.end.0)
+                            .bind(decided_by.as_str())
+                            .bind(message.as_deref())
+                            .bind(now.0)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::on_write("approval", operation, "operation"))?;
+                        }
+                    }
+                }
+                for audit in &plan.audits {
+                    append_audit_tx(&mut tx, audit).await?;
+                }
+                let seqs = if plan.intents.is_empty() {
+                    Vec::new()
+                } else {
+                    append_intents_tx(&mut tx, device, &plan.intents, now).await?
+                };
+                for seq in &plan.withdrawn {
+                    sqlx::query("UPDATE intents SET withdrawn_ms = $3 WHERE device_id = $1 AND seq = $2")
+                        .bind(device.as_str())
+                        .bind(codec::to_i64("intent sequence", seq.0)?)
+                        .bind(now.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                }
+                sqlx::query(
+                    "UPDATE devices SET status = COALESCE($2, status), \
+                       applied_env_json = COALESCE($3, applied_env_json), wake_at_ms = $4 \
+                     WHERE id = $1",
+                )
+                .bind(device.as_str())
+                .bind(plan.device_status.map(|s| s.as_str()))
+                .bind(plan.applied_env.as_ref().map(codec::block_envs_to_json))
+                .bind(plan.wake_at.map(|t| t.0))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(seqs)
+            }
+
+            async fn due_wakeups(&self, now: Timestamp) -> Result<Vec<DeviceId>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id FROM devices WHERE wake_at_ms IS NOT NULL AND wake_at_ms <= $1 ORDER BY wake_at_ms",
+                )
+                .bind(now.0)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        let d: String = get(r, "id")?;
+                        DeviceId::new(&d).map_err(|e| codec::corrupt("device", &d, e))
+                    })
+                    .collect()
+            }
+
+            async fn next_wakeup(&self) -> Result<Option<Timestamp>, StoreError> {
+                let row = sqlx::query("SELECT MIN(wake_at_ms) AS at FROM devices WHERE wake_at_ms IS NOT NULL")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                let at: Option<i64> = get(&row, "at")?;
+                Ok(at.map(Timestamp))
+            }
+
+            async fn transition_operation(
+                &self,
+                next: &OperationRecord,
+                audit: Option<&AuditEntry>,
+                now: Timestamp,
+            ) -> Result<OperationRecord, StoreError> {
+                let mut tx = self.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE operations SET status = $2, status_json = $3, updated_ms = $4, \
+                       generation = generation + 1 \
+                     WHERE id = $1 AND generation = $5",
+                )
+                .bind(next.id.0)
+                .bind(next.status.as_str())
+                .bind(codec::progress_to_json(&next.progress))
+                .bind(now.0)
+                .bind(codec::to_i64("operation generation", next.generation)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict {
+                        entity: "operation",
+                        key: next.id.to_string(),
+                        message: format!("it changed since generation {}", next.generation),
+                    });
+                }
+                if let Some(audit) = audit {
+                    append_audit_tx(&mut tx, audit).await?;
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                let mut out = next.clone();
+                out.generation += 1;
+                out.updated = now;
+                Ok(out)
+            }
+
+            async fn record_phase(
+                &self,
+                op: OperationId,
+                phase: &str,
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin().await?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {OPERATION_COLUMNS_SQL} FROM operations WHERE id = $1"
+                )))
+                .bind(op.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let Some(row) = row else { return Ok(()) };
+                let mut record = operation_from_row(&row)?;
+                if !record.status.is_in_flight() {
+                    return Ok(());
+                }
+                record.progress.phase = Some(phase.to_owned());
+                sqlx::query(
+                    "UPDATE operations SET status_json = $2, updated_ms = $3, generation = generation + 1 \
+                     WHERE id = $1 AND generation = $4",
+                )
+                .bind(op.0)
+                .bind(codec::progress_to_json(&record.progress))
+                .bind(now.0)
+                .bind(codec::to_i64("operation generation", record.generation)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use impl_plan_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_from_the_first_parameter() {
+        assert_eq!(placeholders(2, 3), "($2, $3, $4)");
+        assert_eq!(placeholders(1, 1), "($1)");
+    }
+}
