@@ -361,6 +361,11 @@ impl<S: Store> Scheduler<S> {
         if let Some(at) = plan.wake_at {
             self.wakeups.wake_at(device, at);
         }
+        // An approval written now is a fact the next reconciliation reads
+        // (e.g. one moved to the next occurrence: holders are told it).
+        if !plan.approvals.is_empty() {
+            self.wakeups.wake(device);
+        }
         if !write.intents.is_empty() {
             self.hub.notify(device);
         }

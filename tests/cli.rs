@@ -318,9 +318,10 @@ fn an_operator_runs_the_catalog_devices_env_and_operations() {
     assert!(got.stdout.contains("cancelled"), "{got:?}");
     let waited = cli(&["op", "wait", &id, "--timeout", "5s"]);
     assert_eq!(waited.code, 1, "{waited:?}");
+    // A cancelled operation says why.
     assert_eq!(
         waited.stderr.trim(),
-        format!("error: operation {id} cancelled")
+        format!("error: operation {id} cancelled: not now")
     );
     let again = cli(&["op", "cancel", &id]);
     assert_eq!(again.code, 4, "{again:?}");

@@ -651,6 +651,7 @@ fn member_state_follows_the_operation_status() {
     use MemberState::*;
     let table = [
         (OpStatus::Pending, InFlight),
+        (OpStatus::Queued, InFlight),
         (OpStatus::WaitingLock, InFlight),
         (OpStatus::WaitingWindow, InFlight),
         (OpStatus::WaitingApproval, InFlight),
