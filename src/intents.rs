@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::reconcile::{ApplyAction, PlannedIntent};
 use crate::domain::{
-    IntentKind, NewIntent,
-    BlockMap, BlockName, BlockVersion, Disturbance, EnvContext, Generation, Occurrence, Reason,
-    ReleaseRequest, UpdateStrategy,
+    BlockMap, BlockName, BlockVersion, Disturbance, EnvContext, Generation, IntentKind, NewIntent,
+    Occurrence, Reason, ReleaseRequest, UpdateStrategy,
 };
 
 /// One block as the agent should run it: its version and effective env.
@@ -104,7 +103,10 @@ impl ApplyOp {
             bs.iter().map(TargetBlock::from_target).collect()
         };
         match action {
-            ApplyAction::Release { release, blocks: bs } => ApplyOp::ReleaseUpdate {
+            ApplyAction::Release {
+                release,
+                blocks: bs,
+            } => ApplyOp::ReleaseUpdate {
                 release: release.to_string(),
                 blocks: blocks(bs),
             },

@@ -22,9 +22,8 @@ use tokio::sync::Notify;
 
 use crate::clock;
 use crate::domain::{
-    self, AuditEntry, BatchCounts, BlockName, DeviceStatus, FleetId, OpStatus,
-    Reason, Rollout, RolloutEvent, RolloutId, RolloutState, RolloutTarget, Strategy, Tag,
-    Timestamp,
+    self, AuditEntry, BatchCounts, BlockName, DeviceStatus, FleetId, OpStatus, Reason, Rollout,
+    RolloutEvent, RolloutId, RolloutState, RolloutTarget, Strategy, Tag, Timestamp,
 };
 use crate::events::{Event, Events, RolloutNotice};
 use crate::scheduler::Wakeups;

@@ -151,8 +151,9 @@ impl<S: Store> Scheduler<S> {
             if !self.wakeups.has_pending() {
                 let until_sweep = next_sweep.saturating_duration_since(tokio::time::Instant::now());
                 let wait = match next_timer {
-                    Some(at) => until_sweep
-                        .min(Duration::from_millis(u64::try_from(at - now.0).unwrap_or(0))),
+                    Some(at) => until_sweep.min(Duration::from_millis(
+                        u64::try_from(at - now.0).unwrap_or(0),
+                    )),
                     None => until_sweep,
                 };
                 let _ = tokio::time::timeout(wait, self.wakeups.notify.notified()).await;
@@ -185,7 +186,8 @@ impl<S: Store> Scheduler<S> {
         let record = self.store.get_device(device).await?;
         let records = self.store.active_operations(device).await?;
         let open_requests = self.store.open_release_requests(device).await?;
-        let (applied_env, wake_at) = self.store.plan_state(device).await?;
+        let plan_state = self.store.plan_state(device).await?;
+        let wake_at = plan_state.wake_at;
         let online = self.hub.is_connected(device);
         let mut facts = DeviceFacts {
             id: device.clone(),
@@ -195,7 +197,9 @@ impl<S: Store> Scheduler<S> {
             state: None,
             current: None,
             desired_env: EnvContext::default(),
-            applied_env,
+            applied_env: plan_state.applied_env,
+            reported_at: Timestamp(0),
+            last_apply_answer_at: plan_state.last_apply_answer_at,
         };
         if records.is_empty() {
             return Ok(Gathered {
@@ -221,6 +225,7 @@ impl<S: Store> Scheduler<S> {
             device: own_env,
         };
         if let Some(report) = self.store.device_report(device).await? {
+            facts.reported_at = report.reported;
             let current = match &report.current_release {
                 Some(id) => self.release(id).await?,
                 None => None,

@@ -55,17 +55,26 @@ fn release(id: &str, blocks: Vec<Arc<BlockVersion>>) -> Arc<Release> {
 
 /// r1: a, b, c at 1.0.0.
 fn r1() -> Arc<Release> {
-    release("r1", vec![bv("a", "1.0.0"), bv("b", "1.0.0"), bv("c", "1.0.0")])
+    release(
+        "r1",
+        vec![bv("a", "1.0.0"), bv("b", "1.0.0"), bv("c", "1.0.0")],
+    )
 }
 
 /// r2: like r1 but b at 2.0.0 (a and c unchanged).
 fn r2_b_only() -> Arc<Release> {
-    release("r2", vec![bv("a", "1.0.0"), bv("b", "2.0.0"), bv("c", "1.0.0")])
+    release(
+        "r2",
+        vec![bv("a", "1.0.0"), bv("b", "2.0.0"), bv("c", "1.0.0")],
+    )
 }
 
 /// r3: like r1 but a at 2.0.0.
 fn r3_a() -> Arc<Release> {
-    release("r3", vec![bv("a", "2.0.0"), bv("b", "1.0.0"), bv("c", "1.0.0")])
+    release(
+        "r3",
+        vec![bv("a", "2.0.0"), bv("b", "1.0.0"), bv("c", "1.0.0")],
+    )
 }
 
 fn env_var(name: &str, value: &str, blocks: &[&str]) -> EnvVar {
@@ -150,6 +159,8 @@ impl Dev {
             current: Some(Arc::clone(&self.running)),
             desired_env: self.desired.clone(),
             applied_env,
+            reported_at: Timestamp(0),
+            last_apply_answer_at: None,
         }
     }
 }
@@ -295,9 +306,8 @@ fn after(ops: &[OpFacts], plan: &Plan) -> Vec<OpFacts> {
 fn conflict_rule_table() {
     let blocks = |bs: &[&str]| Footprint::Blocks(bs.iter().map(|x| b(x)).collect());
     let rel = OperationSpec::AssignRelease(ReleaseId::new("r").unwrap());
-    let env = |bs: &[&str]| {
-        OperationSpec::ApplyEnv(EnvTarget::Blocks(bs.iter().map(|x| b(x)).collect()))
-    };
+    let env =
+        |bs: &[&str]| OperationSpec::ApplyEnv(EnvTarget::Blocks(bs.iter().map(|x| b(x)).collect()));
     let restart = |x: &str| OperationSpec::RestartBlock(b(x));
     type Row = (
         &'static str,
@@ -386,11 +396,7 @@ fn conflict_rule_table() {
         ),
     ];
     for (name, (es, ef), (ls, lf), want) in rows {
-        assert_eq!(
-            reconcile::conflicts((&es, &ef), (&ls, &lf)),
-            want,
-            "{name}"
-        );
+        assert_eq!(reconcile::conflicts((&es, &ef), (&ls, &lf)), want, "{name}");
     }
 }
 
@@ -408,10 +414,7 @@ fn env_for_a_waits_on_as_lock_while_env_for_b_applies() {
         statuses(&ops, &plan),
         vec![(1, OpStatus::WaitingLock), (2, OpStatus::Applying)]
     );
-    assert_eq!(
-        requests(&plan),
-        vec![(1, "a".into(), Reason::EnvChange)]
-    );
+    assert_eq!(requests(&plan), vec![(1, "a".into(), Reason::EnvChange)]);
     assert_eq!(applies(&plan), vec![2]);
     // b's apply restarts b alone, and records only b's new env.
     let applied = plan.ops.iter().find(|w| w.next.id.0 == 2).unwrap();
@@ -533,11 +536,18 @@ fn a_release_with_a_unchanged_applies_while_env_for_a_waits_and_keeps_as_env() {
     // Only b restarts; a is told, never disturbed, and its env in the
     // release's target is the one it runs with (no pending MODE).
     assert_eq!(
-        disturbed.iter().map(|(b, _)| b.to_string()).collect::<Vec<_>>(),
+        disturbed
+            .iter()
+            .map(|(b, _)| b.to_string())
+            .collect::<Vec<_>>(),
         vec!["b".to_owned()]
     );
     let a = blocks.iter().find(|t| t.spec.name == b("a")).unwrap();
-    assert!(!a.env.contains_key(&EnvName::new("MODE").unwrap()), "{:?}", a.env);
+    assert!(
+        !a.env.contains_key(&EnvName::new("MODE").unwrap()),
+        "{:?}",
+        a.env
+    );
     assert!(plan.intents.iter().any(|i| matches!(
         i,
         PlannedIntent::Notice { block, reason: Reason::UpdateNoRestart, .. } if *block == b("a")
@@ -658,20 +668,36 @@ fn apply_answers_move_operations_on_and_record_the_env_that_landed() {
     .into();
     type Row = (&'static str, ApplyOutcome, OpStatus, DeviceStatus, bool);
     let rows: Vec<Row> = vec![
-        ("applied", ApplyOutcome::Applied, OpStatus::Done, DeviceStatus::InSync, true),
+        (
+            "applied",
+            ApplyOutcome::Applied,
+            OpStatus::Done,
+            DeviceStatus::InSync,
+            true,
+        ),
         (
             "failed",
-            ApplyOutcome::Failed { error: "boom".into() },
+            ApplyOutcome::Failed {
+                error: "boom".into(),
+            },
             OpStatus::Failed,
             DeviceStatus::Failed,
             false,
         ),
         // Stale or blocked: decided again at once on fresh state (here
         // nothing is held, so it applies again).
-        ("stale", ApplyOutcome::Stale, OpStatus::Applying, DeviceStatus::Applying, false),
+        (
+            "stale",
+            ApplyOutcome::Stale,
+            OpStatus::Applying,
+            DeviceStatus::Applying,
+            false,
+        ),
         (
             "blocked",
-            ApplyOutcome::Blocked { held_by: vec![b("b")] },
+            ApplyOutcome::Blocked {
+                held_by: vec![b("b")],
+            },
             OpStatus::Applying,
             DeviceStatus::Applying,
             false,
@@ -701,7 +727,10 @@ fn deferrals_are_recorded_and_the_deadline_wakes_the_device() {
     let mut waiting = op(1, OperationSpec::Reboot);
     waiting.status = OpStatus::WaitingLock;
     waiting.progress.requested.insert((b("a"), Generation(7)));
-    waiting.progress.asked_at.insert(b("a"), Timestamp(NOW.0 - 1_000));
+    waiting
+        .progress
+        .asked_at
+        .insert(b("a"), Timestamp(NOW.0 - 1_000));
     let mut f = facts(waiting, &[]);
     f.deferrals.insert(b("a"), Timestamp(NOW.0 + 60_000));
     let policy = FleetPolicy {
@@ -728,7 +757,11 @@ fn a_deferral_past_the_limit_is_forced_or_reported_per_policy() {
     let f = facts(waiting, &[]);
     for (expiry, want, action) in [
         (DeferralExpiry::Force, OpStatus::Applying, "time_forced"),
-        (DeferralExpiry::Notify, OpStatus::WaitingLock, "deferral_expired"),
+        (
+            DeferralExpiry::Notify,
+            OpStatus::WaitingLock,
+            "deferral_expired",
+        ),
     ] {
         let policy = FleetPolicy {
             max_deferral_ms: 1_000,
@@ -795,15 +828,53 @@ fn device_status_is_one_projection_of_its_operations() {
         o.progress.overdue = overdue;
         o
     };
-    type Row = (&'static str, Vec<OperationRecord>, DeviceStatus, bool, bool, DeviceStatus);
+    type Row = (
+        &'static str,
+        Vec<OperationRecord>,
+        DeviceStatus,
+        bool,
+        bool,
+        DeviceStatus,
+    );
     let rows: Vec<Row> = vec![
-        ("nothing to do", vec![], DeviceStatus::WaitingLock, false, false, DeviceStatus::InSync),
-        ("a failure now", vec![], DeviceStatus::InSync, true, false, DeviceStatus::Failed),
-        ("a failure stays", vec![], DeviceStatus::Failed, false, false, DeviceStatus::Failed),
-        ("until a success", vec![], DeviceStatus::Failed, false, true, DeviceStatus::InSync),
+        (
+            "nothing to do",
+            vec![],
+            DeviceStatus::WaitingLock,
+            false,
+            false,
+            DeviceStatus::InSync,
+        ),
+        (
+            "a failure now",
+            vec![],
+            DeviceStatus::InSync,
+            true,
+            false,
+            DeviceStatus::Failed,
+        ),
+        (
+            "a failure stays",
+            vec![],
+            DeviceStatus::Failed,
+            false,
+            false,
+            DeviceStatus::Failed,
+        ),
+        (
+            "until a success",
+            vec![],
+            DeviceStatus::Failed,
+            false,
+            true,
+            DeviceStatus::InSync,
+        ),
         (
             "applying wins",
-            vec![rec(OpStatus::WaitingLock, false), rec(OpStatus::Applying, false)],
+            vec![
+                rec(OpStatus::WaitingLock, false),
+                rec(OpStatus::Applying, false),
+            ],
             DeviceStatus::InSync,
             false,
             false,
@@ -811,7 +882,10 @@ fn device_status_is_one_projection_of_its_operations() {
         ),
         (
             "overdue before waiting",
-            vec![rec(OpStatus::WaitingLock, true), rec(OpStatus::WaitingWindow, false)],
+            vec![
+                rec(OpStatus::WaitingLock, true),
+                rec(OpStatus::WaitingWindow, false),
+            ],
             DeviceStatus::InSync,
             false,
             false,
@@ -819,7 +893,10 @@ fn device_status_is_one_projection_of_its_operations() {
         ),
         (
             "a lock before a window",
-            vec![rec(OpStatus::WaitingWindow, false), rec(OpStatus::WaitingLock, false)],
+            vec![
+                rec(OpStatus::WaitingWindow, false),
+                rec(OpStatus::WaitingLock, false),
+            ],
             DeviceStatus::InSync,
             false,
             false,
@@ -827,7 +904,10 @@ fn device_status_is_one_projection_of_its_operations() {
         ),
         (
             "approval before window",
-            vec![rec(OpStatus::WaitingWindow, false), rec(OpStatus::WaitingApproval, false)],
+            vec![
+                rec(OpStatus::WaitingWindow, false),
+                rec(OpStatus::WaitingApproval, false),
+            ],
             DeviceStatus::InSync,
             false,
             false,
@@ -880,7 +960,9 @@ fn status_sets_partition_the_statuses() {
 fn spec_strategy() -> impl proptest::strategy::Strategy<Value = OperationSpec> {
     let block = prop::sample::select(vec!["a", "b", "c"]);
     prop_oneof![
-        block.clone().prop_map(|x| OperationSpec::RestartBlock(b(x))),
+        block
+            .clone()
+            .prop_map(|x| OperationSpec::RestartBlock(b(x))),
         block.clone().prop_map(|x| OperationSpec::StopBlock(b(x))),
         Just(OperationSpec::Reboot),
         Just(OperationSpec::Shutdown),
@@ -977,4 +1059,88 @@ proptest! {
         let plan = run(&dev, &ops, &open_policy());
         prop_assert_eq!(applies(&plan), vec![1]);
     }
+}
+
+#[test]
+fn nothing_new_is_dispatched_until_the_device_reports_after_an_apply_landed() {
+    let dev = Dev::new();
+    let mut applying = op(1, OperationSpec::RestartBlock(b("a")));
+    applying.status = OpStatus::Applying;
+    let mut landed = facts(applying, &[]);
+    landed.answer = Some(ApplyOutcome::Applied);
+    let ops = vec![
+        landed,
+        facts(op(2, OperationSpec::RestartBlock(b("b"))), &[]),
+    ];
+    let mut device = dev.facts();
+    device.last_apply_answer_at = Some(Timestamp(5_000));
+    for (reported_at, want) in [
+        (Timestamp(4_999), OpStatus::Pending),
+        (Timestamp(5_000), OpStatus::Applying),
+    ] {
+        device.reported_at = reported_at;
+        let plan = reconcile::reconcile(&Input {
+            now: NOW,
+            device: &device,
+            ops: &ops,
+            open_requests: &[],
+            policy: &open_policy(),
+            windows: &[],
+        });
+        assert_eq!(
+            statuses(&ops, &plan),
+            vec![(1, OpStatus::Done), (2, want)],
+            "reported at {reported_at:?}"
+        );
+    }
+}
+
+#[test]
+fn a_release_right_after_an_env_change_landed_runs_the_new_env() {
+    let dev = Dev::new().env_pending(env_var("MODE", "fast", &["a"]));
+    let r3 = r3_a();
+    let mut applying = env_op(1, &["a"]);
+    applying.status = OpStatus::Applying;
+    applying.progress.applied_env = [(
+        b("a"),
+        [(EnvName::new("MODE").unwrap(), "fast".to_owned())].into(),
+    )]
+    .into();
+    let mut landed = facts(applying, &[]);
+    landed.answer = Some(ApplyOutcome::Applied);
+    let ops = vec![landed, facts(assign(2, &r3), &[Arc::clone(&r3)])];
+    // The device reported after the env change landed (a runs MODE=fast).
+    let mut device = dev.facts();
+    let mut ran = dev.applied.clone();
+    ran.device.set(&env_var("MODE", "fast", &["a"])).unwrap();
+    device.state.as_mut().unwrap().blocks = r1().resolve(&ran).as_running();
+    let plan = reconcile::reconcile(&Input {
+        now: NOW,
+        device: &device,
+        ops: &ops,
+        open_requests: &[],
+        policy: &open_policy(),
+        windows: &[],
+    });
+    assert_eq!(
+        statuses(&ops, &plan),
+        vec![(1, OpStatus::Done), (2, OpStatus::Applying)]
+    );
+    let a = plan
+        .intents
+        .iter()
+        .find_map(|i| match i {
+            PlannedIntent::Apply {
+                action: ApplyAction::Release { blocks, .. },
+                ..
+            } => blocks.iter().find(|t| t.spec.name == b("a")).cloned(),
+            _ => None,
+        })
+        .expect("the release applies");
+    assert_eq!(
+        a.env
+            .get(&EnvName::new("MODE").unwrap())
+            .map(String::as_str),
+        Some("fast")
+    );
 }

@@ -1272,10 +1272,7 @@ async fn operations_are_kept_in_order_and_steps_are_atomic_with_their_intents<S:
     );
     assert_eq!(s.intent_info(&dev("d1"), IntentSeq(2)).await.unwrap(), None);
     // A stale generation is refused and appends nothing.
-    let err = s
-        .record_step(&step, &[intent], ts(5))
-        .await
-        .unwrap_err();
+    let err = s.record_step(&step, &[intent], ts(5)).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert_eq!(s.unacked_intents(&dev("d1")).await.unwrap().len(), 1);
     assert!(matches!(
@@ -1599,7 +1596,12 @@ async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(
         .await
         .unwrap();
     let restart = s
-        .create_operation(&dev("d1"), &OperationSpec::RestartBlock(b("b")), None, ts(2))
+        .create_operation(
+            &dev("d1"),
+            &OperationSpec::RestartBlock(b("b")),
+            None,
+            ts(2),
+        )
         .await
         .unwrap();
     let mut waiting = reboot.clone();
@@ -1658,9 +1660,20 @@ async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(
         s.get_device(&dev("d1")).await.unwrap().status,
         DeviceStatus::Applying
     );
-    let (env, wake) = s.plan_state(&dev("d1")).await.unwrap();
-    assert_eq!(env, [(b("a"), env_of(&[("MODE", "y")]))].into());
-    assert_eq!(wake, Some(ts(500)));
+    let state = s.plan_state(&dev("d1")).await.unwrap();
+    assert_eq!(
+        state.applied_env,
+        [(b("a"), env_of(&[("MODE", "y")]))].into()
+    );
+    assert_eq!(state.wake_at, Some(ts(500)));
+    assert_eq!(state.last_apply_answer_at, None);
+    s.ack_intent(&dev("d1"), IntentSeq(2), "applied", "{}", ts(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.plan_state(&dev("d1")).await.unwrap().last_apply_answer_at,
+        Some(ts(3))
+    );
     let approval = s.latest_approval(reboot.id).await.unwrap().unwrap();
     assert_eq!(approval.status, ApprovalStatus::Requested);
     let audits = s.list_audit(&AuditFilter::default()).await.unwrap();
@@ -1675,7 +1688,10 @@ async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(
             .any(|(_, a)| a.details.contains(&approval.id.to_string())),
         "the request's audit entry names the approval"
     );
-    assert_eq!(s.due_wakeups(ts(499)).await.unwrap(), Vec::<DeviceId>::new());
+    assert_eq!(
+        s.due_wakeups(ts(499)).await.unwrap(),
+        Vec::<DeviceId>::new()
+    );
     assert_eq!(s.due_wakeups(ts(500)).await.unwrap(), vec![dev("d1")]);
     assert_eq!(s.next_wakeup().await.unwrap(), Some(ts(500)));
 
@@ -1695,12 +1711,17 @@ async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(
     };
     let err = s.write_plan(&dev("d1"), &stale, ts(4)).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-    assert_eq!(s.unacked_intents(&dev("d1")).await.unwrap().len(), 2);
+    // Only the release request is left unacknowledged (the apply was
+    // answered above); the stale plan's notice was not appended.
+    assert_eq!(s.unacked_intents(&dev("d1")).await.unwrap().len(), 1);
     assert_eq!(
         s.get_device(&dev("d1")).await.unwrap().status,
         DeviceStatus::Applying
     );
-    assert_eq!(s.plan_state(&dev("d1")).await.unwrap().1, Some(ts(500)));
+    assert_eq!(
+        s.plan_state(&dev("d1")).await.unwrap().wake_at,
+        Some(ts(500))
+    );
     assert_eq!(
         s.list_audit(&AuditFilter::default()).await.unwrap().len(),
         2
@@ -1717,7 +1738,12 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
         .await
         .unwrap();
     let other = s
-        .create_operation(&dev("d1"), &OperationSpec::RestartBlock(b("c")), None, ts(1))
+        .create_operation(
+            &dev("d1"),
+            &OperationSpec::RestartBlock(b("c")),
+            None,
+            ts(1),
+        )
         .await
         .unwrap();
     let intent = |kind, op: &OperationRecord| NewIntent {
@@ -1757,15 +1783,33 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
     )
     .await
     .unwrap();
-    s.ack_intent(&dev("d1"), seqs[1], "released", r#"{"block":"b","detail":{}}"#, ts(4))
-        .await
-        .unwrap();
-    s.ack_intent(&dev("d1"), seqs[2], "received", r#"{"block":"","detail":{}}"#, ts(5))
-        .await
-        .unwrap();
-    s.ack_intent(&dev("d1"), seqs[2], "stale", r#"{"block":"","detail":{"message":"moved"}}"#, ts(6))
-        .await
-        .unwrap();
+    s.ack_intent(
+        &dev("d1"),
+        seqs[1],
+        "released",
+        r#"{"block":"b","detail":{}}"#,
+        ts(4),
+    )
+    .await
+    .unwrap();
+    s.ack_intent(
+        &dev("d1"),
+        seqs[2],
+        "received",
+        r#"{"block":"","detail":{}}"#,
+        ts(5),
+    )
+    .await
+    .unwrap();
+    s.ack_intent(
+        &dev("d1"),
+        seqs[2],
+        "stale",
+        r#"{"block":"","detail":{"message":"moved"}}"#,
+        ts(6),
+    )
+    .await
+    .unwrap();
     let facts = s.operation_acks(&dev("d1")).await.unwrap();
     assert_eq!(facts.answers, [(op.id, ApplyOutcome::Stale)].into());
     assert_eq!(
@@ -1777,7 +1821,13 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
         .append_intents(&dev("d1"), &[intent(IntentKind::Apply, &op)], ts(7))
         .await
         .unwrap();
-    assert!(s.operation_acks(&dev("d1")).await.unwrap().answers.is_empty());
+    assert!(
+        s.operation_acks(&dev("d1"))
+            .await
+            .unwrap()
+            .answers
+            .is_empty()
+    );
     s.ack_intent(
         &dev("d1"),
         newer[0],
@@ -1789,7 +1839,13 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
     .unwrap();
     assert_eq!(
         s.operation_acks(&dev("d1")).await.unwrap().answers,
-        [(op.id, ApplyOutcome::Blocked { held_by: vec![b("a")] })].into()
+        [(
+            op.id,
+            ApplyOutcome::Blocked {
+                held_by: vec![b("a")]
+            }
+        )]
+        .into()
     );
 
     // Open requests: not released, not withdrawn.
@@ -1834,12 +1890,30 @@ async fn env_changes_merge_only_when_about_exactly_the_same_blocks<S: Store>(s: 
             EnvTarget::Blocks(blocks.iter().map(|x| b(x)).collect())
         })
     };
-    let a1 = s.create_operation(&dev("d1"), &env(&["a"]), None, ts(1)).await.unwrap();
-    let a2 = s.create_operation(&dev("d1"), &env(&["a"]), None, ts(2)).await.unwrap();
-    let b1 = s.create_operation(&dev("d1"), &env(&["b"]), None, ts(3)).await.unwrap();
-    let ab = s.create_operation(&dev("d1"), &env(&["a", "b"]), None, ts(4)).await.unwrap();
-    let all1 = s.create_operation(&dev("d1"), &env(&[]), None, ts(5)).await.unwrap();
-    let all2 = s.create_operation(&dev("d1"), &env(&[]), None, ts(6)).await.unwrap();
+    let a1 = s
+        .create_operation(&dev("d1"), &env(&["a"]), None, ts(1))
+        .await
+        .unwrap();
+    let a2 = s
+        .create_operation(&dev("d1"), &env(&["a"]), None, ts(2))
+        .await
+        .unwrap();
+    let b1 = s
+        .create_operation(&dev("d1"), &env(&["b"]), None, ts(3))
+        .await
+        .unwrap();
+    let ab = s
+        .create_operation(&dev("d1"), &env(&["a", "b"]), None, ts(4))
+        .await
+        .unwrap();
+    let all1 = s
+        .create_operation(&dev("d1"), &env(&[]), None, ts(5))
+        .await
+        .unwrap();
+    let all2 = s
+        .create_operation(&dev("d1"), &env(&[]), None, ts(6))
+        .await
+        .unwrap();
     assert_eq!(a1.id, a2.id, "same blocks merge");
     assert_ne!(a1.id, b1.id, "other blocks never merge");
     assert_ne!(ab.id, a1.id);
@@ -1849,8 +1923,140 @@ async fn env_changes_merge_only_when_about_exactly_the_same_blocks<S: Store>(s: 
     let mut applying = s.get_operation(a1.id).await.unwrap();
     applying.status = OpStatus::Applying;
     s.record_step(&applying, &[], ts(7)).await.unwrap();
-    let a3 = s.create_operation(&dev("d1"), &env(&["a"]), None, ts(8)).await.unwrap();
+    let a3 = s
+        .create_operation(&dev("d1"), &env(&["a"]), None, ts(8))
+        .await
+        .unwrap();
     assert_ne!(a3.id, a1.id);
+}
+
+async fn env_edits_snapshot_the_running_env_and_create_their_operations_at_once<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    for d in ["d1", "d2"] {
+        s.register_device(&device(d, "f1", &[]), "h").await.unwrap();
+    }
+    let var = |name: &str, value: &str, blocks: &[&str]| EnvVar {
+        name: EnvName::new(name).unwrap(),
+        value: value.into(),
+        scope: if blocks.is_empty() {
+            EnvScope::Device
+        } else {
+            EnvScope::Blocks(blocks.iter().map(|x| b(x)).collect())
+        },
+    };
+    // d1 reports blocks a and b; d2 never reported.
+    let mut report = DeviceReport {
+        agent_version: "t".into(),
+        current_release: None,
+        os_version: None,
+        blocks: Default::default(),
+        last_intent_seq: IntentSeq(0),
+        reported: ts(1),
+    };
+    for x in ["a", "b"] {
+        report.blocks.insert(
+            b(x),
+            ReportedBlock {
+                version: "1.0.0".parse().unwrap(),
+                env_fingerprint: lockstep::domain::env::fingerprint(&Env::new()),
+            },
+        );
+    }
+    s.record_device_report(&dev("d1"), &report).await.unwrap();
+    s.set_env(
+        &EnvOwner::Fleet(fleet_id("f1")),
+        &[var("SITE", "north", &[])],
+        ts(1),
+    )
+    .await
+    .unwrap();
+    let target = EnvTarget::Blocks([b("a")].into());
+    let changed = s
+        .change_env(
+            &EnvOwner::Fleet(fleet_id("f1")),
+            &EnvEdit {
+                set: vec![var("MODE", "eco", &["a"])],
+                unset: vec![],
+            },
+            &target,
+            ts(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.removed, 0);
+    let devices: Vec<&str> = changed
+        .operations
+        .iter()
+        .map(|o| o.device.as_str())
+        .collect();
+    assert_eq!(
+        devices,
+        vec!["d1", "d2"],
+        "one operation per device of the fleet"
+    );
+    assert!(
+        changed
+            .operations
+            .iter()
+            .all(|o| o.spec == OperationSpec::ApplyEnv(target.clone()))
+    );
+    // d1's blocks run with what was stored before the edit: SITE, no MODE.
+    let site: Env = [(EnvName::new("SITE").unwrap(), "north".to_owned())].into();
+    let applied = s.plan_state(&dev("d1")).await.unwrap().applied_env;
+    assert_eq!(applied, [(b("a"), site.clone()), (b("b"), site)].into());
+    assert!(
+        s.plan_state(&dev("d2"))
+            .await
+            .unwrap()
+            .applied_env
+            .is_empty()
+    );
+    let layer = s.env_layer(&EnvOwner::Fleet(fleet_id("f1"))).await.unwrap();
+    assert_eq!(layer.scoped[&b("a")][&EnvName::new("MODE").unwrap()], "eco");
+    // A second edit about the same blocks merges into the same operations;
+    // the snapshot is not taken again.
+    let again = s
+        .change_env(
+            &EnvOwner::Device(dev("d1")),
+            &EnvEdit {
+                set: vec![var("MODE", "fast", &["a"])],
+                unset: vec![],
+            },
+            &target,
+            ts(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.operations[0].id, changed.operations[0].id);
+    assert_eq!(
+        s.plan_state(&dev("d1")).await.unwrap().applied_env[&b("a")].len(),
+        1
+    );
+    // Removing nothing creates nothing.
+    let none = s
+        .change_env(
+            &EnvOwner::Device(dev("d2")),
+            &EnvEdit {
+                set: vec![],
+                unset: vec![(EnvName::new("GHOST").unwrap(), EnvScope::Device)],
+            },
+            &EnvTarget::AllBlocks,
+            ts(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!((none.removed, none.operations.len()), (0, 0));
+    assert!(matches!(
+        s.change_env(
+            &EnvOwner::Device(dev("ghost")),
+            &EnvEdit::default(),
+            &EnvTarget::AllBlocks,
+            ts(5)
+        )
+        .await
+        .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
 }
 
 async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
@@ -1882,9 +2088,16 @@ async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-    assert!(s.list_audit(&AuditFilter::default()).await.unwrap().is_empty());
+    assert!(
+        s.list_audit(&AuditFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A phase is recorded only while applying, and bumps the generation.
-    s.record_phase(op.id, "locks_acquired", ts(4)).await.unwrap();
+    s.record_phase(op.id, "locks_acquired", ts(4))
+        .await
+        .unwrap();
     let stored = s.get_operation(op.id).await.unwrap();
     assert_eq!(stored.progress.phase.as_deref(), Some("locks_acquired"));
     assert_eq!(stored.generation, 2);
@@ -1898,9 +2111,15 @@ async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
         .await
         .unwrap();
     assert_eq!((done.status, done.generation), (OpStatus::Cancelled, 1));
-    assert_eq!(s.list_audit(&AuditFilter::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        s.list_audit(&AuditFilter::default()).await.unwrap().len(),
+        1
+    );
     s.record_phase(other.id, "late", ts(7)).await.unwrap();
-    assert_eq!(s.get_operation(other.id).await.unwrap().progress.phase, None);
+    assert_eq!(
+        s.get_operation(other.id).await.unwrap().progress.phase,
+        None
+    );
 }
 
 macro_rules! conformance {
@@ -1952,6 +2171,7 @@ conformance!(
     the_reconcilers_facts_are_the_latest_answers_and_open_requests,
     env_changes_merge_only_when_about_exactly_the_same_blocks,
     cancelling_and_phases_are_guarded_by_the_generation,
+    env_edits_snapshot_the_running_env_and_create_their_operations_at_once,
 );
 
 // ------------------------------------------- backend-specific behaviour

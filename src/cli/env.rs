@@ -69,6 +69,22 @@ pub enum EnvCommand {
     },
 }
 
+/// The operations that carry an env change to the devices, for people.
+fn operations_text(ops: &[u64]) -> String {
+    match ops {
+        [] => String::new(),
+        [one] => format!("; operation {one} applies it"),
+        many if many.len() <= 10 => format!(
+            "; operations {} apply it",
+            many.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        many => format!("; {} operations apply it", many.len()),
+    }
+}
+
 pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<(), CliError> {
     let api = ctx.connect().await?;
     let mut devices = api.devices();
@@ -80,7 +96,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<(), CliError> {
         } => {
             let owner = owner.view();
             let names: Vec<String> = vars.iter().map(|v| v.key.clone()).collect();
-            devices
+            let operations = devices
                 .set_env(
                     api.req(pb::SetEnvRequest {
                         owner: Some(owner_pb(&owner)),
@@ -95,16 +111,20 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<(), CliError> {
                     }),
                 )
                 .await
-                .during("SetEnv")?;
+                .during("SetEnv")?
+                .operations;
             emit(
                 ctx.output,
                 &Done {
                     message: format!(
-                        "set {} for {owner}{}",
+                        "set {} for {owner}{}{}",
                         names.join(", "),
-                        scope_text(&blocks)
+                        scope_text(&blocks),
+                        operations_text(&operations)
                     ),
-                    data: serde_json::json!({ "owner": owner, "set": names, "blocks": blocks }),
+                    data: serde_json::json!({
+                        "owner": owner, "set": names, "blocks": blocks, "operations": operations
+                    }),
                 },
             )
         }
@@ -114,7 +134,7 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<(), CliError> {
             blocks,
         } => {
             let owner = owner.view();
-            let removed = devices
+            let answer = devices
                 .unset_env(
                     api.req(pb::UnsetEnvRequest {
                         owner: Some(owner_pb(&owner)),
@@ -128,16 +148,19 @@ pub(super) async fn run(ctx: &Ctx, cmd: EnvCommand) -> Result<(), CliError> {
                     }),
                 )
                 .await
-                .during("UnsetEnv")?
-                .removed;
+                .during("UnsetEnv")?;
+            let (removed, operations) = (answer.removed, answer.operations);
             emit(
                 ctx.output,
                 &Done {
                     message: format!(
-                        "removed {removed} entr{} of {owner}",
-                        if removed == 1 { "y" } else { "ies" }
+                        "removed {removed} entr{} of {owner}{}",
+                        if removed == 1 { "y" } else { "ies" },
+                        operations_text(&operations)
                     ),
-                    data: serde_json::json!({ "owner": owner, "removed": removed }),
+                    data: serde_json::json!({
+                        "owner": owner, "removed": removed, "operations": operations
+                    }),
                 },
             )
         }

@@ -881,6 +881,9 @@ pub struct OperationView {
     pub force: Option<ForceView>,
     pub status: String,
     pub waiting_on: Vec<DisturbanceView>,
+    /// While queued: the earlier operation it waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behind: Option<u64>,
     pub error: String,
     pub created_unix_ms: i64,
     pub updated_unix_ms: i64,
@@ -921,6 +924,7 @@ impl From<pb::OperationInfo> for OperationView {
                 }),
             status: o.status,
             waiting_on: o.waiting_on.into_iter().map(Into::into).collect(),
+            behind: (o.behind != 0).then_some(o.behind),
             error: o.error,
             created_unix_ms: o.created_unix_ms,
             updated_unix_ms: o.updated_unix_ms,
@@ -936,7 +940,12 @@ impl OperationView {
         }
     }
 
+    /// What it waits for: the lock holders, or the operation it is
+    /// queued behind.
     fn waiting_text(&self) -> String {
+        if let Some(op) = self.behind {
+            return format!("operation {op}");
+        }
         self.waiting_on
             .iter()
             .map(DisturbanceView::short)
@@ -2265,7 +2274,9 @@ mod tests {
                 ("os_update", Some("13.1")),
             ),
             (
-                Some(Kind::ApplyEnv(pb::operation_spec::ApplyEnv { blocks: vec![] })),
+                Some(Kind::ApplyEnv(pb::operation_spec::ApplyEnv {
+                    blocks: vec![],
+                })),
                 ("apply_env", None),
             ),
             (

@@ -72,11 +72,11 @@ pub use device::{DeviceState, LockState, RunningBlock};
 pub use env::{
     Env, EnvChange, EnvContext, EnvError, EnvLayer, EnvLevel, EnvName, EnvScope, EnvVar,
 };
+pub use event::EventKind;
 pub use fleet::{
     AuditEntry, DeviceRecord, DeviceReport, DeviceStatus, Fleet, IntentKind, LockReport, NewIntent,
     ReportedBlock, StoredIntent, TimelineEntry, TimelineEvent,
 };
-pub use event::EventKind;
 pub use gate::{Decision, Force, ForceError, ReleaseRequest, decide, gate};
 pub use ids::{
     BlockName, DeviceId, FleetId, Generation, IdError, IntentSeq, OperationId, ReleaseId, Tag,
@@ -87,10 +87,10 @@ pub use impact::{
     release_impact,
 };
 pub use operation::{
-    ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, EnvTarget, FleetPolicy, OpProgress,
-    NotCancellable, OpStatus, OperationRecord, OperationSpec, Step, WindowGate, after_apply,
-    approval_gate, cancelled,
-    deferral_deadline, expired_holders, held_back, next_after_missed, next_step,
+    ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, EnvTarget, FleetPolicy,
+    NotCancellable, OpProgress, OpStatus, OperationRecord, OperationSpec, Step, WindowGate,
+    after_apply, approval_gate, cancelled, deferral_deadline, expired_holders, held_back,
+    next_after_missed, next_step,
 };
 pub use release::{Release, ReleaseError, Target, partial_target};
 pub use rollout::{

@@ -50,18 +50,35 @@ pub struct DeviceFacts {
     /// The operator env as stored (what env changes bring blocks to).
     pub desired_env: EnvContext,
     /// The operator env each block runs with, where known (recorded when an
-    /// apply lands); a block without an entry runs with `desired_env`.
+    /// apply lands, and before an env edit for blocks it did not know); a
+    /// block without an entry runs with `desired_env`.
     pub applied_env: BTreeMap<BlockName, Env>,
+    /// When the device sent `state` (as the server recorded it).
+    pub reported_at: Timestamp,
+    /// When the device last answered an apply, if ever. The agent reports
+    /// its state right after each answer; until that report is in, `state`
+    /// may predate what the apply changed.
+    pub last_apply_answer_at: Option<Timestamp>,
 }
 
 impl DeviceFacts {
-    /// The operator env `block` runs with now.
-    fn running_operator_env(&self, block: &BlockName) -> Env {
-        self.applied_env
-            .get(block)
-            .cloned()
-            .unwrap_or_else(|| self.desired_env.operator_env(block))
+    /// Whether the reported state already shows every answered apply.
+    pub fn state_is_current(&self) -> bool {
+        self.last_apply_answer_at
+            .is_none_or(|at| self.reported_at >= at)
     }
+}
+
+/// The operator env `block` runs with now.
+fn running_operator_env(
+    applied: &BTreeMap<BlockName, Env>,
+    desired: &EnvContext,
+    block: &BlockName,
+) -> Env {
+    applied
+        .get(block)
+        .cloned()
+        .unwrap_or_else(|| desired.operator_env(block))
 }
 
 /// One active operation and the facts about it.
@@ -303,7 +320,12 @@ fn resolve_release(
     )
 }
 
-fn resolve(op: &OpFacts, device: &DeviceFacts, state: &DeviceState) -> Result<Resolved, String> {
+fn resolve(
+    op: &OpFacts,
+    device: &DeviceFacts,
+    applied: &BTreeMap<BlockName, Env>,
+    state: &DeviceState,
+) -> Result<Resolved, String> {
     let simple = |operation, action, target_name: String| Resolved {
         operation,
         action,
@@ -317,8 +339,9 @@ fn resolve(op: &OpFacts, device: &DeviceFacts, state: &DeviceState) -> Result<Re
             };
             // An operation changes only what it is about: the release's
             // blocks keep the operator env they run with now.
-            let (target, blocks, lands_env) =
-                resolve_release(release, |b| device.running_operator_env(b));
+            let (target, blocks, lands_env) = resolve_release(release, |b| {
+                running_operator_env(applied, &device.desired_env, b)
+            });
             Resolved {
                 operation: Operation::UpdateRelease {
                     target: Arc::new(target),
@@ -339,7 +362,7 @@ fn resolve(op: &OpFacts, device: &DeviceFacts, state: &DeviceState) -> Result<Re
                 if scope.covers(b) {
                     device.desired_env.operator_env(b)
                 } else {
-                    device.running_operator_env(b)
+                    running_operator_env(applied, &device.desired_env, b)
                 }
             });
             // Blocks the change is not about stay exactly as they run.
@@ -379,7 +402,7 @@ fn resolve(op: &OpFacts, device: &DeviceFacts, state: &DeviceState) -> Result<Re
             let Some(bv) = current.blocks().get(b) else {
                 return Err(format!("block {b} is not part of release {}", current.id()));
             };
-            let operator = device.running_operator_env(b);
+            let operator = running_operator_env(applied, &device.desired_env, b);
             Resolved {
                 operation: Operation::StartBlock(b.clone()),
                 action: ApplyAction::Start(block_target(bv, current.env(), &operator)),
@@ -404,18 +427,14 @@ fn resolve(op: &OpFacts, device: &DeviceFacts, state: &DeviceState) -> Result<Re
 /// The footprint of a resolved operation on `state`: for releases and env
 /// changes, the blocks they change (not the dependents that only restart
 /// with them).
-fn footprint(
-    spec: &OperationSpec,
-    resolved: Option<&Resolved>,
-    state: &DeviceState,
-) -> Footprint {
+fn footprint(spec: &OperationSpec, resolved: Option<&Resolved>, state: &DeviceState) -> Footprint {
     match spec {
         OperationSpec::Reboot | OperationSpec::Shutdown | OperationSpec::OsUpdate(_) => {
             Footprint::Device
         }
-        OperationSpec::RestartBlock(b) | OperationSpec::StopBlock(b) | OperationSpec::StartBlock(b) => {
-            Footprint::Blocks([b.clone()].into())
-        }
+        OperationSpec::RestartBlock(b)
+        | OperationSpec::StopBlock(b)
+        | OperationSpec::StartBlock(b) => Footprint::Blocks([b.clone()].into()),
         OperationSpec::ApplyEnv(EnvTarget::Blocks(blocks)) => Footprint::Blocks(blocks.clone()),
         OperationSpec::ApplyEnv(EnvTarget::AllBlocks) => {
             Footprint::Blocks(state.blocks.keys().cloned().collect())
@@ -534,10 +553,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
         }
         for (block, until) in &facts.deferrals {
             if w.next.progress.deferred_until.get(block) != Some(until) {
-                w.next
-                    .progress
-                    .deferred_until
-                    .insert(block.clone(), *until);
+                w.next.progress.deferred_until.insert(block.clone(), *until);
                 plan.events.push((
                     w.next.id,
                     EventKind::Deferred {
@@ -582,12 +598,15 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
         .find(|w| w.next.status == OpStatus::Applying)
         .map(|w| w.next.id);
     let mut ahead: Vec<(OperationId, OperationSpec, Footprint)> = Vec::new();
-    if let Some(state) = &device.state {
+    // Decisions need the device's state as it is: after an apply landed,
+    // wait for the report that follows it (it wakes the device).
+    let state = device.state.as_ref().filter(|_| device.state_is_current());
+    if let Some(state) = state {
         for (w, facts) in work.iter_mut().zip(input.ops) {
             if !w.next.status.is_active() {
                 continue;
             }
-            let resolved = resolve(facts, device, state);
+            let resolved = resolve(facts, device, &applied_env, state);
             let fp = footprint(&w.next.spec, resolved.as_ref().ok(), state);
             if w.next.status == OpStatus::Applying {
                 ahead.push((w.next.id, w.next.spec.clone(), fp));
@@ -654,12 +673,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
     // 6. The device's status, the applied env, and what changed.
     let records: Vec<OperationRecord> = work.iter().map(|w| w.next.clone()).collect();
     if device.online {
-        plan.device_status = Some(device_status(
-            &records,
-            device.status,
-            failed_now,
-            done_now,
-        ));
+        plan.device_status = Some(device_status(&records, device.status, failed_now, done_now));
     }
     if env_changed && applied_env != device.applied_env {
         plan.applied_env = Some(applied_env);
@@ -889,7 +903,8 @@ fn approval(
             if let (ApprovalGate::Missed, Some(prev)) = (gate, latest) {
                 let mut missed = prev.clone();
                 missed.status = ApprovalStatus::Missed;
-                plan.approvals.push(ApprovalWrite::Missed { approval: missed });
+                plan.approvals
+                    .push(ApprovalWrite::Missed { approval: missed });
                 if input.policy.missed_moves_to_next
                     && let Some(was) = prev.occurrence
                 {
@@ -928,7 +943,9 @@ fn approval(
             None
         }
         ApprovalGate::Declined => {
-            let who = latest.and_then(|a| a.decided_by.clone()).unwrap_or_default();
+            let who = latest
+                .and_then(|a| a.decided_by.clone())
+                .unwrap_or_default();
             let why = latest.and_then(|a| a.message.clone()).unwrap_or_default();
             let reason = format!("declined by {who}: {why}");
             w.next.status = OpStatus::Cancelled;
@@ -993,9 +1010,8 @@ fn act(
             } else {
                 OpStatus::WaitingLock
             };
-            let changed = !send.is_empty()
-                || before != status
-                || w.next.progress.waiting_on != waiting_on;
+            let changed =
+                !send.is_empty() || before != status || w.next.progress.waiting_on != waiting_on;
             w.next.status = status;
             w.next.progress.told_window = window;
             for r in &send {
@@ -1003,7 +1019,11 @@ fn act(
                     .progress
                     .requested
                     .insert((r.block.clone(), r.generation));
-                w.next.progress.asked_at.entry(r.block.clone()).or_insert(now);
+                w.next
+                    .progress
+                    .asked_at
+                    .entry(r.block.clone())
+                    .or_insert(now);
                 plan.intents.push(PlannedIntent::ReleaseRequest {
                     operation: op_id,
                     request: r.clone(),

@@ -13,15 +13,14 @@ use super::status_from_store;
 use crate::auth;
 use crate::clock;
 use crate::domain::{
-    Action, DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId,
-    OperationSpec, Tag,
+    Action, DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, Tag,
 };
 use crate::limits::{
     MAX_ENV_VALUE_BYTES as MAX_ENV_VALUE, MAX_ENV_VARS, MAX_FLEET_NAME_BYTES, MAX_SCOPE_BLOCKS,
     MAX_TAGS,
 };
 use crate::scheduler::Wakeups;
-use crate::store::{DeviceFilter, EnvOwner, PageRequest, Store};
+use crate::store::{DeviceFilter, EnvEdit, EnvOwner, PageRequest, Store};
 
 pub struct Devices<S> {
     store: S,
@@ -47,54 +46,27 @@ impl<S: Store> Devices<S> {
         }
     }
 
-    /// Env variables changed: every affected device gets an `apply_env`
-    /// operation about the blocks the change is about (merged into one not
-    /// started yet about exactly those blocks), and the reconciler is woken.
-    /// Returns the operations.
-    async fn env_changed(
-        &self,
-        owner: &EnvOwner,
-        target: &crate::domain::EnvTarget,
-    ) -> Result<Vec<u64>, Status> {
-        let devices: Vec<DeviceId> = match owner {
-            EnvOwner::Device(d) => vec![d.clone()],
-            EnvOwner::Fleet(f) => {
-                let filter = DeviceFilter {
-                    fleet: Some(f.clone()),
-                    ..Default::default()
-                };
-                let mut all = Vec::new();
-                let mut page = PageRequest {
-                    size: PageRequest::MAX_SIZE,
-                    token: None,
-                };
-                loop {
-                    let p = self
-                        .store
-                        .list_devices(&filter, &page)
-                        .await
-                        .map_err(status_from_store)?;
-                    all.extend(p.items.into_iter().map(|d| d.id));
-                    match p.next {
-                        Some(t) => page.token = Some(t),
-                        None => break,
-                    }
-                }
-                all
-            }
-        };
-        let now = clock::now();
-        let mut ops = Vec::with_capacity(devices.len());
-        for d in &devices {
-            let op = self
-                .store
-                .create_operation(d, &OperationSpec::ApplyEnv(target.clone()), None, now)
-                .await
-                .map_err(status_from_store)?;
-            ops.push(u64::try_from(op.id.0).unwrap_or(0));
-            self.wakeups.wake(d);
+    /// Edits env variables: the store records the edit and the `apply_env`
+    /// operation of every affected device in one transaction; the
+    /// reconciler is woken for each. Returns the operations' ids.
+    async fn edit_env(&self, owner: &EnvOwner, edit: EnvEdit) -> Result<(u64, Vec<u64>), Status> {
+        let scopes = edit
+            .set
+            .iter()
+            .map(|v| &v.scope)
+            .chain(edit.unset.iter().map(|(_, s)| s));
+        let target = crate::domain::EnvTarget::of_scopes(scopes);
+        let changed = self
+            .store
+            .change_env(owner, &edit, &target, clock::now())
+            .await
+            .map_err(status_from_store)?;
+        let mut ids = Vec::with_capacity(changed.operations.len());
+        for op in &changed.operations {
+            self.wakeups.wake(&op.device);
+            ids.push(u64::try_from(op.id.0).unwrap_or(0));
         }
-        Ok(ops)
+        Ok((changed.removed, ids))
     }
 }
 
@@ -332,15 +304,19 @@ impl<S: Store> DeviceService for Devices<S> {
                 EnvVar::try_from(v).map_err(|e| e.within(format!("vars[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.store
-            .set_env(&owner, &vars, clock::now())
-            .await
-            .map_err(status_from_store)?;
-        let target = crate::domain::EnvTarget::of_scopes(vars.iter().map(|v| &v.scope));
-        let operations = self.env_changed(&owner, &target).await?;
+        let count = vars.len();
+        let (_, operations) = self
+            .edit_env(
+                &owner,
+                EnvEdit {
+                    set: vars,
+                    unset: Vec::new(),
+                },
+            )
+            .await?;
         tracing::info!(
             owner = owner.key_for_logs(),
-            count = vars.len(),
+            count,
             devices = operations.len(),
             "env variables set"
         );
@@ -373,17 +349,15 @@ impl<S: Store> DeviceService for Devices<S> {
                 ))
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
-        let removed = self
-            .store
-            .unset_env(&owner, &keys)
-            .await
-            .map_err(status_from_store)?;
-        let operations = if removed > 0 {
-            let target = crate::domain::EnvTarget::of_scopes(keys.iter().map(|(_, s)| s));
-            self.env_changed(&owner, &target).await?
-        } else {
-            Vec::new()
-        };
+        let (removed, operations) = self
+            .edit_env(
+                &owner,
+                EnvEdit {
+                    set: Vec::new(),
+                    unset: keys,
+                },
+            )
+            .await?;
         Ok(Response::new(pb::UnsetEnvResponse {
             removed,
             operations,

@@ -10,9 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use crate::domain::{
     BlockConfig, BlockName, BlockVersion, Dependency, Env, EnvName, EnvTarget, Fingerprint, Force,
-    Generation,
-    ImageDigest, IntentSeq, OpProgress, OperationSpec, Reason, ReleaseId, ReleaseRequest,
-    UpdateStrategy, WindowRule,
+    Generation, ImageDigest, IntentSeq, OpProgress, OperationSpec, Reason, ReleaseId,
+    ReleaseRequest, UpdateStrategy, WindowRule,
 };
 
 #[derive(Serialize, Deserialize)]

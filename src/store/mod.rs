@@ -5,9 +5,9 @@
 
 mod codec;
 mod common;
-pub mod plans;
 pub mod migrations;
 pub mod pg;
+pub mod plans;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,7 +28,7 @@ use crate::domain::{
 };
 
 pub use pg::PgStore;
-pub use plans::{AckFacts, ApprovalChange, PlanStore, PlanWrite};
+pub use plans::{AckFacts, ApprovalChange, EnvChanged, EnvEdit, PlanState, PlanStore, PlanWrite};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed. Callers map these to API errors consistently.

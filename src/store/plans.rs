@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use crate::domain::reconcile::OpenRequest;
 use crate::domain::{
     ApplyOutcome, Approval, AuditEntry, BlockName, DeviceId, DeviceStatus, Env, IntentSeq,
-    NewIntent, OpStatus, OperationId, OperationRecord, Occurrence, Timestamp,
+    NewIntent, Occurrence, OpStatus, OperationId, OperationRecord, Timestamp,
 };
 
 use super::StoreError;
@@ -25,6 +25,17 @@ pub struct AckFacts {
     pub answers: BTreeMap<OperationId, ApplyOutcome>,
     /// Each holder's latest "defer until", per operation.
     pub deferrals: BTreeMap<OperationId, BTreeMap<BlockName, Timestamp>>,
+}
+
+/// What the store keeps for the reconciler about a device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanState {
+    /// The operator env each block runs with, where recorded.
+    pub applied_env: BTreeMap<BlockName, Env>,
+    /// When the device is next due to be reconciled.
+    pub wake_at: Option<Timestamp>,
+    /// When the device last answered an apply.
+    pub last_apply_answer_at: Option<Timestamp>,
 }
 
 /// A change to a customer approval, as written.
@@ -62,6 +73,23 @@ pub struct PlanWrite {
     pub wake_at: Option<Timestamp>,
 }
 
+/// An edit of one owner's env variables (unsets first, then sets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvEdit {
+    pub set: Vec<crate::domain::EnvVar>,
+    pub unset: Vec<(crate::domain::EnvName, crate::domain::EnvScope)>,
+}
+
+/// What an env edit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvChanged {
+    /// Stored entries removed by the unsets.
+    pub removed: u64,
+    /// The `apply_env` operation of each affected device (created, or the
+    /// one not started yet about the same blocks that it merged into).
+    pub operations: Vec<OperationRecord>,
+}
+
 /// `($first, $first+1, …)`: a placeholder per status of a domain set.
 pub(crate) fn placeholders(first: usize, n: usize) -> String {
     let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
@@ -94,12 +122,13 @@ pub trait PlanStore {
         device: &DeviceId,
     ) -> impl Future<Output = Result<Vec<OpenRequest>, StoreError>> + Send;
 
-    /// The operator env each block of the device runs with, where
-    /// recorded, and when the device is next due to be reconciled.
+    /// The operator env each block of the device runs with (where
+    /// recorded), when the device is next due to be reconciled, and its
+    /// latest answered apply.
     fn plan_state(
         &self,
         device: &DeviceId,
-    ) -> impl Future<Output = Result<(BTreeMap<BlockName, Env>, Option<Timestamp>), StoreError>> + Send;
+    ) -> impl Future<Output = Result<PlanState, StoreError>> + Send;
 
     /// Writes a plan in one transaction. `Conflict` if any operation's
     /// generation moved on (nothing is written then).
@@ -127,6 +156,20 @@ pub trait PlanStore {
         audit: Option<&AuditEntry>,
         now: Timestamp,
     ) -> impl Future<Output = Result<OperationRecord, StoreError>> + Send;
+
+    /// Edits `owner`'s env variables and creates the `apply_env` operations
+    /// about `target`'s blocks that carry the edit to each affected device
+    /// (none when `edit` changed nothing), in one transaction. First, every
+    /// reported block of those devices without a recorded applied env gets
+    /// the env it runs with now (the env as stored before the edit), so a
+    /// pending change never leaks into another operation.
+    fn change_env(
+        &self,
+        owner: &super::EnvOwner,
+        edit: &EnvEdit,
+        target: &crate::domain::EnvTarget,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<EnvChanged, StoreError>> + Send;
 
     /// Records the phase an agent reports for an apply in flight.
     fn record_phase(
@@ -240,19 +283,30 @@ macro_rules! impl_plan_store {
             async fn plan_state(
                 &self,
                 device: &DeviceId,
-            ) -> Result<(std::collections::BTreeMap<BlockName, $crate::domain::Env>, Option<Timestamp>), StoreError> {
-                let row = sqlx::query("SELECT applied_env_json, wake_at_ms FROM devices WHERE id = $1")
+            ) -> Result<$crate::store::plans::PlanState, StoreError> {
+                let row = sqlx::query(
+                    "SELECT applied_env_json, wake_at_ms, \
+                       (SELECT MAX(a.received_ms) FROM intent_acks a JOIN intents i ON i.device_id = a.device_id AND i.seq = a.seq \
+                        WHERE a.device_id = d.id AND i.kind = $2) AS answered \
+                     FROM devices d WHERE d.id = $1",
+                )
                     .bind(device.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(StoreError::from_sqlx)?
-                    .ok_or_else(|| StoreError::NotFound {
-                        entity: "device",
-                        key: device.to_string(),
-                    })?;
+                .bind(IntentKind::Apply.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                .ok_or_else(|| StoreError::NotFound {
+                    entity: "device",
+                    key: device.to_string(),
+                })?;
                 let json: String = get(&row, "applied_env_json")?;
                 let wake_at: Option<i64> = get(&row, "wake_at_ms")?;
-                Ok((codec::block_envs_from_json(device.as_str(), &json)?, wake_at.map(Timestamp)))
+                let answered: Option<i64> = get(&row, "answered")?;
+                Ok($crate::store::plans::PlanState {
+                    applied_env: codec::block_envs_from_json(device.as_str(), &json)?,
+                    wake_at: wake_at.map(Timestamp),
+                    last_apply_answer_at: answered.map(Timestamp),
+                })
             }
 
             async fn write_plan(
@@ -425,6 +479,157 @@ macro_rules! impl_plan_store {
                 out.generation += 1;
                 out.updated = now;
                 Ok(out)
+            }
+
+            async fn change_env(
+                &self,
+                owner: &EnvOwner,
+                edit: &$crate::store::plans::EnvEdit,
+                target: &$crate::domain::EnvTarget,
+                now: Timestamp,
+            ) -> Result<$crate::store::plans::EnvChanged, StoreError> {
+                use std::collections::BTreeMap;
+                let mut tx = self.begin().await?;
+                ensure_owner(&mut *tx, owner).await?;
+                // The devices the edit reaches, with their fleet.
+                let rows = match owner {
+                    EnvOwner::Device(d) => sqlx::query("SELECT id, fleet, applied_env_json FROM devices WHERE id = $1")
+                        .bind(d.as_str())
+                        .fetch_all(&mut *tx)
+                        .await,
+                    EnvOwner::Fleet(f) => sqlx::query("SELECT id, fleet, applied_env_json FROM devices WHERE fleet = $1 ORDER BY id")
+                        .bind(f.as_str())
+                        .fetch_all(&mut *tx)
+                        .await,
+                }
+                .map_err(StoreError::from_sqlx)?;
+                let mut devices: Vec<(DeviceId, FleetId, BTreeMap<BlockName, $crate::domain::Env>)> = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let id: String = get(r, "id")?;
+                    let fleet: String = get(r, "fleet")?;
+                    let json: String = get(r, "applied_env_json")?;
+                    devices.push((
+                        DeviceId::new(&id).map_err(|e| codec::corrupt("device", &id, e))?,
+                        FleetId::new(&fleet).map_err(|e| codec::corrupt("device", &id, e))?,
+                        codec::block_envs_from_json(&id, &json)?,
+                    ));
+                }
+                // Snapshot what each reported block runs with, where unknown.
+                let mut layers: BTreeMap<(String, String), EnvLayer> = BTreeMap::new();
+                let mut reported: BTreeMap<DeviceId, Vec<BlockName>> = BTreeMap::new();
+                {
+                    let (var_sql, block_sql, key) = match owner {
+                        EnvOwner::Device(d) => (
+                            "SELECT v.level AS level, v.owner AS owner, v.name AS name, v.block AS block, v.value AS value \
+                             FROM env_vars v JOIN devices d ON d.id = $1 \
+                             WHERE (v.level = 'device' AND v.owner = d.id) OR (v.level = 'fleet' AND v.owner = d.fleet)",
+                            "SELECT device_id, block FROM device_blocks WHERE device_id = $1 ORDER BY block",
+                            d.as_str(),
+                        ),
+                        EnvOwner::Fleet(f) => (
+                            "SELECT v.level AS level, v.owner AS owner, v.name AS name, v.block AS block, v.value AS value \
+                             FROM env_vars v \
+                             WHERE (v.level = 'fleet' AND v.owner = $1) \
+                             OR (v.level = 'device' AND v.owner IN (SELECT id FROM devices WHERE fleet = $1))",
+                            "SELECT b.device_id AS device_id, b.block AS block FROM device_blocks b \
+                             JOIN devices d ON d.id = b.device_id WHERE d.fleet = $1 ORDER BY b.device_id, b.block",
+                            f.as_str(),
+                        ),
+                    };
+                    let vars = sqlx::query(var_sql).bind(key).fetch_all(&mut *tx).await.map_err(StoreError::from_sqlx)?;
+                    for r in &vars {
+                        let level: String = get(r, "level")?;
+                        let who: String = get(r, "owner")?;
+                        let name: String = get(r, "name")?;
+                        let block: String = get(r, "block")?;
+                        let value: String = get(r, "value")?;
+                        let k = format!("{who}:{name}");
+                        let name = EnvName::new(name).map_err(|e| codec::corrupt("env var", &k, e))?;
+                        let layer = layers.entry((level, who)).or_default();
+                        if block.is_empty() {
+                            layer.wide.insert(name, value);
+                        } else {
+                            let block = BlockName::new(block).map_err(|e| codec::corrupt("env var", &k, e))?;
+                            layer.scoped.entry(block).or_default().insert(name, value);
+                        }
+                    }
+                    let blocks = sqlx::query(block_sql).bind(key).fetch_all(&mut *tx).await.map_err(StoreError::from_sqlx)?;
+                    for r in &blocks {
+                        let d: String = get(r, "device_id")?;
+                        let b: String = get(r, "block")?;
+                        reported
+                            .entry(DeviceId::new(&d).map_err(|e| codec::corrupt("device", &d, e))?)
+                            .or_default()
+                            .push(BlockName::new(&b).map_err(|e| codec::corrupt("device", &d, e))?);
+                    }
+                }
+                for (id, fleet, applied) in &mut devices {
+                    let Some(blocks) = reported.get(id) else { continue };
+                    if blocks.iter().all(|b| applied.contains_key(b)) {
+                        continue;
+                    }
+                    let ctx = $crate::domain::EnvContext {
+                        fleet: layers.get(&("fleet".to_owned(), fleet.to_string())).cloned().unwrap_or_default(),
+                        device: layers.get(&("device".to_owned(), id.to_string())).cloned().unwrap_or_default(),
+                    };
+                    for b in blocks {
+                        if !applied.contains_key(b) {
+                            applied.insert(b.clone(), ctx.operator_env(b));
+                        }
+                    }
+                    sqlx::query("UPDATE devices SET applied_env_json = $2 WHERE id = $1")
+                        .bind(id.as_str())
+                        .bind(codec::block_envs_to_json(applied))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                }
+                // The edit itself.
+                let mut removed = 0;
+                for (name, scope) in &edit.unset {
+                    for block in scope_blocks(scope) {
+                        removed += sqlx::query(
+                            "DELETE FROM env_vars WHERE level = $1 AND owner = $2 AND name = $3 AND block = $4",
+                        )
+                        .bind(owner.level())
+                        .bind(owner.key())
+                        .bind(name.as_str())
+                        .bind(block)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?
+                        .rows_affected();
+                    }
+                }
+                for var in &edit.set {
+                    for block in scope_blocks(&var.scope) {
+                        sqlx::query(
+                            "INSERT INTO env_vars (level, owner, name, block, value, updated_ms) \
+                             VALUES ($1, $2, $3, $4, $5, $6) \
+                             ON CONFLICT (level, owner, name, block) \
+                             DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+                        )
+                        .bind(owner.level())
+                        .bind(owner.key())
+                        .bind(var.name.as_str())
+                        .bind(block)
+                        .bind(&var.value)
+                        .bind(now.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                    }
+                }
+                // The operations that carry it, unless nothing changed.
+                let mut operations = Vec::new();
+                if !edit.set.is_empty() || removed > 0 {
+                    let spec = $crate::domain::OperationSpec::ApplyEnv(target.clone());
+                    for (id, _, _) in &devices {
+                        operations.push(create_operation_tx(&mut tx, id, &spec, None, now).await?);
+                    }
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok($crate::store::plans::EnvChanged { removed, operations })
             }
 
             async fn record_phase(
