@@ -144,10 +144,15 @@ pub fn encode(intent: &PlannedIntent) -> NewIntent {
             operation,
             block,
             reason,
-            message,
+            coming,
         } => NewIntent {
             kind: IntentKind::Notice,
-            body: IntentBody::notice(block, *reason, message.clone()).to_json(),
+            body: IntentBody::notice(
+                block,
+                *reason,
+                format!("release {coming} lands; {block} is unchanged and keeps running"),
+            )
+            .to_json(),
             operation: Some(*operation),
         },
         PlannedIntent::Apply {

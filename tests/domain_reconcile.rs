@@ -768,7 +768,7 @@ fn a_deferral_past_the_limit_is_forced_or_reported_per_policy() {
             on_deferral_expiry: expiry,
             ..open_policy()
         };
-        let plan = run(&dev, &[f.clone()], &policy);
+        let plan = run(&dev, std::slice::from_ref(&f), &policy);
         assert_eq!(plan.ops[0].next.status, want, "{action}");
         assert_eq!(plan.audits[0].action, action);
         if expiry == DeferralExpiry::Notify {

@@ -156,12 +156,13 @@ pub enum PlannedIntent {
         target: String,
         window: Option<Occurrence>,
     },
-    /// Tell a block something that leaves it running.
+    /// Tell a block about something that leaves it running (`coming`:
+    /// the release that lands).
     Notice {
         operation: OperationId,
         block: BlockName,
         reason: Reason,
-        message: String,
+        coming: String,
     },
     /// Apply, fenced by the generations the decision saw.
     Apply {
@@ -427,7 +428,11 @@ fn resolve(
 /// The footprint of a resolved operation on `state`: for releases and env
 /// changes, the blocks they change (not the dependents that only restart
 /// with them).
-fn footprint(spec: &OperationSpec, resolved: Option<&Resolved>, state: &DeviceState) -> Footprint {
+fn footprint(
+    spec: &OperationSpec,
+    impact: Option<&impact::Impact>,
+    state: &DeviceState,
+) -> Footprint {
     match spec {
         OperationSpec::Reboot | OperationSpec::Shutdown | OperationSpec::OsUpdate(_) => {
             Footprint::Device
@@ -441,9 +446,7 @@ fn footprint(spec: &OperationSpec, resolved: Option<&Resolved>, state: &DeviceSt
         }
         OperationSpec::AssignRelease(_) => {
             let mut changed = BTreeSet::new();
-            if let Some(r) = resolved
-                && let Ok(i) = impact::impact(&r.operation, state)
-            {
+            if let Some(i) = impact {
                 changed.extend(
                     i.disturbed
                         .iter()
@@ -458,13 +461,13 @@ fn footprint(spec: &OperationSpec, resolved: Option<&Resolved>, state: &DeviceSt
 }
 
 /// The device's status: one projection of its operations.
-pub fn device_status(
-    ops: &[OperationRecord],
+pub fn device_status<'a>(
+    ops: impl IntoIterator<Item = &'a OperationRecord>,
     previous: DeviceStatus,
     failed_now: bool,
     done_now: bool,
 ) -> DeviceStatus {
-    let active: Vec<&OperationRecord> = ops.iter().filter(|o| o.status.is_active()).collect();
+    let active: Vec<&OperationRecord> = ops.into_iter().filter(|o| o.status.is_active()).collect();
     let any = |s: OpStatus| active.iter().any(|o| o.status == s);
     if any(OpStatus::Applying) {
         DeviceStatus::Applying
@@ -487,25 +490,31 @@ pub fn device_status(
     }
 }
 
-/// The working state of one operation during a reconciliation.
-struct Working {
-    next: OperationRecord,
-    original: OperationRecord,
+/// The working state of one operation during a reconciliation (compared
+/// with its input record at the end: only changed ones are written).
+struct Working<'a> {
+    next: std::borrow::Cow<'a, OperationRecord>,
+}
+
+impl Working<'_> {
+    /// The record to change (copied from the input on the first change).
+    fn edit(&mut self) -> &mut OperationRecord {
+        self.next.to_mut()
+    }
 }
 
 /// Reconciles one device: see the module docs.
 pub fn reconcile(input: &Input<'_>) -> Plan {
     let device = input.device;
     let mut plan = Plan::default();
-    let mut work: Vec<Working> = input
+    let mut work: Vec<Working<'_>> = input
         .ops
         .iter()
         .map(|o| Working {
-            next: o.record.clone(),
-            original: o.record.clone(),
+            next: std::borrow::Cow::Borrowed(&o.record),
         })
         .collect();
-    let mut applied_env = device.applied_env.clone();
+    let mut applied_env = std::borrow::Cow::Borrowed(&device.applied_env);
     let mut env_changed = false;
     let mut failed_now = false;
     let mut done_now = false;
@@ -518,14 +527,14 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
         let Some(outcome) = &facts.answer else {
             continue;
         };
-        let lands = std::mem::take(&mut w.next.progress.applied_env);
+        let lands = std::mem::take(&mut w.edit().progress.applied_env);
         let (status, progress) = after_apply(&w.next, outcome);
-        w.next.status = status;
-        w.next.progress = progress;
+        w.edit().status = status;
+        w.edit().progress = progress;
         match status {
             OpStatus::Done | OpStatus::PartiallyApplied => {
                 if !lands.is_empty() {
-                    applied_env.extend(lands);
+                    applied_env.to_mut().extend(lands);
                     env_changed = true;
                 }
                 if status == OpStatus::Done {
@@ -553,7 +562,10 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
         }
         for (block, until) in &facts.deferrals {
             if w.next.progress.deferred_until.get(block) != Some(until) {
-                w.next.progress.deferred_until.insert(block.clone(), *until);
+                w.edit()
+                    .progress
+                    .deferred_until
+                    .insert(block.clone(), *until);
                 plan.events.push((
                     w.next.id,
                     EventKind::Deferred {
@@ -579,9 +591,9 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
                 && w.next.status.is_not_started()
                 && matches!(w.next.spec, OperationSpec::AssignRelease(_))
             {
-                w.next.status = OpStatus::Superseded;
-                w.next.progress.waiting_on.clear();
-                w.next.progress.behind = None;
+                w.edit().status = OpStatus::Superseded;
+                w.edit().progress.waiting_on.clear();
+                w.edit().progress.behind = None;
                 plan.events.push((
                     w.next.id,
                     EventKind::Cancelled {
@@ -597,39 +609,46 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
         .iter()
         .find(|w| w.next.status == OpStatus::Applying)
         .map(|w| w.next.id);
-    let mut ahead: Vec<(OperationId, OperationSpec, Footprint)> = Vec::new();
+    let mut ahead: Vec<(OperationId, &OperationSpec, Footprint)> = Vec::new();
     // Decisions need the device's state as it is: after an apply landed,
     // wait for the report that follows it (it wakes the device).
     let state = device.state.as_ref().filter(|_| device.state_is_current());
     if let Some(state) = state {
-        for (w, facts) in work.iter_mut().zip(input.ops) {
+        for (w, facts) in work.iter_mut().zip(input.ops.iter()) {
             if !w.next.status.is_active() {
                 continue;
             }
+            let spec = &facts.record.spec;
             let resolved = resolve(facts, device, &applied_env, state);
-            let fp = footprint(&w.next.spec, resolved.as_ref().ok(), state);
+            // The impact is computed once: the footprint and the gate use it.
+            let impact = match &resolved {
+                Ok(r) => Some(impact::impact(&r.operation, state)),
+                Err(_) => None,
+            };
+            let fp = footprint(spec, impact.as_ref().and_then(|i| i.as_ref().ok()), state);
             if w.next.status == OpStatus::Applying {
-                ahead.push((w.next.id, w.next.spec.clone(), fp));
+                ahead.push((w.next.id, spec, fp));
                 continue;
             }
-            let resolved = match resolved {
-                Ok(r) => r,
-                Err(error) => {
+            let (resolved, impact) = match (resolved, impact) {
+                (Ok(r), Some(i)) => (r, i),
+                (Err(error), _) => {
                     fail(w, error, &mut plan);
                     failed_now = true;
                     continue;
                 }
+                (Ok(_), None) => continue,
             };
             let blocker = ahead
                 .iter()
-                .find(|(_, spec, f)| conflicts((spec, f), (&w.next.spec, &fp)))
+                .find(|(_, s, f)| conflicts((s, f), (spec, &fp)))
                 .map(|(id, _, _)| *id);
-            ahead.push((w.next.id, w.next.spec.clone(), fp));
+            ahead.push((w.next.id, spec, fp));
             if let Some(behind) = blocker {
                 queue(w, behind, &mut plan);
                 continue;
             }
-            let outcome = decide_one(w, facts, &resolved, state, input, &mut plan);
+            let outcome = decide_one(w, facts, &resolved, impact, state, input, &mut plan);
             match outcome {
                 OneOutcome::Step(step) => {
                     if matches!(step, Step::Apply { .. })
@@ -639,7 +658,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
                         continue;
                     }
                     let failed = matches!(step, Step::Fail { .. });
-                    let applies = act(w, step, &resolved, input, &mut plan);
+                    let applies = act(w, step, resolved, input, &mut plan);
                     failed_now |= failed;
                     if applies {
                         in_flight = Some(w.next.id);
@@ -671,18 +690,25 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
     }
 
     // 6. The device's status, the applied env, and what changed.
-    let records: Vec<OperationRecord> = work.iter().map(|w| w.next.clone()).collect();
     if device.online {
-        plan.device_status = Some(device_status(&records, device.status, failed_now, done_now));
+        plan.device_status = Some(device_status(
+            work.iter().map(|w| &*w.next),
+            device.status,
+            failed_now,
+            done_now,
+        ));
     }
-    if env_changed && applied_env != device.applied_env {
-        plan.applied_env = Some(applied_env);
+    if env_changed && *applied_env != device.applied_env {
+        plan.applied_env = Some(applied_env.into_owned());
     }
-    for w in work {
-        if w.next != w.original {
+    for (w, facts) in work.into_iter().zip(input.ops) {
+        // Only a changed record was copied; an equal copy is not written.
+        if let std::borrow::Cow::Owned(next) = w.next
+            && next != facts.record
+        {
             plan.ops.push(OpWrite {
-                expected: w.original.generation,
-                next: w.next,
+                expected: facts.record.generation,
+                next,
             });
         }
     }
@@ -690,18 +716,18 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
 }
 
 fn fail(w: &mut Working, error: String, plan: &mut Plan) {
-    w.next.status = OpStatus::Failed;
-    w.next.progress.error = Some(error.clone());
-    w.next.progress.waiting_on.clear();
-    w.next.progress.behind = None;
+    w.edit().status = OpStatus::Failed;
+    w.edit().progress.error = Some(error.clone());
+    w.edit().progress.waiting_on.clear();
+    w.edit().progress.behind = None;
     plan.events.push((w.next.id, EventKind::Failed { error }));
 }
 
 fn queue(w: &mut Working, behind: OperationId, plan: &mut Plan) {
     let was = (w.next.status, w.next.progress.behind);
-    w.next.status = OpStatus::Queued;
-    w.next.progress.behind = Some(behind);
-    w.next.progress.waiting_on.clear();
+    w.edit().status = OpStatus::Queued;
+    w.edit().progress.behind = Some(behind);
+    w.edit().progress.waiting_on.clear();
     if was != (OpStatus::Queued, Some(behind)) {
         plan.events.push((w.next.id, EventKind::Queued { behind }));
     }
@@ -720,6 +746,7 @@ fn decide_one(
     w: &mut Working,
     facts: &OpFacts,
     resolved: &Resolved,
+    impact: Result<impact::Impact, ImpactError>,
     state: &DeviceState,
     input: &Input<'_>,
     plan: &mut Plan,
@@ -727,8 +754,12 @@ fn decide_one(
     let now = input.now;
     let policy = input.policy;
     let op_id = w.next.id;
-    w.next.progress.behind = None;
-    let mut decision = gate_with(&resolved.operation, state, w.next.force.as_ref());
+    if w.next.progress.behind.is_some() {
+        w.edit().progress.behind = None;
+    }
+    let mut decision = impact
+        .clone()
+        .map(|i| gate::gate(i, state, w.next.force.as_ref()));
     // Bounded deferral: holders waited on past the fleet's limit.
     if let Ok(Decision::Blocked { holders, .. }) = &decision {
         let expired = expired_holders(&w.next.progress, holders, now, policy);
@@ -746,7 +777,7 @@ fn decide_one(
                             Some(f) => f.merge(&time_force),
                             None => time_force,
                         };
-                        decision = gate_with(&resolved.operation, state, Some(&merged));
+                        decision = impact.clone().map(|i| gate::gate(i, state, Some(&merged)));
                         if input.device.online {
                             let names = expired.iter().map(ToString::to_string).collect();
                             plan.events
@@ -762,7 +793,7 @@ fn decide_one(
                 }
                 DeferralExpiry::Notify => {
                     if !w.next.progress.overdue {
-                        w.next.progress.overdue = true;
+                        w.edit().progress.overdue = true;
                         let names = expired.iter().map(ToString::to_string).collect();
                         plan.events
                             .push((op_id, EventKind::Overdue { blocks: names }));
@@ -827,20 +858,22 @@ fn decide_one(
                 .into_iter()
                 .filter(|(b, _)| !held.contains(b))
                 .collect();
-            w.next.progress.partial_in_flight = true;
+            w.edit().progress.partial_in_flight = true;
             decision = Ok(Decision::Proceed {
                 impact: pi,
                 fence,
                 forced,
             });
             let step = next_step(&w.next, decision, input.device.online, window);
-            if !matches!(step, Step::Apply { .. }) {
-                w.next.progress.partial_in_flight = false;
+            if !matches!(step, Step::Apply { .. }) && w.next.progress.partial_in_flight {
+                w.edit().progress.partial_in_flight = false;
             }
             return OneOutcome::Step(step);
         }
     }
-    w.next.progress.partial_in_flight = false;
+    if w.next.progress.partial_in_flight {
+        w.edit().progress.partial_in_flight = false;
+    }
     OneOutcome::Step(next_step(&w.next, decision, input.device.online, window))
 }
 
@@ -896,7 +929,9 @@ fn approval(
             Some(g)
         }
         ApprovalGate::Waiting => {
-            w.next.status = OpStatus::WaitingApproval;
+            if w.next.status != OpStatus::WaitingApproval {
+                w.edit().status = OpStatus::WaitingApproval;
+            }
             None
         }
         gate @ (ApprovalGate::Request | ApprovalGate::Missed) => {
@@ -930,7 +965,7 @@ fn approval(
                             blocks: Vec::new(),
                         });
                         plan.wake(next.start);
-                        w.next.status = OpStatus::WaitingWindow;
+                        w.edit().status = OpStatus::WaitingWindow;
                         return None;
                     }
                 }
@@ -939,7 +974,7 @@ fn approval(
             plan.approvals
                 .push(ApprovalWrite::Request { operation: op_id });
             plan.events.push((op_id, EventKind::ApprovalRequested));
-            w.next.status = OpStatus::WaitingApproval;
+            w.edit().status = OpStatus::WaitingApproval;
             None
         }
         ApprovalGate::Declined => {
@@ -948,9 +983,9 @@ fn approval(
                 .unwrap_or_default();
             let why = latest.and_then(|a| a.message.clone()).unwrap_or_default();
             let reason = format!("declined by {who}: {why}");
-            w.next.status = OpStatus::Cancelled;
-            w.next.progress.error = Some(reason.clone());
-            w.next.progress.waiting_on.clear();
+            w.edit().status = OpStatus::Cancelled;
+            w.edit().progress.error = Some(reason.clone());
+            w.edit().progress.waiting_on.clear();
             plan.events.push((op_id, EventKind::Cancelled { reason }));
             None
         }
@@ -962,7 +997,7 @@ fn approval(
 fn act(
     w: &mut Working,
     step: Step,
-    resolved: &Resolved,
+    resolved: Resolved,
     input: &Input<'_>,
     plan: &mut Plan,
 ) -> bool {
@@ -972,7 +1007,7 @@ fn act(
     match step {
         Step::Wait => {
             if w.next.status == OpStatus::Queued {
-                w.next.status = OpStatus::Pending;
+                w.edit().status = OpStatus::Pending;
             }
             false
         }
@@ -984,9 +1019,15 @@ fn act(
             let changed = before != OpStatus::WaitingWindow
                 || !w.next.progress.waiting_on.is_empty()
                 || w.next.progress.told_window != next;
-            w.next.status = OpStatus::WaitingWindow;
-            w.next.progress.waiting_on.clear();
-            w.next.progress.told_window = next;
+            if w.next.status != OpStatus::WaitingWindow {
+                w.edit().status = OpStatus::WaitingWindow;
+            }
+            if !w.next.progress.waiting_on.is_empty() {
+                w.edit().progress.waiting_on.clear();
+            }
+            if w.next.progress.told_window != next {
+                w.edit().progress.told_window = next;
+            }
             if changed {
                 plan.events.push((
                     op_id,
@@ -1012,14 +1053,18 @@ fn act(
             };
             let changed =
                 !send.is_empty() || before != status || w.next.progress.waiting_on != waiting_on;
-            w.next.status = status;
-            w.next.progress.told_window = window;
+            if w.next.status != status {
+                w.edit().status = status;
+            }
+            if w.next.progress.told_window != window {
+                w.edit().progress.told_window = window;
+            }
             for r in &send {
-                w.next
+                w.edit()
                     .progress
                     .requested
                     .insert((r.block.clone(), r.generation));
-                w.next
+                w.edit()
                     .progress
                     .asked_at
                     .entry(r.block.clone())
@@ -1042,7 +1087,9 @@ fn act(
                     },
                 ));
             }
-            w.next.progress.waiting_on = waiting_on;
+            if w.next.progress.waiting_on != waiting_on {
+                w.edit().progress.waiting_on = waiting_on;
+            }
             false
         }
         Step::Apply {
@@ -1051,28 +1098,26 @@ fn act(
             notices,
             forced,
         } => {
-            w.next.status = OpStatus::Applying;
-            w.next.progress.waiting_on.clear();
-            w.next.progress.behind = None;
-            let (action, lands) = if w.next.progress.partial_in_flight {
-                partial_action(resolved, &disturbed)
-            } else {
-                (resolved.action.clone(), resolved.lands_env.clone())
-            };
-            w.next.progress.applied_env = lands;
+            w.edit().status = OpStatus::Applying;
+            w.edit().progress.waiting_on.clear();
+            w.edit().progress.behind = None;
+            let partial = w.next.progress.partial_in_flight;
             for (b, r) in notices.iter() {
                 if *r == Reason::UpdateNoRestart {
                     plan.intents.push(PlannedIntent::Notice {
                         operation: op_id,
                         block: b.clone(),
                         reason: *r,
-                        message: format!(
-                            "release {} lands; {b} is unchanged and keeps running",
-                            resolved.target_name
-                        ),
+                        coming: resolved.target_name.clone(),
                     });
                 }
             }
+            let (action, lands) = if partial {
+                partial_action(resolved, &disturbed)
+            } else {
+                (resolved.action, resolved.lands_env)
+            };
+            w.edit().progress.applied_env = lands;
             plan.intents.push(PlannedIntent::Apply {
                 operation: op_id,
                 action,
@@ -1090,13 +1135,13 @@ fn act(
 /// every block the apply does not disturb as it runs), but only the blocks
 /// it disturbs or starts land with a new env.
 fn partial_action(
-    resolved: &Resolved,
+    resolved: Resolved,
     disturbed: &BlockMap<Disturbance>,
 ) -> (ApplyAction, BTreeMap<BlockName, Env>) {
-    let mut lands = resolved.lands_env.clone();
+    let mut lands = resolved.lands_env;
     if let ApplyAction::Release { blocks, .. } = &resolved.action {
         let names: BTreeSet<&BlockName> = blocks.iter().map(|b| &b.spec.name).collect();
         lands.retain(|b, _| names.contains(b) && disturbed.contains_key(b));
     }
-    (resolved.action.clone(), lands)
+    (resolved.action, lands)
 }
