@@ -642,17 +642,30 @@ struct Server {
     child: Child,
     pid: u32,
     addr: SocketAddr,
+    /// The bootstrap admin token it wrote, for the driver's calls.
+    token: String,
     warnings: Arc<std::sync::Mutex<(u64, Vec<String>)>>,
 }
 
 async fn start_server(bin: &Path, data_dir: &Path, log_path: &Path) -> Server {
     let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    // No dashboard (its default port may be taken), no per-client rate
+    // limit (the driver is one client making every call).
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--dashboard-listen",
+        "off",
+        "--rate-limit",
+        "0",
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     die_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()
@@ -700,10 +713,21 @@ async fn start_server(bin: &Path, data_dir: &Path, log_path: &Path) -> Server {
             log_path.display()
         ),
     };
+    // The admin token is written just after the port is bound.
+    let token_file = data_dir.join("admin.token");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let token = loop {
+        match std::fs::read_to_string(&token_file) {
+            Ok(t) if !t.trim().is_empty() => break t.trim().to_owned(),
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => panic!("no admin token in {} within 30 s", token_file.display()),
+        }
+    };
     Server {
         child,
         pid,
         addr,
+        token,
         warnings,
     }
 }
@@ -1116,6 +1140,11 @@ async fn fan_out(server: &Server, clients: &[ClientProc], concurrency: usize) ->
     let created = Arc::new(AtomicU64::new(0));
     let create_errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    // The driver authenticates like any client: the server's admin token.
+    let auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {}", server.token)
+            .parse()
+            .expect("authorization value");
     let t0_ms = now_ms();
     let t0 = Instant::now();
     let creator = {
@@ -1133,15 +1162,17 @@ async fn fan_out(server: &Server, clients: &[ClientProc], concurrency: usize) ->
                 let created = Arc::clone(&created);
                 let create_errors = Arc::clone(&create_errors);
                 let first_error = Arc::clone(&first_error);
+                let auth = auth.clone();
                 tasks.spawn(async move {
-                    let req = pb::CreateOperationRequest {
+                    let mut req = tonic::Request::new(pb::CreateOperationRequest {
                         device: id,
                         spec: Some(pb::OperationSpec {
                             kind: Some(pb::operation_spec::Kind::RestartBlock(BLOCK.into())),
                         }),
                         force: None,
                         actor: "streams-bench".into(),
-                    };
+                    });
+                    req.metadata_mut().insert("authorization", auth);
                     match client.create_operation(req).await {
                         Ok(_) => {
                             created.fetch_add(1, Ordering::Relaxed);

@@ -29,7 +29,10 @@ pub enum IngestError {
 pub struct IngestConfig {
     /// Most reports per transaction.
     pub max_batch: usize,
-    /// Longest a report waits for others to share its transaction.
+    /// Longest a report waits for others to share its transaction. Zero
+    /// (the default): none — a batch is what queued up while the previous
+    /// transaction committed, so an idle server commits a report at once and
+    /// a busy one still shares each commit among many.
     pub max_wait: Duration,
     /// Most submissions queued before submitters wait.
     pub queue: usize,
@@ -39,7 +42,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_batch: 2_000,
-            max_wait: Duration::from_millis(10),
+            max_wait: Duration::ZERO,
             queue: 1_024,
         }
     }
@@ -98,8 +101,19 @@ async fn run<S: Store>(
         // Gather.
         let mut batch = first.reports;
         let mut waiters = vec![first.done];
-        let deadline = tokio::time::Instant::now() + config.max_wait;
+        // What queued up while the previous batch committed joins at once;
+        // with a `max_wait`, later arrivals may join until it passes.
         while batch.len() < config.max_batch {
+            match rx.try_recv() {
+                Ok(s) => {
+                    batch.extend(s.reports);
+                    waiters.push(s.done);
+                }
+                Err(_) => break,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + config.max_wait;
+        while !config.max_wait.is_zero() && batch.len() < config.max_batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(s)) => {
                     batch.extend(s.reports);

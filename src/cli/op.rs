@@ -131,8 +131,9 @@ fn operation(call: &'static str, op: Option<pb::OperationInfo>) -> Result<Operat
 }
 
 /// Whether an operation has ended.
-pub(crate) fn is_terminal(status: &str) -> bool {
-    matches!(status, "done" | "failed" | "cancelled" | "superseded")
+pub(crate) fn is_terminal(state: pb::OperationStatus) -> bool {
+    use pb::OperationStatus as S;
+    matches!(state, S::Done | S::Failed | S::Cancelled | S::Superseded)
 }
 
 pub(super) async fn run(ctx: &Ctx, cmd: OpCommand) -> Result<(), CliError> {
@@ -204,11 +205,11 @@ pub(super) async fn run(ctx: &Ctx, cmd: OpCommand) -> Result<(), CliError> {
                     .operation;
                 let op = operation(CALL, op)?;
                 let now = Instant::now();
-                if is_terminal(&op.status) || now >= deadline {
+                if is_terminal(op.state) || now >= deadline {
                     // The last state is printed whatever the outcome.
                     emit(ctx.output, &op)?;
-                    return match op.status.as_str() {
-                        "done" => Ok(()),
+                    return match op.state {
+                        pb::OperationStatus::Done => Ok(()),
                         s if is_terminal(s) => Err(CliError::OperationFailed {
                             id,
                             status: op.status,
@@ -306,16 +307,22 @@ mod tests {
 
     #[test]
     fn terminal_statuses() {
+        use pb::OperationStatus as S;
         for (s, t) in [
-            ("pending", false),
-            ("waiting_lock", false),
-            ("applying", false),
-            ("done", true),
-            ("failed", true),
-            ("cancelled", true),
-            ("superseded", true),
+            (S::Unspecified, false),
+            (S::Pending, false),
+            (S::Queued, false),
+            (S::WaitingLock, false),
+            (S::WaitingWindow, false),
+            (S::WaitingApproval, false),
+            (S::PartiallyApplied, false),
+            (S::Applying, false),
+            (S::Done, true),
+            (S::Failed, true),
+            (S::Cancelled, true),
+            (S::Superseded, true),
         ] {
-            assert_eq!(is_terminal(s), t, "{s}");
+            assert_eq!(is_terminal(s), t, "{s:?}");
         }
     }
 }

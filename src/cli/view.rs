@@ -880,6 +880,9 @@ pub struct OperationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub force: Option<ForceView>,
     pub status: String,
+    /// The status as the wire enum (what `op wait` decides on).
+    #[serde(skip)]
+    pub state: pb::OperationStatus,
     pub waiting_on: Vec<DisturbanceView>,
     /// While queued: the earlier operation it waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -923,6 +926,8 @@ impl From<pb::OperationInfo> for OperationView {
                     reason: f.reason,
                 }),
             status: o.status,
+            state: pb::OperationStatus::try_from(o.state)
+                .unwrap_or(pb::OperationStatus::Unspecified),
             waiting_on: o.waiting_on.into_iter().map(Into::into).collect(),
             behind: (o.behind != 0).then_some(o.behind),
             error: o.error,

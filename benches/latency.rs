@@ -1,0 +1,441 @@
+//! Benchmark: lock release → APPLY latency on an idle server. Goal: p99
+//! ≤10 ms over ≥1,000 samples.
+//!
+//! Why it exists: when a block lets go of its lock, whatever waited on it
+//! should start at once — the holder may have released inside a short
+//! window, and every millisecond the platform sits on the release is time the
+//! block might take its lock again.
+//!
+//! Run: `cargo build --release && cargo bench --bench latency` (or `--
+//! --samples 200` for a quick run; `--backend sqlite|postgres|both`, default
+//! both). Prints a summary per backend and writes
+//! `target/bench-results/latency.json`.
+//!
+//! Each backend: the real `target/release/lockstep serve` (embedded SQLite in
+//! a temporary data dir, or a throwaway PostgreSQL cluster), set up through
+//! the API with its bootstrap admin token like any client: a fleet, block `b`
+//! 1.0.0, release r1, one device. One agent stream (this process) says hello
+//! running r1 with `b`'s lock held. Each sample: `CreateOperation(restart b)`;
+//! the release request for `b` arrives; the agent reports `b` free (t0); the
+//! APPLY arrives (t1); sample = t1 − t0. The agent then answers `applied`,
+//! reports its state and takes the lock again (a new generation), as the
+//! real agent does. The baseline, measured in the same run on the same
+//! stream, is the round trip of a lock report that changes nothing the
+//! server must decide on (a report of an unchanged lock), i.e. what the
+//! transport and ingest alone cost.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use lockstep::domain::Env;
+use lockstep::grpc::agent::DEVICE_HEADER;
+use lockstep::grpc::pb;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+const DEVICE: &str = "lat-1";
+
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("locating the bench executable");
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join("lockstep"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            eprintln!(
+                "latency: no lockstep binary near {}; run cargo build --release",
+                exe.display()
+            );
+            std::process::exit(2);
+        })
+}
+
+struct Server {
+    _child: Child,
+    channel: Channel,
+    token: MetadataValue<Ascii>,
+}
+
+async fn start_server(args: &[String], token_file: &Path, log: &Path) -> Server {
+    let mut cmd = Command::new(server_binary());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--dashboard-listen",
+        "off",
+        "--rate-limit",
+        "0",
+    ])
+    .args(args)
+    .env("LOCKSTEP_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("starting lockstep serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("lockstep listening")
+                && let Some(a) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+            {
+                return a.to_owned();
+            }
+        }
+        panic!("lockstep serve exited before listening");
+    })
+    .await
+    .expect("lockstep serve listening within 60 s");
+    let mut file = std::fs::File::create(log).expect("server log file");
+    tokio::spawn(async move {
+        use std::io::Write as _;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = writeln!(file, "{line}");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let token = loop {
+        match std::fs::read_to_string(token_file) {
+            Ok(t) if !t.trim().is_empty() => break t.trim().to_owned(),
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => panic!("no admin token in {}", token_file.display()),
+        }
+    };
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("URL")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connecting");
+    Server {
+        _child: child,
+        channel,
+        token: format!("Bearer {token}").parse().expect("token header"),
+    }
+}
+
+impl Server {
+    fn req<T>(&self, m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut().insert("authorization", self.token.clone());
+        r
+    }
+}
+
+/// The catalog and the device, through the API. Returns the credential.
+async fn setup(s: &Server) -> String {
+    let mut devices = pb::device_service_client::DeviceServiceClient::new(s.channel.clone());
+    let mut catalog = pb::catalog_service_client::CatalogServiceClient::new(s.channel.clone());
+    devices
+        .create_fleet(s.req(pb::CreateFleetRequest {
+            id: "lat".into(),
+            name: String::new(),
+        }))
+        .await
+        .expect("CreateFleet");
+    catalog
+        .create_block(s.req(pb::CreateBlockRequest {
+            name: "b".into(),
+            description: String::new(),
+        }))
+        .await
+        .expect("CreateBlock");
+    catalog
+        .create_block_version(s.req(pb::CreateBlockVersionRequest {
+            block_version: Some(pb::BlockVersion {
+                block: "b".into(),
+                version: "1.0.0".into(),
+                image_digest: format!("sha256:{}", "b".repeat(64)),
+                ..Default::default()
+            }),
+        }))
+        .await
+        .expect("CreateBlockVersion");
+    catalog
+        .create_release(s.req(pb::CreateReleaseRequest {
+            id: "r1".into(),
+            fleet: "lat".into(),
+            blocks: vec![pb::BlockRef {
+                block: "b".into(),
+                version: "1.0.0".into(),
+            }],
+            env: Default::default(),
+        }))
+        .await
+        .expect("CreateRelease");
+    devices
+        .register_device(s.req(pb::RegisterDeviceRequest {
+            id: DEVICE.into(),
+            fleet: "lat".into(),
+            tags: vec![],
+        }))
+        .await
+        .expect("RegisterDevice")
+        .into_inner()
+        .credential
+}
+
+fn state() -> pb::StateReport {
+    pb::StateReport {
+        current_release: "r1".into(),
+        os_version: String::new(),
+        blocks: vec![pb::ReportedBlock {
+            block: "b".into(),
+            version: "1.0.0".into(),
+            env_fingerprint: lockstep::domain::env::fingerprint(&Env::new()).to_hex(),
+        }],
+    }
+}
+
+fn locks(seq: u64, held: bool, generation: u64) -> pb::LockReport {
+    pb::LockReport {
+        seq,
+        locks: vec![pb::BlockLock {
+            block: "b".into(),
+            held,
+            generation,
+            since_unix_ms: lockstep::clock::now().0,
+        }],
+    }
+}
+
+fn msg(m: pb::agent_message::Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(m) }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn run(backend: &str, samples: usize) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token_file = dir.path().join("admin.token");
+    let args: Vec<String> = match backend {
+        "sqlite" => vec![
+            "--data-dir".into(),
+            dir.path().to_str().expect("utf-8").into(),
+        ],
+        _ => vec![
+            "--database-url".into(),
+            lockstep::testkit::fresh_pg_url().await,
+            "--bootstrap-token-file".into(),
+            token_file.to_str().expect("utf-8").into(),
+        ],
+    };
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
+    let _ = std::fs::create_dir_all(&results);
+    let log = results.join(format!("latency-server-{backend}.log"));
+    let server = start_server(&args, &token_file, &log).await;
+    let credential = setup(&server).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(64);
+    let mut agent = pb::agent_service_client::AgentServiceClient::new(server.channel.clone());
+    let mut generation = 1u64;
+    let mut seq = 1u64;
+    tx.send(msg(pb::agent_message::Msg::Hello(pb::Hello {
+        agent_version: "latency-bench".into(),
+        state: Some(state()),
+        locks: Some(locks(seq, true, generation)),
+        last_intent_seq: 0,
+    })))
+    .await
+    .expect("hello");
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert(DEVICE_HEADER, DEVICE.parse().expect("device header"));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}")
+            .parse()
+            .expect("credential header"),
+    );
+    let mut inbound = agent.connect(req).await.expect("Connect").into_inner();
+    let mut ops = pb::operation_service_client::OperationServiceClient::new(server.channel.clone());
+    let mut devices = pb::device_service_client::DeviceServiceClient::new(server.channel.clone());
+
+    // Baseline: a lock report the server has nothing to decide on, then a
+    // read of the device's state showing it (transport + ingest + read).
+    let mut baseline = Vec::with_capacity(samples);
+    for _ in 0..samples.min(200) {
+        seq += 1;
+        let t0 = Instant::now();
+        tx.send(msg(pb::agent_message::Msg::LockReport(locks(
+            seq, true, generation,
+        ))))
+        .await
+        .expect("lock report");
+        devices
+            .get_device_state(server.req(pb::GetDeviceStateRequest { id: DEVICE.into() }))
+            .await
+            .expect("GetDeviceState");
+        baseline.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    let mut lat = Vec::with_capacity(samples);
+    let started = Instant::now();
+    for sample in 0..samples {
+        // Four agent messages a sample: paced under the server's per-stream
+        // message rate (50/s), as a real agent is.
+        let paced = tokio::time::sleep(Duration::from_millis(100));
+        let created = ops
+            .create_operation(server.req(pb::CreateOperationRequest {
+                device: DEVICE.into(),
+                spec: Some(pb::OperationSpec {
+                    kind: Some(pb::operation_spec::Kind::RestartBlock("b".into())),
+                }),
+                force: None,
+                actor: "latency-bench".into(),
+            }))
+            .await
+            .expect("CreateOperation")
+            .into_inner()
+            .operation
+            .expect("operation");
+        // The release request for b.
+        loop {
+            let Ok(m) = tokio::time::timeout(Duration::from_secs(30), inbound.next()).await else {
+                let op = ops
+                    .get_operation(server.req(pb::GetOperationRequest { id: created.id }))
+                    .await
+                    .expect("GetOperation")
+                    .into_inner()
+                    .operation;
+                panic!("sample {sample}: no release request within 30 s; operation: {op:?}");
+            };
+            let m = m.expect("stream open").expect("server message");
+            if let Some(pb::server_message::Msg::Intent(i)) = m.msg
+                && let Some(pb::intent::Kind::ReleaseRequest(_)) = i.kind
+            {
+                break;
+            }
+        }
+        // b lets go: t0.
+        generation += 1;
+        seq += 1;
+        let t0 = Instant::now();
+        tx.send(msg(pb::agent_message::Msg::LockReport(locks(
+            seq, false, generation,
+        ))))
+        .await
+        .expect("lock report");
+        let apply_seq = loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), inbound.next())
+                .await
+                .expect("an APPLY within 30 s")
+                .expect("stream open")
+                .expect("server message");
+            if let Some(pb::server_message::Msg::Intent(i)) = m.msg
+                && let Some(pb::intent::Kind::Apply(_)) = i.kind
+            {
+                break i.seq;
+            }
+        };
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if ms > 100.0 {
+            eprintln!(
+                "latency [{backend}]: sample {sample} took {ms:.0} ms (apply seq {apply_seq})"
+            );
+        }
+        lat.push(ms);
+        // Applied; the state after it; b takes its lock again.
+        tx.send(msg(pb::agent_message::Msg::Ack(pb::IntentAck {
+            intent_seq: apply_seq,
+            kind: Some(pb::intent_ack::Kind::Applied(pb::intent_ack::Applied {})),
+            block: String::new(),
+        })))
+        .await
+        .expect("ack");
+        tx.send(msg(pb::agent_message::Msg::State(state())))
+            .await
+            .expect("state");
+        generation += 1;
+        seq += 1;
+        tx.send(msg(pb::agent_message::Msg::LockReport(locks(
+            seq, true, generation,
+        ))))
+        .await
+        .expect("lock report");
+        // The next sample starts once the server has the lock held again
+        // (else it could decide on the free lock, and the agent would answer
+        // the apply `stale`).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "sample {sample}: the server never saw b held again"
+            );
+            let s = devices
+                .get_device_state(server.req(pb::GetDeviceStateRequest { id: DEVICE.into() }))
+                .await
+                .expect("GetDeviceState")
+                .into_inner();
+            if s.locks
+                .iter()
+                .any(|l| l.block == "b" && l.generation == generation)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        paced.await;
+    }
+    let total = started.elapsed();
+    let sort = |v: &mut Vec<f64>| v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    sort(&mut lat);
+    sort(&mut baseline);
+    let (p50, p99, max) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat[lat.len() - 1],
+    );
+    let (b50, b99) = (percentile(&baseline, 0.5), percentile(&baseline, 0.99));
+    println!(
+        "latency [{backend}]: lock release → APPLY over {samples} samples: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (goal p99 ≤ 10 ms); baseline (lock report + state read, {} samples): p50 {b50:.2} ms, p99 {b99:.2} ms; {:.1} s in all",
+        baseline.len(),
+        total.as_secs_f64()
+    );
+    serde_json::json!({
+        "backend": backend, "samples": samples,
+        "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+        "baseline_p50_ms": b50, "baseline_p99_ms": b99,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let samples: usize = value("--samples").map_or(1000, |s| s.parse().expect("--samples N"));
+    let backends: Vec<&str> = match value("--backend").as_deref() {
+        Some("sqlite") => vec!["sqlite"],
+        Some("postgres") => vec!["postgres"],
+        _ => vec!["sqlite", "postgres"],
+    };
+    let mut results = Vec::new();
+    for b in backends {
+        results.push(run(b, samples).await);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("latency.json"),
+        serde_json::json!({ "bench": "latency", "results": results }).to_string(),
+    );
+}
