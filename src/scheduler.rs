@@ -26,11 +26,25 @@ use crate::domain::{
 use crate::events::Events;
 use crate::hub::Hub;
 use crate::intents;
-use crate::store::{ApprovalChange, EnvOwner, PlanWrite, Store, StoreError};
+use crate::store::{ApprovalChange, PlanWrite, Store, StoreError};
 use crate::telemetry::{self, Metrics};
 
 /// How often the safety sweep looks for due timers in the database.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Devices reconciled at once within a pass.
+const CONCURRENCY: usize = 16;
+
+/// Releases kept in memory (they never change once created).
+const RELEASE_CACHE: usize = 256;
+
+/// What one pass of the driver reads once: each fleet's policy.
+#[derive(Default)]
+struct Pass {
+    policies: Mutex<std::collections::HashMap<domain::FleetId, domain::FleetPolicy>>,
+}
+
+use futures::StreamExt as _;
 
 /// Devices waiting for the reconciler's attention. Each device is queued at
 /// most once, so the queue is bounded by the number of devices.
@@ -103,6 +117,8 @@ pub struct Scheduler<S> {
     wakeups: Wakeups,
     events: Events,
     metrics: Metrics,
+    /// Releases by id: a cache (a release is immutable once created).
+    releases: Mutex<std::collections::HashMap<domain::ReleaseId, Arc<Release>>>,
 }
 
 /// One device's gathered input, owned.
@@ -123,6 +139,7 @@ impl<S: Store> Scheduler<S> {
             wakeups,
             events,
             metrics: Metrics::default(),
+            releases: Mutex::default(),
         }
     }
 
@@ -159,30 +176,41 @@ impl<S: Store> Scheduler<S> {
                 let _ = tokio::time::timeout(wait, self.wakeups.notify.notified()).await;
                 self.wakeups.due(clock::now());
             }
-            for device in self.wakeups.take() {
-                let span = tracing::info_span!(
-                    "scheduler.decide",
-                    otel.status_code = tracing::field::Empty,
-                    device = %device,
-                    operation = tracing::field::Empty,
-                    step = tracing::field::Empty,
-                );
-                let handled = self.handle(&device).instrument(span.clone()).await;
-                if let Err(e) = handled {
-                    span.record("otel.status_code", "ERROR");
-                    tracing::warn!(device = %device, error = %e, source = ?std::error::Error::source(&e), "reconciling failed; retrying shortly");
-                    let wakeups = self.wakeups.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        wakeups.wake(&device);
-                    });
-                }
-            }
+            // One pass: each woken device once, a bounded number at a time
+            // (each device's reconciliation is independent; generations
+            // guard the writes). Fleet policies are read once per pass.
+            let pass = Pass::default();
+            let woken = self.wakeups.take();
+            let me = &self;
+            futures::stream::iter(woken)
+                .for_each_concurrent(CONCURRENCY, |device| {
+                    let pass = &pass;
+                    async move {
+                        let span = tracing::info_span!(
+                            "scheduler.decide",
+                            otel.status_code = tracing::field::Empty,
+                            device = %device,
+                            operation = tracing::field::Empty,
+                            step = tracing::field::Empty,
+                        );
+                        let handled = me.handle(&device, pass).instrument(span.clone()).await;
+                        if let Err(e) = handled {
+                            span.record("otel.status_code", "ERROR");
+                            tracing::warn!(device = %device, error = %e, source = ?std::error::Error::source(&e), "reconciling failed; retrying shortly");
+                            let wakeups = me.wakeups.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                wakeups.wake(&device);
+                            });
+                        }
+                    }
+                })
+                .await;
         }
     }
 
     /// Gathers everything one reconciliation of `device` reads.
-    async fn gather(&self, device: &DeviceId) -> Result<Gathered, ScheduleError> {
+    async fn gather(&self, device: &DeviceId, pass: &Pass) -> Result<Gathered, ScheduleError> {
         let record = self.store.get_device(device).await?;
         let records = self.store.active_operations(device).await?;
         let open_requests = self.store.open_release_requests(device).await?;
@@ -211,19 +239,24 @@ impl<S: Store> Scheduler<S> {
                 wake_at,
             });
         }
-        let policy = self.store.fleet_policy(&record.fleet).await?;
-        let fleet_env = self
-            .store
-            .env_layer(&EnvOwner::Fleet(record.fleet.clone()))
-            .await?;
-        let own_env = self
-            .store
-            .env_layer(&EnvOwner::Device(device.clone()))
-            .await?;
-        facts.desired_env = EnvContext {
-            fleet: fleet_env,
-            device: own_env,
+        let cached = pass
+            .policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.fleet)
+            .cloned();
+        let policy = match cached {
+            Some(p) => p,
+            None => {
+                let p = self.store.fleet_policy(&record.fleet).await?;
+                pass.policies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(record.fleet.clone(), p.clone());
+                p
+            }
         };
+        facts.desired_env = self.store.device_env(device).await?;
         if let Some(report) = self.store.device_report(device).await? {
             facts.reported_at = report.reported;
             let current = match &report.current_release {
@@ -316,16 +349,32 @@ impl<S: Store> Scheduler<S> {
     }
 
     async fn release(&self, id: &domain::ReleaseId) -> Result<Option<Arc<Release>>, StoreError> {
+        if let Some(r) = self
+            .releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
+            return Ok(Some(Arc::clone(r)));
+        }
         match self.store.get_release(id).await {
-            Ok(r) => Ok(Some(Arc::new(r))),
+            Ok(r) => {
+                let r = Arc::new(r);
+                let mut cache = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= RELEASE_CACHE {
+                    cache.clear();
+                }
+                cache.insert(id.clone(), Arc::clone(&r));
+                Ok(Some(r))
+            }
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// Gather → reconcile → write one device's plan.
-    async fn handle(&self, device: &DeviceId) -> Result<(), ScheduleError> {
-        let g = self.gather(device).await?;
+    async fn handle(&self, device: &DeviceId, pass: &Pass) -> Result<(), ScheduleError> {
+        let g = self.gather(device, pass).await?;
         let now = clock::now();
         let started = std::time::Instant::now();
         let plan = reconcile::reconcile(&reconcile::Input {

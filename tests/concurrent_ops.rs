@@ -617,11 +617,14 @@ async fn a_release_changing_a_is_queued_behind_the_env_change_for_a(fx: Fixture)
     fx.hold("a", false);
     // Never the release done before the env change.
     eventually(30, "both operations to be done", || async {
-        let (env, rel) = (fx.op(env_op).await, fx.op(release).await);
+        // The release is read first: were it done before the env change,
+        // the env change read after it could not be done yet.
+        let rel = fx.op(release).await;
+        let env = fx.op(env_op).await;
         if rel.status == "done" {
             assert_eq!(
                 env.status, "done",
-                "the release finished before the env change it was queued behind"
+                "the release finished before the env change it was queued behind: {env:?} {rel:?}"
             );
         }
         for o in [&env, &rel] {

@@ -2013,6 +2013,21 @@ async fn env_edits_snapshot_the_running_env_and_create_their_operations_at_once<
     );
     let layer = s.env_layer(&EnvOwner::Fleet(fleet_id("f1"))).await.unwrap();
     assert_eq!(layer.scoped[&b("a")][&EnvName::new("MODE").unwrap()], "eco");
+    // One read gives a device both levels, as the two layer reads do.
+    s.set_env(
+        &EnvOwner::Device(dev("d1")),
+        &[var("LEVEL", "2", &[])],
+        ts(2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.device_env(&dev("d1")).await.unwrap(),
+        EnvContext {
+            fleet: layer,
+            device: s.env_layer(&EnvOwner::Device(dev("d1"))).await.unwrap(),
+        }
+    );
     // A second edit about the same blocks merges into the same operations;
     // the snapshot is not taken again.
     let again = s

@@ -171,6 +171,13 @@ pub trait PlanStore {
         now: Timestamp,
     ) -> impl Future<Output = Result<EnvChanged, StoreError>> + Send;
 
+    /// The operator env as stored for a device: its fleet's layer and its
+    /// own, in one read.
+    fn device_env(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<crate::domain::EnvContext, StoreError>> + Send;
+
     /// Records the phase an agent reports for an apply in flight.
     fn record_phase(
         &self,
@@ -630,6 +637,39 @@ macro_rules! impl_plan_store {
                 }
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok($crate::store::plans::EnvChanged { removed, operations })
+            }
+
+            async fn device_env(
+                &self,
+                device: &DeviceId,
+            ) -> Result<$crate::domain::EnvContext, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT v.level AS level, v.name AS name, v.block AS block, v.value AS value \
+                     FROM env_vars v JOIN devices d ON d.id = $1 \
+                     WHERE (v.level = 'device' AND v.owner = d.id) OR (v.level = 'fleet' AND v.owner = d.fleet) \
+                     ORDER BY v.level, v.name, v.block",
+                )
+                .bind(device.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut ctx = $crate::domain::EnvContext::default();
+                for r in &rows {
+                    let level: String = get(r, "level")?;
+                    let name: String = get(r, "name")?;
+                    let block: String = get(r, "block")?;
+                    let value: String = get(r, "value")?;
+                    let key = format!("{device}:{name}");
+                    let name = EnvName::new(name).map_err(|e| codec::corrupt("env var", &key, e))?;
+                    let layer = if level == "fleet" { &mut ctx.fleet } else { &mut ctx.device };
+                    if block.is_empty() {
+                        layer.wide.insert(name, value);
+                    } else {
+                        let block = BlockName::new(block).map_err(|e| codec::corrupt("env var", &key, e))?;
+                        layer.scoped.entry(block).or_default().insert(name, value);
+                    }
+                }
+                Ok(ctx)
             }
 
             async fn record_phase(
