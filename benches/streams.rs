@@ -8,7 +8,9 @@
 //! on those streams, so the fan-out rate bounds how fast one can land.
 //!
 //! Run: `cargo build --release && cargo bench --bench streams` (or
-//! `-- --streams 2000 --settle 3` for a quick run). Options: `--streams LIST`
+//! `-- --streams 2000 --settle 3` for a quick run). Options: `--backend
+//! postgres` (a fresh database on a throwaway cluster, or on the server of
+//! `DATABASE_URL`; default `sqlite`), `--streams LIST`
 //! checkpoints, comma-separated, ascending (10000,20000,50000; each is clamped
 //! to what one server process can hold, see below), `--per-client N` streams
 //! per client process (9000), `--settle SECS` idle time before each memory
@@ -75,7 +77,7 @@ use lockstep::domain::{
 };
 use lockstep::grpc::agent::DEVICE_HEADER;
 use lockstep::grpc::pb;
-use lockstep::store::{PoolOptions, SqliteStore, Store};
+use lockstep::store::{PgStore, PoolOptions, SqliteStore, Store};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -84,7 +86,7 @@ use tonic::transport::{Channel, Endpoint};
 
 const USAGE: &str = "usage: streams [--streams N,N,...] [--per-client N] [--settle SECS] \
                      [--connect-concurrency N] [--create-concurrency N] [--no-fanout] \
-                     [--out FILE]";
+                     [--backend sqlite|postgres] [--out FILE]";
 
 /// The one credential every bench device shares (hashing is per device row).
 const SECRET: &str = "lsd_bench";
@@ -402,6 +404,9 @@ struct DriverArgs {
     create_concurrency: usize,
     fanout: bool,
     out: String,
+    /// `sqlite` (the data dir) or `postgres` (a fresh database on a
+    /// throwaway cluster, or on `DATABASE_URL`'s server).
+    backend: String,
 }
 
 fn parse_driver_args(argv: &[String]) -> DriverArgs {
@@ -414,6 +419,7 @@ fn parse_driver_args(argv: &[String]) -> DriverArgs {
         create_concurrency: 64,
         fanout: true,
         out: "streams.json".to_owned(),
+        backend: "sqlite".to_owned(),
     };
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -437,6 +443,7 @@ fn parse_driver_args(argv: &[String]) -> DriverArgs {
             "--connect-concurrency" => args.connect_concurrency = number(value),
             "--create-concurrency" => args.create_concurrency = number(value),
             "--out" => args.out = value.clone(),
+            "--backend" if value == "sqlite" || value == "postgres" => args.backend = value.clone(),
             _ => panic!("unknown argument {flag}\n{USAGE}"),
         }
     }
@@ -575,11 +582,73 @@ fn kernel_tcp_kib() -> u64 {
     pages * 4
 }
 
-/// Creates the fleet, block, release and `devices` device rows.
-async fn setup_db(dir: &Path, devices: usize) {
+/// Creates the fleet, block, release and `devices` device rows; returns
+/// the server's arguments for that database.
+async fn setup_db(backend: &str, dir: &Path, devices: usize) -> Vec<String> {
+    if backend == "postgres" {
+        let url = lockstep::testkit::fresh_pg_url().await;
+        let store = PgStore::connect(&url, &PoolOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to Postgres: {e}"));
+        catalog(&store).await;
+        let mut tx = store.pool().begin().await.expect("begin");
+        for i in 0..devices {
+            insert_device(i)
+                .execute(&mut *tx)
+                .await
+                .expect("inserting a device");
+        }
+        tx.commit().await.expect("commit devices");
+        store.pool().close().await;
+        let token = dir.join("admin.token");
+        return vec![
+            "--database-url".into(),
+            url,
+            "--bootstrap-token-file".into(),
+            token.to_str().expect("utf-8 path").into(),
+        ];
+    }
     let store = SqliteStore::open(dir, &PoolOptions::default())
         .await
         .unwrap_or_else(|e| panic!("opening SQLite in {}: {e}", dir.display()));
+    catalog(&store).await;
+    let mut tx = store.pool().begin().await.expect("begin");
+    for i in 0..devices {
+        insert_device(i)
+            .execute(&mut *tx)
+            .await
+            .expect("inserting a device");
+    }
+    tx.commit().await.expect("commit devices");
+    store.pool().close().await;
+    vec![
+        "--data-dir".into(),
+        dir.to_str().expect("utf-8 path").into(),
+    ]
+}
+
+/// One bench device row (all share the credential `SECRET`).
+fn insert_device<DB: sqlx::Database>(
+    i: usize,
+) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>
+where
+    String: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    &'static str: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+{
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = HASH.get_or_init(|| lockstep::auth::hash_credential(SECRET));
+    sqlx::query(
+        "INSERT INTO devices (id, fleet, credential_hash, created_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(device_id(i))
+    .bind(FLEET)
+    .bind(hash.as_str())
+    .bind(lockstep::clock::now().0)
+}
+
+/// The fleet, block `b` 1.0.0 and release `r1`, through the store.
+async fn catalog<S: Store>(store: &S) {
     let now = lockstep::clock::now();
     let fleet = FleetId::new(FLEET).expect("fleet id");
     store
@@ -619,22 +688,6 @@ async fn setup_db(dir: &Path, devices: usize) {
         .create_release(&release, now)
         .await
         .expect("creating the release");
-    let hash = lockstep::auth::hash_credential(SECRET);
-    let mut tx = store.pool().begin().await.expect("begin");
-    for i in 0..devices {
-        sqlx::query(
-            "INSERT INTO devices (id, fleet, credential_hash, created_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(device_id(i))
-        .bind(FLEET)
-        .bind(&hash)
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await
-        .expect("inserting a device");
-    }
-    tx.commit().await.expect("commit devices");
-    store.pool().close().await;
 }
 
 /// The running server and what its log told.
@@ -647,7 +700,7 @@ struct Server {
     warnings: Arc<std::sync::Mutex<(u64, Vec<String>)>>,
 }
 
-async fn start_server(bin: &Path, data_dir: &Path, log_path: &Path) -> Server {
+async fn start_server(bin: &Path, db_args: &[String], data_dir: &Path, log_path: &Path) -> Server {
     let mut cmd = Command::new(bin);
     // No dashboard (its default port may be taken), no per-client rate
     // limit (the driver is one client making every call).
@@ -659,9 +712,8 @@ async fn start_server(bin: &Path, data_dir: &Path, log_path: &Path) -> Server {
         "off",
         "--rate-limit",
         "0",
-        "--data-dir",
     ])
-    .arg(data_dir)
+    .args(db_args)
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
@@ -878,15 +930,16 @@ async fn driver(args: DriverArgs) {
 
     let dir = tempfile::tempdir().expect("creating a temp data dir");
     let t = Instant::now();
-    setup_db(dir.path(), max_n).await;
+    let db_args = setup_db(&args.backend, dir.path(), max_n).await;
     println!(
-        "streams: {max_n} devices written to {} in {:.1} s",
+        "streams: {max_n} devices written to {} ({}) in {:.1} s",
+        args.backend,
         dir.path().display(),
         t.elapsed().as_secs_f64()
     );
     std::fs::create_dir_all(results_dir()).expect("creating target/bench-results");
     let log_path = results_dir().join("streams-server.log");
-    let mut server = start_server(&bin, dir.path(), &log_path).await;
+    let mut server = start_server(&bin, &db_args, dir.path(), &log_path).await;
     println!(
         "streams: {} serve pid {} on {}",
         bin.display(),
@@ -1077,6 +1130,7 @@ async fn driver(args: DriverArgs) {
 
     let result = json!({
         "bench": "streams",
+        "backend": args.backend,
         "unix_ms": now_ms(),
         "goal_kib_per_idle_stream": 16,
         "goal_intents_per_sec": 10_000,

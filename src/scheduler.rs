@@ -1,8 +1,9 @@
-//! The reconciler's driver: for each woken device, gather one input from
-//! the store, call the pure `domain::reconcile::reconcile`, and write the
-//! plan it returns in one transaction — then publish its events and wake
-//! the device's stream. Nothing here decides; it translates, calls and
-//! translates back.
+//! The reconciler's driver: for each batch of woken devices, gather their
+//! inputs from the store in one read (a fixed number of set-based queries),
+//! call the pure `domain::reconcile::reconcile` per device, and write all
+//! the plans in one transaction (each device's plan all or nothing) — then
+//! publish their events and wake the devices' streams. Nothing here decides;
+//! it translates, calls and translates back.
 //!
 //! Work is woken by nudges (an operation created or cancelled, a lock
 //! report, an answer, a connect or disconnect, an approval) and by timers.
@@ -20,20 +21,19 @@ use tracing::Instrument as _;
 use crate::clock;
 use crate::domain::reconcile::{self, ApprovalWrite, DeviceFacts, OpFacts, Plan, PlannedIntent};
 use crate::domain::{
-    self, AuditEntry, DeviceId, DeviceState, EnvContext, OperationSpec, Release, RunningBlock,
-    Timestamp,
+    self, AuditEntry, DeviceId, DeviceState, OperationSpec, Release, RunningBlock, Timestamp,
 };
 use crate::events::Events;
 use crate::hub::Hub;
 use crate::intents;
-use crate::store::{ApprovalChange, PlanWrite, Store, StoreError};
+use crate::store::{ApprovalChange, DeviceRows, PlanWrite, Store, StoreError};
 use crate::telemetry::{self, Metrics};
 
 /// How often the safety sweep looks for due timers in the database.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Devices reconciled at once within a pass.
-const CONCURRENCY: usize = 16;
+/// Devices gathered, reconciled and written together.
+const BATCH: usize = 128;
 
 /// Releases kept in memory (they never change once created).
 const RELEASE_CACHE: usize = 256;
@@ -41,10 +41,8 @@ const RELEASE_CACHE: usize = 256;
 /// What one pass of the driver reads once: each fleet's policy.
 #[derive(Default)]
 struct Pass {
-    policies: Mutex<std::collections::HashMap<domain::FleetId, domain::FleetPolicy>>,
+    policies: std::collections::HashMap<domain::FleetId, domain::FleetPolicy>,
 }
-
-use futures::StreamExt as _;
 
 /// Devices waiting for the reconciler's attention. Each device is queued at
 /// most once, so the queue is bounded by the number of devices.
@@ -176,59 +174,93 @@ impl<S: Store> Scheduler<S> {
                 let _ = tokio::time::timeout(wait, self.wakeups.notify.notified()).await;
                 self.wakeups.due(clock::now());
             }
-            // One pass: each woken device once, a bounded number at a time
-            // (each device's reconciliation is independent; generations
-            // guard the writes). Fleet policies are read once per pass.
-            let pass = Pass::default();
-            let woken = self.wakeups.take();
-            let me = &self;
-            futures::stream::iter(woken)
-                .for_each_concurrent(CONCURRENCY, |device| {
-                    let pass = &pass;
-                    async move {
-                        let span = tracing::info_span!(
-                            "scheduler.decide",
-                            otel.status_code = tracing::field::Empty,
-                            device = %device,
-                            operation = tracing::field::Empty,
-                            step = tracing::field::Empty,
-                        );
-                        let handled = me.handle(&device, pass).instrument(span.clone()).await;
-                        if let Err(e) = handled {
-                            span.record("otel.status_code", "ERROR");
-                            tracing::warn!(device = %device, error = %e, source = ?std::error::Error::source(&e), "reconciling failed; retrying shortly");
-                            let wakeups = me.wakeups.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                                wakeups.wake(&device);
-                            });
-                        }
-                    }
-                })
-                .await;
+            // One pass: each woken device once, in batches — each batch
+            // gathered with a fixed number of queries, reconciled, and
+            // written in one transaction. Fleet policies are read once per
+            // pass.
+            let mut pass = Pass::default();
+            let woken: Vec<DeviceId> = self.wakeups.take().into_iter().collect();
+            for batch in woken.chunks(BATCH) {
+                let span = tracing::info_span!(
+                    "scheduler.decide",
+                    otel.status_code = tracing::field::Empty,
+                    devices = batch.len(),
+                    device = tracing::field::Empty,
+                    operation = tracing::field::Empty,
+                    step = tracing::field::Empty,
+                );
+                if batch.len() == 1 {
+                    span.record("device", tracing::field::display(&batch[0]));
+                }
+                let handled = self
+                    .reconcile_batch(batch, &mut pass)
+                    .instrument(span.clone())
+                    .await;
+                if let Err(e) = handled {
+                    span.record("otel.status_code", "ERROR");
+                    tracing::warn!(devices = batch.len(), error = %e, source = ?std::error::Error::source(&e), "reconciling failed; retrying shortly");
+                    self.retry_later(batch.to_vec());
+                }
+            }
         }
     }
 
-    /// Gathers everything one reconciliation of `device` reads.
-    async fn gather(&self, device: &DeviceId, pass: &Pass) -> Result<Gathered, ScheduleError> {
-        let record = self.store.get_device(device).await?;
-        let records = self.store.active_operations(device).await?;
-        let open_requests = self.store.open_release_requests(device).await?;
-        let plan_state = self.store.plan_state(device).await?;
-        let wake_at = plan_state.wake_at;
-        let online = self.hub.is_connected(device);
+    /// Wakes `devices` again after a pause (the store failed them).
+    fn retry_later(&self, devices: Vec<DeviceId>) {
+        let wakeups = self.wakeups.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            devices.iter().for_each(|d| wakeups.wake(d));
+        });
+    }
+
+    /// The fleet's policy, read once per pass.
+    async fn policy(
+        &self,
+        fleet: &domain::FleetId,
+        pass: &mut Pass,
+    ) -> Result<domain::FleetPolicy, StoreError> {
+        if let Some(p) = pass.policies.get(fleet) {
+            return Ok(p.clone());
+        }
+        let p = self.store.fleet_policy(fleet).await?;
+        pass.policies.insert(fleet.clone(), p.clone());
+        Ok(p)
+    }
+
+    /// Turns the rows the store read for one device into the reconciler's
+    /// input (releases and block versions resolved through the cache).
+    async fn input_from(
+        &self,
+        rows: DeviceRows,
+        pass: &mut Pass,
+    ) -> Result<Gathered, ScheduleError> {
+        let DeviceRows {
+            device: record,
+            plan_state,
+            ops: records,
+            acks,
+            open_requests,
+            report,
+            locks,
+            env,
+            approvals,
+            windows,
+        } = rows;
+        let device = record.id.clone();
         let mut facts = DeviceFacts {
             id: device.clone(),
             fleet: record.fleet.clone(),
-            online,
+            online: self.hub.is_connected(&device),
             status: record.status,
             state: None,
             current: None,
-            desired_env: EnvContext::default(),
+            desired_env: env,
             applied_env: plan_state.applied_env,
             reported_at: Timestamp(0),
             last_apply_answer_at: plan_state.last_apply_answer_at,
         };
+        let wake_at = plan_state.wake_at;
         if records.is_empty() {
             return Ok(Gathered {
                 device: facts,
@@ -239,25 +271,8 @@ impl<S: Store> Scheduler<S> {
                 wake_at,
             });
         }
-        let cached = pass
-            .policies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&record.fleet)
-            .cloned();
-        let policy = match cached {
-            Some(p) => p,
-            None => {
-                let p = self.store.fleet_policy(&record.fleet).await?;
-                pass.policies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(record.fleet.clone(), p.clone());
-                p
-            }
-        };
-        facts.desired_env = self.store.device_env(device).await?;
-        if let Some(report) = self.store.device_report(device).await? {
+        let policy = self.policy(&record.fleet, pass).await?;
+        if let Some(report) = report {
             facts.reported_at = report.reported;
             let current = match &report.current_release {
                 Some(id) => self.release(id).await?,
@@ -294,7 +309,6 @@ impl<S: Store> Scheduler<S> {
                     },
                 );
             }
-            let locks = self.store.device_locks(device).await?;
             facts.state = Some(DeviceState {
                 id: device.clone(),
                 current_release: report.current_release.clone(),
@@ -305,7 +319,6 @@ impl<S: Store> Scheduler<S> {
             });
             facts.current = current;
         }
-        let acks = self.store.operation_acks(device).await?;
         let mut ops = Vec::with_capacity(records.len());
         let mut needs_windows = false;
         for record in records {
@@ -314,7 +327,7 @@ impl<S: Store> Scheduler<S> {
                 _ => None,
             };
             let approval = if policy.needs_approval(&record.spec) {
-                self.store.latest_approval(record.id).await?
+                approvals.get(&record.id).cloned()
             } else {
                 None
             };
@@ -329,12 +342,7 @@ impl<S: Store> Scheduler<S> {
             });
         }
         let windows = if needs_windows {
-            self.store
-                .windows_for_device(device)
-                .await?
-                .into_iter()
-                .map(|w| w.rule)
-                .collect()
+            windows.into_iter().map(|w| w.rule).collect()
         } else {
             Vec::new()
         };
@@ -372,39 +380,73 @@ impl<S: Store> Scheduler<S> {
         }
     }
 
-    /// Gather → reconcile → write one device's plan.
-    async fn handle(&self, device: &DeviceId, pass: &Pass) -> Result<(), ScheduleError> {
-        let g = self.gather(device, pass).await?;
-        let now = clock::now();
-        let started = std::time::Instant::now();
-        let plan = reconcile::reconcile(&reconcile::Input {
-            now,
-            device: &g.device,
-            ops: &g.ops,
-            open_requests: &g.open_requests,
-            policy: &g.policy,
-            windows: &g.windows,
-        });
-        self.metrics.decision(started.elapsed());
-        if let Some(op) = g.ops.first() {
-            telemetry::record_operation(&op.record.id);
+    /// Gather → reconcile → write for a batch of devices: one read, a pure
+    /// decision per device, one write transaction (a device whose
+    /// operations moved on meanwhile is woken to decide again).
+    async fn reconcile_batch(
+        &self,
+        devices: &[DeviceId],
+        pass: &mut Pass,
+    ) -> Result<(), ScheduleError> {
+        let rows = self.store.gather(devices).await?;
+        let mut inputs = Vec::with_capacity(rows.len());
+        for (_, r) in rows {
+            inputs.push(self.input_from(r, pass).await?);
         }
-        let status_changes = plan.device_status.is_some_and(|s| s != g.device.status);
-        if plan.is_empty() && !status_changes && plan.wake_at == g.wake_at {
+        // One activation, one `now`.
+        let now = clock::now();
+        let mut writes = Vec::new();
+        let mut planned = Vec::new();
+        for g in inputs {
+            let started = std::time::Instant::now();
+            let plan = reconcile::reconcile(&reconcile::Input {
+                now,
+                device: &g.device,
+                ops: &g.ops,
+                open_requests: &g.open_requests,
+                policy: &g.policy,
+                windows: &g.windows,
+            });
+            self.metrics.decision(started.elapsed());
+            if let Some(op) = g.ops.first() {
+                telemetry::record_operation(&op.record.id);
+            }
+            let status_changes = plan.device_status.is_some_and(|s| s != g.device.status);
+            if plan.is_empty() && !status_changes && plan.wake_at == g.wake_at {
+                continue;
+            }
+            if devices.len() == 1 {
+                tracing::Span::current().record("step", plan_summary(&plan));
+            }
+            let write = to_write(&plan, &g.device, now);
+            writes.push((g.device.id.clone(), write));
+            planned.push(plan);
+        }
+        if writes.is_empty() {
             return Ok(());
         }
-        tracing::Span::current().record("step", plan_summary(&plan));
-        let write = to_write(&plan, &g.device, now);
-        match self.store.write_plan(device, &write, now).await {
-            Ok(_) => {}
-            // An operation changed meanwhile (cancelled, answered): decide
-            // again on what is current.
-            Err(StoreError::Conflict { .. }) => {
-                self.wakeups.wake(device);
-                return Ok(());
+        let results = self.store.write_plans(&writes, now).await?;
+        let mut failed = Vec::new();
+        for (((device, write), plan), result) in writes.iter().zip(planned).zip(results) {
+            match result {
+                Ok(_) => self.after_write(device, write, plan),
+                // An operation changed meanwhile (cancelled, answered):
+                // decide again on what is current.
+                Err(StoreError::Conflict { .. }) => self.wakeups.wake(device),
+                Err(e) => {
+                    tracing::warn!(device = %device, error = %e, source = ?std::error::Error::source(&e), "writing a plan failed; retrying shortly");
+                    failed.push(device.clone());
+                }
             }
-            Err(e) => return Err(e.into()),
         }
+        if !failed.is_empty() {
+            self.retry_later(failed);
+        }
+        Ok(())
+    }
+
+    /// What follows a written plan: metrics, events, timers, the stream.
+    fn after_write(&self, device: &DeviceId, write: &PlanWrite, plan: Plan) {
         for i in &plan.intents {
             let (kind, reason) = intent_metric(i);
             self.metrics.intent_sent(kind, reason);
@@ -423,7 +465,6 @@ impl<S: Store> Scheduler<S> {
         if !write.intents.is_empty() {
             self.hub.notify(device);
         }
-        Ok(())
     }
 }
 

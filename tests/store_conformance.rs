@@ -51,6 +51,12 @@ fn block_version(name: &str, version: &str, deps: &[&str]) -> BlockVersion {
     }
 }
 
+/// What the reconciler reads for one device (a batch of one).
+async fn rows<S: Store>(s: &S, device: &str) -> DeviceRows {
+    let mut all = s.gather(&[dev(device)]).await.unwrap();
+    all.remove(&dev(device)).expect("the device is gathered")
+}
+
 async fn with_fleet<S: Store>(s: &S, id: &str) {
     s.create_fleet(&Fleet {
         id: fleet_id(id),
@@ -1660,7 +1666,7 @@ async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(
         s.get_device(&dev("d1")).await.unwrap().status,
         DeviceStatus::Applying
     );
-    let state = s.plan_state(&dev("d1")).await.unwrap();
+    let state = rows(&s, "d1").await.plan_state;
     assert_eq!(
         state.applied_env,
         [(b("a"), env_of(&[("MODE", "y")]))].into()
@@ -1671,7 +1677,7 @@ async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(
         .await
         .unwrap();
     assert_eq!(
-        s.plan_state(&dev("d1")).await.unwrap().last_apply_answer_at,
+        rows(&s, "d1").await.plan_state.last_apply_answer_at,
         Some(ts(3))
     );
     let approval = s.latest_approval(reboot.id).await.unwrap().unwrap();
@@ -1718,10 +1724,7 @@ async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(
         s.get_device(&dev("d1")).await.unwrap().status,
         DeviceStatus::Applying
     );
-    assert_eq!(
-        s.plan_state(&dev("d1")).await.unwrap().wake_at,
-        Some(ts(500))
-    );
+    assert_eq!(rows(&s, "d1").await.plan_state.wake_at, Some(ts(500)));
     assert_eq!(
         s.list_audit(&AuditFilter::default()).await.unwrap().len(),
         2
@@ -1810,7 +1813,7 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
     )
     .await
     .unwrap();
-    let facts = s.operation_acks(&dev("d1")).await.unwrap();
+    let facts = rows(&s, "d1").await.acks;
     assert_eq!(facts.answers, [(op.id, ApplyOutcome::Stale)].into());
     assert_eq!(
         facts.deferrals,
@@ -1821,13 +1824,7 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
         .append_intents(&dev("d1"), &[intent(IntentKind::Apply, &op)], ts(7))
         .await
         .unwrap();
-    assert!(
-        s.operation_acks(&dev("d1"))
-            .await
-            .unwrap()
-            .answers
-            .is_empty()
-    );
+    assert!(rows(&s, "d1").await.acks.answers.is_empty());
     s.ack_intent(
         &dev("d1"),
         newer[0],
@@ -1838,7 +1835,7 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
     .await
     .unwrap();
     assert_eq!(
-        s.operation_acks(&dev("d1")).await.unwrap().answers,
+        rows(&s, "d1").await.acks.answers,
         [(
             op.id,
             ApplyOutcome::Blocked {
@@ -1849,7 +1846,7 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
     );
 
     // Open requests: not released, not withdrawn.
-    let open = s.open_release_requests(&dev("d1")).await.unwrap();
+    let open = rows(&s, "d1").await.open_requests;
     assert_eq!(
         open,
         vec![
@@ -1870,7 +1867,7 @@ async fn the_reconcilers_facts_are_the_latest_answers_and_open_requests<S: Store
     };
     s.write_plan(&dev("d1"), &withdraw, ts(9)).await.unwrap();
     assert_eq!(
-        s.open_release_requests(&dev("d1")).await.unwrap(),
+        rows(&s, "d1").await.open_requests,
         vec![reconcile::OpenRequest {
             operation: op.id,
             seq: seqs[0]
@@ -2002,15 +1999,9 @@ async fn env_edits_snapshot_the_running_env_and_create_their_operations_at_once<
     );
     // d1's blocks run with what was stored before the edit: SITE, no MODE.
     let site: Env = [(EnvName::new("SITE").unwrap(), "north".to_owned())].into();
-    let applied = s.plan_state(&dev("d1")).await.unwrap().applied_env;
+    let applied = rows(&s, "d1").await.plan_state.applied_env;
     assert_eq!(applied, [(b("a"), site.clone()), (b("b"), site)].into());
-    assert!(
-        s.plan_state(&dev("d2"))
-            .await
-            .unwrap()
-            .applied_env
-            .is_empty()
-    );
+    assert!(rows(&s, "d2").await.plan_state.applied_env.is_empty());
     let layer = s.env_layer(&EnvOwner::Fleet(fleet_id("f1"))).await.unwrap();
     assert_eq!(layer.scoped[&b("a")][&EnvName::new("MODE").unwrap()], "eco");
     // One read gives a device both levels, as the two layer reads do.
@@ -2022,7 +2013,7 @@ async fn env_edits_snapshot_the_running_env_and_create_their_operations_at_once<
     .await
     .unwrap();
     assert_eq!(
-        s.device_env(&dev("d1")).await.unwrap(),
+        rows(&s, "d1").await.env,
         EnvContext {
             fleet: layer,
             device: s.env_layer(&EnvOwner::Device(dev("d1"))).await.unwrap(),
@@ -2044,7 +2035,7 @@ async fn env_edits_snapshot_the_running_env_and_create_their_operations_at_once<
         .unwrap();
     assert_eq!(again.operations[0].id, changed.operations[0].id);
     assert_eq!(
-        s.plan_state(&dev("d1")).await.unwrap().applied_env[&b("a")].len(),
+        rows(&s, "d1").await.plan_state.applied_env[&b("a")].len(),
         1
     );
     // Removing nothing creates nothing.
@@ -2072,6 +2063,200 @@ async fn env_edits_snapshot_the_running_env_and_create_their_operations_at_once<
         .unwrap_err(),
         StoreError::NotFound { .. }
     ));
+}
+
+/// A batch is read as each device alone would be, whatever else is in it,
+/// and written device by device: one device whose operations moved on
+/// keeps nothing of its plan while the others' are written.
+async fn a_batch_is_gathered_like_each_device_alone_and_written_device_by_device<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    with_fleet(&s, "f2").await;
+    for (d, fleet, tags) in [
+        ("d1", "f1", &["site-a"][..]),
+        ("d2", "f2", &[][..]),
+        ("d3", "f1", &[][..]),
+    ] {
+        s.register_device(&device(d, fleet, tags), "h")
+            .await
+            .unwrap();
+    }
+    s.set_env(
+        &EnvOwner::Fleet(fleet_id("f1")),
+        &[EnvVar {
+            name: EnvName::new("MODE").unwrap(),
+            value: "x".into(),
+            scope: EnvScope::Device,
+        }],
+        ts(1),
+    )
+    .await
+    .unwrap();
+    s.set_env(
+        &EnvOwner::Device(dev("d1")),
+        &[EnvVar {
+            name: EnvName::new("LEVEL").unwrap(),
+            value: "2".into(),
+            scope: EnvScope::Blocks([b("a")].into()),
+        }],
+        ts(1),
+    )
+    .await
+    .unwrap();
+    let fp = lockstep::domain::env::fingerprint(&Env::new());
+    for (d, block) in [("d1", "a"), ("d2", "b")] {
+        let report = DeviceReport {
+            agent_version: "0.1.0".into(),
+            current_release: Some(ReleaseId::new("r1").unwrap()),
+            os_version: Some("6.1".into()),
+            blocks: [(
+                b(block),
+                ReportedBlock {
+                    version: "1.0.0".parse().unwrap(),
+                    env_fingerprint: fp,
+                },
+            )]
+            .into(),
+            last_intent_seq: IntentSeq(0),
+            reported: ts(10),
+        };
+        s.record_device_report(&dev(d), &report).await.unwrap();
+    }
+    s.ingest_lock_reports(
+        &[lock("d1", "a", true, 3), lock("d2", "b", false, 1)],
+        ts(11),
+    )
+    .await
+    .unwrap();
+    let reboot = s
+        .create_operation(&dev("d1"), &OperationSpec::Reboot, None, ts(12))
+        .await
+        .unwrap();
+    let restart = s
+        .create_operation(
+            &dev("d2"),
+            &OperationSpec::RestartBlock(b("b")),
+            None,
+            ts(13),
+        )
+        .await
+        .unwrap();
+    s.create_approval(reboot.id, ts(14)).await.unwrap();
+    let rule = WindowRule::OneOff {
+        start: ts(100),
+        end: ts(110),
+    };
+    for scope in [
+        WindowScope::Fleet(fleet_id("f1")),
+        WindowScope::Tag(Tag::new("site-a").unwrap()),
+        WindowScope::Device(dev("d2")),
+    ] {
+        s.create_window(&scope, &rule, ts(1)).await.unwrap();
+    }
+
+    let all = s
+        .gather(&[dev("d1"), dev("d2"), dev("d3"), dev("ghost")])
+        .await
+        .unwrap();
+    assert_eq!(
+        all.keys().cloned().collect::<Vec<_>>(),
+        vec![dev("d1"), dev("d2"), dev("d3")],
+        "an unknown device is left out"
+    );
+    for d in ["d1", "d2", "d3"] {
+        let rows = &all[&dev(d)];
+        // The same as a batch of one, and as the single-device reads.
+        assert_eq!(rows, &self::rows(&s, d).await, "{d}");
+        let record = s.get_device(&dev(d)).await.unwrap();
+        assert_eq!(rows.device, record, "{d}");
+        assert_eq!(rows.report, s.device_report(&dev(d)).await.unwrap(), "{d}");
+        assert_eq!(rows.locks, s.device_locks(&dev(d)).await.unwrap(), "{d}");
+        assert_eq!(
+            rows.windows,
+            s.windows_for_device(&dev(d)).await.unwrap(),
+            "{d}"
+        );
+        assert_eq!(rows.ops, s.active_operations(&dev(d)).await.unwrap(), "{d}");
+        assert_eq!(
+            rows.env.fleet,
+            s.env_layer(&EnvOwner::Fleet(record.fleet.clone()))
+                .await
+                .unwrap(),
+            "{d}"
+        );
+        assert_eq!(
+            rows.env.device,
+            s.env_layer(&EnvOwner::Device(dev(d))).await.unwrap(),
+            "{d}"
+        );
+        for op in &rows.ops {
+            assert_eq!(
+                rows.approvals.get(&op.id).cloned(),
+                s.latest_approval(op.id).await.unwrap(),
+                "{d}"
+            );
+        }
+    }
+    assert_eq!(all[&dev("d1")].windows.len(), 2, "fleet and tag windows");
+    assert_eq!(all[&dev("d2")].windows.len(), 1, "its own window");
+    assert!(all[&dev("d3")].ops.is_empty() && all[&dev("d3")].report.is_none());
+    assert!(
+        all[&dev("d1")]
+            .device
+            .tags
+            .contains(&Tag::new("site-a").unwrap()),
+        "tags are read"
+    );
+
+    // d1's plan is stale (its reboot moved on since generation 7); d2's is
+    // current. One transaction: d2's plan lands, d1's leaves no trace.
+    let mut stale = reboot.clone();
+    stale.status = OpStatus::WaitingLock;
+    let mut applying = restart.clone();
+    applying.status = OpStatus::Applying;
+    let plan = |op: &OperationRecord, expected: u64| PlanWrite {
+        ops: vec![(op.clone(), expected)],
+        intents: vec![NewIntent {
+            kind: IntentKind::Apply,
+            body: "{}".into(),
+            operation: Some(op.id),
+        }],
+        device_status: Some(DeviceStatus::Applying),
+        wake_at: Some(ts(900)),
+        ..PlanWrite::default()
+    };
+    let results = s
+        .write_plans(
+            &[
+                (dev("d1"), plan(&stale, 7)),
+                (dev("d2"), plan(&applying, restart.generation)),
+            ],
+            ts(20),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(results[0], Err(StoreError::Conflict { .. })),
+        "{results:?}"
+    );
+    assert_eq!(results[1].as_ref().unwrap(), &vec![IntentSeq(1)]);
+    let d1 = s.get_operation(reboot.id).await.unwrap();
+    assert_eq!(
+        (d1.status, d1.generation),
+        (reboot.status, reboot.generation)
+    );
+    assert!(s.unacked_intents(&dev("d1")).await.unwrap().is_empty());
+    assert_eq!(rows(&s, "d1").await.plan_state.wake_at, None);
+    let d2 = s.get_operation(restart.id).await.unwrap();
+    assert_eq!(
+        (d2.status, d2.generation),
+        (OpStatus::Applying, restart.generation + 1)
+    );
+    assert_eq!(s.unacked_intents(&dev("d2")).await.unwrap().len(), 1);
+    assert_eq!(rows(&s, "d2").await.plan_state.wake_at, Some(ts(900)));
+    assert_eq!(
+        s.get_device(&dev("d2")).await.unwrap().status,
+        DeviceStatus::Applying
+    );
 }
 
 async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
@@ -2187,6 +2372,7 @@ conformance!(
     env_changes_merge_only_when_about_exactly_the_same_blocks,
     cancelling_and_phases_are_guarded_by_the_generation,
     env_edits_snapshot_the_running_env_and_create_their_operations_at_once,
+    a_batch_is_gathered_like_each_device_alone_and_written_device_by_device,
 );
 
 // ------------------------------------------- backend-specific behaviour

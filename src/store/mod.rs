@@ -28,7 +28,9 @@ use crate::domain::{
 };
 
 pub use pg::PgStore;
-pub use plans::{AckFacts, ApprovalChange, EnvChanged, EnvEdit, PlanState, PlanStore, PlanWrite};
+pub use plans::{
+    AckFacts, ApprovalChange, DeviceRows, EnvChanged, EnvEdit, PlanState, PlanStore, PlanWrite,
+};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed. Callers map these to API errors consistently.

@@ -75,6 +75,14 @@ impl PgStore {
         &self.pool
     }
 
+    /// A read transaction on one snapshot.
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(StoreError::from_sqlx)
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         self.pool.begin().await.map_err(StoreError::from_sqlx)
     }

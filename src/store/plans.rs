@@ -38,6 +38,27 @@ pub struct PlanState {
     pub last_apply_answer_at: Option<Timestamp>,
 }
 
+/// Everything the store holds that one reconciliation of a device reads,
+/// read for a whole batch of devices at once ([`PlanStore::gather`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRows {
+    pub device: crate::domain::DeviceRecord,
+    pub plan_state: PlanState,
+    /// Active operations, oldest first.
+    pub ops: Vec<OperationRecord>,
+    pub acks: AckFacts,
+    /// Release requests still on the device (neither released nor withdrawn).
+    pub open_requests: Vec<OpenRequest>,
+    pub report: Option<crate::domain::DeviceReport>,
+    pub locks: BTreeMap<BlockName, crate::domain::LockState>,
+    /// The operator env as stored: the fleet's layer and the device's own.
+    pub env: crate::domain::EnvContext,
+    /// The latest approval of each active operation that has one.
+    pub approvals: BTreeMap<OperationId, Approval>,
+    /// The maintenance windows that apply to the device.
+    pub windows: Vec<crate::domain::Window>,
+}
+
 /// A change to a customer approval, as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApprovalChange {
@@ -110,25 +131,13 @@ pub trait PlanStore {
         device: &DeviceId,
     ) -> impl Future<Output = Result<Vec<OperationRecord>, StoreError>> + Send;
 
-    /// The agent's answers to the intents of the device's active operations.
-    fn operation_acks(
+    /// Everything one reconciliation reads, for each of `devices` that
+    /// exists, in a fixed number of set-based queries inside one read
+    /// transaction (one snapshot on Postgres), whatever the batch's size.
+    fn gather(
         &self,
-        device: &DeviceId,
-    ) -> impl Future<Output = Result<AckFacts, StoreError>> + Send;
-
-    /// Release requests on the device not withdrawn and not released.
-    fn open_release_requests(
-        &self,
-        device: &DeviceId,
-    ) -> impl Future<Output = Result<Vec<OpenRequest>, StoreError>> + Send;
-
-    /// The operator env each block of the device runs with (where
-    /// recorded), when the device is next due to be reconciled, and its
-    /// latest answered apply.
-    fn plan_state(
-        &self,
-        device: &DeviceId,
-    ) -> impl Future<Output = Result<PlanState, StoreError>> + Send;
+        devices: &[DeviceId],
+    ) -> impl Future<Output = Result<BTreeMap<DeviceId, DeviceRows>, StoreError>> + Send;
 
     /// Writes a plan in one transaction. `Conflict` if any operation's
     /// generation moved on (nothing is written then).
@@ -138,6 +147,17 @@ pub trait PlanStore {
         plan: &PlanWrite,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<IntentSeq>, StoreError>> + Send;
+
+    /// Writes a batch of plans in one transaction, each all or nothing on
+    /// its own (a savepoint per device): a device whose operations moved
+    /// on gets its `Conflict` back while the others are written. The outer
+    /// error is for the transaction as a whole (nothing written then).
+    #[allow(clippy::type_complexity)]
+    fn write_plans(
+        &self,
+        plans: &[(DeviceId, PlanWrite)],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Result<Vec<IntentSeq>, StoreError>>, StoreError>> + Send;
 
     /// Devices whose wake-up time has come.
     fn due_wakeups(
@@ -171,13 +191,6 @@ pub trait PlanStore {
         now: Timestamp,
     ) -> impl Future<Output = Result<EnvChanged, StoreError>> + Send;
 
-    /// The operator env as stored for a device: its fleet's layer and its
-    /// own, in one read.
-    fn device_env(
-        &self,
-        device: &DeviceId,
-    ) -> impl Future<Output = Result<crate::domain::EnvContext, StoreError>> + Send;
-
     /// Records the phase an agent reports for an apply in flight.
     fn record_phase(
         &self,
@@ -207,34 +220,93 @@ macro_rules! impl_plan_store {
                 rows.iter().map(operation_from_row).collect()
             }
 
-            async fn operation_acks(
+            async fn gather(
                 &self,
-                device: &DeviceId,
-            ) -> Result<$crate::store::plans::AckFacts, StoreError> {
+                devices: &[DeviceId],
+            ) -> Result<std::collections::BTreeMap<DeviceId, $crate::store::plans::DeviceRows>, StoreError> {
+                use std::collections::BTreeMap;
                 use $crate::store::codec::{AckFact, ack_fact};
-                use $crate::store::plans::{placeholders, status_names};
-                let sql = format!(
-                    "SELECT i.operation_id AS operation_id, i.seq AS seq, i.kind AS intent_kind, \
+                use $crate::store::plans::{DeviceRows, PlanState, placeholders};
+                use $crate::domain::{DeviceReport, EnvContext, ReportedBlock, reconcile::OpenRequest};
+                let mut out: BTreeMap<DeviceId, DeviceRows> = BTreeMap::new();
+                if devices.is_empty() {
+                    return Ok(out);
+                }
+                let n = devices.len();
+                let ids = placeholders(1, n);
+                let active = placeholders(n + 1, OpStatus::ACTIVE.len());
+                let mut tx = self.begin_read().await?;
+                let device_of = |r: &DbRow, column: &str| -> Result<DeviceId, StoreError> {
+                    let d: String = get(r, column)?;
+                    DeviceId::new(&d).map_err(|e| codec::corrupt("device", &d, e))
+                };
+
+                // Devices, with what the store keeps for the reconciler.
+                let answered = n + 1;
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT d.id, d.fleet, d.status, d.credential_revoked, d.created_ms, d.applied_env_json, d.wake_at_ms, \
+                       (SELECT MAX(a.received_ms) FROM intent_acks a JOIN intents i ON i.device_id = a.device_id AND i.seq = a.seq \
+                        WHERE a.device_id = d.id AND i.kind = ${answered}) AS answered \
+                     FROM devices d WHERE d.id IN {ids}"
+                ), devices, false, &[IntentKind::Apply.as_str()]).await? {
+                    let device = device_from_row(r)?;
+                    let json: String = get(r, "applied_env_json")?;
+                    let wake_at: Option<i64> = get(r, "wake_at_ms")?;
+                    let answered: Option<i64> = get(r, "answered")?;
+                    let plan_state = PlanState {
+                        applied_env: codec::block_envs_from_json(device.id.as_str(), &json)?,
+                        wake_at: wake_at.map(Timestamp),
+                        last_apply_answer_at: answered.map(Timestamp),
+                    };
+                    out.insert(device.id.clone(), DeviceRows {
+                        device,
+                        plan_state,
+                        ops: Vec::new(),
+                        acks: Default::default(),
+                        open_requests: Vec::new(),
+                        report: None,
+                        locks: BTreeMap::new(),
+                        env: EnvContext::default(),
+                        approvals: BTreeMap::new(),
+                        windows: Vec::new(),
+                    });
+                }
+                if out.is_empty() {
+                    return Ok(out);
+                }
+                for r in &fetch_for_devices(&mut tx, format!("SELECT device_id, tag FROM device_tags WHERE device_id IN {ids} ORDER BY device_id, tag"), devices, false, &[]).await? {
+                    let (device, tag) = tag_from_row(r)?;
+                    if let Some(d) = out.get_mut(&device) {
+                        d.device.tags.insert(tag);
+                    }
+                }
+
+                // Active operations, oldest first.
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT {OPERATION_COLUMNS_SQL} FROM operations WHERE device_id IN {ids} AND status IN {active} ORDER BY id"
+                ), devices, true, &[]).await? {
+                    let op = operation_from_row(r)?;
+                    if let Some(d) = out.get_mut(&op.device) {
+                        d.ops.push(op);
+                    }
+                }
+
+                // Answers to their intents: only the latest apply's answer counts.
+                let kinds = n + OpStatus::ACTIVE.len() + 1;
+                let rows = fetch_for_devices(&mut tx, format!(
+                    "SELECT i.device_id AS device_id, i.operation_id AS operation_id, i.seq AS seq, i.kind AS intent_kind, \
                             a.kind AS ack_kind, a.body_json AS body_json \
                      FROM intents i JOIN operations o ON o.id = i.operation_id \
                      LEFT JOIN intent_acks a ON a.device_id = i.device_id AND a.seq = i.seq \
-                     WHERE i.device_id = $1 AND i.kind IN ($2, $3) AND o.status IN {} \
-                     ORDER BY i.seq, a.id",
-                    placeholders(4, OpStatus::ACTIVE.len())
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(device.as_str())
-                    .bind(IntentKind::Apply.as_str())
-                    .bind(IntentKind::ReleaseRequest.as_str());
-                for s in status_names(&OpStatus::ACTIVE) {
-                    q = q.bind(s);
-                }
-                let rows = q.fetch_all(&self.pool).await.map_err(StoreError::from_sqlx)?;
-                let mut facts = $crate::store::plans::AckFacts::default();
-                // The latest apply intent of each operation: only its answer counts.
-                let mut latest_apply: std::collections::BTreeMap<OperationId, i64> =
-                    std::collections::BTreeMap::new();
+                     WHERE i.device_id IN {ids} AND o.status IN {active} AND i.kind IN (${kinds}, ${}) \
+                     ORDER BY i.device_id, i.seq, a.id",
+                    kinds + 1
+                ), devices, true, &[IntentKind::Apply.as_str(), IntentKind::ReleaseRequest.as_str()]).await?;
+                let mut latest_apply: BTreeMap<OperationId, i64> = BTreeMap::new();
                 for r in &rows {
+                    let device = device_of(r, "device_id")?;
+                    let Some(d) = out.get_mut(&device) else { continue };
+                    let facts = &mut d.acks;
                     let op = OperationId(get(r, "operation_id")?);
                     let seq: i64 = get(r, "seq")?;
                     let intent_kind: String = get(r, "intent_kind")?;
@@ -256,64 +328,135 @@ macro_rules! impl_plan_store {
                         _ => {}
                     }
                 }
-                Ok(facts)
-            }
 
-            async fn open_release_requests(
-                &self,
-                device: &DeviceId,
-            ) -> Result<Vec<$crate::domain::reconcile::OpenRequest>, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT i.operation_id AS operation_id, i.seq AS seq FROM intents i \
-                     WHERE i.device_id = $1 AND i.kind = $2 AND i.operation_id IS NOT NULL \
+                // Release requests still on the device.
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT i.device_id AS device_id, i.operation_id AS operation_id, i.seq AS seq FROM intents i \
+                     WHERE i.device_id IN {ids} AND i.kind = ${} AND i.operation_id IS NOT NULL \
                      AND i.withdrawn_ms IS NULL \
-                     AND NOT EXISTS (SELECT 1 FROM intent_acks a WHERE a.device_id = i.device_id AND a.seq = i.seq AND a.kind = $3) \
-                     ORDER BY i.seq",
-                )
-                .bind(device.as_str())
-                .bind(IntentKind::ReleaseRequest.as_str())
-                .bind("released")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-                rows.iter()
-                    .map(|r| {
-                        let seq: i64 = get(r, "seq")?;
-                        Ok($crate::domain::reconcile::OpenRequest {
+                     AND NOT EXISTS (SELECT 1 FROM intent_acks a WHERE a.device_id = i.device_id AND a.seq = i.seq AND a.kind = ${}) \
+                     ORDER BY i.device_id, i.seq",
+                    n + 1, n + 2
+                ), devices, false, &[IntentKind::ReleaseRequest.as_str(), "released"]).await? {
+                    let device = device_of(r, "device_id")?;
+                    let seq: i64 = get(r, "seq")?;
+                    if let Some(d) = out.get_mut(&device) {
+                        d.open_requests.push(OpenRequest {
                             operation: OperationId(get(r, "operation_id")?),
                             seq: IntentSeq(codec::to_u64("intent", device.as_str(), seq)?),
-                        })
-                    })
-                    .collect()
-            }
+                        });
+                    }
+                }
 
-            async fn plan_state(
-                &self,
-                device: &DeviceId,
-            ) -> Result<$crate::store::plans::PlanState, StoreError> {
-                let row = sqlx::query(
-                    "SELECT applied_env_json, wake_at_ms, \
-                       (SELECT MAX(a.received_ms) FROM intent_acks a JOIN intents i ON i.device_id = a.device_id AND i.seq = a.seq \
-                        WHERE a.device_id = d.id AND i.kind = $2) AS answered \
-                     FROM devices d WHERE d.id = $1",
-                )
-                    .bind(device.as_str())
-                .bind(IntentKind::Apply.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?
-                .ok_or_else(|| StoreError::NotFound {
-                    entity: "device",
-                    key: device.to_string(),
-                })?;
-                let json: String = get(&row, "applied_env_json")?;
-                let wake_at: Option<i64> = get(&row, "wake_at_ms")?;
-                let answered: Option<i64> = get(&row, "answered")?;
-                Ok($crate::store::plans::PlanState {
-                    applied_env: codec::block_envs_from_json(device.as_str(), &json)?,
-                    wake_at: wake_at.map(Timestamp),
-                    last_apply_answer_at: answered.map(Timestamp),
-                })
+                // What each device reported last, and its blocks.
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT device_id, agent_version, current_release, os_version, last_intent_seq, reported_ms \
+                     FROM device_reports WHERE device_id IN {ids}"
+                ), devices, false, &[]).await? {
+                    let device = device_of(r, "device_id")?;
+                    let key = device.as_str();
+                    let current_release: Option<String> = get(r, "current_release")?;
+                    let report = DeviceReport {
+                        agent_version: get(r, "agent_version")?,
+                        current_release: current_release
+                            .map(|c| $crate::domain::ReleaseId::new(c).map_err(|e| codec::corrupt("device report", key, e)))
+                            .transpose()?,
+                        os_version: get(r, "os_version")?,
+                        blocks: Default::default(),
+                        last_intent_seq: IntentSeq(codec::to_u64("device report", key, get(r, "last_intent_seq")?)?),
+                        reported: Timestamp(get(r, "reported_ms")?),
+                    };
+                    if let Some(d) = out.get_mut(&device) {
+                        d.report = Some(report);
+                    }
+                }
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT device_id, block, version, env_fingerprint FROM device_blocks WHERE device_id IN {ids} ORDER BY device_id, block"
+                ), devices, false, &[]).await? {
+                    let device = device_of(r, "device_id")?;
+                    let key = device.as_str();
+                    let block: String = get(r, "block")?;
+                    let version: String = get(r, "version")?;
+                    let fp: String = get(r, "env_fingerprint")?;
+                    if let Some(report) = out.get_mut(&device).and_then(|d| d.report.as_mut()) {
+                        report.blocks.insert(
+                            BlockName::new(block).map_err(|e| codec::corrupt("device report", key, e))?,
+                            ReportedBlock {
+                                version: semver::Version::parse(&version)
+                                    .map_err(|e| codec::corrupt("device report", key, e))?,
+                                env_fingerprint: codec::fingerprint_from_hex("device report", key, &fp)?,
+                            },
+                        );
+                    }
+                }
+
+                // Locks as last reported.
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT device_id, block, held, generation, since_ms FROM device_locks WHERE device_id IN {ids} ORDER BY device_id, block"
+                ), devices, false, &[]).await? {
+                    let device = device_of(r, "device_id")?;
+                    let block: String = get(r, "block")?;
+                    let key = format!("{device}/{block}");
+                    let lock = lock_from_row(r, &key)?;
+                    if let Some(d) = out.get_mut(&device) {
+                        d.locks.insert(BlockName::new(block).map_err(|e| codec::corrupt("lock", &key, e))?, lock);
+                    }
+                }
+
+                // The operator env: the fleet's layer and the device's own.
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT d.id AS device_id, v.level AS level, v.name AS name, v.block AS block, v.value AS value \
+                     FROM env_vars v JOIN devices d ON (v.level = 'device' AND v.owner = d.id) OR (v.level = 'fleet' AND v.owner = d.fleet) \
+                     WHERE d.id IN {ids} ORDER BY d.id, v.level, v.name, v.block"
+                ), devices, false, &[]).await? {
+                    let device = device_of(r, "device_id")?;
+                    let level: String = get(r, "level")?;
+                    let name: String = get(r, "name")?;
+                    let block: String = get(r, "block")?;
+                    let value: String = get(r, "value")?;
+                    let key = format!("{device}:{name}");
+                    let name = EnvName::new(name).map_err(|e| codec::corrupt("env var", &key, e))?;
+                    let Some(d) = out.get_mut(&device) else { continue };
+                    let layer = if level == "fleet" { &mut d.env.fleet } else { &mut d.env.device };
+                    if block.is_empty() {
+                        layer.wide.insert(name, value);
+                    } else {
+                        let block = BlockName::new(block).map_err(|e| codec::corrupt("env var", &key, e))?;
+                        layer.scoped.entry(block).or_default().insert(name, value);
+                    }
+                }
+
+                // The latest approval of each active operation.
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT a.id, a.operation_id, a.status, a.occurrence_start, a.occurrence_end, a.decided_by, a.message, \
+                       o.device_id AS device_id \
+                     FROM approvals a JOIN operations o ON o.id = a.operation_id \
+                     WHERE o.device_id IN {ids} AND o.status IN {active} ORDER BY a.id"
+                ), devices, true, &[]).await? {
+                    let device = device_of(r, "device_id")?;
+                    let approval = approval_from_row(r)?;
+                    if let Some(d) = out.get_mut(&device) {
+                        d.approvals.insert(approval.operation, approval);
+                    }
+                }
+
+                // The windows that apply to each device.
+                for r in &fetch_for_devices(&mut tx, format!(
+                    "SELECT d.id AS device_id, w.id, w.scope_kind, w.scope, w.spec_json FROM maintenance_windows w, devices d \
+                     WHERE d.id IN {ids} AND ( \
+                       (w.scope_kind = 'device' AND w.scope = d.id) \
+                       OR (w.scope_kind = 'fleet' AND w.scope = d.fleet) \
+                       OR (w.scope_kind = 'tag' AND EXISTS (SELECT 1 FROM device_tags t WHERE t.device_id = d.id AND t.tag = w.scope))) \
+                     ORDER BY d.id, w.id"
+                ), devices, false, &[]).await? {
+                    let device = device_of(r, "device_id")?;
+                    let window = window_from_row(r)?;
+                    if let Some(d) = out.get_mut(&device) {
+                        d.windows.push(window);
+                    }
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(out)
             }
 
             async fn write_plan(
@@ -322,108 +465,33 @@ macro_rules! impl_plan_store {
                 plan: &$crate::store::plans::PlanWrite,
                 now: Timestamp,
             ) -> Result<Vec<IntentSeq>, StoreError> {
-                use $crate::store::plans::ApprovalChange;
                 let mut tx = self.begin().await?;
-                for (op, expected) in &plan.ops {
-                    let done = sqlx::query(
-                        "UPDATE operations SET status = $2, status_json = $3, updated_ms = $4, \
-                           generation = generation + 1 \
-                         WHERE id = $1 AND generation = $5",
-                    )
-                    .bind(op.id.0)
-                    .bind(op.status.as_str())
-                    .bind(codec::progress_to_json(&op.progress))
-                    .bind(now.0)
-                    .bind(codec::to_i64("operation generation", *expected)?)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::from_sqlx)?;
-                    if done.rows_affected() == 0 {
-                        return Err(StoreError::Conflict {
-                            entity: "operation",
-                            key: op.id.to_string(),
-                            message: format!("it changed since generation {expected}"),
-                        });
-                    }
-                }
-                for change in &plan.approvals {
-                    match change {
-                        ApprovalChange::Request { operation, audit } => {
-                            let row = sqlx::query(
-                                "INSERT INTO approvals (operation_id, status, created_ms) VALUES ($1, $2, $3) RETURNING id",
-                            )
-                            .bind(operation.0)
-                            .bind(ApprovalStatus::Requested.as_str())
-                            .bind(now.0)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(StoreError::on_write("approval", operation, "operation"))?;
-                            let id: i64 = get(&row, "id")?;
-                            let mut audit = audit.clone();
-                            audit.details = codec::approval_audit_details(id);
-                            append_audit_tx(&mut tx, &audit).await?;
-                        }
-                        ApprovalChange::Missed { approval } => {
-                            sqlx::query(
-                                "UPDATE approvals SET status = $2, decided_ms = $3 WHERE id = $1 AND status = $4",
-                            )
-                            .bind(approval.id)
-                            .bind(ApprovalStatus::Missed.as_str())
-                            .bind(now.0)
-                            .bind(ApprovalStatus::Approved.as_str())
+                let seqs = write_plan_tx(&mut tx, device, plan, now).await?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(seqs)
+            }
+
+            async fn write_plans(
+                &self,
+                plans: &[(DeviceId, $crate::store::plans::PlanWrite)],
+                now: Timestamp,
+            ) -> Result<Vec<Result<Vec<IntentSeq>, StoreError>>, StoreError> {
+                let mut tx = self.begin().await?;
+                let mut results = Vec::with_capacity(plans.len());
+                for (device, plan) in plans {
+                    sqlx::raw_sql("SAVEPOINT plan").execute(&mut *tx).await.map_err(StoreError::from_sqlx)?;
+                    let written = write_plan_tx(&mut tx, device, plan, now).await;
+                    if written.is_err() {
+                        sqlx::raw_sql("ROLLBACK TO SAVEPOINT plan")
                             .execute(&mut *tx)
                             .await
                             .map_err(StoreError::from_sqlx)?;
-                        }
-                        ApprovalChange::Approved { operation, occurrence, decided_by, message } => {
-                            sqlx::query(
-                                "INSERT INTO approvals (operation_id, status, occurrence_start, occurrence_end, decided_by, message, created_ms, decided_ms) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-                            )
-                            .bind(operation.0)
-                            .bind(ApprovalStatus::Approved.as_str())
-                            .bind(occurrence.start.0)
-                            .bind(occurrence.end.0)
-                            .bind(decided_by.as_str())
-                            .bind(message.as_deref())
-                            .bind(now.0)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(StoreError::on_write("approval", operation, "operation"))?;
-                        }
                     }
+                    sqlx::raw_sql("RELEASE SAVEPOINT plan").execute(&mut *tx).await.map_err(StoreError::from_sqlx)?;
+                    results.push(written);
                 }
-                for audit in &plan.audits {
-                    append_audit_tx(&mut tx, audit).await?;
-                }
-                let seqs = if plan.intents.is_empty() {
-                    Vec::new()
-                } else {
-                    append_intents_tx(&mut tx, device, &plan.intents, now).await?
-                };
-                for seq in &plan.withdrawn {
-                    sqlx::query("UPDATE intents SET withdrawn_ms = $3 WHERE device_id = $1 AND seq = $2")
-                        .bind(device.as_str())
-                        .bind(codec::to_i64("intent sequence", seq.0)?)
-                        .bind(now.0)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::from_sqlx)?;
-                }
-                sqlx::query(
-                    "UPDATE devices SET status = COALESCE($2, status), \
-                       applied_env_json = COALESCE($3, applied_env_json), wake_at_ms = $4 \
-                     WHERE id = $1",
-                )
-                .bind(device.as_str())
-                .bind(plan.device_status.map(|s| s.as_str()))
-                .bind(plan.applied_env.as_ref().map(codec::block_envs_to_json))
-                .bind(plan.wake_at.map(|t| t.0))
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from_sqlx)?;
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
-                Ok(seqs)
+                Ok(results)
             }
 
             async fn due_wakeups(&self, now: Timestamp) -> Result<Vec<DeviceId>, StoreError> {
@@ -639,39 +707,6 @@ macro_rules! impl_plan_store {
                 Ok($crate::store::plans::EnvChanged { removed, operations })
             }
 
-            async fn device_env(
-                &self,
-                device: &DeviceId,
-            ) -> Result<$crate::domain::EnvContext, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT v.level AS level, v.name AS name, v.block AS block, v.value AS value \
-                     FROM env_vars v JOIN devices d ON d.id = $1 \
-                     WHERE (v.level = 'device' AND v.owner = d.id) OR (v.level = 'fleet' AND v.owner = d.fleet) \
-                     ORDER BY v.level, v.name, v.block",
-                )
-                .bind(device.as_str())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-                let mut ctx = $crate::domain::EnvContext::default();
-                for r in &rows {
-                    let level: String = get(r, "level")?;
-                    let name: String = get(r, "name")?;
-                    let block: String = get(r, "block")?;
-                    let value: String = get(r, "value")?;
-                    let key = format!("{device}:{name}");
-                    let name = EnvName::new(name).map_err(|e| codec::corrupt("env var", &key, e))?;
-                    let layer = if level == "fleet" { &mut ctx.fleet } else { &mut ctx.device };
-                    if block.is_empty() {
-                        layer.wide.insert(name, value);
-                    } else {
-                        let block = BlockName::new(block).map_err(|e| codec::corrupt("env var", &key, e))?;
-                        layer.scoped.entry(block).or_default().insert(name, value);
-                    }
-                }
-                Ok(ctx)
-            }
-
             async fn record_phase(
                 &self,
                 op: OperationId,
@@ -706,6 +741,140 @@ macro_rules! impl_plan_store {
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(())
             }
+        }
+
+        /// Rows of `sql` with `devices` bound first, then (if `statuses`)
+        /// the active statuses, then `extra`.
+        async fn fetch_for_devices(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            sql: String,
+            devices: &[DeviceId],
+            statuses: bool,
+            extra: &[&str],
+        ) -> Result<Vec<DbRow>, StoreError> {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for d in devices {
+                q = q.bind(d.as_str());
+            }
+            if statuses {
+                for st in $crate::store::plans::status_names(&OpStatus::ACTIVE) {
+                    q = q.bind(st);
+                }
+            }
+            for e in extra {
+                q = q.bind(*e);
+            }
+            q.fetch_all(&mut **tx).await.map_err(StoreError::from_sqlx)
+        }
+
+        /// One plan's writes inside `tx`; `Conflict` if an operation's
+        /// generation moved on.
+        async fn write_plan_tx(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            device: &DeviceId,
+            plan: &$crate::store::plans::PlanWrite,
+            now: Timestamp,
+        ) -> Result<Vec<IntentSeq>, StoreError> {
+                use $crate::store::plans::ApprovalChange;
+                for (op, expected) in &plan.ops {
+                    let done = sqlx::query(
+                        "UPDATE operations SET status = $2, status_json = $3, updated_ms = $4, \
+                           generation = generation + 1 \
+                         WHERE id = $1 AND generation = $5",
+                    )
+                    .bind(op.id.0)
+                    .bind(op.status.as_str())
+                    .bind(codec::progress_to_json(&op.progress))
+                    .bind(now.0)
+                    .bind(codec::to_i64("operation generation", *expected)?)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::Conflict {
+                            entity: "operation",
+                            key: op.id.to_string(),
+                            message: format!("it changed since generation {expected}"),
+                        });
+                    }
+                }
+                for change in &plan.approvals {
+                    match change {
+                        ApprovalChange::Request { operation, audit } => {
+                            let row = sqlx::query(
+                                "INSERT INTO approvals (operation_id, status, created_ms) VALUES ($1, $2, $3) RETURNING id",
+                            )
+                            .bind(operation.0)
+                            .bind(ApprovalStatus::Requested.as_str())
+                            .bind(now.0)
+                            .fetch_one(&mut **tx)
+                            .await
+                            .map_err(StoreError::on_write("approval", operation, "operation"))?;
+                            let id: i64 = get(&row, "id")?;
+                            let mut audit = audit.clone();
+                            audit.details = codec::approval_audit_details(id);
+                            append_audit_tx(tx, &audit).await?;
+                        }
+                        ApprovalChange::Missed { approval } => {
+                            sqlx::query(
+                                "UPDATE approvals SET status = $2, decided_ms = $3 WHERE id = $1 AND status = $4",
+                            )
+                            .bind(approval.id)
+                            .bind(ApprovalStatus::Missed.as_str())
+                            .bind(now.0)
+                            .bind(ApprovalStatus::Approved.as_str())
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(StoreError::from_sqlx)?;
+                        }
+                        ApprovalChange::Approved { operation, occurrence, decided_by, message } => {
+                            sqlx::query(
+                                "INSERT INTO approvals (operation_id, status, occurrence_start, occurrence_end, decided_by, message, created_ms, decided_ms) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                            )
+                            .bind(operation.0)
+                            .bind(ApprovalStatus::Approved.as_str())
+                            .bind(occurrence.start.0)
+                            .bind(occurrence.end.0)
+                            .bind(decided_by.as_str())
+                            .bind(message.as_deref())
+                            .bind(now.0)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(StoreError::on_write("approval", operation, "operation"))?;
+                        }
+                    }
+                }
+                for audit in &plan.audits {
+                    append_audit_tx(tx, audit).await?;
+                }
+                let seqs = if plan.intents.is_empty() {
+                    Vec::new()
+                } else {
+                    append_intents_tx(tx, device, &plan.intents, now).await?
+                };
+                for seq in &plan.withdrawn {
+                    sqlx::query("UPDATE intents SET withdrawn_ms = $3 WHERE device_id = $1 AND seq = $2")
+                        .bind(device.as_str())
+                        .bind(codec::to_i64("intent sequence", seq.0)?)
+                        .bind(now.0)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                }
+                sqlx::query(
+                    "UPDATE devices SET status = COALESCE($2, status), \
+                       applied_env_json = COALESCE($3, applied_env_json), wake_at_ms = $4 \
+                     WHERE id = $1",
+                )
+                .bind(device.as_str())
+                .bind(plan.device_status.map(|s| s.as_str()))
+                .bind(plan.applied_env.as_ref().map(codec::block_envs_to_json))
+                .bind(plan.wake_at.map(|t| t.0))
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                Ok(seqs)
         }
     };
 }

@@ -81,6 +81,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// A read transaction: one snapshot (WAL) without taking the write lock.
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(StoreError::from_sqlx)
+    }
+
     /// A write transaction: takes the write lock up front, so concurrent
     /// writers wait (busy timeout) instead of failing on lock upgrade.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
