@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
@@ -35,13 +36,18 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Devices gathered, reconciled and written together.
 const BATCH: usize = 128;
 
+/// Batches of one pass handled at once (their devices are distinct; each
+/// device's writes are guarded by generations). On Postgres this overlaps
+/// round trips; on SQLite the reads overlap the one writer.
+const BATCHES_IN_FLIGHT: usize = 4;
+
 /// Releases kept in memory (they never change once created).
 const RELEASE_CACHE: usize = 256;
 
 /// What one pass of the driver reads once: each fleet's policy.
 #[derive(Default)]
 struct Pass {
-    policies: std::collections::HashMap<domain::FleetId, domain::FleetPolicy>,
+    policies: Mutex<std::collections::HashMap<domain::FleetId, domain::FleetPolicy>>,
 }
 
 /// Devices waiting for the reconciler's attention. Each device is queued at
@@ -178,30 +184,38 @@ impl<S: Store> Scheduler<S> {
             // gathered with a fixed number of queries, reconciled, and
             // written in one transaction. Fleet policies are read once per
             // pass.
-            let mut pass = Pass::default();
+            let pass = Pass::default();
             let woken: Vec<DeviceId> = self.wakeups.take().into_iter().collect();
-            for batch in woken.chunks(BATCH) {
-                let span = tracing::info_span!(
-                    "scheduler.decide",
-                    otel.status_code = tracing::field::Empty,
-                    devices = batch.len(),
-                    device = tracing::field::Empty,
-                    operation = tracing::field::Empty,
-                    step = tracing::field::Empty,
-                );
-                if batch.len() == 1 {
-                    span.record("device", tracing::field::display(&batch[0]));
-                }
-                let handled = self
-                    .reconcile_batch(batch, &mut pass)
-                    .instrument(span.clone())
-                    .await;
-                if let Err(e) = handled {
-                    span.record("otel.status_code", "ERROR");
-                    tracing::warn!(devices = batch.len(), error = %e, source = ?std::error::Error::source(&e), "reconciling failed; retrying shortly");
-                    self.retry_later(batch.to_vec());
-                }
-            }
+            let me = &self;
+            // A small pass is spread over the batches in flight too.
+            let size = woken.len().div_ceil(BATCHES_IN_FLIGHT).clamp(1, BATCH);
+            futures::stream::iter(woken.chunks(size))
+                .for_each_concurrent(BATCHES_IN_FLIGHT, |batch| {
+                    let pass = &pass;
+                    async move {
+                        let span = tracing::info_span!(
+                            "scheduler.decide",
+                            otel.status_code = tracing::field::Empty,
+                            devices = batch.len(),
+                            device = tracing::field::Empty,
+                            operation = tracing::field::Empty,
+                            step = tracing::field::Empty,
+                        );
+                        if batch.len() == 1 {
+                            span.record("device", tracing::field::display(&batch[0]));
+                        }
+                        let handled = me
+                            .reconcile_batch(batch, pass)
+                            .instrument(span.clone())
+                            .await;
+                        if let Err(e) = handled {
+                            span.record("otel.status_code", "ERROR");
+                            tracing::warn!(devices = batch.len(), error = %e, source = ?std::error::Error::source(&e), "reconciling failed; retrying shortly");
+                            me.retry_later(batch.to_vec());
+                        }
+                    }
+                })
+                .await;
         }
     }
 
@@ -218,23 +232,28 @@ impl<S: Store> Scheduler<S> {
     async fn policy(
         &self,
         fleet: &domain::FleetId,
-        pass: &mut Pass,
+        pass: &Pass,
     ) -> Result<domain::FleetPolicy, StoreError> {
-        if let Some(p) = pass.policies.get(fleet) {
-            return Ok(p.clone());
+        let cached = pass
+            .policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(fleet)
+            .cloned();
+        if let Some(p) = cached {
+            return Ok(p);
         }
         let p = self.store.fleet_policy(fleet).await?;
-        pass.policies.insert(fleet.clone(), p.clone());
+        pass.policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fleet.clone(), p.clone());
         Ok(p)
     }
 
     /// Turns the rows the store read for one device into the reconciler's
     /// input (releases and block versions resolved through the cache).
-    async fn input_from(
-        &self,
-        rows: DeviceRows,
-        pass: &mut Pass,
-    ) -> Result<Gathered, ScheduleError> {
+    async fn input_from(&self, rows: DeviceRows, pass: &Pass) -> Result<Gathered, ScheduleError> {
         let DeviceRows {
             device: record,
             plan_state,
@@ -386,7 +405,7 @@ impl<S: Store> Scheduler<S> {
     async fn reconcile_batch(
         &self,
         devices: &[DeviceId],
-        pass: &mut Pass,
+        pass: &Pass,
     ) -> Result<(), ScheduleError> {
         let rows = self.store.gather(devices).await?;
         let mut inputs = Vec::with_capacity(rows.len());

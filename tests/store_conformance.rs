@@ -2259,6 +2259,87 @@ async fn a_batch_is_gathered_like_each_device_alone_and_written_device_by_device
     );
 }
 
+/// Operations created together: each on its own (an unknown device fails
+/// alone), a forced one with its audit entry naming it, an env change
+/// merging into the pending one as a single create would.
+async fn operations_created_together_each_commit_on_their_own<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let force = Force::new([b("a")].into(), "inverter replaced").unwrap();
+    let audit = AuditEntry {
+        at: ts(0),
+        actor: "ops@example".into(),
+        action: "force_requested".into(),
+        subject: String::new(),
+        fleet: Some(fleet_id("f1")),
+        reason: "inverter replaced".into(),
+        details: "{}".into(),
+    };
+    let new =
+        |device: &str, spec: OperationSpec, force: Option<Force>, audit: Option<AuditEntry>| {
+            NewOperation {
+                device: dev(device),
+                spec,
+                force,
+                audit,
+            }
+        };
+    let env = OperationSpec::ApplyEnv(EnvTarget::Blocks([b("a")].into()));
+    let results = s
+        .create_operations(
+            &[
+                new(
+                    "d1",
+                    OperationSpec::Reboot,
+                    Some(force.clone()),
+                    Some(audit.clone()),
+                ),
+                new("ghost", OperationSpec::Reboot, None, None),
+                new("d1", env.clone(), None, None),
+                new("d1", env.clone(), None, None),
+            ],
+            ts(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    let forced = results[0].as_ref().unwrap();
+    assert_eq!(forced.force, Some(force));
+    assert!(
+        matches!(results[1], Err(StoreError::NotFound { .. })),
+        "{:?}",
+        results[1]
+    );
+    let (e1, e2) = (results[2].as_ref().unwrap(), results[3].as_ref().unwrap());
+    assert_eq!(e1.id, e2.id, "the second env change merges into the first");
+    assert_eq!(
+        s.list_operations(&dev("d1"))
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect::<BTreeSet<_>>(),
+        [forced.id, e1.id].into()
+    );
+    let entries = s
+        .list_audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        vec![AuditEntry {
+            at: ts(5),
+            subject: format!("device d1 operation {}", forced.id),
+            ..audit
+        }]
+    );
+}
+
 async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
     with_fleet(&s, "f1").await;
     s.register_device(&device("d1", "f1", &[]), "h")
@@ -2373,6 +2454,7 @@ conformance!(
     cancelling_and_phases_are_guarded_by_the_generation,
     env_edits_snapshot_the_running_env_and_create_their_operations_at_once,
     a_batch_is_gathered_like_each_device_alone_and_written_device_by_device,
+    operations_created_together_each_commit_on_their_own,
 );
 
 // ------------------------------------------- backend-specific behaviour

@@ -2,4 +2,5 @@
 //! controller): each takes typed input, asks the domain, and writes through
 //! the store in one transaction. Edges only translate to and from these.
 
+pub mod create;
 pub mod operations;

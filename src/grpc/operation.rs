@@ -11,6 +11,7 @@ use super::access::{check, principal, within};
 use super::convert::{ConvertError, at_most, block_name, count_at_most, disturbance_to_pb};
 use super::pb::{self, operation_service_server::OperationService};
 use super::status_from_store;
+use crate::app::create::{CreateError, Creator};
 use crate::clock;
 use crate::domain::{Action, FleetId, Principal};
 use crate::domain::{
@@ -20,21 +21,26 @@ use crate::domain::{
 use crate::events::{Event, EventKind, Events, Watch, Watched};
 use crate::limits::{MAX_SCOPE_BLOCKS, MAX_TEXT_BYTES, MAX_VERSION_BYTES};
 use crate::scheduler::Wakeups;
-use crate::store::Store;
+use crate::store::{NewOperation, Store};
 use crate::telemetry;
 
 pub struct Operations<S> {
     store: S,
     wakeups: Wakeups,
     events: Events,
+    /// New operations are recorded through it (group commit).
+    creator: Creator,
 }
 
 impl<S: Store> Operations<S> {
+    /// Starts the service's operation writer (it stops with the service).
     pub fn new(store: S, wakeups: Wakeups, events: Events) -> Self {
+        let (creator, _task) = Creator::spawn(store.clone());
         Self {
             store,
             wakeups,
             events,
+            creator,
         }
     }
 
@@ -334,31 +340,35 @@ impl<S: Store> OperationService for Operations<S> {
             let release = self.store.get_release(r).await.map_err(status_from_store)?;
             check(&p, Action::ReadReleases, Some(release.fleet()))?;
         }
-        let now = clock::now();
+        // A forced operation's audit entry commits with it.
+        let audit = force.as_ref().map(|f| AuditEntry {
+            at: crate::domain::Timestamp(0), // set by the store to the operation's
+
+            actor: p.actor_noting(&req.actor),
+            action: "force_requested".into(),
+            subject: String::new(),
+            fleet: Some(fleet.clone()),
+            reason: f.reason().to_owned(),
+            details: serde_json::json!({
+                "operation": spec.kind(),
+                "blocks": f.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        });
         let op = self
-            .store
-            .create_operation(&device, &spec, force.as_ref(), now)
+            .creator
+            .create(NewOperation {
+                device: device.clone(),
+                spec: spec.clone(),
+                force: force.clone(),
+                audit,
+            })
             .await
-            .map_err(status_from_store)?;
+            .map_err(|e| match e {
+                CreateError::Store(e) => status_from_store(e),
+                CreateError::Closed => Status::unavailable(e.to_string()),
+            })?;
         telemetry::record_operation(&op.id);
-        if let Some(f) = &force {
-            self.store
-                .append_audit(&AuditEntry {
-                    at: now,
-                    actor: p.actor_noting(&req.actor),
-                    action: "force_requested".into(),
-                    subject: format!("device {device} operation {}", op.id),
-                    fleet: Some(fleet.clone()),
-                    reason: f.reason().to_owned(),
-                    details: serde_json::json!({
-                        "operation": spec.kind(),
-                        "blocks": f.blocks().iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    })
-                    .to_string(),
-                })
-                .await
-                .map_err(status_from_store)?;
-        }
         tracing::info!(device = %device, operation = %op.id, kind = spec.kind(), forced = force.is_some(), "operation created");
         self.wakeups.wake(&device);
         Ok(Response::new(pb::CreateOperationResponse {

@@ -718,6 +718,41 @@ macro_rules! impl_store {
                 Ok(op)
             }
 
+            async fn create_operations(
+                &self,
+                new: &[$crate::store::NewOperation],
+                now: Timestamp,
+            ) -> Result<Vec<Result<OperationRecord, StoreError>>, StoreError> {
+                let mut tx = self.begin().await?;
+                let mut results = Vec::with_capacity(new.len());
+                for n in new {
+                    sqlx::raw_sql("SAVEPOINT new_operation").execute(&mut *tx).await.map_err(StoreError::from_sqlx)?;
+                    let created = async {
+                        let op = create_operation_tx(&mut tx, &n.device, &n.spec, n.force.as_ref(), now).await?;
+                        if let Some(audit) = &n.audit {
+                            let audit = AuditEntry {
+                                at: now,
+                                subject: format!("device {} operation {}", n.device, op.id),
+                                ..audit.clone()
+                            };
+                            append_audit_tx(&mut tx, &audit).await?;
+                        }
+                        Ok::<_, StoreError>(op)
+                    }
+                    .await;
+                    if created.is_err() {
+                        sqlx::raw_sql("ROLLBACK TO SAVEPOINT new_operation")
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from_sqlx)?;
+                    }
+                    sqlx::raw_sql("RELEASE SAVEPOINT new_operation").execute(&mut *tx).await.map_err(StoreError::from_sqlx)?;
+                    results.push(created);
+                }
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(results)
+            }
+
             async fn get_operation(&self, id: OperationId) -> Result<OperationRecord, StoreError> {
                 let row = sqlx::query(OPERATION_SELECT_BY_ID)
                     .bind(id.0)

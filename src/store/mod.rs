@@ -279,6 +279,17 @@ pub fn blocks_audit_details(blocks: &[crate::domain::BlockName]) -> String {
     codec::blocks_audit_details(blocks)
 }
 
+/// An operation to record, as a caller asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOperation {
+    pub device: DeviceId,
+    pub spec: OperationSpec,
+    pub force: Option<Force>,
+    /// Written in the same transaction; its time and subject are set to
+    /// the operation created's.
+    pub audit: Option<AuditEntry>,
+}
+
 /// The one storage interface. Every method is one transaction.
 pub trait Store: PlanStore + Clone + Send + Sync + 'static {
     fn backend(&self) -> Backend;
@@ -451,6 +462,16 @@ pub trait Store: PlanStore + Clone + Send + Sync + 'static {
         force: Option<&Force>,
         now: Timestamp,
     ) -> impl Future<Output = Result<OperationRecord, StoreError>> + Send;
+    /// Records several new operations in one transaction, each all or
+    /// nothing on its own (a savepoint per operation), with its audit entry
+    /// if it has one.
+    /// The outer error is for the transaction as a whole.
+    #[allow(clippy::type_complexity)]
+    fn create_operations(
+        &self,
+        new: &[NewOperation],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Result<OperationRecord, StoreError>>, StoreError>> + Send;
     fn get_operation(
         &self,
         id: OperationId,
