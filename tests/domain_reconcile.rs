@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lockstep::domain::reconcile::{
-    self, ApplyAction, DeviceFacts, Footprint, Input, OpFacts, OpenRequest, Plan, PlannedIntent,
+    self, ApplyAction, ApprovalWrite, DeviceFacts, Footprint, Input, OpFacts, OpWrite, OpenRequest,
+    Plan, PlanAudit, PlannedIntent, conflicts,
 };
 use lockstep::domain::*;
 use proptest::prelude::*;
@@ -957,6 +958,83 @@ fn status_sets_partition_the_statuses() {
 
 // ------------------------------------------------------------ properties
 
+/// What an operation of `spec_strategy` changes on a device running r1
+/// (a, b, c; no dependencies): r2 changes b, r3 changes a.
+fn footprint_on_r1(spec: &OperationSpec) -> Footprint {
+    let blocks = |names: &[&str]| Footprint::Blocks(names.iter().map(|n| b(n)).collect());
+    match spec {
+        OperationSpec::Reboot | OperationSpec::Shutdown | OperationSpec::OsUpdate(_) => {
+            Footprint::Device
+        }
+        OperationSpec::RestartBlock(x)
+        | OperationSpec::StopBlock(x)
+        | OperationSpec::StartBlock(x) => Footprint::Blocks([x.clone()].into()),
+        OperationSpec::AssignRelease(r) if r.as_str() == "r2" => blocks(&["b"]),
+        OperationSpec::AssignRelease(_) => blocks(&["a"]),
+        OperationSpec::ApplyEnv(EnvTarget::AllBlocks) => blocks(&["a", "b", "c"]),
+        OperationSpec::ApplyEnv(EnvTarget::Blocks(bs)) => Footprint::Blocks(bs.clone()),
+    }
+}
+
+#[test]
+fn a_plan_is_empty_only_when_writing_it_changes_nothing() {
+    assert!(Plan::default().is_empty());
+    let record = op(1, OperationSpec::Reboot);
+    let changed: Vec<(&str, Plan)> = vec![
+        (
+            "an operation",
+            Plan {
+                ops: vec![OpWrite {
+                    expected: 0,
+                    next: record.clone(),
+                }],
+                ..Plan::default()
+            },
+        ),
+        (
+            "an intent",
+            Plan {
+                intents: vec![PlannedIntent::Withdraw {
+                    operation: record.id,
+                    seq: IntentSeq(1),
+                }],
+                ..Plan::default()
+            },
+        ),
+        (
+            "the applied env",
+            Plan {
+                applied_env: Some(BTreeMap::new()),
+                ..Plan::default()
+            },
+        ),
+        (
+            "an approval",
+            Plan {
+                approvals: vec![ApprovalWrite::Request {
+                    operation: record.id,
+                }],
+                ..Plan::default()
+            },
+        ),
+        (
+            "an audit entry",
+            Plan {
+                audits: vec![PlanAudit {
+                    operation: record.id,
+                    action: "force_applied",
+                    reason: String::new(),
+                    blocks: Vec::new(),
+                }],
+                ..Plan::default()
+            },
+        ),
+    ];
+    for (what, plan) in changed {
+        assert!(!plan.is_empty(), "a plan with {what} is not empty");
+    }
+}
+
 fn spec_strategy() -> impl proptest::strategy::Strategy<Value = OperationSpec> {
     let block = prop::sample::select(vec!["a", "b", "c"]);
     prop_oneof![
@@ -1023,12 +1101,22 @@ proptest! {
         let in_flight = next.iter().filter(|o| o.record.status == OpStatus::Applying).count();
         prop_assert!(in_flight <= 1, "{in_flight} in flight");
         prop_assert!(applies(&plan).len() <= 1);
-        // A dispatched operation conflicts with nothing ahead of it.
+        // A dispatched operation conflicts with nothing still active ahead
+        // of it (and nothing was in flight).
         if let Some(id) = applies(&plan).first() {
             prop_assert!(!seen_applying);
-            let state = dev.facts().state.unwrap();
-            let _ = state;
-            prop_assert!(next.iter().any(|o| o.record.id.0 == *id));
+            let dispatched = next.iter().find(|o| o.record.id.0 == *id).expect("dispatched is known");
+            for earlier in next.iter().filter(|o| o.record.id.0 < *id && o.record.status.is_active()) {
+                prop_assert!(
+                    !conflicts(
+                        (&earlier.record.spec, &footprint_on_r1(&earlier.record.spec)),
+                        (&dispatched.record.spec, &footprint_on_r1(&dispatched.record.spec)),
+                    ),
+                    "{:?} dispatched past {:?}",
+                    dispatched.record.spec,
+                    earlier.record.spec
+                );
+            }
         }
         // Every queued operation names what it waits for: an earlier one
         // that is still active, or the apply in flight.
