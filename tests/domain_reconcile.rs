@@ -605,6 +605,33 @@ fn a_newer_release_supersedes_one_not_started_and_its_requests_are_withdrawn() {
 }
 
 #[test]
+fn only_a_newer_release_supersedes_a_release_not_started() {
+    // r3 changes a, which is held: the release waits. A later restart of b
+    // (not a release) supersedes nothing and goes ahead.
+    let dev = Dev::new().locked(&["a"]);
+    let r3 = r3_a();
+    let mut waiting = assign(1, &r3);
+    waiting.status = OpStatus::WaitingLock;
+    let ops = vec![
+        facts(waiting, &[Arc::clone(&r3)]),
+        facts(op(2, OperationSpec::RestartBlock(b("b"))), &[]),
+    ];
+    let plan = run(&dev, &ops, &open_policy());
+    assert_eq!(
+        statuses(&ops, &plan),
+        vec![(1, OpStatus::WaitingLock), (2, OpStatus::Applying)]
+    );
+    assert!(
+        !plan
+            .events
+            .iter()
+            .any(|(_, k)| matches!(k, EventKind::Cancelled { .. })),
+        "{:?}",
+        plan.events
+    );
+}
+
+#[test]
 fn a_release_applying_keeps_a_newer_one_queued_behind_it() {
     let dev = Dev::new();
     let (r3, r2) = (r3_a(), r2_b_only());
@@ -710,6 +737,14 @@ fn apply_answers_move_operations_on_and_record_the_env_that_landed() {
         let plan = run(&dev, &[f.clone()], &open_policy());
         assert_eq!(statuses(&[f], &plan), vec![(1, want)], "{name}");
         assert_eq!(plan.device_status, Some(want_device), "{name}");
+        assert_eq!(
+            plan.events
+                .iter()
+                .any(|(_, k)| matches!(k, EventKind::Applied)),
+            want == OpStatus::Done,
+            "{name}: an applied event exactly when done: {:?}",
+            plan.events
+        );
         assert_eq!(
             plan.applied_env
                 .as_ref()
