@@ -632,6 +632,27 @@ fn only_a_newer_release_supersedes_a_release_not_started() {
 }
 
 #[test]
+fn an_impossible_operation_fails_and_the_device_shows_it() {
+    // x is not running: restarting it can never happen. It fails at once,
+    // and a restart of b behind it still goes.
+    let dev = Dev::new();
+    let ops = vec![
+        facts(op(1, OperationSpec::RestartBlock(b("x"))), &[]),
+        facts(op(2, OperationSpec::RestartBlock(b("b"))), &[]),
+    ];
+    let plan = run(&dev, &ops, &open_policy());
+    assert_eq!(
+        statuses(&ops, &plan),
+        vec![(1, OpStatus::Failed), (2, OpStatus::Applying)]
+    );
+    // What is applying is what the device is doing; alone, the failure shows.
+    assert_eq!(plan.device_status, Some(DeviceStatus::Applying));
+    let plan = run(&dev, &ops[..1], &open_policy());
+    assert_eq!(statuses(&ops[..1], &plan), vec![(1, OpStatus::Failed)]);
+    assert_eq!(plan.device_status, Some(DeviceStatus::Failed));
+}
+
+#[test]
 fn a_release_applying_keeps_a_newer_one_queued_behind_it() {
     let dev = Dev::new();
     let (r3, r2) = (r3_a(), r2_b_only());
