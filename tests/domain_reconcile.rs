@@ -653,6 +653,20 @@ fn an_impossible_operation_fails_and_the_device_shows_it() {
 }
 
 #[test]
+fn an_apply_that_lands_the_env_already_recorded_writes_no_env() {
+    let dev = Dev::new();
+    let mut applying = env_op(1, &["b"]);
+    applying.status = OpStatus::Applying;
+    // b runs with no operator env, and that is what landed again.
+    applying.progress.applied_env = [(b("b"), Env::new())].into();
+    let mut f = facts(applying, &[]);
+    f.answer = Some(ApplyOutcome::Applied);
+    let plan = run(&dev, std::slice::from_ref(&f), &open_policy());
+    assert_eq!(statuses(&[f], &plan), vec![(1, OpStatus::Done)]);
+    assert_eq!(plan.applied_env, None);
+}
+
+#[test]
 fn a_release_applying_keeps_a_newer_one_queued_behind_it() {
     let dev = Dev::new();
     let (r3, r2) = (r3_a(), r2_b_only());
