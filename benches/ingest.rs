@@ -16,7 +16,7 @@
 //! `target/bench-results/<FILE>`.
 //!
 //! Postgres is the testkit's throwaway cluster (fsync off, see
-//! `lockstep::pgtemp`) unless `DATABASE_URL` names a server; the server's
+//! `lockstep::testkit::pgtemp`) unless `DATABASE_URL` names a server; the server's
 //! durability settings are printed and recorded with the figures.
 //!
 //! Workload: devices are bulk-inserted (not timed). A first round reports

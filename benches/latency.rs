@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use lockstep::domain::Env;
-use lockstep::grpc::agent::DEVICE_HEADER;
-use lockstep::grpc::pb;
+use lockstep::edge::grpc::agent::DEVICE_HEADER;
+use lockstep::edge::grpc::pb;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio_stream::wrappers::ReceiverStream;

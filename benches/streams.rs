@@ -75,8 +75,8 @@ use futures::StreamExt as _;
 use lockstep::domain::{
     BlockName, BlockVersion, Env, Fleet, FleetId, ImageDigest, Release, ReleaseId,
 };
-use lockstep::grpc::agent::DEVICE_HEADER;
-use lockstep::grpc::pb;
+use lockstep::edge::grpc::agent::DEVICE_HEADER;
+use lockstep::edge::grpc::pb;
 use lockstep::store::{PgStore, PoolOptions, SqliteStore, Store};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -637,7 +637,7 @@ where
     i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
 {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let hash = HASH.get_or_init(|| lockstep::auth::hash_credential(SECRET));
+    let hash = HASH.get_or_init(|| lockstep::edge::auth::hash_credential(SECRET));
     sqlx::query(
         "INSERT INTO devices (id, fleet, credential_hash, created_ms) VALUES ($1, $2, $3, $4)",
     )

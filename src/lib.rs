@@ -1,30 +1,22 @@
 //! Lockstep: decides when each edge device may receive each disruptive
 //! operation, honouring per-block update locks, and tells lock holders why.
 //!
-//! See ARCHITECTURE.md for the map.
+//! The tree follows the layers (see ARCHITECTURE.md for the map):
+//! `domain` decides (pure); `app` holds the use cases the edges share;
+//! `background` runs the reconciler and the other loops; `store` is the
+//! only code that speaks SQL; `edge` is gRPC, the dashboard and the server
+//! around them; `agent` is the device side; `cli` the operator's client; `clock` and
+//! `telemetry` are used across the shell.
 
-pub mod access;
 pub mod agent;
 pub mod app;
-pub mod approvals;
-pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod clock;
-pub mod dashboard;
 pub mod domain;
-pub mod events;
-pub mod grpc;
-pub mod hub;
-pub mod ingest;
-pub mod intents;
-pub mod limits;
+pub mod edge;
 pub mod loadgen;
-pub mod overload;
-pub mod pgtemp;
-pub mod rollouts;
-pub mod scheduler;
-pub mod server;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
-pub mod tls;

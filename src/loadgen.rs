@@ -5,12 +5,12 @@
 
 use std::io::Write as _;
 
+use crate::background::ingest::{IngestConfig, IngestError, Ingestor};
 use crate::clock;
 use crate::domain::{
     BlockName, DeviceId, DeviceRecord, DeviceStatus, Fleet, FleetId, Generation, LockReport,
     LockState,
 };
-use crate::ingest::{IngestConfig, IngestError, Ingestor};
 use crate::store::{Store, StoreError};
 
 /// What to generate.

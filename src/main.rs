@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use lockstep::server::{Bound, ServeConfig, shutdown_signal};
+use lockstep::edge::server::{Bound, ServeConfig, shutdown_signal};
 use lockstep::store::{PgStore, PoolOptions, SqliteStore};
 
 #[derive(Debug, Parser)]
@@ -194,7 +194,7 @@ fn agent_config(a: AgentArgs) -> anyhow::Result<lockstep::agent::run::AgentConfi
         api_listen.ip().is_loopback(),
         "--api-listen must be a loopback address, not {api_listen}"
     );
-    let tls = lockstep::tls::ClientTls::load(
+    let tls = lockstep::edge::tls::ClientTls::load(
         a.tls_ca.or(file.tls_ca).as_deref(),
         a.tls_cert.or(file.tls_cert).as_deref(),
         a.tls_key.or(file.tls_key).as_deref(),
@@ -402,7 +402,7 @@ fn redact(url: &str) -> String {
 async fn serve(args: ServeArgs, scrape: lockstep::telemetry::Scrape) -> anyhow::Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
-            lockstep::tls::ServerTls::load(cert, key, args.tls_client_ca.as_deref())
+            lockstep::edge::tls::ServerTls::load(cert, key, args.tls_client_ca.as_deref())
                 .context("setting up TLS")?,
         ),
         _ => None,
@@ -418,7 +418,7 @@ async fn serve(args: ServeArgs, scrape: lockstep::telemetry::Scrape) -> anyhow::
         lock_history_retention: args.lock_history_retention,
         tls,
         insecure_plaintext: args.insecure_plaintext,
-        overload: lockstep::overload::OverloadConfig {
+        overload: lockstep::edge::overload::OverloadConfig {
             request_timeout: args.request_timeout,
             max_in_flight: args.max_in_flight,
             max_streams: args.max_streams,

@@ -40,8 +40,8 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use crate::app::events::Events;
 use crate::domain::OpStatus;
-use crate::events::Events;
 use crate::store::Store;
 
 /// The OpenTelemetry `service.name` of the server.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lockstep::domain::{DeviceId, IntentKind, IntentSeq, NewIntent};
-use lockstep::grpc::pb;
+use lockstep::edge::grpc::pb;
 use lockstep::store::{AuditFilter, PoolOptions, SqliteStore, Store};
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
@@ -664,7 +664,7 @@ async fn unacknowledged_intents_are_redelivered_after_a_server_restart_and_seen_
     fx.stop_server();
     let notice = NewIntent {
         kind: IntentKind::Notice,
-        body: lockstep::intents::IntentBody::notice(
+        body: lockstep::store::intents::IntentBody::notice(
             &lockstep::domain::BlockName::new("b").unwrap(),
             lockstep::domain::Reason::UpdateNoRestart,
             "written while the server was down",
@@ -724,11 +724,11 @@ async fn a_stale_apply_is_refused_and_not_applied() {
     let pid_before = pid_of(&fx, "a");
     fx.stop_server();
     // An apply decided against generation 0 of a's lock.
-    let apply = lockstep::intents::IntentBody::Apply {
-        operation: lockstep::intents::ApplyOp::RestartBlock { block: "a".into() },
+    let apply = lockstep::store::intents::IntentBody::Apply {
+        operation: lockstep::store::intents::ApplyOp::RestartBlock { block: "a".into() },
         fence: vec![("a".into(), 0)],
         forced: vec![],
-        disturbed: vec![lockstep::intents::DisturbedBlock {
+        disturbed: vec![lockstep::store::intents::DisturbedBlock {
             block: "a".into(),
             reason: "restart".into(),
             handover: false,

@@ -3,7 +3,7 @@
 
 mod support;
 
-use lockstep::grpc::pb;
+use lockstep::edge::grpc::pb;
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
 use support::Server;

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lockstep::grpc::pb;
+use lockstep::edge::grpc::pb;
 use pb::audit_service_client::AuditServiceClient;
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
@@ -963,7 +963,8 @@ async fn a_device_credential_works_only_on_the_agent_service() {
 async fn every_method_of_every_service_but_the_agents_needs_an_api_token() {
     use prost::Message as _;
     let w = world().await;
-    let set = prost_types::FileDescriptorSet::decode(lockstep::grpc::FILE_DESCRIPTOR_SET).unwrap();
+    let set =
+        prost_types::FileDescriptorSet::decode(lockstep::edge::grpc::FILE_DESCRIPTOR_SET).unwrap();
     let mut checked = std::collections::BTreeSet::new();
     for file in &set.file {
         for service in &file.service {
@@ -1166,7 +1167,7 @@ async fn the_first_start_writes_a_bootstrap_admin_token_for_its_owner_only_and_s
     // The database holds a SHA-256 of the token, and the secret nowhere.
     let db = rusqlite_free_dump(&data).await;
     assert!(!db.contains(secret), "the secret is stored in clear");
-    let hash = lockstep::auth::hash_credential(&token);
+    let hash = lockstep::edge::auth::hash_credential(&token);
     assert!(db.contains(&hash), "the token's SHA-256 is stored");
 
     // A restart keeps the token; revoking every admin token makes the next

@@ -15,7 +15,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockstep::grpc::pb;
+use lockstep::edge::grpc::pb;
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
 use pb::operation_service_client::OperationServiceClient;

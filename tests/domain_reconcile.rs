@@ -466,6 +466,17 @@ fn a_reboot_waiting_for_a_window_lets_a_restart_of_b_apply() {
         statuses(&ops, &plan),
         vec![(1, OpStatus::WaitingWindow), (2, OpStatus::Applying)]
     );
+    assert!(
+        plan.events
+            .iter()
+            .any(|(op, k)| op.0 == 1 && matches!(k, EventKind::WaitingWindow { .. })),
+        "{:?}",
+        plan.events
+    );
+    // Told once: the same wait again is not news.
+    let again = run(&dev, &after(&ops, &plan), &policy);
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert!(again.ops.is_empty(), "{:?}", again.ops);
 }
 
 #[test]
@@ -664,6 +675,166 @@ fn an_apply_that_lands_the_env_already_recorded_writes_no_env() {
     let plan = run(&dev, std::slice::from_ref(&f), &open_policy());
     assert_eq!(statuses(&[f], &plan), vec![(1, OpStatus::Done)]);
     assert_eq!(plan.applied_env, None);
+}
+
+fn approved(op: i64, start: i64, end: i64) -> Approval {
+    Approval {
+        id: 9,
+        operation: OperationId(op),
+        status: ApprovalStatus::Approved,
+        occurrence: Some(Occurrence {
+            start: Timestamp(start),
+            end: Timestamp(end),
+        }),
+        decided_by: Some("customer".into()),
+        message: None,
+    }
+}
+
+#[test]
+fn an_approved_occurrence_wakes_the_device_when_it_opens_and_when_it_closes() {
+    let dev = Dev::new();
+    let policy = FleetPolicy::default(); // OS updates need an approval
+    let n = NOW.0;
+    type Row = (&'static str, i64, i64, OpStatus, i64);
+    let rows: Vec<Row> = vec![
+        (
+            "later",
+            n + 1_000,
+            n + 5_000,
+            OpStatus::WaitingWindow,
+            n + 1_000,
+        ),
+        (
+            "open now",
+            n - 1_000,
+            n + 5_000,
+            OpStatus::Applying,
+            n + 5_000,
+        ),
+    ];
+    for (what, start, end, want, wake) in rows {
+        let mut f = facts(op(1, OperationSpec::OsUpdate("7".into())), &[]);
+        f.approval = Some(approved(1, start, end));
+        let plan = run(&dev, std::slice::from_ref(&f), &policy);
+        assert_eq!(statuses(&[f], &plan), vec![(1, want)], "{what}");
+        assert_eq!(plan.wake_at, Some(Timestamp(wake)), "{what}");
+    }
+}
+
+#[test]
+fn an_operation_with_an_approval_asked_waits_for_it() {
+    let dev = Dev::new();
+    let mut f = facts(op(1, OperationSpec::OsUpdate("7".into())), &[]);
+    f.approval = Some(Approval {
+        status: ApprovalStatus::Requested,
+        occurrence: None,
+        decided_by: None,
+        ..approved(1, 0, 0)
+    });
+    let plan = run(&dev, std::slice::from_ref(&f), &FleetPolicy::default());
+    assert_eq!(statuses(&[f], &plan), vec![(1, OpStatus::WaitingApproval)]);
+    assert!(
+        plan.approvals.is_empty(),
+        "asked once: {:?}",
+        plan.approvals
+    );
+}
+
+#[test]
+fn a_queued_operation_whose_blocker_is_gone_waits_plainly_for_an_offline_device() {
+    let mut dev = Dev::new();
+    dev.online = false;
+    let mut queued = op(2, OperationSpec::RestartBlock(b("b")));
+    queued.status = OpStatus::Queued;
+    queued.progress.behind = Some(OperationId(1));
+    let f = facts(queued, &[]);
+    let plan = run(&dev, std::slice::from_ref(&f), &open_policy());
+    assert_eq!(statuses(&[f], &plan), vec![(2, OpStatus::Pending)]);
+    assert_eq!(behind(&plan, 2), None);
+    assert!(applies(&plan).is_empty());
+}
+
+/// r4: like r1 but a and b at 2.0.0.
+fn r4_ab() -> Arc<Release> {
+    release(
+        "r4",
+        vec![bv("a", "2.0.0"), bv("b", "2.0.0"), bv("c", "1.0.0")],
+    )
+}
+
+#[test]
+fn partial_releases_update_what_is_not_held_back_and_only_that() {
+    let dev = Dev::new().locked(&["a"]);
+    let policy = FleetPolicy {
+        partial_releases: true,
+        ..open_policy()
+    };
+    // a is held: b (also changed) goes now, a waits for its holder.
+    let r4 = r4_ab();
+    let ops = vec![facts(assign(1, &r4), &[Arc::clone(&r4)])];
+    let plan = run(&dev, &ops, &policy);
+    assert_eq!(statuses(&ops, &plan), vec![(1, OpStatus::Applying)]);
+    assert!(plan.ops[0].next.progress.partial_in_flight);
+    let disturbed: Vec<String> = plan
+        .intents
+        .iter()
+        .filter_map(|i| match i {
+            PlannedIntent::Apply { disturbed, .. } => Some(
+                disturbed
+                    .iter()
+                    .map(|(b, _)| b.to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(disturbed, vec!["b".to_owned()]);
+    assert!(
+        !plan.intents.iter().any(|i| matches!(
+            i,
+            PlannedIntent::Notice { block, .. } if block.as_str() == "a"
+        )),
+        "a is held back, not left untouched: {:?}",
+        plan.intents
+    );
+    // Only a changes and a is held: nothing to update partially; it waits.
+    let r3 = r3_a();
+    let ops = vec![facts(assign(1, &r3), &[Arc::clone(&r3)])];
+    let plan = run(&dev, &ops, &policy);
+    assert_eq!(statuses(&ops, &plan), vec![(1, OpStatus::WaitingLock)]);
+    assert!(applies(&plan).is_empty());
+    assert!(plan.ops.iter().all(|w| !w.next.progress.partial_in_flight));
+}
+
+#[test]
+fn a_queued_operation_is_told_once_what_it_waits_for() {
+    // A release for a (pending) and a restart of a already applying: the
+    // release is queued behind the apply in flight, and saying so again on
+    // the next reconciliation is not news.
+    let dev = Dev::new();
+    let r3 = r3_a();
+    let mut applying = op(2, OperationSpec::RestartBlock(b("a")));
+    applying.status = OpStatus::Applying;
+    let ops = vec![
+        facts(assign(1, &r3), &[Arc::clone(&r3)]),
+        facts(applying, &[]),
+    ];
+    let plan = run(&dev, &ops, &open_policy());
+    assert_eq!(behind(&plan, 1), Some(2));
+    assert_eq!(
+        plan.events,
+        vec![(
+            OperationId(1),
+            EventKind::Queued {
+                behind: OperationId(2)
+            }
+        )]
+    );
+    let again = run(&dev, &after(&ops, &plan), &open_policy());
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert!(again.ops.is_empty(), "{:?}", again.ops);
 }
 
 #[test]
@@ -1204,6 +1375,8 @@ proptest! {
         let again = run(&dev, &next, &policy);
         prop_assert!(again.intents.is_empty(), "{:?}", again.intents);
         prop_assert!(again.ops.is_empty(), "{:?}", again.ops);
+        prop_assert!(again.events.is_empty(), "{:?}", again.events);
+        prop_assert!(again.audits.is_empty(), "{:?}", again.audits);
     }
 
     #[test]
@@ -1216,6 +1389,8 @@ proptest! {
         let ops = vec![facts(op(1, spec), &releases)];
         let plan = run(&dev, &ops, &open_policy());
         prop_assert_eq!(applies(&plan), vec![1]);
+        // Nothing was forced, so nothing is audited as forced.
+        prop_assert!(plan.audits.is_empty(), "{:?}", plan.audits);
     }
 }
 

@@ -132,8 +132,8 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         (0usize..3).prop_map(|k| {
             // Large bodies: a long message, or past the body limit.
             let n = [
-                lockstep::limits::MAX_TEXT_BYTES + 1,
-                lockstep::limits::MAX_LOCAL_API_BODY_BYTES + 1,
+                lockstep::edge::limits::MAX_TEXT_BYTES + 1,
+                lockstep::edge::limits::MAX_LOCAL_API_BODY_BYTES + 1,
                 1 << 20,
             ][k];
             format!(r#"{{"answer":"refuse","message":"{}"}}"#, "m".repeat(n)).into_bytes()
@@ -223,7 +223,7 @@ fn a_block_answers_its_own_intent_and_not_another_blocks() {
         .header("content-type", "application/json")
         .body(Body::from(vec![
             b' ';
-            lockstep::limits::MAX_LOCAL_API_BODY_BYTES
+            lockstep::edge::limits::MAX_LOCAL_API_BODY_BYTES
                 + 1
         ]))
         .unwrap();

@@ -12,15 +12,15 @@
 
 use std::sync::OnceLock;
 
-use lockstep::events::Events;
-use lockstep::grpc::pb;
-use lockstep::grpc::pb::catalog_service_server::CatalogService;
-use lockstep::grpc::pb::device_service_server::DeviceService;
-use lockstep::grpc::pb::operation_service_server::OperationService;
-use lockstep::grpc::pb::rollout_service_server::RolloutService;
-use lockstep::grpc::pb::window_service_server::WindowService;
-use lockstep::grpc::{catalog, device, operation, rollout, window};
-use lockstep::scheduler::Wakeups;
+use lockstep::app::events::Events;
+use lockstep::background::scheduler::Wakeups;
+use lockstep::edge::grpc::pb;
+use lockstep::edge::grpc::pb::catalog_service_server::CatalogService;
+use lockstep::edge::grpc::pb::device_service_server::DeviceService;
+use lockstep::edge::grpc::pb::operation_service_server::OperationService;
+use lockstep::edge::grpc::pb::rollout_service_server::RolloutService;
+use lockstep::edge::grpc::pb::window_service_server::WindowService;
+use lockstep::edge::grpc::{catalog, device, operation, rollout, window};
 use lockstep::store::SqliteStore;
 use proptest::prelude::*;
 use prost::Message as _;
@@ -119,7 +119,7 @@ fn services() -> &'static Services {
                     events.clone(),
                 ),
                 windows: window::Windows::new(store.clone(), wakeups.clone()),
-                rollouts: rollout::RolloutApi::new(lockstep::rollouts::Rollouts::new(
+                rollouts: rollout::RolloutApi::new(lockstep::app::rollouts::Rollouts::new(
                     store.clone(),
                     wakeups.clone(),
                     events.clone(),
@@ -468,13 +468,13 @@ fn agent_server() -> &'static (std::net::SocketAddr, String) {
     S.get_or_init(|| {
         rt().block_on(async {
             let (store, dir) = lockstep::testkit::sqlite_store().await;
-            let config = lockstep::server::ServeConfig {
+            let config = lockstep::edge::server::ServeConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 dashboard: None,
                 lock_history_retention: std::time::Duration::from_secs(3600),
                 tls: None,
                 insecure_plaintext: false,
-                overload: lockstep::overload::OverloadConfig {
+                overload: lockstep::edge::overload::OverloadConfig {
                     rate_per_client: 0,
                     ..Default::default()
                 },
@@ -482,7 +482,7 @@ fn agent_server() -> &'static (std::net::SocketAddr, String) {
                 metrics: None,
             };
             let token_file = dir.path().join("admin.token");
-            let bound = lockstep::server::Bound::bind(config).await.unwrap();
+            let bound = lockstep::edge::server::Bound::bind(config).await.unwrap();
             let addr = bound.local_addr();
             tokio::spawn(async move {
                 let _dir = dir;
@@ -495,7 +495,7 @@ fn agent_server() -> &'static (std::net::SocketAddr, String) {
                 .unwrap();
             // The server writes its bootstrap admin token as it starts.
             let token = loop {
-                match lockstep::access::read_token_file(&token_file) {
+                match lockstep::app::tokens::read_token_file(&token_file) {
                     Ok(t) if !t.is_empty() => break t,
                     _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                 }

@@ -174,7 +174,7 @@ fn the_valid_seed_is_accepted_and_deep_nesting_is_refused() {
     assert_eq!(m.blocks.len(), 2);
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert!(parse_manifest(Path::new(PATH), deep.as_bytes()).is_err());
-    let big = vec![b' '; lockstep::limits::MAX_MANIFEST_BYTES + 1];
+    let big = vec![b' '; lockstep::edge::limits::MAX_MANIFEST_BYTES + 1];
     let err = parse_manifest(Path::new(PATH), &big)
         .unwrap_err()
         .to_string();

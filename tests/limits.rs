@@ -7,13 +7,13 @@
 
 mod support;
 
-use lockstep::grpc::pb;
-use lockstep::grpc::pb::agent_service_client::AgentServiceClient;
-use lockstep::grpc::pb::catalog_service_client::CatalogServiceClient;
-use lockstep::grpc::pb::device_service_client::DeviceServiceClient;
-use lockstep::grpc::pb::operation_service_client::OperationServiceClient;
-use lockstep::grpc::pb::window_service_client::WindowServiceClient;
-use lockstep::limits;
+use lockstep::edge::grpc::pb;
+use lockstep::edge::grpc::pb::agent_service_client::AgentServiceClient;
+use lockstep::edge::grpc::pb::catalog_service_client::CatalogServiceClient;
+use lockstep::edge::grpc::pb::device_service_client::DeviceServiceClient;
+use lockstep::edge::grpc::pb::operation_service_client::OperationServiceClient;
+use lockstep::edge::grpc::pb::window_service_client::WindowServiceClient;
+use lockstep::edge::limits;
 use support::Server;
 use tonic::Code;
 

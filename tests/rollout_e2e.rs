@@ -8,7 +8,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use lockstep::grpc::pb;
+use lockstep::edge::grpc::pb;
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
 use pb::operation_service_client::OperationServiceClient;

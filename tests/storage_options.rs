@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use lockstep::grpc::pb;
+use lockstep::edge::grpc::pb;
 use pb::device_service_client::DeviceServiceClient;
 use support::Server;
 use tonic::Code;
@@ -94,7 +94,7 @@ fn a_bad_data_dir_is_a_clear_error() {
 #[tokio::test]
 async fn postgres_outage_is_unavailable_then_recovers() {
     // A cluster of its own, so stopping it disturbs no other test.
-    let cluster = lockstep::pgtemp::PgCluster::start().expect("throwaway PostgreSQL");
+    let cluster = lockstep::testkit::pgtemp::PgCluster::start().expect("throwaway PostgreSQL");
     let server = Server::start_pg(&cluster.url("postgres"));
     let ch = server.channel().await;
     let mut devs = DeviceServiceClient::new(ch.clone());

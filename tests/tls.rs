@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep::grpc::pb;
-use lockstep::grpc::pb::device_service_client::DeviceServiceClient;
+use lockstep::edge::grpc::pb;
+use lockstep::edge::grpc::pb::device_service_client::DeviceServiceClient;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::state::{BlockIntent, StateFile};
-use crate::limits::{MAX_LOCAL_API_BODY_BYTES, MAX_TEXT_BYTES};
+use crate::edge::limits::{MAX_LOCAL_API_BODY_BYTES, MAX_TEXT_BYTES};
 
 /// What a block asks of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use super::runtime::{
 use super::state::{BlockIntent, StateError, StateFile, write_atomic};
 use crate::clock;
 use crate::domain::BlockName;
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 /// Which runtime performs operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub enum RuntimeKind {
 pub struct AgentConfig {
     pub server: String,
     /// TLS for an `https://` server (CA, and a client certificate for mTLS).
-    pub tls: Option<crate::tls::ClientTls>,
+    pub tls: Option<crate::edge::tls::ClientTls>,
     pub device: String,
     pub credential: String,
     pub lock_root: PathBuf,
@@ -66,7 +66,7 @@ pub enum AgentError {
         source: std::io::Error,
     },
     #[error("server {0}")]
-    Server(#[from] crate::tls::TlsError),
+    Server(#[from] crate::edge::tls::TlsError),
 }
 
 /// Events the core reacts to.
@@ -722,7 +722,7 @@ pub async fn run(
         }
     });
     let (core_tx, mut core_rx) = mpsc::channel::<CoreEvent>(64);
-    let endpoint = crate::tls::endpoint(&cfg.server, cfg.tls.as_ref())?
+    let endpoint = crate::edge::tls::endpoint(&cfg.server, cfg.tls.as_ref())?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
@@ -828,7 +828,7 @@ async fn session(
     let mut request = tonic::Request::new(outbound);
     let meta = request.metadata_mut();
     meta.insert(
-        crate::grpc::agent::DEVICE_HEADER,
+        crate::edge::grpc::agent::DEVICE_HEADER,
         device
             .parse()
             .map_err(|_| tonic::Status::invalid_argument("device id is not valid metadata"))?,
@@ -840,8 +840,8 @@ async fn session(
             .map_err(|_| tonic::Status::invalid_argument("credential is not valid metadata"))?,
     );
     let mut client = pb::agent_service_client::AgentServiceClient::new(channel)
-        .max_decoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(crate::edge::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::edge::limits::MAX_MESSAGE_BYTES);
     let mut inbound = client.connect(request).await?.into_inner();
     core.send(CoreEvent::Connected(out_tx))
         .await

@@ -81,7 +81,7 @@ use tokio::time::Instant;
 use super::locks::{LockDir, LockError, write_atomic};
 use crate::domain::env::{EnvError, EnvName, fingerprint};
 use crate::domain::{BlockName, Fingerprint, IdError, ReleaseId};
-use crate::limits::{MAX_COMMAND_ARGS, MAX_MANIFEST_BYTES, MAX_RELEASE_BLOCKS};
+use crate::edge::limits::{MAX_COMMAND_ARGS, MAX_MANIFEST_BYTES, MAX_RELEASE_BLOCKS};
 
 /// How long a stopped block gets between `SIGTERM` and `SIGKILL`.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,9 +1,9 @@
 //! Operations as operators and rollouts change them outside the reconciler:
 //! cancelling. One path for every caller, so they cannot disagree.
 
+use crate::app::events::{EventKind, Events};
+use crate::background::scheduler::Wakeups;
 use crate::domain::{self, AuditEntry, FleetId, NotCancellable, OperationId, OperationRecord};
-use crate::events::{EventKind, Events};
-use crate::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
 /// Why a cancel did not happen.

@@ -10,7 +10,7 @@ use super::error::{Call as _, CliError};
 use super::parse::timestamp;
 use super::table::Table;
 use super::view::{Human, emit};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {

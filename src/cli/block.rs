@@ -7,7 +7,7 @@ use super::Ctx;
 use super::error::{Call as _, CliError};
 use super::parse::{self, KeyValue};
 use super::view::{BlockVersionJson, BlockVersionList, Done, emit};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BlockCommand {

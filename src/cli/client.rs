@@ -14,15 +14,15 @@ use tonic::transport::Channel;
 use super::ClientOpts;
 use super::error::CliError;
 use super::parse;
-use crate::grpc::pb::audit_service_client::AuditServiceClient;
-use crate::grpc::pb::catalog_service_client::CatalogServiceClient;
-use crate::grpc::pb::device_service_client::DeviceServiceClient;
-use crate::grpc::pb::operation_service_client::OperationServiceClient;
-use crate::grpc::pb::rollout_service_client::RolloutServiceClient;
-use crate::grpc::pb::token_service_client::TokenServiceClient;
-use crate::grpc::pb::window_service_client::WindowServiceClient;
-use crate::limits::MAX_MESSAGE_BYTES;
-use crate::tls::ClientTls;
+use crate::edge::grpc::pb::audit_service_client::AuditServiceClient;
+use crate::edge::grpc::pb::catalog_service_client::CatalogServiceClient;
+use crate::edge::grpc::pb::device_service_client::DeviceServiceClient;
+use crate::edge::grpc::pb::operation_service_client::OperationServiceClient;
+use crate::edge::grpc::pb::rollout_service_client::RolloutServiceClient;
+use crate::edge::grpc::pb::token_service_client::TokenServiceClient;
+use crate::edge::grpc::pb::window_service_client::WindowServiceClient;
+use crate::edge::limits::MAX_MESSAGE_BYTES;
+use crate::edge::tls::ClientTls;
 
 /// How long to wait for the TCP (and HTTP/2) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,7 +57,7 @@ impl Target {
     }
 
     pub async fn connect(&self) -> Result<Api, CliError> {
-        let endpoint = crate::tls::endpoint(&self.server, self.tls.as_ref())
+        let endpoint = crate::edge::tls::endpoint(&self.server, self.tls.as_ref())
             .map_err(|e| CliError::BadServer {
                 server: self.server.clone(),
                 reason: error_chain(&e),
@@ -94,7 +94,7 @@ fn token(opts: &ClientOpts) -> Result<Option<String>, CliError> {
         Some(p) => (p.clone(), true),
         None => (std::path::PathBuf::from(LOCAL_TOKEN_FILE), false),
     };
-    match crate::access::read_token_file(&path) {
+    match crate::app::tokens::read_token_file(&path) {
         Ok(t) if !t.is_empty() => Ok(Some(t)),
         Ok(_) if explicit => Err(CliError::TokenFile {
             path,

@@ -22,7 +22,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::client::{AuthChannel, Bearer};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 use pb::catalog_service_client::CatalogServiceClient;
 use pb::device_service_client::DeviceServiceClient;
 use pb::operation_service_client::OperationServiceClient;
@@ -489,7 +489,7 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
             args.dashboard_listen
         ),
     );
-    crate::server::shutdown_signal().await;
+    crate::edge::server::shutdown_signal().await;
     n.say("demo", "stopping");
     drop(children);
     Ok(0)
@@ -542,7 +542,7 @@ async fn connect(url: &str, log: &Path, server: &mut Child) -> Result<Channel, D
 async fn read_token(path: &Path, server: &mut Child) -> Result<String, DemoError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match crate::access::read_token_file(path) {
+        match crate::app::tokens::read_token_file(path) {
             Ok(t) if !t.is_empty() => return Ok(t),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(io(format!("reading {}", path.display()))(e));

@@ -8,7 +8,7 @@ use super::Ctx;
 use super::error::{Call as _, CliError};
 use super::parse;
 use super::view::{DeviceList, DeviceStateView, DeviceView, RegisteredView, emit};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeviceCommand {

@@ -5,7 +5,7 @@ use super::Ctx;
 use super::error::{Call as _, CliError};
 use super::parse::{self, KeyValue};
 use super::view::{Done, EnvList, EnvVarView, OwnerView, emit};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 /// Whose variables: exactly one of --fleet and --device.
 #[derive(Debug, Clone, clap::Args)]

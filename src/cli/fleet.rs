@@ -4,7 +4,7 @@
 use super::Ctx;
 use super::error::{Call as _, CliError};
 use super::view::{FleetList, FleetView, emit};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum FleetCommand {

@@ -8,7 +8,7 @@ use super::Ctx;
 use super::error::{Call as _, CliError};
 use super::parse;
 use super::view::{OperationList, OperationView, emit};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 /// How often `op wait` asks.
 const POLL: Duration = Duration::from_millis(250);

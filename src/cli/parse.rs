@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::domain::{Amount, Strategy};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 /// `NAME=VALUE` (the value may be empty and may contain `=`).
 #[derive(Debug, Clone, PartialEq, Eq)]

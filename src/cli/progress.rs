@@ -303,7 +303,7 @@ pub fn batch_detail(b: &super::view::BatchView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::pb;
+    use crate::edge::grpc::pb;
 
     /// A status of rollout 7: a canary of 1, then batches of 2 and 2.
     fn status(

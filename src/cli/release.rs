@@ -5,7 +5,7 @@ use super::Ctx;
 use super::error::{Call as _, CliError};
 use super::parse::{self, BlockAt, KeyValue};
 use super::view::{DiffView, ReleaseList, ReleaseView, emit};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ReleaseCommand {

@@ -18,7 +18,7 @@ use super::parse;
 use super::progress::Watch;
 use super::view::{RolloutList, RolloutStatusView, RolloutView, emit};
 use crate::domain::{Amount, OnError, Strategy};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RolloutCommand {

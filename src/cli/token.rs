@@ -13,7 +13,7 @@ use super::error::{Call as _, CliError};
 use super::parse::{self, timestamp};
 use super::table::{Table, fields};
 use super::view::{Human, emit};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {

@@ -14,7 +14,7 @@ use super::parse::{
     cause_name, device_status_name, duration_text, reason_name, timestamp, weekday_name,
 };
 use super::table::{Table, fields};
-use crate::grpc::pb;
+use crate::edge::grpc::pb;
 
 /// The human rendering of a view.
 pub trait Human {

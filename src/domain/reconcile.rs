@@ -619,6 +619,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
                 continue;
             }
             let spec = &facts.record.spec;
+            let found = (facts.record.status, facts.record.progress.behind);
             let resolved = resolve(facts, device, &applied_env, state);
             // The impact is computed once: the footprint and the gate use it.
             let impact = match &resolved {
@@ -645,7 +646,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
                 .map(|(id, _, _)| *id);
             ahead.push((w.next.id, spec, fp));
             if let Some(behind) = blocker {
-                queue(w, behind, &mut plan);
+                queue(w, behind, found, &mut plan);
                 continue;
             }
             let outcome = decide_one(w, facts, &resolved, impact, state, input, &mut plan);
@@ -654,7 +655,7 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
                     if matches!(step, Step::Apply { .. })
                         && let Some(applying) = in_flight
                     {
-                        queue(w, applying, &mut plan);
+                        queue(w, applying, found, &mut plan);
                         continue;
                     }
                     let failed = matches!(step, Step::Fail { .. });
@@ -723,8 +724,14 @@ fn fail(w: &mut Working, error: String, plan: &mut Plan) {
     plan.events.push((w.next.id, EventKind::Failed { error }));
 }
 
-fn queue(w: &mut Working, behind: OperationId, plan: &mut Plan) {
-    let was = (w.next.status, w.next.progress.behind);
+/// Queues the operation behind `behind`; `was` is its status and `behind`
+/// as this reconciliation found them (so the same wait is not news again).
+fn queue(
+    w: &mut Working,
+    behind: OperationId,
+    was: (OpStatus, Option<OperationId>),
+    plan: &mut Plan,
+) {
     w.edit().status = OpStatus::Queued;
     w.edit().progress.behind = Some(behind);
     w.edit().progress.waiting_on.clear();

@@ -5,6 +5,7 @@
 
 mod codec;
 mod common;
+pub mod intents;
 pub mod migrations;
 pub mod pg;
 pub mod plans;

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::app::events::{Event, Events, RolloutNotice};
+use crate::background::scheduler::Wakeups;
 use crate::clock;
 use crate::domain::{
     self, AuditEntry, BatchCounts, BlockName, DeviceStatus, FleetId, OpStatus, Reason, Rollout,
     RolloutEvent, RolloutId, RolloutState, RolloutTarget, Strategy, Tag, Timestamp,
 };
-use crate::events::{Event, Events, RolloutNotice};
-use crate::scheduler::Wakeups;
 use crate::store::{NewRollout, Store, StoreError};
 
 /// Why a rollout action was refused.

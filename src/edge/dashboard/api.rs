@@ -1,6 +1,6 @@
 //! The dashboard's JSON API under `/api/`: reads straight from the store,
-//! decisions through `crate::approvals`, rollout status and actions through
-//! `crate::rollouts` (the same calls as `RolloutService`). Every input is checked here and a
+//! decisions through `crate::app::approvals`, rollout status and actions through
+//! `crate::app::rollouts` (the same calls as `RolloutService`). Every input is checked here and a
 //! bad one is a 400 naming the field (query parameter, path segment or JSON
 //! member); a missing thing is a 404. Every endpoint takes the logged-in
 //! token and checks its role and fleets: lists show the token's fleets only,
@@ -426,8 +426,8 @@ pub async fn rollout<S: Store>(
 
 /// The longest `actor` and `reason` accepted for a rollout action: the same
 /// limits as `RolloutService` (`src/limits.rs`).
-const MAX_ACTOR: usize = crate::limits::MAX_ACTOR_BYTES;
-const MAX_REASON: usize = crate::limits::MAX_TEXT_BYTES;
+const MAX_ACTOR: usize = crate::edge::limits::MAX_ACTOR_BYTES;
+const MAX_REASON: usize = crate::edge::limits::MAX_TEXT_BYTES;
 
 /// A required, non-blank string member of at most `max` characters.
 fn required_member<'a>(

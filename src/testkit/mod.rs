@@ -2,6 +2,12 @@
 //! process (or the server in `DATABASE_URL`), one new database per caller
 //! cloned from a migrated template, and SQLite in a temporary directory.
 //! Without Postgres the callers fail loudly, saying how to install it.
+//!
+//! Test tooling, not part of the shipped library: compiled only for this
+//! crate's own tests and benches (the `testkit` feature, which the crate's
+//! dev-dependency on itself turns on).
+
+pub mod pgtemp;
 
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -10,8 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-use crate::pgtemp::PgCluster;
 use crate::store::{PgStore, PoolOptions, SqliteStore};
+use crate::testkit::pgtemp::PgCluster;
 
 const TEMPLATE: &str = "lockstep_template";
 

@@ -19,14 +19,14 @@ use futures::StreamExt as _;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
+use crate::app::events::Events;
 use crate::clock;
 use crate::domain::reconcile::{self, ApprovalWrite, DeviceFacts, OpFacts, Plan, PlannedIntent};
 use crate::domain::{
     self, AuditEntry, DeviceId, DeviceState, OperationSpec, Release, RunningBlock, Timestamp,
 };
-use crate::events::Events;
-use crate::hub::Hub;
-use crate::intents;
+use crate::edge::hub::Hub;
+use crate::store::intents;
 use crate::store::{ApprovalChange, DeviceRows, PlanWrite, Store, StoreError};
 use crate::telemetry::{self, Metrics};
 

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::api::json_object;
 use super::{Dashboard, DashboardError};
-use crate::access::AuthError;
+use crate::app::tokens::AuthError;
 use crate::domain::{Action, FleetId, Principal, allows};
 use crate::store::Store;
 

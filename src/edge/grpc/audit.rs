@@ -10,7 +10,7 @@ use super::convert::{ConvertError, at_most};
 use super::pb::{self, audit_service_server::AuditService};
 use super::status_from_store;
 use crate::domain::{Action, FleetId};
-use crate::limits::MAX_AUDIT_FILTER_BYTES;
+use crate::edge::limits::MAX_AUDIT_FILTER_BYTES;
 use crate::store::{AuditFilter, Store};
 
 pub struct AuditApi<S> {

@@ -4,7 +4,7 @@
 //! under `/api/` and server-sent event streams (`/api/events` tells pages
 //! what to re-read; `/api/rollouts/{id}/events` sends a rollout's status
 //! as it changes). It reads the store and calls the shared logic
-//! (`crate::approvals`, `crate::rollouts`, `crate::events::Watch`)
+//! (`crate::app::approvals`, `crate::app::rollouts`, `crate::app::events::Watch`)
 //! directly, never through gRPC, and holds no decision of its own. Its view types (serde) live
 //! here: domain types stay free of serde. Assets are compiled into the
 //! binary; pages load nothing from the network.
@@ -29,11 +29,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-use crate::access::Tokens;
-use crate::approvals::{ApprovalError, Approvals};
-use crate::events::Events;
-use crate::rollouts::{RolloutError, Rollouts};
-use crate::scheduler::Wakeups;
+use crate::app::approvals::{ApprovalError, Approvals};
+use crate::app::events::Events;
+use crate::app::rollouts::{RolloutError, Rollouts};
+use crate::app::tokens::Tokens;
+use crate::background::scheduler::Wakeups;
 use crate::store::{Store, StoreError};
 
 /// Why a dashboard request failed; each maps to one HTTP status and a JSON
@@ -185,7 +185,7 @@ impl<S: Store> Dashboard<S> {
 }
 
 /// Every route of the dashboard: pages, assets, the JSON API and events;
-/// bodies over [`crate::limits::MAX_DASHBOARD_BODY_BYTES`] are refused (413).
+/// bodies over [`crate::edge::limits::MAX_DASHBOARD_BODY_BYTES`] are refused (413).
 pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
     Router::new()
         .route("/", get(pages::fleet::<S>))
@@ -215,7 +215,7 @@ pub fn router<S: Store>(dashboard: Dashboard<S>) -> Router {
         .route("/api/events", get(live::events::<S>))
         .fallback(pages::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(
-            crate::limits::MAX_DASHBOARD_BODY_BYTES,
+            crate::edge::limits::MAX_DASHBOARD_BODY_BYTES,
         ))
         .with_state(dashboard)
 }
@@ -231,7 +231,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     match tls {
         Some(acceptor) => {
-            axum::serve(crate::tls::TlsListener::new(listener, acceptor)?, app)
+            axum::serve(crate::edge::tls::TlsListener::new(listener, acceptor)?, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }

@@ -8,11 +8,11 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::auth;
 use crate::clock;
 use crate::domain::{
     ApiToken, AuditEntry, Principal, Role, Scope, Timestamp, TokenRefused, split_token,
 };
+use crate::edge::auth;
 use crate::store::{Store, StoreError};
 
 /// Why a request could not be authenticated (`UNAUTHENTICATED`, or 401 on

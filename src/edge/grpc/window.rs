@@ -1,7 +1,7 @@
 //! `WindowService`: maintenance windows (weekly in an IANA time zone, or
 //! one-off) attached to a fleet, a tag or a device, and the per-fleet policy
 //! of which operations need one. Changes wake the scheduler. Customer
-//! approvals are listed and decided by `crate::approvals`, shared with the
+//! approvals are listed and decided by `crate::app::approvals`, shared with the
 //! web dashboard; this edge only converts. A window belongs to its fleet
 //! (a device's window to the device's fleet); a window on a device tag
 //! spans fleets, so changing one needs a token for every fleet, while every
@@ -15,18 +15,18 @@ use super::access::{check, principal};
 use super::convert::{ConvertError, at_most, count_at_most};
 use super::pb::{self, window_service_server::WindowService};
 use super::status_from_store;
-use crate::approvals::{self, ApprovalError, ApprovalView, Approvals};
+use crate::app::approvals::{self, ApprovalError, ApprovalView, Approvals};
+use crate::background::scheduler::Wakeups;
 use crate::clock;
 use crate::domain::{Action, Principal};
 use crate::domain::{
     ApprovalStatus, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window,
     WindowRule, WindowScope,
 };
-use crate::limits::{
+use crate::edge::limits::{
     MAX_POLICY_KINDS, MAX_RECURRENCE_BYTES, MAX_RECURRENCE_LINES, MAX_TIME_ZONE_BYTES,
     MAX_WEEK_DAYS,
 };
-use crate::scheduler::Wakeups;
 use crate::store::Store;
 
 pub struct Windows<S> {

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::approvals::ApprovalView;
+use crate::app::approvals::ApprovalView;
+use crate::app::events::{Event, EventKind, RolloutNotice};
+use crate::app::rollouts::RolloutStatus;
 use crate::domain::{BatchCounts, Reason, Rollout, RolloutTarget, Strategy};
 use crate::domain::{
     DeviceRecord, DeviceReport, DeviceStatus, LockState, Occurrence, OperationRecord,
     OperationSpec, ReleaseRequest, TimelineEntry, TimelineEvent,
 };
-use crate::events::{Event, EventKind, RolloutNotice};
-use crate::intents::{ApplyOp, IntentBody};
-use crate::rollouts::RolloutStatus;
+use crate::store::intents::{ApplyOp, IntentBody};
 
 /// The device statuses the overview counts, in the order it shows them.
 pub const COUNTED: [DeviceStatus; 12] = [
@@ -904,7 +904,7 @@ mod tests {
         let apply = IntentBody::Apply {
             operation: ApplyOp::Reboot,
             fence: vec![],
-            disturbed: vec![crate::intents::DisturbedBlock {
+            disturbed: vec![crate::store::intents::DisturbedBlock {
                 block: "a".into(),
                 reason: "reboot".into(),
                 handover: false,

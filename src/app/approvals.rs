@@ -10,12 +10,12 @@
 use crate::clock;
 use std::collections::HashMap;
 
+use crate::background::scheduler::Wakeups;
 use crate::domain::{
     Action, Approval, ApprovalStatus, AuditEntry, Denied, DeviceId, FleetId, Occurrence,
     OperationRecord, Principal, WindowRule, allows, role_allows,
 };
-use crate::limits::{MAX_ACTOR_BYTES, MAX_TEXT_BYTES};
-use crate::scheduler::Wakeups;
+use crate::edge::limits::{MAX_ACTOR_BYTES, MAX_TEXT_BYTES};
 use crate::store::{Store, StoreError};
 
 /// Why an approval could not be listed or decided.

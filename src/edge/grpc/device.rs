@@ -10,16 +10,16 @@ use super::access::{check, principal, within};
 use super::convert::{ConvertError, at_most, block_name, count_at_most};
 use super::pb::{self, device_service_server::DeviceService};
 use super::status_from_store;
-use crate::auth;
+use crate::background::scheduler::Wakeups;
 use crate::clock;
 use crate::domain::{
     Action, DeviceId, DeviceRecord, DeviceStatus, EnvName, EnvScope, EnvVar, Fleet, FleetId, Tag,
 };
-use crate::limits::{
+use crate::edge::auth;
+use crate::edge::limits::{
     MAX_ENV_VALUE_BYTES as MAX_ENV_VALUE, MAX_ENV_VARS, MAX_FLEET_NAME_BYTES, MAX_SCOPE_BLOCKS,
     MAX_TAGS,
 };
-use crate::scheduler::Wakeups;
 use crate::store::{DeviceFilter, EnvEdit, EnvOwner, PageRequest, Store};
 
 pub struct Devices<S> {

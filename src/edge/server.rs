@@ -12,19 +12,19 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::access::{self, BootstrapError, Tokens};
-use crate::dashboard::{self, Dashboard};
-use crate::events::Events;
-use crate::grpc;
-use crate::grpc::access::RequireToken;
-use crate::hub::Hub;
-use crate::ingest::{IngestConfig, Ingestor};
-use crate::limits::MAX_MESSAGE_BYTES;
-use crate::overload::{OverloadConfig, OverloadLayer};
-use crate::scheduler::{Scheduler, Wakeups};
+use crate::app::events::Events;
+use crate::app::tokens::{self, BootstrapError, Tokens};
+use crate::background::ingest::{IngestConfig, Ingestor};
+use crate::background::scheduler::{Scheduler, Wakeups};
+use crate::edge::dashboard::{self, Dashboard};
+use crate::edge::grpc;
+use crate::edge::grpc::access::RequireToken;
+use crate::edge::hub::Hub;
+use crate::edge::limits::MAX_MESSAGE_BYTES;
+use crate::edge::overload::{OverloadConfig, OverloadLayer};
+use crate::edge::tls::ServerTls;
 use crate::store::Store;
 use crate::telemetry::{self, Metrics, MetricsEndpoint};
-use crate::tls::ServerTls;
 
 /// How long in-flight calls may finish after a shutdown signal.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -169,7 +169,7 @@ impl Bound {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let token_file = &self.config.bootstrap_token_file;
-        if let Some(t) = access::bootstrap(&store, token_file).await? {
+        if let Some(t) = tokens::bootstrap(&store, token_file).await? {
             tracing::warn!(
                 token = %t.id,
                 path = %token_file.display(),
@@ -215,13 +215,14 @@ impl Bound {
             events.clone(),
             metrics,
         ));
-        let rollouts = crate::rollouts::Rollouts::new(
+        let rollouts = crate::app::rollouts::Rollouts::new(
             store.clone(),
             wakeups.clone(),
             events.clone(),
-            crate::rollouts::RolloutWakeups::default(),
+            crate::app::rollouts::RolloutWakeups::default(),
         );
-        let rollout_controller = tokio::spawn(crate::rollouts::run_controller(rollouts.clone()));
+        let rollout_controller =
+            tokio::spawn(crate::app::rollouts::run_controller(rollouts.clone()));
         let pruning = tokio::spawn(prune_lock_history(
             store.clone(),
             self.config.lock_history_retention,
@@ -284,12 +285,12 @@ impl Bound {
             .layer(telemetry::RpcSpans)
             .layer(OverloadLayer::new(
                 self.config.overload.clone(),
-                crate::overload::served_streaming_methods(),
+                crate::edge::overload::served_streaming_methods(),
             ))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(16))
-            .http2_max_header_list_size(Some(crate::limits::MAX_HEADER_LIST_BYTES))
+            .http2_max_header_list_size(Some(crate::edge::limits::MAX_HEADER_LIST_BYTES))
             .add_service(limited!(health_service))
             .add_service(RequireToken::new(
                 limited!(grpc::pb::catalog_service_server::CatalogServiceServer::new(

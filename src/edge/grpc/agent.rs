@@ -15,22 +15,22 @@ use tracing::Instrument as _;
 use super::convert::{ConvertError, at_most, block_name};
 use super::pb::{self, agent_service_server::AgentService};
 use super::status_from_store;
-use crate::auth;
+use crate::app::events::Events;
+use crate::background::ingest::Ingestor;
+use crate::background::scheduler::Wakeups;
 use crate::clock;
 use crate::domain::{
     ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, Generation, IntentKind,
     IntentSeq, LockReport, LockState, ReleaseId, ReportedBlock, StoredIntent, Timestamp,
 };
-use crate::events::Events;
-use crate::hub::Hub;
-use crate::ingest::Ingestor;
-use crate::intents::{ApplyOp, IntentBody, TargetBlock};
-use crate::limits::{
+use crate::edge::auth;
+use crate::edge::hub::Hub;
+use crate::edge::limits::{
     AGENT_MESSAGE_BURST, AGENT_MESSAGES_PER_SEC, MAX_LOCKS, MAX_PHASE_BYTES, MAX_RELEASE_BLOCKS,
     MAX_TEXT_BYTES, MAX_VERSION_BYTES,
 };
-use crate::overload::TokenBucket;
-use crate::scheduler::Wakeups;
+use crate::edge::overload::TokenBucket;
+use crate::store::intents::{ApplyOp, IntentBody, TargetBlock};
 use crate::store::{Store, StoreError};
 
 /// Metadata key naming the device a stream speaks for.
@@ -78,7 +78,7 @@ fn check_client_cert<T>(req: &Request<T>, device: &DeviceId) -> Result<(), Statu
             "a client certificate is required (mutual TLS)",
         ));
     };
-    if crate::tls::cert_names_device(leaf, device.as_str()) {
+    if crate::edge::tls::cert_names_device(leaf, device.as_str()) {
         Ok(())
     } else {
         Err(Status::unauthenticated(format!(
@@ -197,8 +197,8 @@ fn locks_to_reports(
 
 /// The live event for a lock report: each lock as `block:held` or
 /// `block:free`; `None` for an empty report.
-fn lock_changed(reports: &[LockReport]) -> Option<crate::events::EventKind> {
-    (!reports.is_empty()).then(|| crate::events::EventKind::LockChanged {
+fn lock_changed(reports: &[LockReport]) -> Option<crate::app::events::EventKind> {
+    (!reports.is_empty()).then(|| crate::app::events::EventKind::LockChanged {
         locks: reports
             .iter()
             .map(|r| format!("{}:{}", r.block, if r.state.held { "held" } else { "free" }))
@@ -207,7 +207,7 @@ fn lock_changed(reports: &[LockReport]) -> Option<crate::events::EventKind> {
 }
 
 fn reason_to_pb(s: &str) -> i32 {
-    crate::intents::reason_from_str(s)
+    crate::store::intents::reason_from_str(s)
         .map(|r| pb::Reason::from(r) as i32)
         .unwrap_or(pb::Reason::Unspecified as i32)
 }
@@ -618,7 +618,7 @@ impl<S: Store> AgentService for Agents<S> {
         tracing::info!(device = %device, connected = self.hub.connected(), "agent connected");
         // Online again: the reconciler, woken below, sets its status.
         self.events
-            .publish(&device, None, crate::events::EventKind::Online);
+            .publish(&device, None, crate::app::events::EventKind::Online);
         if let Some(kind) = changed {
             self.events.publish(&device, None, kind);
         }
@@ -710,7 +710,7 @@ impl<S: Store> AgentService for Agents<S> {
                     Ok(()) => session.events.publish(
                         &session.device,
                         None,
-                        crate::events::EventKind::Offline,
+                        crate::app::events::EventKind::Offline,
                     ),
                     Err(e) => {
                         tracing::warn!(device = %session.device, error = %e, "cannot mark the device offline");

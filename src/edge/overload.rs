@@ -8,7 +8,7 @@
 //! | unary calls in flight, server-wide | `max_in_flight` | `UNAVAILABLE` at once (shed, never queued) |
 //! | time a unary call may take | `request_timeout` | `DEADLINE_EXCEEDED` |
 //! | open streams (agents, watchers), server-wide | `max_streams` | `RESOURCE_EXHAUSTED` |
-//! | one message's size (set per service) | [`crate::limits::MAX_MESSAGE_BYTES`] | `RESOURCE_EXHAUSTED` |
+//! | one message's size (set per service) | [`crate::edge::limits::MAX_MESSAGE_BYTES`] | `RESOURCE_EXHAUSTED` |
 //!
 //! Long-lived streams (`AgentService.Connect`, `WatchEvents`, `WatchRollout`,
 //! health `Watch`, reflection) are recognised from the descriptor sets —
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::limits::MAX_RATE_CLIENTS;
+use crate::edge::limits::MAX_RATE_CLIENTS;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -244,7 +244,7 @@ pub fn streaming_methods(descriptor_sets: &[&[u8]]) -> HashSet<String> {
 /// The streaming methods of every service `lockstep serve` runs.
 pub fn served_streaming_methods() -> HashSet<String> {
     streaming_methods(&[
-        crate::grpc::FILE_DESCRIPTOR_SET,
+        crate::edge::grpc::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,

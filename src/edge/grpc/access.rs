@@ -15,7 +15,7 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use crate::access::{AuthError, Tokens};
+use crate::app::tokens::{AuthError, Tokens};
 use crate::domain::{Action, FleetId, Principal, allows};
 use crate::store::Store;
 

@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
-use crate::limits::TLS_HANDSHAKE_TIMEOUT;
+use crate::edge::limits::TLS_HANDSHAKE_TIMEOUT;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]

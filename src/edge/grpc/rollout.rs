@@ -1,6 +1,6 @@
 //! `RolloutService`: phased rollouts of a release or an OS version. Requests
 //! are converted here (bad input is `INVALID_ARGUMENT` naming the field);
-//! the actions, status and controller live in [`crate::rollouts`]. A
+//! the actions, status and controller live in [`crate::app::rollouts`]. A
 //! rollout belongs to its fleet; actions are audited naming the token.
 
 use std::pin::Pin;
@@ -12,12 +12,12 @@ use super::access::{check, principal, within};
 use super::convert::{ConvertError, at_most, count_at_most};
 use super::pb::{self, rollout_service_server::RolloutService};
 use super::status_from_store;
+use crate::app::rollouts::{CreateRollout, RolloutError, RolloutStatus, Rollouts};
 use crate::domain::{
     Action, Amount, FleetId, OnError, Principal, ReleaseId, Rollout, RolloutId, RolloutTarget,
     Strategy, Tag,
 };
-use crate::limits::MAX_TEXT_BYTES;
-use crate::rollouts::{CreateRollout, RolloutError, RolloutStatus, Rollouts};
+use crate::edge::limits::MAX_TEXT_BYTES;
 use crate::store::Store;
 
 pub struct RolloutApi<S> {
@@ -66,9 +66,9 @@ fn rollout_id(v: u64) -> Result<RolloutId, ConvertError> {
 }
 
 /// The note beside the calling token (the request's `actor` field), at most
-/// [`crate::limits::MAX_ACTOR_BYTES`].
+/// [`crate::edge::limits::MAX_ACTOR_BYTES`].
 fn actor_note(s: &str) -> Result<&str, ConvertError> {
-    at_most("actor", s, crate::limits::MAX_ACTOR_BYTES)?;
+    at_most("actor", s, crate::edge::limits::MAX_ACTOR_BYTES)?;
     Ok(s)
 }
 

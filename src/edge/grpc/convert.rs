@@ -13,7 +13,7 @@ use crate::domain::{
     EnvScope, EnvVar, FleetId, ImageDigest, Reason, Release, ReleaseId, RestartCause,
     UpdateStrategy,
 };
-use crate::limits::{
+use crate::edge::limits::{
     MAX_ARG_BYTES, MAX_COMMAND_ARGS, MAX_DEPENDENCIES, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS,
     MAX_LABELS, MAX_RELEASE_BLOCKS, MAX_SCOPE_BLOCKS, MAX_VERSION_BYTES,
 };

@@ -32,9 +32,9 @@ use super::api::{device_id, fleet_id, params, rollout_id};
 use super::auth::{Authed, check, within};
 use super::views::{EventView, RolloutStatusView};
 use super::{Dashboard, DashboardError};
+use crate::app::events::{RolloutNotice, Watch, Watched};
+use crate::app::rollouts::RolloutWatch;
 use crate::domain::{Action, FleetId};
-use crate::events::{RolloutNotice, Watch, Watched};
-use crate::rollouts::RolloutWatch;
 use crate::store::Store;
 
 /// GET /api/events?fleet=&device=
@@ -191,8 +191,8 @@ mod tests {
     use futures::StreamExt as _;
 
     use super::*;
+    use crate::app::events::{EventKind, Events};
     use crate::domain::DeviceId;
-    use crate::events::{EventKind, Events};
 
     #[tokio::test]
     async fn a_lagging_page_is_sent_a_lagged_event_and_the_stream_ends_when_the_server_stops() {

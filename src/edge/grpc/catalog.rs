@@ -13,7 +13,7 @@ use super::pb::{self, catalog_service_server::CatalogService};
 use super::status_from_store;
 use crate::clock;
 use crate::domain::{self, Action, BlockVersion, EnvContext, FleetId, Release, ReleaseId};
-use crate::limits::{MAX_DESCRIPTION_BYTES, MAX_RELEASE_BLOCKS, MAX_VERSION_BYTES};
+use crate::edge::limits::{MAX_DESCRIPTION_BYTES, MAX_RELEASE_BLOCKS, MAX_VERSION_BYTES};
 use crate::store::{PageRequest, Store};
 
 pub struct Catalog<S> {

@@ -8,12 +8,12 @@ use super::access::{check, principal};
 use super::convert::{ConvertError, at_most, count_at_most};
 use super::pb::{self, token_service_server::TokenService};
 use super::status_from_store;
-use crate::access::{self, NewToken};
+use crate::app::tokens::{self, NewToken};
 use crate::clock;
 use crate::domain::{
     Action, ApiToken, AuditEntry, FleetId, Role, Scope, Timestamp, TokenId, check_scope,
 };
-use crate::limits::{MAX_TEXT_BYTES, MAX_TOKEN_FLEETS, MAX_TOKEN_NAME_CHARS};
+use crate::edge::limits::{MAX_TEXT_BYTES, MAX_TOKEN_FLEETS, MAX_TOKEN_NAME_CHARS};
 use crate::store::Store;
 
 pub struct TokenApi<S> {
@@ -110,7 +110,7 @@ impl<S: Store> TokenService for TokenApi<S> {
         for f in new.scope.named().into_iter().flatten() {
             self.store.get_fleet(f).await.map_err(status_from_store)?;
         }
-        let issued = access::issue(&self.store, new, &p.actor())
+        let issued = tokens::issue(&self.store, new, &p.actor())
             .await
             .map_err(status_from_store)?;
         let t = &issued.token;

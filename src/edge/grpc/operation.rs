@@ -12,15 +12,15 @@ use super::convert::{ConvertError, at_most, block_name, count_at_most, disturban
 use super::pb::{self, operation_service_server::OperationService};
 use super::status_from_store;
 use crate::app::create::{CreateError, Creator};
+use crate::app::events::{Event, EventKind, Events, Watch, Watched};
+use crate::background::scheduler::Wakeups;
 use crate::clock;
 use crate::domain::{Action, FleetId, Principal};
 use crate::domain::{
     AuditEntry, DeviceId, Disturbance, Force, OpStatus, OperationId, OperationRecord,
     OperationSpec, ReleaseId,
 };
-use crate::events::{Event, EventKind, Events, Watch, Watched};
-use crate::limits::{MAX_SCOPE_BLOCKS, MAX_TEXT_BYTES, MAX_VERSION_BYTES};
-use crate::scheduler::Wakeups;
+use crate::edge::limits::{MAX_SCOPE_BLOCKS, MAX_TEXT_BYTES, MAX_VERSION_BYTES};
 use crate::store::{NewOperation, Store};
 use crate::telemetry;
 
@@ -255,9 +255,9 @@ fn op_id(v: u64) -> Result<OperationId, ConvertError> {
 }
 
 /// The note beside the calling token (the request's `actor` field), at most
-/// [`crate::limits::MAX_ACTOR_BYTES`].
+/// [`crate::edge::limits::MAX_ACTOR_BYTES`].
 fn actor_note(s: &str) -> Result<(), ConvertError> {
-    at_most("actor", s, crate::limits::MAX_ACTOR_BYTES)
+    at_most("actor", s, crate::edge::limits::MAX_ACTOR_BYTES)
 }
 
 /// The device a call names, recorded on the call's span.
