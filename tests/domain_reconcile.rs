@@ -791,6 +791,16 @@ fn partial_releases_update_what_is_not_held_back_and_only_that() {
         .flatten()
         .collect();
     assert_eq!(disturbed, vec!["b".to_owned()]);
+    // Only what lands now records its env; a keeps the env it runs with.
+    assert_eq!(
+        plan.ops[0]
+            .next
+            .progress
+            .applied_env
+            .keys()
+            .collect::<Vec<_>>(),
+        vec![&b("b")]
+    );
     assert!(
         !plan.intents.iter().any(|i| matches!(
             i,
@@ -835,6 +845,38 @@ fn a_queued_operation_is_told_once_what_it_waits_for() {
     let again = run(&dev, &after(&ops, &plan), &open_policy());
     assert!(again.events.is_empty(), "{:?}", again.events);
     assert!(again.ops.is_empty(), "{:?}", again.ops);
+}
+
+#[test]
+fn a_holder_set_is_announced_when_it_changes_and_only_then() {
+    let blocked = |plan: &Plan| -> Vec<Vec<String>> {
+        plan.events
+            .iter()
+            .filter_map(|(_, k)| match k {
+                EventKind::BlockedByLock { holders } => Some(holders.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // A reboot disturbs every block: a is held.
+    let dev = Dev::new().locked(&["a"]);
+    let ops = vec![facts(op(1, OperationSpec::Reboot), &[])];
+    let plan = run(&dev, &ops, &open_policy());
+    assert_eq!(statuses(&ops, &plan), vec![(1, OpStatus::WaitingLock)]);
+    assert_eq!(blocked(&plan), vec![vec!["a:reboot".to_owned()]]);
+    // The same holders again: nothing new to say, nothing asked again.
+    let next = after(&ops, &plan);
+    let again = run(&dev, &next, &open_policy());
+    assert!(again.events.is_empty(), "{:?}", again.events);
+    assert!(requests(&again).is_empty());
+    // b is taken too: the new holder set is announced, b is asked.
+    let dev = Dev::new().locked(&["a", "b"]);
+    let plan = run(&dev, &next, &open_policy());
+    assert_eq!(
+        blocked(&plan),
+        vec![vec!["a:reboot".to_owned(), "b:reboot".to_owned()]]
+    );
+    assert_eq!(requests(&plan), vec![(1, "b".into(), Reason::Reboot)]);
 }
 
 #[test]
