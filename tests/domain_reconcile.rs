@@ -712,6 +712,13 @@ fn an_approved_occurrence_wakes_the_device_when_it_opens_and_when_it_closes() {
             OpStatus::Applying,
             n + 5_000,
         ),
+        (
+            "opening this instant",
+            n,
+            n + 5_000,
+            OpStatus::Applying,
+            n + 5_000,
+        ),
     ];
     for (what, start, end, want, wake) in rows {
         let mut f = facts(op(1, OperationSpec::OsUpdate("7".into())), &[]);
@@ -877,6 +884,79 @@ fn a_holder_set_is_announced_when_it_changes_and_only_then() {
         vec![vec!["a:reboot".to_owned(), "b:reboot".to_owned()]]
     );
     assert_eq!(requests(&plan), vec![(1, "b".into(), Reason::Reboot)]);
+}
+
+#[test]
+fn waiting_for_a_window_is_announced_when_it_starts_or_the_next_window_changes() {
+    let dev = Dev::new();
+    let policy = FleetPolicy::default(); // reboots need a window
+    let window_events = |plan: &Plan| {
+        plan.events
+            .iter()
+            .filter(|(_, k)| matches!(k, EventKind::WaitingWindow { .. }))
+            .count()
+    };
+    let occurrence = |start: i64| Occurrence {
+        start: Timestamp(start),
+        end: Timestamp(start + 1_000),
+    };
+    let one_off = |start: i64| WindowRule::OneOff {
+        start: Timestamp(start),
+        end: Timestamp(start + 1_000),
+    };
+    let n = NOW.0;
+
+    // No window at all: it waits, and says so once.
+    let f = facts(op(1, OperationSpec::Reboot), &[]);
+    let plan = run_with(&dev, std::slice::from_ref(&f), &policy, &[], &[]);
+    assert_eq!(
+        statuses(std::slice::from_ref(&f), &plan),
+        vec![(1, OpStatus::WaitingWindow)]
+    );
+    assert_eq!(window_events(&plan), 1);
+
+    // It waited on a lock before; now it waits for a window: the holders it
+    // waited on are forgotten, the next window is remembered and announced.
+    let mut was_locked = op(1, OperationSpec::Reboot);
+    was_locked.status = OpStatus::WaitingLock;
+    was_locked.progress.waiting_on = vec![ReleaseRequest {
+        block: b("a"),
+        reason: Reason::Reboot,
+        handover: false,
+        because_of: None,
+        generation: Generation(7),
+    }];
+    let f = facts(was_locked, &[]);
+    let plan = run_with(
+        &dev,
+        std::slice::from_ref(&f),
+        &policy,
+        &[one_off(n + 10_000)],
+        &[],
+    );
+    let next = &plan.ops[0].next;
+    assert_eq!(next.status, OpStatus::WaitingWindow);
+    assert!(next.progress.waiting_on.is_empty());
+    assert_eq!(next.progress.told_window, Some(occurrence(n + 10_000)));
+    assert_eq!(window_events(&plan), 1);
+
+    // Already told about one window; another, earlier one is created: told again.
+    let mut told = op(1, OperationSpec::Reboot);
+    told.status = OpStatus::WaitingWindow;
+    told.progress.told_window = Some(occurrence(n + 10_000));
+    let f = facts(told, &[]);
+    let plan = run_with(
+        &dev,
+        std::slice::from_ref(&f),
+        &policy,
+        &[one_off(n + 10_000), one_off(n + 5_000)],
+        &[],
+    );
+    assert_eq!(
+        plan.ops[0].next.progress.told_window,
+        Some(occurrence(n + 5_000))
+    );
+    assert_eq!(window_events(&plan), 1);
 }
 
 #[test]
