@@ -960,6 +960,48 @@ fn waiting_for_a_window_is_announced_when_it_starts_or_the_next_window_changes()
 }
 
 #[test]
+fn when_its_window_opens_an_operation_waiting_on_a_lock_says_so() {
+    // A reboot in its window, a held: the holder is asked to release inside
+    // that window, and the operation remembers which window it spoke of.
+    let dev = Dev::new().locked(&["a"]);
+    let policy = FleetPolicy::default(); // reboots need a window
+    let n = NOW.0;
+    let open = [WindowRule::OneOff {
+        start: Timestamp(n - 1_000),
+        end: Timestamp(n + 5_000),
+    }];
+    let occurrence = Occurrence {
+        start: Timestamp(n - 1_000),
+        end: Timestamp(n + 5_000),
+    };
+    let f = facts(op(1, OperationSpec::Reboot), &[]);
+    let plan = run_with(&dev, std::slice::from_ref(&f), &policy, &open, &[]);
+    let next = &plan.ops[0].next;
+    assert_eq!(next.status, OpStatus::WaitingLock);
+    assert_eq!(next.progress.told_window, Some(occurrence));
+    assert!(plan.intents.iter().any(|i| matches!(
+        i,
+        PlannedIntent::ReleaseRequest { window: Some(w), .. } if *w == occurrence
+    )));
+
+    // It waited for this window with a's request already out; the window
+    // opens: nothing is asked again, but it now waits on the lock.
+    let mut waited = next.clone();
+    waited.status = OpStatus::WaitingWindow;
+    let f = facts(waited, &[]);
+    let plan = run_with(&dev, std::slice::from_ref(&f), &policy, &open, &[]);
+    assert_eq!(plan.ops[0].next.status, OpStatus::WaitingLock);
+    assert!(requests(&plan).is_empty());
+    assert!(
+        plan.events
+            .iter()
+            .any(|(_, k)| matches!(k, EventKind::BlockedByLock { .. })),
+        "{:?}",
+        plan.events
+    );
+}
+
+#[test]
 fn a_release_applying_keeps_a_newer_one_queued_behind_it() {
     let dev = Dev::new();
     let (r3, r2) = (r3_a(), r2_b_only());
