@@ -24,17 +24,17 @@
 //! server must decide on (a report of an unchanged lock), i.e. what the
 //! transport and ingest alone cost.
 
+#[path = "support/probe.rs"]
+mod probe;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
-use lockstep::domain::Env;
-use lockstep::edge::grpc::agent::DEVICE_HEADER;
 use lockstep::edge::grpc::pb;
+use probe::{Probe, percentile};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
@@ -184,42 +184,6 @@ async fn setup(s: &Server) -> String {
         .credential
 }
 
-fn state() -> pb::StateReport {
-    pb::StateReport {
-        current_release: "r1".into(),
-        os_version: String::new(),
-        blocks: vec![pb::ReportedBlock {
-            block: "b".into(),
-            version: "1.0.0".into(),
-            env_fingerprint: lockstep::domain::env::fingerprint(&Env::new()).to_hex(),
-        }],
-    }
-}
-
-fn locks(seq: u64, held: bool, generation: u64) -> pb::LockReport {
-    pb::LockReport {
-        seq,
-        locks: vec![pb::BlockLock {
-            block: "b".into(),
-            held,
-            generation,
-            since_unix_ms: lockstep::clock::now().0,
-        }],
-    }
-}
-
-fn msg(m: pb::agent_message::Msg) -> pb::AgentMessage {
-    pb::AgentMessage { msg: Some(m) }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 async fn run(backend: &str, samples: usize) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let token_file = dir.path().join("admin.token");
@@ -240,47 +204,19 @@ async fn run(backend: &str, samples: usize) -> serde_json::Value {
     let log = results.join(format!("latency-server-{backend}.log"));
     let server = start_server(&args, &token_file, &log).await;
     let credential = setup(&server).await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(64);
-    let mut agent = pb::agent_service_client::AgentServiceClient::new(server.channel.clone());
-    let mut generation = 1u64;
-    let mut seq = 1u64;
-    tx.send(msg(pb::agent_message::Msg::Hello(pb::Hello {
-        agent_version: "latency-bench".into(),
-        state: Some(state()),
-        locks: Some(locks(seq, true, generation)),
-        last_intent_seq: 0,
-    })))
-    .await
-    .expect("hello");
-    let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    req.metadata_mut()
-        .insert(DEVICE_HEADER, DEVICE.parse().expect("device header"));
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {credential}")
-            .parse()
-            .expect("credential header"),
-    );
-    let mut inbound = agent.connect(req).await.expect("Connect").into_inner();
-    let mut ops = pb::operation_service_client::OperationServiceClient::new(server.channel.clone());
-    let mut devices = pb::device_service_client::DeviceServiceClient::new(server.channel.clone());
+    let mut probe = Probe::connect(
+        server.channel.clone(),
+        server.token.clone(),
+        DEVICE,
+        &credential,
+    )
+    .await;
 
     // Baseline: a lock report the server has nothing to decide on, then a
     // read of the device's state showing it (transport + ingest + read).
     let mut baseline = Vec::with_capacity(samples);
     for _ in 0..samples.min(200) {
-        seq += 1;
-        let t0 = Instant::now();
-        tx.send(msg(pb::agent_message::Msg::LockReport(locks(
-            seq, true, generation,
-        ))))
-        .await
-        .expect("lock report");
-        devices
-            .get_device_state(server.req(pb::GetDeviceStateRequest { id: DEVICE.into() }))
-            .await
-            .expect("GetDeviceState");
-        baseline.push(t0.elapsed().as_secs_f64() * 1000.0);
+        baseline.push(probe.baseline().await);
     }
 
     let mut lat = Vec::with_capacity(samples);
@@ -289,106 +225,11 @@ async fn run(backend: &str, samples: usize) -> serde_json::Value {
         // Four agent messages a sample: paced under the server's per-stream
         // message rate (50/s), as a real agent is.
         let paced = tokio::time::sleep(Duration::from_millis(100));
-        let created = ops
-            .create_operation(server.req(pb::CreateOperationRequest {
-                device: DEVICE.into(),
-                spec: Some(pb::OperationSpec {
-                    kind: Some(pb::operation_spec::Kind::RestartBlock("b".into())),
-                }),
-                force: None,
-                actor: "latency-bench".into(),
-            }))
-            .await
-            .expect("CreateOperation")
-            .into_inner()
-            .operation
-            .expect("operation");
-        // The release request for b.
-        loop {
-            let Ok(m) = tokio::time::timeout(Duration::from_secs(30), inbound.next()).await else {
-                let op = ops
-                    .get_operation(server.req(pb::GetOperationRequest { id: created.id }))
-                    .await
-                    .expect("GetOperation")
-                    .into_inner()
-                    .operation;
-                panic!("sample {sample}: no release request within 30 s; operation: {op:?}");
-            };
-            let m = m.expect("stream open").expect("server message");
-            if let Some(pb::server_message::Msg::Intent(i)) = m.msg
-                && let Some(pb::intent::Kind::ReleaseRequest(_)) = i.kind
-            {
-                break;
-            }
-        }
-        // b lets go: t0.
-        generation += 1;
-        seq += 1;
-        let t0 = Instant::now();
-        tx.send(msg(pb::agent_message::Msg::LockReport(locks(
-            seq, false, generation,
-        ))))
-        .await
-        .expect("lock report");
-        let apply_seq = loop {
-            let m = tokio::time::timeout(Duration::from_secs(30), inbound.next())
-                .await
-                .expect("an APPLY within 30 s")
-                .expect("stream open")
-                .expect("server message");
-            if let Some(pb::server_message::Msg::Intent(i)) = m.msg
-                && let Some(pb::intent::Kind::Apply(_)) = i.kind
-            {
-                break i.seq;
-            }
-        };
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let ms = probe.sample().await;
         if ms > 100.0 {
-            eprintln!(
-                "latency [{backend}]: sample {sample} took {ms:.0} ms (apply seq {apply_seq})"
-            );
+            eprintln!("latency [{backend}]: sample {sample} took {ms:.0} ms");
         }
         lat.push(ms);
-        // Applied; the state after it; b takes its lock again.
-        tx.send(msg(pb::agent_message::Msg::Ack(pb::IntentAck {
-            intent_seq: apply_seq,
-            kind: Some(pb::intent_ack::Kind::Applied(pb::intent_ack::Applied {})),
-            block: String::new(),
-        })))
-        .await
-        .expect("ack");
-        tx.send(msg(pb::agent_message::Msg::State(state())))
-            .await
-            .expect("state");
-        generation += 1;
-        seq += 1;
-        tx.send(msg(pb::agent_message::Msg::LockReport(locks(
-            seq, true, generation,
-        ))))
-        .await
-        .expect("lock report");
-        // The next sample starts once the server has the lock held again
-        // (else it could decide on the free lock, and the agent would answer
-        // the apply `stale`).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "sample {sample}: the server never saw b held again"
-            );
-            let s = devices
-                .get_device_state(server.req(pb::GetDeviceStateRequest { id: DEVICE.into() }))
-                .await
-                .expect("GetDeviceState")
-                .into_inner();
-            if s.locks
-                .iter()
-                .any(|l| l.block == "b" && l.generation == generation)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
         paced.await;
     }
     let total = started.elapsed();

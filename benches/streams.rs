@@ -58,10 +58,20 @@
 //! fan-out is reported too. Agents do not acknowledge (the operation stays
 //! `applying`), so only delivery is measured.
 //!
+//! Latency during the fan-out: one more device, the probe
+//! (`benches/support/probe.rs`, shared with `benches/latency.rs`), has its
+//! own stream with block `b` holding its lock. Before the fan-out it takes
+//! 30 idle samples of lock release → APPLY (the baseline, same run), then
+//! samples continuously (one per 100 ms at most, under the per-stream
+//! message limit) until the fan-out is delivered.
+//!
 //! Runtime: the driver runs on tokio multi-thread (2 workers); each client
 //! process on a current-thread runtime. Every child gets SIGKILL if the
 //! driver dies (PR_SET_PDEATHSIG), and clients also exit when their stdin
 //! closes.
+
+#[path = "support/probe.rs"]
+mod probe;
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -78,6 +88,7 @@ use lockstep::domain::{
 use lockstep::edge::grpc::agent::DEVICE_HEADER;
 use lockstep::edge::grpc::pb;
 use lockstep::store::{PgStore, PoolOptions, SqliteStore, Store};
+use probe::{Probe, percentile};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -104,6 +115,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(240);
 const FANOUT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Connections the driver uses for CreateOperation calls.
 const DRIVER_CHANNELS: usize = 4;
+/// Idle probe samples before the fan-out (the latency baseline).
+const PROBE_IDLE_SAMPLES: usize = 30;
+/// A probe sample is four agent messages: paced under the server's
+/// per-stream message rate (50/s), as a real agent is.
+const PROBE_PACE: Duration = Duration::from_millis(100);
 
 fn device_id(i: usize) -> String {
     format!("bench-{i:06}")
@@ -592,7 +608,8 @@ async fn setup_db(backend: &str, dir: &Path, devices: usize) -> Vec<String> {
             .unwrap_or_else(|e| panic!("connecting to Postgres: {e}"));
         catalog(&store).await;
         let mut tx = store.pool().begin().await.expect("begin");
-        for i in 0..devices {
+        // One more than the clients connect: the probe (see `fan_out`).
+        for i in 0..=devices {
             insert_device(i)
                 .execute(&mut *tx)
                 .await
@@ -613,7 +630,8 @@ async fn setup_db(backend: &str, dir: &Path, devices: usize) -> Vec<String> {
         .unwrap_or_else(|e| panic!("opening SQLite in {}: {e}", dir.display()));
     catalog(&store).await;
     let mut tx = store.pool().begin().await.expect("begin");
-    for i in 0..devices {
+    // One more than the clients connect: the probe (see `fan_out`).
+    for i in 0..=devices {
         insert_device(i)
             .execute(&mut *tx)
             .await
@@ -1090,7 +1108,7 @@ async fn driver(args: DriverArgs) {
     }
 
     let fanout = if args.fanout && died.is_none() {
-        Some(fan_out(&server, &clients, args.create_concurrency).await)
+        Some(fan_out(&server, &clients, max_n, args.create_concurrency).await)
     } else {
         None
     };
@@ -1171,7 +1189,12 @@ async fn driver(args: DriverArgs) {
 
 /// One CreateOperation(restart_block b) per connected device; waits for the
 /// APPLY intents to reach the agents.
-async fn fan_out(server: &Server, clients: &[ClientProc], concurrency: usize) -> serde_json::Value {
+async fn fan_out(
+    server: &Server,
+    clients: &[ClientProc],
+    probe_index: usize,
+    concurrency: usize,
+) -> serde_json::Value {
     let devices: Vec<String> = clients
         .iter()
         .flat_map(|c| (c.first..c.first + c.count).map(device_id))
@@ -1189,6 +1212,39 @@ async fn fan_out(server: &Server, clients: &[ClientProc], concurrency: usize) ->
                 .expect("connecting the driver to the server"),
         );
     }
+    // The probe: one more device, its own stream, `b` holding its lock.
+    // Lock release → APPLY is sampled idle first (the baseline, same run),
+    // then continuously while the fan-out runs.
+    let auth_value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {}", server.token)
+            .parse()
+            .expect("authorization value");
+    let mut probe = Probe::connect(
+        channels[0].clone(),
+        auth_value,
+        &device_id(probe_index),
+        SECRET,
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..PROBE_IDLE_SAMPLES {
+        let paced = tokio::time::sleep(PROBE_PACE);
+        idle.push(probe.sample().await);
+        paced.await;
+    }
+    let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = {
+        let probing = Arc::clone(&probing);
+        tokio::spawn(async move {
+            let mut during = Vec::new();
+            while probing.load(Ordering::Relaxed) {
+                let paced = tokio::time::sleep(PROBE_PACE);
+                during.push(probe.sample().await);
+                paced.await;
+            }
+            during
+        })
+    };
     let rss_before = proc_mem(server.pid);
     let cpu_before = cpu_secs(server.pid);
     let created = Arc::new(AtomicU64::new(0));
@@ -1289,6 +1345,27 @@ async fn fan_out(server: &Server, clients: &[ClientProc], concurrency: usize) ->
         }
     }
     let delivered = total(clients, ST_APPLIES) - applies_before;
+    probing.store(false, Ordering::Relaxed);
+    let mut during = prober.await.expect("the probe task");
+    let sort = |v: &mut Vec<f64>| v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    sort(&mut idle);
+    sort(&mut during);
+    let quantiles = |v: &[f64]| {
+        (
+            percentile(v, 0.5),
+            percentile(v, 0.99),
+            v.last().copied().unwrap_or(0.0),
+        )
+    };
+    let (i50, i99, imax) = quantiles(&idle);
+    let (d50, d99, dmax) = quantiles(&during);
+    println!(
+        "streams: probe lock release → APPLY during the fan-out: {} samples, p50 {d50:.1} ms, \
+         p99 {d99:.1} ms, max {dmax:.1} ms (goal p99 ≤ 200 ms); idle before it, {} samples: \
+         p50 {i50:.1} ms, p99 {i99:.1} ms, max {imax:.1} ms",
+        during.len(),
+        idle.len()
+    );
     samples.push(json!({
         "ms": t0.elapsed().as_millis() as u64,
         "created": created.load(Ordering::Relaxed),
@@ -1360,5 +1437,7 @@ async fn fan_out(server: &Server, clients: &[ClientProc], concurrency: usize) ->
         "server_cpu_secs": server_cpu,
         "wall_secs": t0.elapsed().as_secs_f64(),
         "samples": samples,
+        "probe_idle_ms": { "samples": idle.len(), "p50": i50, "p99": i99, "max": imax },
+        "probe_during_ms": { "samples": during.len(), "p50": d50, "p99": d99, "max": dmax },
     })
 }
