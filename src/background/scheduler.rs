@@ -11,7 +11,7 @@
 //! plan); a periodic safety sweep wakes the devices whose time has come, so
 //! a restart loses none. The in-memory timer set only makes them punctual.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,29 +36,72 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Devices gathered, reconciled and written together.
 const BATCH: usize = 128;
 
-/// Batches of one pass handled at once (their devices are distinct; each
-/// device's writes are guarded by generations). On Postgres this overlaps
-/// round trips; on SQLite the reads overlap the one writer.
+/// Batches reconciled at once (their devices are distinct: a busy device is
+/// not handed out again). On Postgres this overlaps round trips; on SQLite
+/// the reads overlap the one writer.
 const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Releases kept in memory (they never change once created).
 const RELEASE_CACHE: usize = 256;
 
-/// What one pass of the driver reads once: each fleet's policy.
+/// What one batch reads once: each fleet's policy.
 #[derive(Default)]
 struct Pass {
     policies: Mutex<std::collections::HashMap<domain::FleetId, domain::FleetPolicy>>,
 }
 
-/// Devices waiting for the reconciler's attention. Each device is queued at
-/// most once, so the queue is bounded by the number of devices.
+/// Devices waiting for the reconciler's attention, in the order they were
+/// woken: a device's own facts (a lock let go, an answer, a state report)
+/// before other work (new operations, timers, connections), so a holder
+/// that releases is answered at once even while a fleet-wide operation
+/// fans out. Each device is queued at most once, and is never handed out
+/// while a batch holding it is being reconciled (a wake meanwhile queues it
+/// again when that batch is done), so the queue is bounded by the number of
+/// devices and no device is reconciled twice at once.
 #[derive(Clone, Default)]
 pub struct Wakeups {
-    pending: Arc<Mutex<BTreeSet<DeviceId>>>,
+    queue: Arc<Mutex<Queue>>,
     /// Devices to wake at a time: a cache of `devices.wake_at_ms` for
     /// punctuality, at most one entry per device and time.
     timers: Arc<Mutex<BTreeSet<(i64, DeviceId)>>>,
     notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Woken by their own facts: served first.
+    first: VecDeque<DeviceId>,
+    /// Everything else, in the order woken.
+    rest: VecDeque<DeviceId>,
+    /// Every device in `first` or `rest`.
+    queued: HashSet<DeviceId>,
+    /// Devices in a batch being reconciled.
+    busy: HashSet<DeviceId>,
+    /// Busy devices woken again meanwhile (true: by their own facts).
+    again: HashMap<DeviceId, bool>,
+}
+
+impl Queue {
+    fn push(&mut self, device: &DeviceId, first: bool) -> bool {
+        if self.busy.contains(device) {
+            *self.again.entry(device.clone()).or_default() |= first;
+            return false;
+        }
+        if !self.queued.insert(device.clone()) {
+            // Already queued: a device's own facts move it ahead.
+            if first && let Some(i) = self.rest.iter().position(|d| d == device) {
+                self.rest.remove(i);
+                self.first.push_back(device.clone());
+            }
+            return false;
+        }
+        if first {
+            self.first.push_back(device.clone());
+        } else {
+            self.rest.push_back(device.clone());
+        }
+        true
+    }
 }
 
 impl Wakeups {
@@ -71,7 +114,7 @@ impl Wakeups {
         self.notify.notify_one();
     }
 
-    /// Moves due timers to the pending set; returns when the next one is due.
+    /// Moves due timers to the queue; returns when the next one is due.
     fn due(&self, now: Timestamp) -> Option<i64> {
         let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
         let later = timers.split_off(&(now.0 + 1, DeviceId::new("0").ok()?));
@@ -84,27 +127,66 @@ impl Wakeups {
         next
     }
 
+    /// Wakes `device` for work that is not its own news (an operation
+    /// created or cancelled, a connection, a timer).
     pub fn wake(&self, device: &DeviceId) {
-        let inserted = self
-            .pending
+        self.push(device, false);
+    }
+
+    /// Wakes `device` because it reported something (a lock, an answer, its
+    /// state): it goes before other work.
+    pub fn wake_first(&self, device: &DeviceId) {
+        self.push(device, true);
+    }
+
+    fn push(&self, device: &DeviceId, first: bool) {
+        let pushed = self
+            .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(device.clone());
-        if inserted {
+            .push(device, first);
+        if pushed {
             self.notify.notify_one();
         }
     }
 
-    fn take(&self) -> BTreeSet<DeviceId> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Up to `n` queued devices, now busy until [`Wakeups::done`].
+    fn take(&self, n: usize) -> Vec<DeviceId> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(n.min(q.queued.len()));
+        while out.len() < n {
+            let Some(d) = q.first.pop_front().or_else(|| q.rest.pop_front()) else {
+                break;
+            };
+            q.queued.remove(&d);
+            q.busy.insert(d.clone());
+            out.push(d);
+        }
+        out
     }
 
-    fn has_pending(&self) -> bool {
-        !self
-            .pending
+    /// The batch holding `devices` is done: those woken meanwhile queue again.
+    fn done(&self, devices: &[DeviceId]) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pushed = false;
+        for d in devices {
+            q.busy.remove(d);
+            if let Some(first) = q.again.remove(d) {
+                pushed |= q.push(d, first);
+            }
+        }
+        drop(q);
+        if pushed {
+            self.notify.notify_one();
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+            .queued
+            .len()
     }
 }
 
@@ -159,6 +241,9 @@ impl<S: Store> Scheduler<S> {
             Err(e) => tracing::warn!(error = %e, "cannot list active operations at start"),
         }
         let mut next_sweep = tokio::time::Instant::now();
+        // Batches being reconciled; a new one starts whenever one is done
+        // and devices are waiting (never a pass to wait out).
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
             let now = clock::now();
             if tokio::time::Instant::now() >= next_sweep {
@@ -169,54 +254,58 @@ impl<S: Store> Scheduler<S> {
                 }
             }
             let next_timer = self.wakeups.due(now);
-            if !self.wakeups.has_pending() {
-                let until_sweep = next_sweep.saturating_duration_since(tokio::time::Instant::now());
-                let wait = match next_timer {
-                    Some(at) => until_sweep.min(Duration::from_millis(
-                        u64::try_from(at - now.0).unwrap_or(0),
-                    )),
-                    None => until_sweep,
-                };
-                let _ = tokio::time::timeout(wait, self.wakeups.notify.notified()).await;
-                self.wakeups.due(clock::now());
+            while in_flight.len() < BATCHES_IN_FLIGHT {
+                let waiting = self.wakeups.queued();
+                if waiting == 0 {
+                    break;
+                }
+                // Waiting devices spread over the free slots, up to a batch.
+                let free = BATCHES_IN_FLIGHT - in_flight.len();
+                let batch = self.wakeups.take(waiting.div_ceil(free).clamp(1, BATCH));
+                in_flight.push(self.handle_batch(batch));
             }
-            // One pass: each woken device once, in batches — each batch
-            // gathered with a fixed number of queries, reconciled, and
-            // written in one transaction. Fleet policies are read once per
-            // pass.
-            let pass = Pass::default();
-            let woken: Vec<DeviceId> = self.wakeups.take().into_iter().collect();
-            let me = &self;
-            // A small pass is spread over the batches in flight too.
-            let size = woken.len().div_ceil(BATCHES_IN_FLIGHT).clamp(1, BATCH);
-            futures::stream::iter(woken.chunks(size))
-                .for_each_concurrent(BATCHES_IN_FLIGHT, |batch| {
-                    let pass = &pass;
-                    async move {
-                        let span = tracing::info_span!(
-                            "scheduler.decide",
-                            otel.status_code = tracing::field::Empty,
-                            devices = batch.len(),
-                            device = tracing::field::Empty,
-                            operation = tracing::field::Empty,
-                            step = tracing::field::Empty,
-                        );
-                        if batch.len() == 1 {
-                            span.record("device", tracing::field::display(&batch[0]));
-                        }
-                        let handled = me
-                            .reconcile_batch(batch, pass)
-                            .instrument(span.clone())
-                            .await;
-                        if let Err(e) = handled {
-                            span.record("otel.status_code", "ERROR");
-                            tracing::warn!(devices = batch.len(), error = %e, source = ?std::error::Error::source(&e), "reconciling failed; retrying shortly");
-                            me.retry_later(batch.to_vec());
-                        }
-                    }
-                })
-                .await;
+            let until_sweep = next_sweep.saturating_duration_since(tokio::time::Instant::now());
+            let wait = match next_timer {
+                Some(at) => until_sweep.min(Duration::from_millis(
+                    u64::try_from(at - now.0).unwrap_or(0),
+                )),
+                None => until_sweep,
+            };
+            tokio::select! {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.wakeups.done(&done);
+                }
+                _ = self.wakeups.notify.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
+    }
+
+    /// Gathers, reconciles and writes one batch; returns its devices.
+    async fn handle_batch(&self, batch: Vec<DeviceId>) -> Vec<DeviceId> {
+        let span = tracing::info_span!(
+            "scheduler.decide",
+            otel.status_code = tracing::field::Empty,
+            devices = batch.len(),
+            device = tracing::field::Empty,
+            operation = tracing::field::Empty,
+            step = tracing::field::Empty,
+        );
+        if batch.len() == 1 {
+            span.record("device", tracing::field::display(&batch[0]));
+        }
+        // Fleet policies are read once per batch.
+        let pass = Pass::default();
+        let handled = self
+            .reconcile_batch(&batch, &pass)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = handled {
+            span.record("otel.status_code", "ERROR");
+            tracing::warn!(devices = batch.len(), error = %e, source = ?std::error::Error::source(&e), "reconciling failed; retrying shortly");
+            self.retry_later(batch.clone());
+        }
+        batch
     }
 
     /// Wakes `devices` again after a pause (the store failed them).
@@ -228,7 +317,7 @@ impl<S: Store> Scheduler<S> {
         });
     }
 
-    /// The fleet's policy, read once per pass.
+    /// The fleet's policy, read once per batch.
     async fn policy(
         &self,
         fleet: &domain::FleetId,
@@ -586,5 +675,59 @@ fn plan_summary(plan: &Plan) -> &'static str {
         "status"
     } else {
         "update"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> DeviceId {
+        DeviceId::new(s).unwrap()
+    }
+
+    #[test]
+    fn devices_reporting_go_first_then_the_rest_in_the_order_woken() {
+        let w = Wakeups::default();
+        w.wake(&d("a"));
+        w.wake(&d("b"));
+        w.wake_first(&d("c"));
+        w.wake(&d("a")); // already queued: once
+        w.wake_first(&d("b")); // its own news moves it ahead
+        assert_eq!(w.queued(), 3);
+        assert_eq!(w.take(10), vec![d("c"), d("b"), d("a")]);
+        assert_eq!(w.queued(), 0);
+        assert!(w.take(10).is_empty());
+    }
+
+    #[test]
+    fn a_busy_device_is_not_handed_out_again_until_its_batch_is_done() {
+        let w = Wakeups::default();
+        w.wake(&d("a"));
+        w.wake(&d("b"));
+        assert_eq!(w.take(1), vec![d("a")]);
+        // Woken while its batch runs: held back, not handed to another.
+        w.wake_first(&d("a"));
+        assert_eq!(w.take(10), vec![d("b")]);
+        assert!(w.take(10).is_empty());
+        // Its batch is done: it is queued again, as its own news.
+        w.done(&[d("a")]);
+        w.wake(&d("c"));
+        assert_eq!(w.take(10), vec![d("a"), d("c")]);
+        // Done without being woken meanwhile: nothing to do.
+        w.done(&[d("a"), d("b"), d("c")]);
+        assert_eq!(w.queued(), 0);
+    }
+
+    #[test]
+    fn take_hands_out_at_most_what_is_asked() {
+        let w = Wakeups::default();
+        for i in 0..5 {
+            w.wake(&d(&format!("dev-{i}")));
+        }
+        assert_eq!(w.take(2).len(), 2);
+        assert_eq!(w.queued(), 3);
+        assert_eq!(w.take(2).len(), 2);
+        assert_eq!(w.take(2).len(), 1);
     }
 }

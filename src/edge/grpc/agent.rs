@@ -490,7 +490,7 @@ impl<S: Store> Session<S> {
                     .record_device_report(&self.device, &report)
                     .await
                     .map_err(status_from_store)?;
-                self.wakeups.wake(&self.device);
+                self.wakeups.wake_first(&self.device);
                 Ok(())
             }
             Some(Msg::Ack(ack)) => self.ack(ack).await,
@@ -532,7 +532,7 @@ impl<S: Store> Session<S> {
         if let Some(kind) = changed {
             self.events.publish(&self.device, None, kind);
         }
-        self.wakeups.wake(&self.device);
+        self.wakeups.wake_first(&self.device);
         Ok(())
     }
 
@@ -561,7 +561,7 @@ impl<S: Store> Session<S> {
         if outcome.is_some() || name != "received" {
             tracing::info!(device = %self.device, seq = seq.0, block = %ack.block, answer = name, "agent answered");
         }
-        self.wakeups.wake(&self.device);
+        self.wakeups.wake_first(&self.device);
         Ok(())
     }
 }
