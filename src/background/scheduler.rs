@@ -190,6 +190,15 @@ impl Wakeups {
     }
 }
 
+/// Aborts the task when dropped (the sweep ends with the driver).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Why the reconciler could not handle a device this time.
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -240,19 +249,27 @@ impl<S: Store> Scheduler<S> {
             Ok(devices) => devices.iter().for_each(|d| self.wakeups.wake(d)),
             Err(e) => tracing::warn!(error = %e, "cannot list active operations at start"),
         }
-        let mut next_sweep = tokio::time::Instant::now();
+        // The safety sweep reads the database on its own task: the loop
+        // below must keep polling the batches in flight (they hold pool
+        // connections) and never wait on the store itself.
+        let sweep = {
+            let store = self.store.clone();
+            let wakeups = self.wakeups.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    match store.due_wakeups(clock::now()).await {
+                        Ok(due) => due.iter().for_each(|d| wakeups.wake(d)),
+                        Err(e) => tracing::warn!(error = %e, "cannot read due wake-ups"),
+                    }
+                    tokio::time::sleep(SWEEP_INTERVAL).await;
+                }
+            }))
+        };
         // Batches being reconciled; a new one starts whenever one is done
         // and devices are waiting (never a pass to wait out).
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
             let now = clock::now();
-            if tokio::time::Instant::now() >= next_sweep {
-                next_sweep = tokio::time::Instant::now() + SWEEP_INTERVAL;
-                match self.store.due_wakeups(now).await {
-                    Ok(due) => due.iter().for_each(|d| self.wakeups.wake(d)),
-                    Err(e) => tracing::warn!(error = %e, "cannot read due wake-ups"),
-                }
-            }
             let next_timer = self.wakeups.due(now);
             while in_flight.len() < BATCHES_IN_FLIGHT {
                 let waiting = self.wakeups.queued();
@@ -264,12 +281,9 @@ impl<S: Store> Scheduler<S> {
                 let batch = self.wakeups.take(waiting.div_ceil(free).clamp(1, BATCH));
                 in_flight.push(self.handle_batch(batch));
             }
-            let until_sweep = next_sweep.saturating_duration_since(tokio::time::Instant::now());
             let wait = match next_timer {
-                Some(at) => until_sweep.min(Duration::from_millis(
-                    u64::try_from(at - now.0).unwrap_or(0),
-                )),
-                None => until_sweep,
+                Some(at) => Duration::from_millis(u64::try_from(at - now.0).unwrap_or(0)),
+                None => SWEEP_INTERVAL,
             };
             tokio::select! {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
@@ -278,6 +292,10 @@ impl<S: Store> Scheduler<S> {
                 _ = self.wakeups.notify.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+            debug_assert!(
+                !sweep.0.is_finished(),
+                "the sweep runs as long as the driver"
+            );
         }
     }
 
