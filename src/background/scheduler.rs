@@ -71,10 +71,11 @@ pub struct Wakeups {
 struct Queue {
     /// Woken by their own facts: served first.
     first: VecDeque<DeviceId>,
-    /// Everything else, in the order woken.
+    /// Everything else, in the order woken. A device moved ahead to
+    /// `first` leaves a stale entry here, skipped when reached.
     rest: VecDeque<DeviceId>,
-    /// Every device in `first` or `rest`.
-    queued: HashSet<DeviceId>,
+    /// Every queued device, and whether it is queued in `first`.
+    queued: HashMap<DeviceId, bool>,
     /// Devices in a batch being reconciled.
     busy: HashSet<DeviceId>,
     /// Busy devices woken again meanwhile (true: by their own facts).
@@ -82,25 +83,43 @@ struct Queue {
 }
 
 impl Queue {
+    /// Queues `device`; whether it was not queued before.
     fn push(&mut self, device: &DeviceId, first: bool) -> bool {
         if self.busy.contains(device) {
             *self.again.entry(device.clone()).or_default() |= first;
             return false;
         }
-        if !self.queued.insert(device.clone()) {
+        match self.queued.get_mut(device) {
             // Already queued: a device's own facts move it ahead.
-            if first && let Some(i) = self.rest.iter().position(|d| d == device) {
-                self.rest.remove(i);
-                self.first.push_back(device.clone());
+            Some(in_first) => {
+                if first && !*in_first {
+                    *in_first = true;
+                    self.first.push_back(device.clone());
+                }
+                false
             }
-            return false;
+            None => {
+                self.queued.insert(device.clone(), first);
+                if first {
+                    self.first.push_back(device.clone());
+                } else {
+                    self.rest.push_back(device.clone());
+                }
+                true
+            }
         }
-        if first {
-            self.first.push_back(device.clone());
-        } else {
-            self.rest.push_back(device.clone());
+    }
+
+    /// The next queued device, now busy.
+    fn pop(&mut self) -> Option<DeviceId> {
+        loop {
+            let d = self.first.pop_front().or_else(|| self.rest.pop_front())?;
+            // A stale entry (taken already, through `first`) is skipped.
+            if self.queued.remove(&d).is_some() {
+                self.busy.insert(d.clone());
+                return Some(d);
+            }
         }
-        true
     }
 }
 
@@ -155,11 +174,7 @@ impl Wakeups {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::with_capacity(n.min(q.queued.len()));
         while out.len() < n {
-            let Some(d) = q.first.pop_front().or_else(|| q.rest.pop_front()) else {
-                break;
-            };
-            q.queued.remove(&d);
-            q.busy.insert(d.clone());
+            let Some(d) = q.pop() else { break };
             out.push(d);
         }
         out
@@ -252,7 +267,7 @@ impl<S: Store> Scheduler<S> {
         // The safety sweep reads the database on its own task: the loop
         // below must keep polling the batches in flight (they hold pool
         // connections) and never wait on the store itself.
-        let sweep = {
+        let _sweep = {
             let store = self.store.clone();
             let wakeups = self.wakeups.clone();
             AbortOnDrop(tokio::spawn(async move {
@@ -292,10 +307,6 @@ impl<S: Store> Scheduler<S> {
                 _ = self.wakeups.notify.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
-            debug_assert!(
-                !sweep.0.is_finished(),
-                "the sweep runs as long as the driver"
-            );
         }
     }
 
@@ -735,6 +746,21 @@ mod tests {
         // Done without being woken meanwhile: nothing to do.
         w.done(&[d("a"), d("b"), d("c")]);
         assert_eq!(w.queued(), 0);
+    }
+
+    #[test]
+    fn a_device_moved_ahead_is_handed_out_once() {
+        let w = Wakeups::default();
+        w.wake(&d("a"));
+        w.wake_first(&d("a"));
+        assert_eq!(w.take(1), vec![d("a")]);
+        w.done(&[d("a")]);
+        // Queued again later: once, though an old place in line remains.
+        w.wake(&d("a"));
+        w.wake(&d("b"));
+        assert_eq!(w.queued(), 2);
+        assert_eq!(w.take(10), vec![d("a"), d("b")]);
+        assert!(w.take(10).is_empty());
     }
 
     #[test]
