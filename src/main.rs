@@ -32,6 +32,9 @@ enum Command {
     Serve(ServeArgs),
     /// Run the device agent beside the blocks on a device.
     Agent(Box<AgentArgs>),
+    /// Apply the database schema's pending migrations and exit (run once
+    /// before rolling out replicas; `serve` also migrates at start).
+    Migrate(MigrateArgs),
     /// See Lockstep work: a server, simulated devices and a narrated rollout.
     Demo(lockstep::cli::demo::DemoArgs),
     /// Tools for developers (load generation).
@@ -61,6 +64,34 @@ enum Command {
     Token(lockstep::cli::Verb<lockstep::cli::TokenCommand>),
     /// The audit log: list.
     Audit(lockstep::cli::Verb<lockstep::cli::AuditCommand>),
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// Postgres URL (postgres://user:pass@host/db).
+    #[arg(long, env = "LOCKSTEP_DATABASE_URL")]
+    database_url: String,
+    /// How long to wait for the database.
+    #[arg(long, env = "LOCKSTEP_DB_ACQUIRE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    db_acquire_timeout: Duration,
+}
+
+/// `lockstep migrate`: connects (which migrates, refusing a schema newer
+/// than this binary) and reports the version.
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let pool = PoolOptions {
+        max_connections: 1,
+        acquire_timeout: args.db_acquire_timeout,
+    };
+    PgStore::connect(&args.database_url, &pool)
+        .await
+        .with_context(|| format!("migrating the Postgres database at {}", redact(&args.database_url)))?;
+    println!(
+        "database at {} is at schema version {}",
+        redact(&args.database_url),
+        lockstep::store::migrations::latest(lockstep::store::Backend::Postgres)
+    );
+    Ok(())
 }
 
 /// Agent settings: flags, else `LOCKSTEP_*` env, else the `--config` JSON file
@@ -353,6 +384,18 @@ struct ServeArgs {
     /// It has no login: bind it where only the scraper reaches it.
     #[arg(long, env = "LOCKSTEP_METRICS_LISTEN", default_value = "off", value_parser = parse_dashboard_listen)]
     metrics_listen: DashboardListen,
+    /// This replica's name among the servers sharing one Postgres (shown in
+    /// presence and logs). Default: the host name and a random suffix.
+    #[arg(long, env = "LOCKSTEP_REPLICA_ID", value_parser = parse_replica_id)]
+    replica_id: Option<lockstep::domain::ReplicaId>,
+    /// Events (what `WatchEvents` and the dashboard stream, resumable from a
+    /// cursor) older than this are pruned.
+    #[arg(long, env = "LOCKSTEP_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    event_retention: Duration,
+}
+
+fn parse_replica_id(s: &str) -> Result<lockstep::domain::ReplicaId, String> {
+    lockstep::domain::ReplicaId::new(s).map_err(|e| e.to_string())
 }
 
 /// `--dashboard-listen`: an address, or `off`.
@@ -430,6 +473,8 @@ async fn serve(args: ServeArgs, scrape: lockstep::telemetry::Scrape) -> anyhow::
             .metrics_listen
             .0
             .map(|listen| lockstep::telemetry::MetricsEndpoint { listen, scrape }),
+        replica: args.replica_id.clone(),
+        event_retention: args.event_retention,
     };
     let pool = PoolOptions {
         max_connections: args.db_max_connections,
@@ -491,6 +536,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(device = %cfg.device, server = %cfg.server, "starting agent");
             lockstep::agent::run::run(cfg, shutdown_signal()).await?;
         }
+        Command::Migrate(args) => migrate(args).await?,
         Command::Debug(DebugCommand::IngestLoad(args)) => ingest_load(args).await?,
         Command::Debug(DebugCommand::DemoBlock {
             role,

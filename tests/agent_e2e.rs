@@ -416,6 +416,7 @@ async fn agent_connects_reports_locks_and_relays_intents_both_ways() {
         .watch_events(pb::WatchEventsRequest {
             fleet: "site".into(),
             device: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -349,7 +349,8 @@ fn reads_of_fleet_y(a: &Api, w: &World) -> Vec<(&'static str, Pending)> {
             watch_events,
             pb::WatchEventsRequest {
                 fleet: "site-y".into(),
-                device: String::new()
+                device: String::new(),
+                ..Default::default()
             }
         ),
         rpc!(
@@ -357,7 +358,8 @@ fn reads_of_fleet_y(a: &Api, w: &World) -> Vec<(&'static str, Pending)> {
             watch_events,
             pb::WatchEventsRequest {
                 fleet: String::new(),
-                device: "dy".into()
+                device: "dy".into(),
+                ..Default::default()
             }
         ),
         rpc!(

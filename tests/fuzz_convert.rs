@@ -480,6 +480,8 @@ fn agent_server() -> &'static (std::net::SocketAddr, String) {
                 },
                 bootstrap_token_file: dir.path().join("admin.token"),
                 metrics: None,
+                replica: None,
+                event_retention: std::time::Duration::from_secs(3600),
             };
             let token_file = dir.path().join("admin.token");
             let bound = lockstep::edge::server::Bound::bind(config).await.unwrap();

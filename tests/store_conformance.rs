@@ -1651,9 +1651,22 @@ async fn a_plan_is_written_whole_or_not_at_all_guarded_by_generations<S: Store>(
         device_status: Some(DeviceStatus::Applying),
         applied_env: Some([(b("a"), env_of(&[("MODE", "y")]))].into()),
         wake_at: Some(ts(500)),
+        events: vec![lockstep::domain::NewEvent::device(
+            &s.get_device(&dev("d1")).await.unwrap().fleet,
+            &dev("d1"),
+            Some(reboot.id),
+            lockstep::domain::EventKind::Applying,
+        )],
+        session_epoch: None,
     };
     let seqs = s.write_plan(&dev("d1"), &plan, ts(3)).await.unwrap();
     assert_eq!(seqs, vec![IntentSeq(1), IntentSeq(2)]);
+    // The plan's events are in the log, written with it.
+    let logged = lockstep::store::ReplicaStore::events_after(&s, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].event.operation, Some(reboot.id));
     let stored = s.get_operation(reboot.id).await.unwrap();
     assert_eq!(
         (stored.status, stored.generation, stored.progress),
@@ -2365,7 +2378,7 @@ async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
     s.record_step(&moved, &[], ts(2)).await.unwrap();
     let late = cancelled(&op, "not today").unwrap();
     let err = s
-        .transition_operation(&late, Some(&audit), ts(3))
+        .transition_operation(&late, Some(&audit), &[], ts(3))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
@@ -2388,7 +2401,7 @@ async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
         .await
         .unwrap();
     let done = s
-        .transition_operation(&cancelled(&other, "x").unwrap(), Some(&audit), ts(6))
+        .transition_operation(&cancelled(&other, "x").unwrap(), Some(&audit), &[], ts(6))
         .await
         .unwrap();
     assert_eq!((done.status, done.generation), (OpStatus::Cancelled, 1));

@@ -724,8 +724,10 @@ pub async fn run(
     let (core_tx, mut core_rx) = mpsc::channel::<CoreEvent>(64);
     let endpoint = crate::edge::tls::endpoint(&cfg.server, cfg.tls.as_ref())?
         .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20))
+        // A connection that stops answering pings (half-open behind a load
+        // balancer) is dropped within 10 s and the agent reconnects.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     let conn_task = tokio::spawn(connection_loop(
         endpoint,
@@ -778,28 +780,49 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps one stream to the server: connect, hello, relay messages; on any
-/// failure, back off (1 s doubling to 60 s, with jitter) and try again.
+/// The first wait before reconnecting, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A session that lasted this long was healthy: the next reconnect starts
+/// from the first backoff again, however it ended.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
+/// The wait before the next connection attempt (before jitter): after a
+/// healthy session (it ended cleanly, or lasted [`HEALTHY_SESSION`]) the
+/// first backoff, else twice the last, up to [`BACKOFF_MAX`].
+fn next_backoff(last: Option<Duration>, healthy: bool) -> Duration {
+    match last {
+        Some(last) if !healthy => (last * 2).min(BACKOFF_MAX),
+        _ => BACKOFF_FIRST,
+    }
+}
+
+/// Keeps one stream to the server: connect, hello, relay messages; on a
+/// failure, back off (1 s doubling to 60 s, with jitter) and try again. A
+/// healthy session resets the backoff, so a short blip after a long
+/// outage reconnects at once.
 async fn connection_loop(
     endpoint: tonic::transport::Endpoint,
     device: String,
     credential: String,
     core: mpsc::Sender<CoreEvent>,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut last: Option<Duration> = None;
     loop {
-        match session(&endpoint, &device, &credential, &core).await {
-            Ok(()) => backoff = Duration::from_secs(1),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "connection to the server failed")
-            }
+        let started = tokio::time::Instant::now();
+        let ended = session(&endpoint, &device, &credential, &core).await;
+        let healthy = ended.is_ok() || started.elapsed() >= HEALTHY_SESSION;
+        let backoff = next_backoff(last, healthy);
+        last = Some(backoff);
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, retry_in = ?backoff, "connection to the server failed");
         }
         if core.send(CoreEvent::Disconnected).await.is_err() {
             return;
         }
         let jitter = rand::rng().random_range(0.5..1.5);
         tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
     }
 }
 
@@ -852,4 +875,28 @@ async fn session(
             .map_err(|_| tonic::Status::cancelled("agent stopping"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_after_failures_and_restarts_after_a_healthy_session() {
+        let s = Duration::from_secs;
+        let cases = [
+            (None, false, s(1)),
+            (None, true, s(1)),
+            (Some(s(1)), false, s(2)),
+            (Some(s(16)), false, s(32)),
+            (Some(s(32)), false, s(60)),
+            (Some(s(60)), false, s(60)),
+            // A long outage, then a healthy session, then a blip.
+            (Some(s(60)), true, s(1)),
+            (Some(s(4)), true, s(1)),
+        ];
+        for (last, healthy, want) in cases {
+            assert_eq!(next_backoff(last, healthy), want, "{last:?} {healthy}");
+        }
+    }
 }

@@ -49,18 +49,23 @@ pub async fn cancel<S: Store>(
         reason: who.reason.to_owned(),
         details: "{}".into(),
     });
-    let done = match store.transition_operation(&next, audit.as_ref(), now).await {
-        Ok(done) => done,
-        Err(StoreError::Conflict { .. }) => return Err(CancelError::Changed { id: op.id }),
-        Err(e) => return Err(CancelError::Store(e)),
-    };
-    events.publish(
+    let event = domain::NewEvent::device(
+        &who.fleet,
         &op.device,
         Some(op.id),
         EventKind::Cancelled {
             reason: who.reason.to_owned(),
         },
     );
+    let done = match store
+        .transition_operation(&next, audit.as_ref(), &[event], now)
+        .await
+    {
+        Ok(done) => done,
+        Err(StoreError::Conflict { .. }) => return Err(CancelError::Changed { id: op.id }),
+        Err(e) => return Err(CancelError::Store(e)),
+    };
+    events.appended();
     wakeups.wake(&op.device);
     Ok(done)
 }

@@ -230,17 +230,12 @@ impl<S: Store> Rollouts<S> {
             batches = plan.batches.len(),
             "rollout created"
         );
-        self.events.publish_rollout(
-            rollout.id,
-            &rollout.fleet,
-            "created",
-            format!(
+        crate::app::events::log_rollout_notice(&self.store, &self.events, &rollout.fleet, rollout.id, "created", format!(
                 "{} devices in {} batches ({} already at the target)",
                 rollout.devices,
                 plan.batches.len(),
                 rollout.skipped
-            ),
-        );
+            )).await;
         self.wakeups.wake(rollout.id);
         Ok(rollout)
     }
@@ -271,7 +266,7 @@ impl<S: Store> Rollouts<S> {
             .await?;
         self.audit(actor, "rollout_paused", id, reason, "{}")
             .await?;
-        self.events.publish_rollout(id, &r.fleet, "paused", message);
+        crate::app::events::log_rollout_notice(&self.store, &self.events, &r.fleet, id, "paused", message).await;
         Ok(self.store.get_rollout(id).await?)
     }
 
@@ -296,8 +291,7 @@ impl<S: Store> Rollouts<S> {
             .await?;
         self.audit(actor, "rollout_resumed", id, reason, "{}")
             .await?;
-        self.events
-            .publish_rollout(id, &r.fleet, "resumed", with_reason("resumed", reason));
+        crate::app::events::log_rollout_notice(&self.store, &self.events, &r.fleet, id, "resumed", with_reason("resumed", reason)).await;
         self.wakeups.wake(id);
         Ok(self.store.get_rollout(id).await?)
     }
@@ -323,12 +317,7 @@ impl<S: Store> Rollouts<S> {
         self.audit(actor, "rollout_aborted", id, reason, "{}")
             .await?;
         let cancelled = self.cancel_members(id, &message).await?;
-        self.events.publish_rollout(
-            id,
-            &r.fleet,
-            "aborted",
-            format!("{message}; {cancelled} operations cancelled"),
-        );
+        crate::app::events::log_rollout_notice(&self.store, &self.events, &r.fleet, id, "aborted", format!("{message}; {cancelled} operations cancelled")).await;
         Ok(self.store.get_rollout(id).await?)
     }
 
@@ -429,98 +418,113 @@ impl<S: Store> Rollouts<S> {
             .map(|_| ())
     }
 
-    /// One controller step for one rollout: gather, decide, act.
+    /// One controller step for one rollout: read, decide (pure), write —
+    /// all in one transaction under the rollout's row lock, so controllers
+    /// on several replicas never overshoot `max_in_flight` together. Then
+    /// the devices started are woken, and an abort cancels what has not
+    /// started.
     async fn step(&self, id: RolloutId) -> Result<(), StoreError> {
-        let r = self.store.get_rollout(id).await?;
-        if r.progress.state != RolloutState::Running {
-            return Ok(());
-        }
-        let counts = self.store.rollout_batch_counts(id).await?;
         let now = clock::now();
-        let adv = domain::advance(&r.strategy, r.progress, &counts, now);
-        let message = adv.events.iter().find_map(|e| match e {
-            RolloutEvent::ErrorThreshold {
-                failed,
-                threshold,
-                then,
-            } => Some(format!(
-                "error threshold crossed: {failed} failed (threshold {threshold}); {}",
-                match then {
-                    domain::OnError::Pause => "paused",
-                    domain::OnError::Abort => "aborted",
-                }
-            )),
-            _ => None,
-        });
-        if adv.progress != r.progress {
-            match self
-                .store
-                .update_rollout(id, r.progress.state, &adv.progress, message.as_deref(), now)
-                .await
-            {
-                Ok(()) => {}
-                // An operator paused or aborted meanwhile: their word stands.
-                Err(StoreError::Conflict { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            }
+        let stepped = self
+            .store
+            .step_rollout(id, now, |r, counts| step_write(r, counts, now))
+            .await?;
+        let Some((adv, started)) = stepped else {
+            return Ok(());
+        };
+        for op in &started {
+            self.devices.wake(&op.device);
+        }
+        if !started.is_empty() {
+            tracing::info!(rollout = %id, devices = started.len(), "devices started");
         }
         for e in &adv.events {
-            let (kind, text) = match e {
-                RolloutEvent::BatchStarted { batch } => {
-                    ("batch_started", format!("batch {batch} started"))
-                }
-                RolloutEvent::Soaking { batch, until } => (
-                    "soaking",
-                    format!(
-                        "batch {batch} met its success threshold; soaking for {} s",
-                        (until.0 - now.0) / 1000
-                    ),
-                ),
-                RolloutEvent::ErrorThreshold { then, .. } => (
-                    match then {
-                        domain::OnError::Pause => "paused",
-                        domain::OnError::Abort => "aborted",
-                    },
-                    message.clone().unwrap_or_default(),
-                ),
-                RolloutEvent::Completed => ("completed", "every batch is done".to_owned()),
-            };
-            tracing::info!(rollout = %id, event = kind, "{text}");
-            if let RolloutEvent::ErrorThreshold { then, .. } = e {
-                let action = match then {
-                    domain::OnError::Pause => "rollout_paused",
-                    domain::OnError::Abort => "rollout_aborted",
-                };
-                self.audit("lockstep", action, id, &text, "{}").await?;
-                if *then == domain::OnError::Abort {
-                    self.cancel_members(id, &text).await?;
-                }
-            }
-            self.events.publish_rollout(id, &r.fleet, kind, text);
-        }
-        for (batch, n) in &adv.start {
-            let ops = self
-                .store
-                .start_rollout_members(id, *batch, *n, now)
-                .await?;
-            for op in &ops {
-                self.devices.wake(&op.device);
-            }
-            if !ops.is_empty() {
-                tracing::info!(rollout = %id, batch, devices = ops.len(), "devices started");
-                self.events.publish_rollout(
-                    id,
-                    &r.fleet,
-                    "devices_started",
-                    format!("{} devices of batch {batch} started", ops.len()),
-                );
+            if let RolloutEvent::ErrorThreshold {
+                then: domain::OnError::Abort,
+                ..
+            } = e
+            {
+                self.cancel_members(id, "error threshold crossed").await?;
             }
         }
+        self.events.appended();
         if let Some(at) = adv.wake_at {
             self.wakeups.wake_at(id, at);
         }
         Ok(())
     }
+}
+
+/// What one controller step writes, from the rollout and its batch counts
+/// as read under its lock: the pure decision (`domain::advance`) turned into
+/// progress, members to start, audit entries and notices.
+fn step_write(
+    r: &Rollout,
+    counts: &[domain::BatchCounts],
+    now: Timestamp,
+) -> (crate::store::RolloutStepWrite, domain::Advance) {
+    let adv = domain::advance(&r.strategy, r.progress, counts, now);
+    let message = adv.events.iter().find_map(|e| match e {
+        RolloutEvent::ErrorThreshold {
+            failed,
+            threshold,
+            then,
+        } => Some(format!(
+            "error threshold crossed: {failed} failed (threshold {threshold}); {}",
+            match then {
+                domain::OnError::Pause => "paused",
+                domain::OnError::Abort => "aborted",
+            }
+        )),
+        _ => None,
+    });
+    let mut write = crate::store::RolloutStepWrite {
+        progress: (adv.progress != r.progress).then(|| (adv.progress, message.clone())),
+        start: adv.start.clone(),
+        ..Default::default()
+    };
+    for e in &adv.events {
+        let (kind, text) = match e {
+            RolloutEvent::BatchStarted { batch } => {
+                ("batch_started", format!("batch {batch} started"))
+            }
+            RolloutEvent::Soaking { batch, until } => (
+                "soaking",
+                format!(
+                    "batch {batch} met its success threshold; soaking for {} s",
+                    (until.0 - now.0) / 1000
+                ),
+            ),
+            RolloutEvent::ErrorThreshold { then, .. } => (
+                match then {
+                    domain::OnError::Pause => "paused",
+                    domain::OnError::Abort => "aborted",
+                },
+                message.clone().unwrap_or_default(),
+            ),
+            RolloutEvent::Completed => ("completed", "every batch is done".to_owned()),
+        };
+        tracing::info!(rollout = %r.id, event = kind, "{text}");
+        if let RolloutEvent::ErrorThreshold { then, .. } = e {
+            write.audits.push(AuditEntry {
+                at: now,
+                actor: "lockstep".into(),
+                action: match then {
+                    domain::OnError::Pause => "rollout_paused",
+                    domain::OnError::Abort => "rollout_aborted",
+                }
+                .into(),
+                subject: format!("rollout {}", r.id),
+                fleet: Some(r.fleet.clone()),
+                reason: text.clone(),
+                details: "{}".into(),
+            });
+        }
+        write
+            .events
+            .push(domain::NewEvent::rollout(&r.fleet, r.id, kind, text));
+    }
+    (write, adv)
 }
 
 /// How often a watch re-reads the status at most while events arrive.

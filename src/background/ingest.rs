@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::clock;
-use crate::domain::LockReport;
+use crate::domain::{LockReport, NewEvent};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -50,6 +50,8 @@ impl Default for IngestConfig {
 
 struct Submission {
     reports: Vec<LockReport>,
+    /// Logged with the reports (a lock changed hands).
+    events: Vec<NewEvent>,
     done: oneshot::Sender<Result<(), IngestError>>,
 }
 
@@ -79,12 +81,25 @@ impl Ingestor {
     /// Submits reports and waits until they are committed (or dropped as
     /// stale by the fence, which is also final).
     pub async fn submit(&self, reports: Vec<LockReport>) -> Result<(), IngestError> {
+        self.submit_logged(reports, Vec::new()).await
+    }
+
+    /// As [`Ingestor::submit`], with events committed in the same batch.
+    pub async fn submit_logged(
+        &self,
+        reports: Vec<LockReport>,
+        events: Vec<NewEvent>,
+    ) -> Result<(), IngestError> {
         if reports.is_empty() {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Submission { reports, done })
+            .send(Submission {
+                reports,
+                events,
+                done,
+            })
             .await
             .map_err(|_| IngestError::Closed)?;
         wait.await.map_err(|_| IngestError::Closed)?
@@ -100,6 +115,7 @@ async fn run<S: Store>(
     while let Some(first) = rx.recv().await {
         // Gather.
         let mut batch = first.reports;
+        let mut events = first.events;
         let mut waiters = vec![first.done];
         // What queued up while the previous batch committed joins at once;
         // with a `max_wait`, later arrivals may join until it passes.
@@ -107,6 +123,7 @@ async fn run<S: Store>(
             match rx.try_recv() {
                 Ok(s) => {
                     batch.extend(s.reports);
+                    events.extend(s.events);
                     waiters.push(s.done);
                 }
                 Err(_) => break,
@@ -117,6 +134,7 @@ async fn run<S: Store>(
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(s)) => {
                     batch.extend(s.reports);
+                    events.extend(s.events);
                     waiters.push(s.done);
                 }
                 Ok(None) | Err(_) => break,
@@ -125,7 +143,7 @@ async fn run<S: Store>(
         // Act: one transaction for the whole batch.
         metrics.ingest_batch(batch.len());
         let result = store
-            .ingest_lock_reports(&batch, clock::now())
+            .ingest_lock_reports_logged(&batch, &events, clock::now())
             .await
             .map(|outcome| {
                 tracing::debug!(

@@ -4,4 +4,5 @@
 //! Each only translates between the store and the domain.
 
 pub mod ingest;
+pub mod replica;
 pub mod scheduler;

@@ -23,7 +23,8 @@ use crate::app::events::Events;
 use crate::clock;
 use crate::domain::reconcile::{self, ApprovalWrite, DeviceFacts, OpFacts, Plan, PlannedIntent};
 use crate::domain::{
-    self, AuditEntry, DeviceId, DeviceState, OperationSpec, Release, RunningBlock, Timestamp,
+    self, AuditEntry, DeviceId, DeviceState, NewEvent, OperationSpec, Release, ReplicaId,
+    RunningBlock, Timestamp,
 };
 use crate::edge::hub::Hub;
 use crate::store::intents;
@@ -32,6 +33,13 @@ use crate::telemetry::{self, Metrics};
 
 /// How often the safety sweep looks for due timers in the database.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A claimed timer is pushed back this far, so it fires again elsewhere if
+/// the claiming replica dies before reconciling the device.
+const CLAIM_RETRY: Duration = Duration::from_secs(30);
+
+/// Most wake-ups claimed per query.
+const CLAIM_LIMIT: u32 = 1000;
 
 /// Devices gathered, reconciled and written together.
 const BATCH: usize = 128;
@@ -65,6 +73,9 @@ pub struct Wakeups {
     /// punctuality, at most one entry per device and time.
     timers: Arc<Mutex<BTreeSet<(i64, DeviceId)>>>,
     notify: Arc<Notify>,
+    /// Asks the sweep to claim due wake-ups now (another replica handed
+    /// some over).
+    sweep: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -148,6 +159,11 @@ impl Wakeups {
 
     /// Wakes `device` for work that is not its own news (an operation
     /// created or cancelled, a connection, a timer).
+    /// Claims due wake-ups from the database now, not at the next sweep.
+    pub fn sweep_now(&self) {
+        self.sweep.notify_one();
+    }
+
     pub fn wake(&self, device: &DeviceId) {
         self.push(device, false);
     }
@@ -227,6 +243,9 @@ pub struct Scheduler<S> {
     wakeups: Wakeups,
     events: Events,
     metrics: Metrics,
+    /// This replica: devices whose stream another replica holds are handed
+    /// to it.
+    replica: ReplicaId,
     /// Releases by id: a cache (a release is immutable once created).
     releases: Mutex<std::collections::HashMap<domain::ReleaseId, Arc<Release>>>,
 }
@@ -239,15 +258,17 @@ struct Gathered {
     policy: domain::FleetPolicy,
     windows: Vec<domain::WindowRule>,
     wake_at: Option<Timestamp>,
+    session_epoch: Option<u64>,
 }
 
 impl<S: Store> Scheduler<S> {
-    pub fn new(store: S, hub: Hub, wakeups: Wakeups, events: Events) -> Self {
+    pub fn new(store: S, hub: Hub, wakeups: Wakeups, events: Events, replica: ReplicaId) -> Self {
         Self {
             store,
             hub,
             wakeups,
             events,
+            replica,
             metrics: Metrics::default(),
             releases: Mutex::default(),
         }
@@ -270,13 +291,33 @@ impl<S: Store> Scheduler<S> {
         let _sweep = {
             let store = self.store.clone();
             let wakeups = self.wakeups.clone();
+            let replica = self.replica.clone();
             AbortOnDrop(tokio::spawn(async move {
                 loop {
-                    match store.due_wakeups(clock::now()).await {
-                        Ok(due) => due.iter().for_each(|d| wakeups.wake(d)),
-                        Err(e) => tracing::warn!(error = %e, "cannot read due wake-ups"),
+                    // Claims what is due here: timers and wake-ups handed
+                    // over by other replicas, of devices this replica holds
+                    // or nobody does. A claimed timer is pushed back by
+                    // CLAIM_RETRY in case this replica dies before acting.
+                    loop {
+                        let now = clock::now();
+                        let retry = Timestamp(now.0 + CLAIM_RETRY.as_millis() as i64);
+                        match store.claim_wakes(&replica, now, retry, CLAIM_LIMIT).await {
+                            Ok(due) => {
+                                due.iter().for_each(|d| wakeups.wake(d));
+                                if due.len() < CLAIM_LIMIT as usize {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot claim due wake-ups");
+                                break;
+                            }
+                        }
                     }
-                    tokio::time::sleep(SWEEP_INTERVAL).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                        _ = wakeups.sweep.notified() => {}
+                    }
                 }
             }))
         };
@@ -371,7 +412,12 @@ impl<S: Store> Scheduler<S> {
 
     /// Turns the rows the store read for one device into the reconciler's
     /// input (releases and block versions resolved through the cache).
-    async fn input_from(&self, rows: DeviceRows, pass: &Pass) -> Result<Gathered, ScheduleError> {
+    async fn input_from(
+        &self,
+        rows: DeviceRows,
+        pass: &Pass,
+        now: Timestamp,
+    ) -> Result<Gathered, ScheduleError> {
         let DeviceRows {
             device: record,
             plan_state,
@@ -388,7 +434,8 @@ impl<S: Store> Scheduler<S> {
         let mut facts = DeviceFacts {
             id: device.clone(),
             fleet: record.fleet.clone(),
-            online: self.hub.is_connected(&device),
+            // Online is what the database says, for every replica alike.
+            online: plan_state.session.as_ref().is_some_and(|s| s.is_live(now)),
             status: record.status,
             state: None,
             current: None,
@@ -398,8 +445,15 @@ impl<S: Store> Scheduler<S> {
             last_apply_answer_at: plan_state.last_apply_answer_at,
         };
         let wake_at = plan_state.wake_at;
+        // Plans of a device held by this replica are fenced by its session.
+        let session_epoch = plan_state
+            .session
+            .as_ref()
+            .filter(|s| s.is_live(now))
+            .map(|s| s.epoch);
         if records.is_empty() {
             return Ok(Gathered {
+                session_epoch,
                 device: facts,
                 ops: Vec::new(),
                 open_requests,
@@ -484,6 +538,7 @@ impl<S: Store> Scheduler<S> {
             Vec::new()
         };
         Ok(Gathered {
+            session_epoch,
             device: facts,
             ops,
             open_requests,
@@ -525,13 +580,28 @@ impl<S: Store> Scheduler<S> {
         devices: &[DeviceId],
         pass: &Pass,
     ) -> Result<(), ScheduleError> {
-        let rows = self.store.gather(devices).await?;
-        let mut inputs = Vec::with_capacity(rows.len());
-        for (_, r) in rows {
-            inputs.push(self.input_from(r, pass).await?);
-        }
         // One activation, one `now`.
         let now = clock::now();
+        let rows = self.store.gather(devices).await?;
+        let mut inputs = Vec::with_capacity(rows.len());
+        let mut elsewhere = Vec::new();
+        for (device, r) in rows {
+            // Another live replica holds the device's stream: it reconciles
+            // the device and delivers its intents. Hand the wake-up over.
+            if r
+                .plan_state
+                .session
+                .as_ref()
+                .is_some_and(|s| s.held_elsewhere(&self.replica, now))
+            {
+                elsewhere.push(device);
+                continue;
+            }
+            inputs.push(self.input_from(r, pass, now).await?);
+        }
+        if !elsewhere.is_empty() {
+            self.store.forward_wakes(&elsewhere, now).await?;
+        }
         let mut writes = Vec::new();
         let mut planned = Vec::new();
         for g in inputs {
@@ -555,7 +625,7 @@ impl<S: Store> Scheduler<S> {
             if devices.len() == 1 {
                 tracing::Span::current().record("step", plan_summary(&plan));
             }
-            let write = to_write(&plan, &g.device, now);
+            let write = to_write(&plan, &g.device, g.session_epoch, now);
             writes.push((g.device.id.clone(), write));
             planned.push(plan);
         }
@@ -588,8 +658,10 @@ impl<S: Store> Scheduler<S> {
             let (kind, reason) = intent_metric(i);
             self.metrics.intent_sent(kind, reason);
         }
-        for (op, kind) in plan.events {
-            self.events.publish(device, Some(op), kind);
+        // The plan's events are in the log now: watchers on every replica
+        // read them from there.
+        if !write.events.is_empty() {
+            self.events.appended();
         }
         if let Some(at) = plan.wake_at {
             self.wakeups.wake_at(device, at);
@@ -607,7 +679,12 @@ impl<S: Store> Scheduler<S> {
 
 /// The plan as the store writes it: intents encoded, audit entries dated
 /// and attributed, approval requests with their audit entry.
-fn to_write(plan: &Plan, device: &DeviceFacts, now: Timestamp) -> PlanWrite {
+fn to_write(
+    plan: &Plan,
+    device: &DeviceFacts,
+    session_epoch: Option<u64>,
+    now: Timestamp,
+) -> PlanWrite {
     let audit = |op: domain::OperationId, action: &str, reason: &str, details: String| AuditEntry {
         at: now,
         actor: "scheduler".into(),
@@ -671,6 +748,12 @@ fn to_write(plan: &Plan, device: &DeviceFacts, now: Timestamp) -> PlanWrite {
         device_status: plan.device_status,
         applied_env: plan.applied_env.clone(),
         wake_at: plan.wake_at,
+        events: plan
+            .events
+            .iter()
+            .map(|(op, kind)| NewEvent::device(&device.fleet, &device.id, Some(*op), kind.clone()))
+            .collect(),
+        session_epoch,
     }
 }
 

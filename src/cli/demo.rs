@@ -382,6 +382,7 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
         .watch_events(pb::WatchEventsRequest {
             fleet: FLEET.into(),
             device: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(api("watching events"))?

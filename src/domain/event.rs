@@ -1,8 +1,100 @@
-//! What happened to a device or its operations, as the reconciler and the
-//! agent's stream report it: the vocabulary of live events. Pure data; the
-//! shell (`src/events.rs`) carries them to watchers.
+//! What happened to a device, its operations or a rollout, as the
+//! reconciler, the agent's stream and the rollout controller report it: the
+//! vocabulary of the event log. Pure data; the store appends it in the
+//! transaction that causes it and `src/app/events.rs` carries it to
+//! watchers on every replica.
 
-use super::ids::{OperationId, Timestamp};
+use super::ids::{DeviceId, FleetId, OperationId, ReplicaId, Timestamp};
+use super::rollout::RolloutId;
+
+/// What an event log entry is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBody {
+    /// Something happened to a device or one of its operations.
+    Device(EventKind),
+    /// Something happened to a rollout (batch_started, soaking, paused,
+    /// resumed, aborted, completed, superseded, devices_started, created):
+    /// watchers re-read its status.
+    Rollout { kind: String, message: String },
+}
+
+/// An event to append to the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Whose it is: a watcher's scope and filter.
+    pub fleet: FleetId,
+    pub device: Option<DeviceId>,
+    pub operation: Option<OperationId>,
+    pub rollout: Option<RolloutId>,
+    pub body: EventBody,
+}
+
+impl NewEvent {
+    /// An event of a device (and maybe one of its operations).
+    pub fn device(
+        fleet: &FleetId,
+        device: &DeviceId,
+        operation: Option<OperationId>,
+        kind: EventKind,
+    ) -> Self {
+        Self {
+            fleet: fleet.clone(),
+            device: Some(device.clone()),
+            operation,
+            rollout: None,
+            body: EventBody::Device(kind),
+        }
+    }
+
+    /// A rollout's notice.
+    pub fn rollout(fleet: &FleetId, rollout: RolloutId, kind: &str, message: String) -> Self {
+        Self {
+            fleet: fleet.clone(),
+            device: None,
+            operation: None,
+            rollout: Some(rollout),
+            body: EventBody::Rollout {
+                kind: kind.to_owned(),
+                message,
+            },
+        }
+    }
+}
+
+/// An event as the log holds it: numbered in commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    /// Global, gap-free only per committed transaction, increasing in
+    /// commit order: a watcher resumes after the last one it saw.
+    pub seq: u64,
+    pub at: Timestamp,
+    pub event: NewEvent,
+}
+
+/// A device's agent session as stored: which replica holds the stream and
+/// the session's epoch (bumped by every new stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSession {
+    /// `None`: no stream; the device is offline.
+    pub replica: Option<ReplicaId>,
+    pub epoch: u64,
+    /// The holding replica's lease runs out then.
+    pub lease_until: Option<Timestamp>,
+}
+
+impl AgentSession {
+    /// Whether a live stream holds the device at `now`: a replica holds it
+    /// and that replica's lease has not run out.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.replica.is_some() && self.lease_until.is_some_and(|until| until > now)
+    }
+
+    /// Whether another live replica than `me` holds the device's stream:
+    /// that replica reconciles it and delivers its intents.
+    pub fn held_elsewhere(&self, me: &ReplicaId, now: Timestamp) -> bool {
+        self.is_live(now) && self.replica.as_ref() != Some(me)
+    }
+}
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]

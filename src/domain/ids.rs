@@ -173,6 +173,12 @@ string_id!(
 );
 
 string_id!(
+    /// A `lockstep serve` replica's name among those sharing one database
+    /// (a pod name, a host name with a suffix).
+    ReplicaId, "replica id", 128, "A-Z, a-z, 0-9, '-', '_', '.', ':'", id_char, alnum, "a letter or digit"
+);
+
+string_id!(
     /// An API token's public identifier (the `<id>` of `lst_<id>_<secret>`):
     /// named in listings, revocations and the audit log; never a secret.
     TokenId, "token id", 32, "a-z, 0-9", lower_alnum, lower_alnum, "a-z or 0-9"

@@ -659,3 +659,8 @@ mod tests {
         }
     }
 }
+
+/// The notice of members started.
+pub fn devices_started_message(batch: u32, n: usize) -> String {
+    format!("{n} devices of batch {batch} started")
+}

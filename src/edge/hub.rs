@@ -1,6 +1,8 @@
-//! Live agent streams connected to this replica: who is online, and a way to
-//! wake a device's stream when its outbox has something new. Memory holds only
-//! these handles; the outbox itself is in the database.
+//! Live agent streams connected to this replica, and a way to wake a
+//! device's stream when its outbox has something new, or to end it when a
+//! newer session (here or on another replica) took the device over. Memory
+//! holds only these handles: who is online is the database's
+//! `agent_sessions`, and the outbox is in the database too.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,8 @@ use crate::telemetry::Metrics;
 
 struct Conn {
     id: u64,
+    /// The session epoch of the stream.
+    epoch: u64,
     outbox: Arc<Notify>,
     superseded: watch::Sender<bool>,
 }
@@ -49,8 +53,9 @@ impl Hub {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a stream for `device`, superseding any earlier one.
-    pub fn register(&self, device: &DeviceId) -> Registration {
+    /// Registers a stream of session `epoch` for `device`, superseding any
+    /// earlier one here.
+    pub fn register(&self, device: &DeviceId, epoch: u64) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Notify::new());
         let (superseded, rx) = watch::channel(false);
@@ -58,6 +63,7 @@ impl Hub {
             device.clone(),
             Conn {
                 id,
+                epoch,
                 outbox: Arc::clone(&outbox),
                 superseded,
             },
@@ -84,6 +90,29 @@ impl Hub {
         }
     }
 
+    /// Ends this replica's stream for `device` if its session is older than
+    /// `epoch` (a newer stream took over on another replica).
+    pub fn supersede_older(&self, device: &DeviceId, epoch: u64) {
+        let mut conns = self.lock();
+        if conns.get(device).is_some_and(|c| c.epoch < epoch)
+            && let Some(old) = conns.remove(device)
+        {
+            let _ = old.superseded.send(true);
+            self.metrics.agents_connected(-1);
+        }
+    }
+
+    /// Ends every stream (this replica's sessions were reaped: the agents
+    /// reconnect and open new ones).
+    pub fn supersede_all(&self) {
+        let mut conns = self.lock();
+        let n = conns.len();
+        for (_, c) in conns.drain() {
+            let _ = c.superseded.send(true);
+        }
+        self.metrics.agents_connected(-(n as i64));
+    }
+
     pub fn is_connected(&self, device: &DeviceId) -> bool {
         self.lock().contains_key(device)
     }
@@ -108,9 +137,9 @@ mod tests {
     fn a_second_stream_supersedes_the_first() {
         let hub = Hub::default();
         let d = DeviceId::new("d").unwrap();
-        let first = hub.register(&d);
+        let first = hub.register(&d, 1);
         assert!(hub.is_connected(&d));
-        let second = hub.register(&d);
+        let second = hub.register(&d, 1);
         assert!(*first.superseded.borrow());
         assert!(!*second.superseded.borrow());
         // The superseded stream leaving does not unregister the new one.
@@ -129,11 +158,11 @@ mod tests {
         let hub = Hub::with_metrics(metrics);
         assert_eq!(connected(), Some(0.0));
         let (d, e) = (DeviceId::new("d").unwrap(), DeviceId::new("e").unwrap());
-        let first = hub.register(&d);
-        hub.register(&e);
+        let first = hub.register(&d, 1);
+        hub.register(&e, 1);
         assert_eq!(connected(), Some(2.0));
         // A newer stream for d replaces the first: still two devices.
-        let second = hub.register(&d);
+        let second = hub.register(&d, 1);
         assert_eq!(connected(), Some(2.0));
         hub.unregister(&d, first.id);
         assert_eq!(connected(), Some(2.0));

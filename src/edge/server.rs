@@ -26,6 +26,11 @@ use crate::edge::tls::ServerTls;
 use crate::store::Store;
 use crate::telemetry::{self, Metrics, MetricsEndpoint};
 
+/// HTTP/2 pings on every connection: a peer that does not answer within
+/// the timeout is dropped (together less than a replica's lease).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long in-flight calls may finish after a shutdown signal.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -54,6 +59,11 @@ pub enum ServeError {
     Plaintext { addr: SocketAddr },
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
+    #[error("registering this replica in the database: {source}")]
+    Replica {
+        #[source]
+        source: crate::store::StoreError,
+    },
 }
 
 /// How to run the server.
@@ -75,6 +85,10 @@ pub struct ServeConfig {
     pub bootstrap_token_file: std::path::PathBuf,
     /// The Prometheus scrape endpoint (`GET /metrics`), if any.
     pub metrics: Option<MetricsEndpoint>,
+    /// This replica's name; `None`: the host name and a random suffix.
+    pub replica: Option<crate::domain::ReplicaId>,
+    /// Events older than this are pruned from the event log (hourly).
+    pub event_retention: Duration,
 }
 
 impl ServeConfig {
@@ -205,10 +219,33 @@ impl Bound {
         let (ingestor, ingest_task) =
             Ingestor::spawn_with_metrics(store.clone(), IngestConfig::default(), metrics.clone());
         let events = Events::default();
+        let replica = self
+            .config
+            .replica
+            .clone()
+            .unwrap_or_else(crate::background::replica::default_replica_id);
+        // Presence, hand-overs between replicas, the event log's tail.
+        let replica_tasks = crate::background::replica::Replica {
+            store: store.clone(),
+            id: replica.clone(),
+            hub: hub.clone(),
+            wakeups: wakeups.clone(),
+            events: events.clone(),
+            event_retention: self.config.event_retention,
+        }
+        .start()
+        .await
+        .map_err(|source| ServeError::Replica { source })?;
         let scheduler = tokio::spawn(
-            Scheduler::new(store.clone(), hub.clone(), wakeups.clone(), events.clone())
-                .with_metrics(metrics.clone())
-                .run(),
+            Scheduler::new(
+                store.clone(),
+                hub.clone(),
+                wakeups.clone(),
+                events.clone(),
+                replica.clone(),
+            )
+            .with_metrics(metrics.clone())
+            .run(),
         );
         let counting = tokio::spawn(telemetry::count_operations(
             store.clone(),
@@ -287,8 +324,10 @@ impl Bound {
                 self.config.overload.clone(),
                 crate::edge::overload::served_streaming_methods(),
             ))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            // A peer that stops answering pings (a half-open connection) is
+            // dropped well within a replica's lease.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(Some(16))
             .http2_max_header_list_size(Some(crate::edge::limits::MAX_HEADER_LIST_BYTES))
             .add_service(limited!(health_service))
@@ -349,6 +388,7 @@ impl Bound {
                         wakeups.clone(),
                         ingestor,
                         events.clone(),
+                        replica.clone(),
                     )
                     .require_client_cert(tls.as_ref().is_some_and(ServerTls::mutual)),
                 )
@@ -395,6 +435,10 @@ impl Bound {
         if let Some(scrape) = scrape {
             scrape.abort();
         }
+        // Sessions still open end now (their devices reconnect elsewhere).
+        scheduler.abort();
+        drop(replica_tasks);
+        crate::background::replica::release(&store, &replica).await;
         counting.abort();
         background.abort();
         pruning.abort();

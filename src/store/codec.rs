@@ -40,6 +40,121 @@ enum StrategyJson {
     HandOver { timeout_secs: u64 },
 }
 
+/// An event log entry's body as stored (`event_log.body_json`); its kind
+/// is also a column, for filters.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum EventJson {
+    ApprovalRequested,
+    BlockedByLock { holders: Vec<String> },
+    WaitingWindow { next_start_ms: Option<i64> },
+    Deferred { block: String, until_ms: i64 },
+    Queued { behind: i64 },
+    Applying,
+    Applied,
+    Failed { error: String },
+    Overdue { blocks: Vec<String> },
+    TimeForced { blocks: Vec<String> },
+    Cancelled { reason: String },
+    LockChanged { locks: Vec<String> },
+    Online,
+    Offline,
+    Rollout { notice: String, message: String },
+}
+
+/// The `kind` column and body JSON of an event.
+pub(crate) fn event_body_to_json(body: &crate::domain::EventBody) -> (String, String) {
+    use crate::domain::{EventBody, EventKind as K};
+    let (kind, json) = match body {
+        EventBody::Device(k) => (
+            k.name().to_owned(),
+            match k {
+                K::ApprovalRequested => EventJson::ApprovalRequested,
+                K::BlockedByLock { holders } => EventJson::BlockedByLock {
+                    holders: holders.clone(),
+                },
+                K::WaitingWindow { next_start } => EventJson::WaitingWindow {
+                    next_start_ms: next_start.map(|t| t.0),
+                },
+                K::Deferred { block, until } => EventJson::Deferred {
+                    block: block.clone(),
+                    until_ms: until.0,
+                },
+                K::Queued { behind } => EventJson::Queued { behind: behind.0 },
+                K::Applying => EventJson::Applying,
+                K::Applied => EventJson::Applied,
+                K::Failed { error } => EventJson::Failed {
+                    error: error.clone(),
+                },
+                K::Overdue { blocks } => EventJson::Overdue {
+                    blocks: blocks.clone(),
+                },
+                K::TimeForced { blocks } => EventJson::TimeForced {
+                    blocks: blocks.clone(),
+                },
+                K::Cancelled { reason } => EventJson::Cancelled {
+                    reason: reason.clone(),
+                },
+                K::LockChanged { locks } => EventJson::LockChanged {
+                    locks: locks.clone(),
+                },
+                K::Online => EventJson::Online,
+                K::Offline => EventJson::Offline,
+            },
+        ),
+        EventBody::Rollout { kind, message } => (
+            format!("rollout.{kind}"),
+            EventJson::Rollout {
+                notice: kind.clone(),
+                message: message.clone(),
+            },
+        ),
+    };
+    (
+        kind,
+        serde_json::to_string(&json).expect("event JSON always serializes"),
+    )
+}
+
+/// An event's body from its stored JSON.
+pub(crate) fn event_body_from_json(
+    seq: u64,
+    json: &str,
+) -> Result<crate::domain::EventBody, StoreError> {
+    use crate::domain::{EventBody, EventKind as K, OperationId, Timestamp};
+    let parsed: EventJson =
+        serde_json::from_str(json).map_err(|e| corrupt("event", seq, e))?;
+    Ok(EventBody::Device(match parsed {
+        EventJson::ApprovalRequested => K::ApprovalRequested,
+        EventJson::BlockedByLock { holders } => K::BlockedByLock { holders },
+        EventJson::WaitingWindow { next_start_ms } => K::WaitingWindow {
+            next_start: next_start_ms.map(Timestamp),
+        },
+        EventJson::Deferred { block, until_ms } => K::Deferred {
+            block,
+            until: Timestamp(until_ms),
+        },
+        EventJson::Queued { behind } => K::Queued {
+            behind: OperationId(behind),
+        },
+        EventJson::Applying => K::Applying,
+        EventJson::Applied => K::Applied,
+        EventJson::Failed { error } => K::Failed { error },
+        EventJson::Overdue { blocks } => K::Overdue { blocks },
+        EventJson::TimeForced { blocks } => K::TimeForced { blocks },
+        EventJson::Cancelled { reason } => K::Cancelled { reason },
+        EventJson::LockChanged { locks } => K::LockChanged { locks },
+        EventJson::Online => K::Online,
+        EventJson::Offline => K::Offline,
+        EventJson::Rollout { notice, message } => {
+            return Ok(EventBody::Rollout {
+                kind: notice,
+                message,
+            });
+        }
+    }))
+}
+
 pub(crate) fn corrupt(
     entity: &'static str,
     key: impl ToString,

@@ -649,9 +649,10 @@ macro_rules! impl_store {
                     .collect()
             }
 
-            async fn ingest_lock_reports(
+            async fn ingest_lock_reports_logged(
                 &self,
                 batch: &[LockReport],
+                events: &[$crate::domain::NewEvent],
                 now: Timestamp,
             ) -> Result<IngestOutcome, StoreError> {
                 if batch.is_empty() {
@@ -660,6 +661,7 @@ macro_rules! impl_store {
                 let newest = newest_per_lock(batch);
                 let mut tx = self.begin().await?;
                 let applied = self.ingest_batch(&mut tx, &newest, now).await?;
+                append_events_tx(&mut tx, events, now).await?;
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(IngestOutcome {
                     applied,
@@ -985,13 +987,72 @@ macro_rules! impl_store {
             }
 
             async fn get_rollout(&self, id: $crate::domain::RolloutId) -> Result<$crate::domain::Rollout, StoreError> {
-                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1")))
+                rollout_in(&self.pool, id).await
+            }
+
+            async fn step_rollout<T, F>(
+                &self,
+                id: $crate::domain::RolloutId,
+                now: Timestamp,
+                decide: F,
+            ) -> Result<Option<(T, Vec<OperationRecord>)>, StoreError>
+            where
+                T: Send,
+                F: FnOnce(&$crate::domain::Rollout, &[$crate::domain::BatchCounts]) -> ($crate::store::RolloutStepWrite, T) + Send,
+            {
+                let mut tx = self.begin().await?;
+                // The rollout's row lock, held to the commit: one step of a
+                // rollout at a time, whichever replica takes it.
+                let locked = sqlx::query("UPDATE rollouts SET updated_ms = $2 WHERE id = $1 AND state = $3 RETURNING id")
                     .bind(id.0)
-                    .fetch_optional(&self.pool)
+                    .bind(now.0)
+                    .bind($crate::domain::RolloutState::Running.as_str())
+                    .fetch_optional(&mut *tx)
                     .await
-                    .map_err(StoreError::from_sqlx)?
-                    .ok_or_else(|| StoreError::NotFound { entity: "rollout", key: id.to_string() })?;
-                rollout_from_row(&row)
+                    .map_err(StoreError::from_sqlx)?;
+                if locked.is_none() {
+                    return Ok(None);
+                }
+                let rollout = rollout_in(&mut *tx, id).await?;
+                // In flight recounted under the lock.
+                let counts = batch_counts_in(&mut *tx, id).await?;
+                let (write, out) = decide(&rollout, &counts);
+                if let Some((progress, message)) = &write.progress {
+                    sqlx::query(
+                        "UPDATE rollouts SET state = $2, current_batch = $3, batch_met_ms = $4, errors_acknowledged = $5, \
+                         message = COALESCE($6, message), updated_ms = $7 WHERE id = $1",
+                    )
+                    .bind(id.0)
+                    .bind(progress.state.as_str())
+                    .bind(i64::from(progress.current_batch))
+                    .bind(progress.batch_met_at.map(|t| t.0))
+                    .bind(progress.errors_acknowledged as i64)
+                    .bind(message.as_deref())
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                }
+                let mut started = Vec::new();
+                let mut events = write.events;
+                for (batch, n) in &write.start {
+                    let ops = start_members_tx(&mut tx, id, *batch, *n, now).await?;
+                    if !ops.is_empty() {
+                        events.push($crate::domain::NewEvent::rollout(
+                            &rollout.fleet,
+                            id,
+                            "devices_started",
+                            $crate::domain::rollout::devices_started_message(*batch, ops.len()),
+                        ));
+                    }
+                    started.extend(ops);
+                }
+                for audit in &write.audits {
+                    append_audit_tx(&mut tx, audit).await?;
+                }
+                append_events_tx(&mut tx, &events, now).await?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(Some((out, started)))
             }
 
             async fn list_rollouts(&self, fleet: Option<&FleetId>) -> Result<Vec<$crate::domain::Rollout>, StoreError> {
@@ -1017,35 +1078,7 @@ macro_rules! impl_store {
                 &self,
                 id: $crate::domain::RolloutId,
             ) -> Result<Vec<$crate::domain::BatchCounts>, StoreError> {
-                use $crate::domain::{BatchCounts, MemberState};
-                let rows = sqlx::query(
-                    "SELECT m.batch AS batch, o.status AS status, COUNT(*) AS n FROM rollout_members m \
-                     LEFT JOIN operations o ON o.id = m.operation_id \
-                     WHERE m.rollout_id = $1 GROUP BY m.batch, o.status ORDER BY m.batch",
-                )
-                .bind(id.0)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-                let mut out: Vec<BatchCounts> = Vec::new();
-                for r in &rows {
-                    let batch: i64 = get(r, "batch")?;
-                    let status: Option<String> = get(r, "status")?;
-                    let n: i64 = get(r, "n")?;
-                    let state = match status {
-                        None => MemberState::Queued,
-                        Some(s) => MemberState::of(OpStatus::parse(&s).ok_or_else(|| {
-                            codec::corrupt("rollout", id, format!("member operation has unknown status {s:?}"))
-                        })?),
-                    };
-                    let batch = usize::try_from(batch)
-                        .map_err(|_| codec::corrupt("rollout", id, format!("negative batch {batch}")))?;
-                    if out.len() <= batch {
-                        out.resize(batch + 1, BatchCounts::default());
-                    }
-                    out[batch].add(state, n as u64);
-                }
-                Ok(out)
+                batch_counts_in(&self.pool, id).await
             }
 
             async fn rollout_device_statuses(
@@ -1139,52 +1172,7 @@ macro_rules! impl_store {
                 now: Timestamp,
             ) -> Result<Vec<OperationRecord>, StoreError> {
                 let mut tx = self.begin().await?;
-                // Takes the rollout's row lock, and starts nothing unless it is
-                // still running (a pause or abort in between wins).
-                let row = sqlx::query(
-                    "UPDATE rollouts SET updated_ms = $2 WHERE id = $1 AND state = 'running' RETURNING kind, target",
-                )
-                .bind(id.0)
-                .bind(now.0)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-                let Some(row) = row else {
-                    return Ok(Vec::new());
-                };
-                let kind: String = get(&row, "kind")?;
-                let target: String = get(&row, "target")?;
-                let spec = match kind.as_str() {
-                    "release" => OperationSpec::AssignRelease(
-                        ReleaseId::new(&target).map_err(|e| codec::corrupt("rollout", id, e))?,
-                    ),
-                    "os" => OperationSpec::OsUpdate(target),
-                    other => return Err(codec::corrupt("rollout", id, format!("unknown kind {other:?}"))),
-                };
-                let rows = sqlx::query(
-                    "SELECT device_id FROM rollout_members WHERE rollout_id = $1 AND batch = $2 AND operation_id IS NULL \
-                     ORDER BY position LIMIT $3",
-                )
-                .bind(id.0)
-                .bind(i64::from(batch))
-                .bind(i64::try_from(n).unwrap_or(i64::MAX))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-                let mut ops = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    let device: String = get(r, "device_id")?;
-                    let device = DeviceId::new(&device).map_err(|e| codec::corrupt("rollout member", id, e))?;
-                    let op = create_operation_tx(&mut tx, &device, &spec, None, now).await?;
-                    sqlx::query("UPDATE rollout_members SET operation_id = $3 WHERE rollout_id = $1 AND device_id = $2")
-                        .bind(id.0)
-                        .bind(device.as_str())
-                        .bind(op.id.0)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StoreError::from_sqlx)?;
-                    ops.push(op);
-                }
+                let ops = start_members_tx(&mut tx, id, batch, n, now).await?;
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(ops)
             }
@@ -1948,6 +1936,114 @@ macro_rules! impl_store {
                 updated: Timestamp(get(r, "updated_ms")?),
                 generation: codec::to_u64("operation", &key, get(r, "generation")?)?,
             })
+        }
+
+        /// Starts up to `n` queued members of `batch` (their operations
+        /// created) inside `tx`, unless the rollout is no longer running.
+        async fn start_members_tx(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            id: $crate::domain::RolloutId,
+            batch: u32,
+            n: u64,
+            now: Timestamp,
+        ) -> Result<Vec<OperationRecord>, StoreError> {
+                // Takes the rollout's row lock, and starts nothing unless it is
+                // still running (a pause or abort in between wins).
+                let row = sqlx::query(
+                    "UPDATE rollouts SET updated_ms = $2 WHERE id = $1 AND state = 'running' RETURNING kind, target",
+                )
+                .bind(id.0)
+                .bind(now.0)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let Some(row) = row else {
+                    return Ok(Vec::new());
+                };
+                let kind: String = get(&row, "kind")?;
+                let target: String = get(&row, "target")?;
+                let spec = match kind.as_str() {
+                    "release" => OperationSpec::AssignRelease(
+                        ReleaseId::new(&target).map_err(|e| codec::corrupt("rollout", id, e))?,
+                    ),
+                    "os" => OperationSpec::OsUpdate(target),
+                    other => return Err(codec::corrupt("rollout", id, format!("unknown kind {other:?}"))),
+                };
+                let rows = sqlx::query(
+                    "SELECT device_id FROM rollout_members WHERE rollout_id = $1 AND batch = $2 AND operation_id IS NULL \
+                     ORDER BY position LIMIT $3",
+                )
+                .bind(id.0)
+                .bind(i64::from(batch))
+                .bind(i64::try_from(n).unwrap_or(i64::MAX))
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut ops = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let device: String = get(r, "device_id")?;
+                    let device = DeviceId::new(&device).map_err(|e| codec::corrupt("rollout member", id, e))?;
+                    let op = create_operation_tx(tx, &device, &spec, None, now).await?;
+                    sqlx::query("UPDATE rollout_members SET operation_id = $3 WHERE rollout_id = $1 AND device_id = $2")
+                        .bind(id.0)
+                        .bind(device.as_str())
+                        .bind(op.id.0)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                    ops.push(op);
+                }
+                Ok(ops)
+        }
+
+        /// Members' states per batch, read through `ex`.
+        async fn batch_counts_in<'e, E: sqlx::Executor<'e, Database = $db>>(
+            ex: E,
+            id: $crate::domain::RolloutId,
+        ) -> Result<Vec<$crate::domain::BatchCounts>, StoreError> {
+            use $crate::domain::{BatchCounts, MemberState};
+            let rows = sqlx::query(
+                    "SELECT m.batch AS batch, o.status AS status, COUNT(*) AS n FROM rollout_members m \
+                     LEFT JOIN operations o ON o.id = m.operation_id \
+                     WHERE m.rollout_id = $1 GROUP BY m.batch, o.status ORDER BY m.batch",
+                )
+                .bind(id.0)
+                .fetch_all(ex)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let mut out: Vec<BatchCounts> = Vec::new();
+                for r in &rows {
+                    let batch: i64 = get(r, "batch")?;
+                    let status: Option<String> = get(r, "status")?;
+                    let n: i64 = get(r, "n")?;
+                    let state = match status {
+                        None => MemberState::Queued,
+                        Some(s) => MemberState::of(OpStatus::parse(&s).ok_or_else(|| {
+                            codec::corrupt("rollout", id, format!("member operation has unknown status {s:?}"))
+                        })?),
+                    };
+                    let batch = usize::try_from(batch)
+                        .map_err(|_| codec::corrupt("rollout", id, format!("negative batch {batch}")))?;
+                    if out.len() <= batch {
+                        out.resize(batch + 1, BatchCounts::default());
+                    }
+                    out[batch].add(state, n as u64);
+                }
+                Ok(out)
+            }
+
+        /// A rollout, read through `ex`.
+        async fn rollout_in<'e, E: sqlx::Executor<'e, Database = $db>>(
+            ex: E,
+            id: $crate::domain::RolloutId,
+        ) -> Result<$crate::domain::Rollout, StoreError> {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1")))
+                .bind(id.0)
+                .fetch_optional(ex)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                .ok_or_else(|| StoreError::NotFound { entity: "rollout", key: id.to_string() })?;
+            rollout_from_row(&row)
         }
 
         async fn append_audit_tx(

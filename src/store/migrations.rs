@@ -54,6 +54,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "reconciler",
         include_str!("../../migrations/postgres/0009_reconciler.sql"),
     ),
+    (
+        10,
+        "replicas",
+        include_str!("../../migrations/postgres/0010_replicas.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -101,6 +106,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         9,
         "reconciler",
         include_str!("../../migrations/sqlite/0009_reconciler.sql"),
+    ),
+    (
+        10,
+        "replicas",
+        include_str!("../../migrations/sqlite/0010_replicas.sql"),
     ),
 ];
 

@@ -9,6 +9,7 @@ pub mod intents;
 pub mod migrations;
 pub mod pg;
 pub mod plans;
+pub mod replicas;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,7 @@ pub use pg::PgStore;
 pub use plans::{
     AckFacts, ApprovalChange, DeviceRows, EnvChanged, EnvEdit, PlanState, PlanStore, PlanWrite,
 };
+pub use replicas::{Notice, Notifications, ReplicaStore, SessionOpened};
 pub use sqlite::SqliteStore;
 
 /// Why a store call failed. Callers map these to API errors consistently.
@@ -124,6 +126,17 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
     }
+}
+
+/// What one rollout controller step writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutStepWrite {
+    /// The new progress, and a message to show (if any).
+    pub progress: Option<(RolloutProgress, Option<String>)>,
+    /// Members to start: (batch, at most how many).
+    pub start: Vec<(u32, u64)>,
+    pub audits: Vec<AuditEntry>,
+    pub events: Vec<crate::domain::NewEvent>,
 }
 
 /// Which database a store runs on.
@@ -292,7 +305,7 @@ pub struct NewOperation {
 }
 
 /// The one storage interface. Every method is one transaction.
-pub trait Store: PlanStore + Clone + Send + Sync + 'static {
+pub trait Store: PlanStore + replicas::ReplicaStore + Clone + Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
     /// Cheap round trip, for health checks.
@@ -415,6 +428,17 @@ pub trait Store: PlanStore + Clone + Send + Sync + 'static {
     fn ingest_lock_reports(
         &self,
         batch: &[LockReport],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<IngestOutcome, StoreError>> + Send {
+        self.ingest_lock_reports_logged(batch, &[], now)
+    }
+    /// As [`Store::ingest_lock_reports`], appending `events` (the locks
+    /// that changed, as agents reported them) to the event log in the same
+    /// transaction.
+    fn ingest_lock_reports_logged(
+        &self,
+        batch: &[LockReport],
+        events: &[crate::domain::NewEvent],
         now: Timestamp,
     ) -> impl Future<Output = Result<IngestOutcome, StoreError>> + Send;
     /// The recorded history of one lock, oldest first.
@@ -580,6 +604,22 @@ pub trait Store: PlanStore + Clone + Send + Sync + 'static {
         n: u64,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<OperationRecord>, StoreError>> + Send;
+
+    /// One controller step of a running rollout, in one transaction under
+    /// the rollout's row lock (so two controllers, on any replicas, never
+    /// step it at once): reads the rollout and its batch counts, lets
+    /// `decide` (pure) say what to write, writes it — progress, members
+    /// started (each batch's `n` at most), audit entries, events — and
+    /// commits. `None` if the rollout is not running.
+    fn step_rollout<T, F>(
+        &self,
+        id: RolloutId,
+        now: Timestamp,
+        decide: F,
+    ) -> impl Future<Output = Result<Option<(T, Vec<OperationRecord>)>, StoreError>> + Send
+    where
+        T: Send,
+        F: FnOnce(&Rollout, &[BatchCounts]) -> (RolloutStepWrite, T) + Send;
 
     // ---- policies and maintenance windows
     fn set_fleet_policy(

@@ -139,3 +139,4 @@ impl PgStore {
 
 impl_store!(PgStore, sqlx::Postgres, Backend::Postgres);
 super::plans::impl_plan_store!(PgStore, sqlx::Postgres);
+super::replicas::impl_replica_store!(PgStore, sqlx::Postgres, Backend::Postgres);

@@ -36,6 +36,9 @@ pub struct PlanState {
     pub wake_at: Option<Timestamp>,
     /// When the device last answered an apply.
     pub last_apply_answer_at: Option<Timestamp>,
+    /// Its agent session, if it ever connected: which replica holds its
+    /// stream, and until when that replica's lease runs.
+    pub session: Option<crate::domain::AgentSession>,
 }
 
 /// Everything the store holds that one reconciliation of a device reads,
@@ -92,6 +95,11 @@ pub struct PlanWrite {
     pub device_status: Option<DeviceStatus>,
     pub applied_env: Option<BTreeMap<BlockName, Env>>,
     pub wake_at: Option<Timestamp>,
+    /// The events the plan announces, appended to the log with it.
+    pub events: Vec<crate::domain::NewEvent>,
+    /// The agent session the plan was decided under: the write is refused
+    /// (`Conflict`) if a newer stream took the device over meanwhile.
+    pub session_epoch: Option<u64>,
 }
 
 /// An edit of one owner's env variables (unsets first, then sets).
@@ -174,6 +182,7 @@ pub trait PlanStore {
         &self,
         next: &OperationRecord,
         audit: Option<&AuditEntry>,
+        events: &[crate::domain::NewEvent],
         now: Timestamp,
     ) -> impl Future<Output = Result<OperationRecord, StoreError>> + Send;
 
@@ -246,14 +255,30 @@ macro_rules! impl_plan_store {
                 for r in &fetch_for_devices(&mut tx, format!(
                     "SELECT d.id, d.fleet, d.status, d.credential_revoked, d.created_ms, d.applied_env_json, d.wake_at_ms, \
                        (SELECT MAX(a.received_ms) FROM intent_acks a JOIN intents i ON i.device_id = a.device_id AND i.seq = a.seq \
-                        WHERE a.device_id = d.id AND i.kind = ${answered}) AS answered \
-                     FROM devices d WHERE d.id IN {ids}"
+                        WHERE a.device_id = d.id AND i.kind = ${answered}) AS answered, \
+                       s.replica AS session_replica, s.epoch AS session_epoch, r.lease_until_ms AS session_lease \
+                     FROM devices d LEFT JOIN agent_sessions s ON s.device_id = d.id \
+                     LEFT JOIN replicas r ON r.id = s.replica WHERE d.id IN {ids}"
                 ), devices, false, &[IntentKind::Apply.as_str()]).await? {
                     let device = device_from_row(r)?;
                     let json: String = get(r, "applied_env_json")?;
                     let wake_at: Option<i64> = get(r, "wake_at_ms")?;
                     let answered: Option<i64> = get(r, "answered")?;
+                    let epoch: Option<i64> = get(r, "session_epoch")?;
+                    let replica: Option<String> = get(r, "session_replica")?;
+                    let lease: Option<i64> = get(r, "session_lease")?;
+                    let session = match epoch {
+                        Some(epoch) => Some($crate::domain::AgentSession {
+                            replica: replica
+                                .map(|p| $crate::domain::ReplicaId::new(&p).map_err(|e| codec::corrupt("agent session", &device.id, e)))
+                                .transpose()?,
+                            epoch: u64::try_from(epoch).unwrap_or(0),
+                            lease_until: lease.map(Timestamp),
+                        }),
+                        None => None,
+                    };
                     let plan_state = PlanState {
+                        session,
                         applied_env: codec::block_envs_from_json(device.id.as_str(), &json)?,
                         wake_at: wake_at.map(Timestamp),
                         last_apply_answer_at: answered.map(Timestamp),
@@ -467,6 +492,7 @@ macro_rules! impl_plan_store {
             ) -> Result<Vec<IntentSeq>, StoreError> {
                 let mut tx = self.begin().await?;
                 let seqs = write_plan_tx(&mut tx, device, plan, now).await?;
+                append_events_tx(&mut tx, &plan.events, now).await?;
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(seqs)
             }
@@ -490,6 +516,15 @@ macro_rules! impl_plan_store {
                     sqlx::raw_sql("RELEASE SAVEPOINT plan").execute(&mut *tx).await.map_err(StoreError::from_sqlx)?;
                     results.push(written);
                 }
+                // The events of the plans written, last: the event log's
+                // counter stays locked until the commit.
+                let events: Vec<_> = plans
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .flat_map(|((_, p), _)| p.events.iter().cloned())
+                    .collect();
+                append_events_tx(&mut tx, &events, now).await?;
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(results)
             }
@@ -523,6 +558,7 @@ macro_rules! impl_plan_store {
                 &self,
                 next: &OperationRecord,
                 audit: Option<&AuditEntry>,
+                events: &[$crate::domain::NewEvent],
                 now: Timestamp,
             ) -> Result<OperationRecord, StoreError> {
                 let mut tx = self.begin().await?;
@@ -549,6 +585,7 @@ macro_rules! impl_plan_store {
                 if let Some(audit) = audit {
                     append_audit_tx(&mut tx, audit).await?;
                 }
+                append_events_tx(&mut tx, events, now).await?;
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 let mut out = next.clone();
                 out.generation += 1;
@@ -776,6 +813,25 @@ macro_rules! impl_plan_store {
             now: Timestamp,
         ) -> Result<Vec<IntentSeq>, StoreError> {
                 use $crate::store::plans::ApprovalChange;
+                if let Some(epoch) = plan.session_epoch {
+                    // A newer stream (on any replica) owns the device now.
+                    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT epoch FROM agent_sessions WHERE device_id = $1 {}",
+                        if IS_PG { "FOR SHARE" } else { "" }
+                    )))
+                    .bind(device.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                    let current: Option<i64> = row.as_ref().map(|r| get(r, "epoch")).transpose()?;
+                    if current != Some(codec::to_i64("session epoch", epoch)?) {
+                        return Err(StoreError::Conflict {
+                            entity: "agent session",
+                            key: device.to_string(),
+                            message: format!("a newer stream than session {epoch} took the device over"),
+                        });
+                    }
+                }
                 for (op, expected) in &plan.ops {
                     let done = sqlx::query(
                         "UPDATE operations SET status = $2, status_json = $3, updated_ms = $4, \

@@ -30,7 +30,13 @@ pub const DB_FILE: &str = "lockstep.db";
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// `<data_dir>/lockstep.lock`, flocked for as long as the store lives:
+    /// the embedded database serves one process (replicas need Postgres).
+    _lock: std::sync::Arc<std::fs::File>,
 }
+
+/// The lock file inside a data directory.
+pub const LOCK_FILE: &str = "lockstep.lock";
 
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/lockstep.db`, refuses a schema
@@ -39,6 +45,22 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Invalid {
             message: format!("cannot create data directory {}: {e}", data_dir.display()),
         })?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join(LOCK_FILE))
+            .map_err(|e| StoreError::Invalid {
+                message: format!("cannot open {}: {e}", data_dir.join(LOCK_FILE).display()),
+            })?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(StoreError::Precondition {
+                message: format!(
+                    "another lockstep process is using the embedded database in {}: the embedded SQLite serves one server; stop the other one, or run several replicas on Postgres (--database-url)",
+                    data_dir.display()
+                ),
+            });
+        }
         let connect = SqliteConnectOptions::new()
             .filename(data_dir.join(DB_FILE))
             .create_if_missing(true)
@@ -52,7 +74,10 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|source| StoreError::Unavailable { source })?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            _lock: std::sync::Arc::new(lock),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -146,3 +171,4 @@ impl SqliteStore {
 
 impl_store!(SqliteStore, sqlx::Sqlite, Backend::Sqlite);
 super::plans::impl_plan_store!(SqliteStore, sqlx::Sqlite);
+super::replicas::impl_replica_store!(SqliteStore, sqlx::Sqlite, Backend::Sqlite);

@@ -202,8 +202,15 @@ mod tests {
         let watch = Watch::new(&events, store, None, None);
         let mut s = Box::pin(stream(watch, None, stopping));
         let d = DeviceId::new("d").unwrap();
-        for _ in 0..5 {
-            events.publish(&d, None, EventKind::Applying);
+        for seq in 1..=5 {
+            events.deliver(crate::app::events::Logged::Device(crate::app::events::Event {
+                seq,
+                at: crate::domain::Timestamp(1),
+                fleet: crate::domain::FleetId::new("f").unwrap(),
+                device: d.clone(),
+                operation: None,
+                kind: EventKind::Applying,
+            }));
         }
         let first = s.next().await.expect("an event").unwrap();
         let text = format!("{first:?}");

@@ -538,7 +538,7 @@ pub struct EventView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub change: Option<&'static str>,
+    pub change: Option<String>,
 }
 
 impl From<&RolloutNotice> for EventView {
@@ -552,7 +552,7 @@ impl From<&RolloutNotice> for EventView {
             message: Some(n.message.clone()),
             until_ms: None,
             rollout: Some(n.rollout.0),
-            change: Some(n.kind),
+            change: Some(n.kind.clone()),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! acknowledgements; the server streams intents from the device's durable
 //! outbox, resending everything unacknowledged after every reconnect.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use crate::background::ingest::Ingestor;
 use crate::background::scheduler::Wakeups;
 use crate::clock;
 use crate::domain::{
-    ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, Generation, IntentKind,
-    IntentSeq, LockReport, LockState, ReleaseId, ReportedBlock, StoredIntent, Timestamp,
+    ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, FleetId, Generation,
+    IntentKind, IntentSeq, LockReport, LockState, NewEvent, ReleaseId, ReplicaId, ReportedBlock,
+    StoredIntent, Timestamp,
 };
 use crate::edge::auth;
 use crate::edge::hub::Hub;
@@ -40,23 +42,38 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Outbound messages buffered per stream before the sender waits.
 const SEND_QUEUE: usize = 16;
 
+/// An intent sent on a live stream and not acknowledged this long after is
+/// sent again (the agent ignores sequences it has handled): a stream that
+/// went half-open heals well within a replica's lease.
+pub const RESEND_AFTER: Duration = Duration::from_secs(5);
+
 pub struct Agents<S> {
     store: S,
     hub: Hub,
     wakeups: Wakeups,
     ingestor: Ingestor,
     events: Events,
+    /// This replica: sessions opened here are recorded under its name.
+    replica: ReplicaId,
     require_client_cert: bool,
 }
 
 impl<S: Store> Agents<S> {
-    pub fn new(store: S, hub: Hub, wakeups: Wakeups, ingestor: Ingestor, events: Events) -> Self {
+    pub fn new(
+        store: S,
+        hub: Hub,
+        wakeups: Wakeups,
+        ingestor: Ingestor,
+        events: Events,
+        replica: ReplicaId,
+    ) -> Self {
         Self {
             store,
             hub,
             wakeups,
             ingestor,
             events,
+            replica,
             require_client_cert: false,
         }
     }
@@ -435,10 +452,17 @@ struct Session<S> {
     ingestor: Ingestor,
     events: Events,
     device: DeviceId,
+    fleet: FleetId,
+    /// This stream's session epoch: acknowledgements are refused once a
+    /// newer session holds the device.
+    epoch: u64,
     /// Boxed: a channel allocates its slots in blocks of 32, and an unboxed
     /// message is ~360 bytes; idle streams should cost little.
     tx: mpsc::Sender<Outbound>,
     last_sent: u64,
+    /// Intents sent on this stream and when, until acknowledged: sent
+    /// again after [`RESEND_AFTER`].
+    sent_at: VecDeque<(u64, tokio::time::Instant)>,
     last_report_seq: u64,
 }
 
@@ -467,8 +491,58 @@ impl<S: Store> Session<S> {
             };
             self.tx.send(Box::new(Ok(msg))).await.map_err(|_| ())?;
             self.last_sent = intent.seq.0;
+            self.sent_at
+                .push_back((intent.seq.0, tokio::time::Instant::now()));
         }
         Ok(())
+    }
+
+    /// Sends again what was sent [`RESEND_AFTER`] ago or more and is still
+    /// unacknowledged; forgets what was acknowledged.
+    async fn resend_unacked(&mut self) -> Result<(), ()> {
+        let pending = match self.store.unacked_intents(&self.device).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(device = %self.device, error = %e, "cannot read the outbox; will retry");
+                return Ok(());
+            }
+        };
+        let unacked: std::collections::HashSet<u64> = pending.iter().map(|i| i.seq.0).collect();
+        self.sent_at.retain(|(seq, _)| unacked.contains(seq));
+        let due = tokio::time::Instant::now() - RESEND_AFTER;
+        let late: std::collections::HashSet<u64> = self
+            .sent_at
+            .iter()
+            .filter(|(_, at)| *at <= due)
+            .map(|(seq, _)| *seq)
+            .collect();
+        if late.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(device = %self.device, intents = late.len(), "intents unacknowledged; sending them again");
+        for intent in pending.iter().filter(|i| late.contains(&i.seq.0)) {
+            let Ok(msg) = intent_to_pb(intent) else { continue };
+            let msg = pb::ServerMessage {
+                msg: Some(pb::server_message::Msg::Intent(msg)),
+            };
+            self.tx.send(Box::new(Ok(msg))).await.map_err(|_| ())?;
+        }
+        let now = tokio::time::Instant::now();
+        for entry in self.sent_at.iter_mut().filter(|(seq, _)| late.contains(seq)) {
+            entry.1 = now;
+        }
+        Ok(())
+    }
+
+    /// Refuses writes from a stream whose session a newer one replaced.
+    async fn check_current(&self) -> Result<(), Status> {
+        match self.store.session_is_current(&self.device, self.epoch).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Status::aborted(
+                "superseded by a newer stream for this device",
+            )),
+            Err(e) => Err(status_from_store(e)),
+        }
     }
 
     async fn handle(&mut self, m: pb::AgentMessage) -> Result<(), Status> {
@@ -476,6 +550,7 @@ impl<S: Store> Session<S> {
         match m.msg {
             Some(Msg::LockReport(r)) => self.lock_report(r).await,
             Some(Msg::State(s)) => {
+                self.check_current().await?;
                 let prev = self
                     .store
                     .device_report(&self.device)
@@ -525,12 +600,17 @@ impl<S: Store> Session<S> {
         self.last_report_seq = r.seq;
         let reports = locks_to_reports(&self.device, r.locks)?;
         let changed = lock_changed(&reports);
+        let logged: Vec<NewEvent> = changed
+            .map(|kind| NewEvent::device(&self.fleet, &self.device, None, kind))
+            .into_iter()
+            .collect();
+        let any = !logged.is_empty();
         self.ingestor
-            .submit(reports)
+            .submit_logged(reports, logged)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        if let Some(kind) = changed {
-            self.events.publish(&self.device, None, kind);
+        if any {
+            self.events.appended();
         }
         self.wakeups.wake_first(&self.device);
         Ok(())
@@ -541,6 +621,7 @@ impl<S: Store> Session<S> {
             return Err(ConvertError::new("ack.kind", "required").into());
         };
         check_ack(&ack)?;
+        self.check_current().await?;
         let (name, outcome) = ack_name_and_outcome(kind);
         let seq = IntentSeq(ack.intent_seq);
         match self
@@ -609,19 +690,25 @@ impl<S: Store> AgentService for Agents<S> {
         let reports =
             locks_to_reports(&device, locks.locks).map_err(|e| e.within("hello.locks"))?;
         let changed = lock_changed(&reports);
+        // The session: this stream takes the device over from any earlier
+        // one, on any replica (logged `online`).
+        let opened = self
+            .store
+            .open_session(&device, &self.replica, clock::now())
+            .await
+            .map_err(status_from_store)?;
+        let logged: Vec<NewEvent> = changed
+            .map(|kind| NewEvent::device(&opened.fleet, &device, None, kind))
+            .into_iter()
+            .collect();
         self.ingestor
-            .submit(reports)
+            .submit_logged(reports, logged)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-
-        let registration = self.hub.register(&device);
-        tracing::info!(device = %device, connected = self.hub.connected(), "agent connected");
+        let registration = self.hub.register(&device, opened.epoch);
+        tracing::info!(device = %device, epoch = opened.epoch, previous = ?opened.previous.as_ref().map(|r| r.as_str()), connected = self.hub.connected(), "agent connected");
         // Online again: the reconciler, woken below, sets its status.
-        self.events
-            .publish(&device, None, crate::app::events::EventKind::Online);
-        if let Some(kind) = changed {
-            self.events.publish(&device, None, kind);
-        }
+        self.events.appended();
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let welcome = pb::ServerMessage {
             msg: Some(pb::server_message::Msg::Welcome(pb::Welcome {
@@ -638,14 +725,22 @@ impl<S: Store> AgentService for Agents<S> {
             ingestor: self.ingestor.clone(),
             events: self.events.clone(),
             device: device.clone(),
+            fleet: opened.fleet.clone(),
+            epoch: opened.epoch,
             tx,
             last_sent: 0,
+            sent_at: VecDeque::new(),
             last_report_seq,
         };
         self.wakeups.wake(&device);
         let mut rate = TokenBucket::new(AGENT_MESSAGES_PER_SEC, AGENT_MESSAGE_BURST);
         tokio::spawn(async move {
             let mut superseded = registration.superseded.clone();
+            let mut resend = tokio::time::interval_at(
+                tokio::time::Instant::now() + RESEND_AFTER,
+                RESEND_AFTER,
+            );
+            resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let outcome: Result<(), ()> = async {
                 Box::pin(session.send_outbox()).await?;
                 loop {
@@ -683,6 +778,7 @@ impl<S: Store> AgentService for Agents<S> {
                             }
                         },
                         () = registration.outbox.notified() => Box::pin(session.send_outbox()).await?,
+                        _ = resend.tick(), if !session.sent_at.is_empty() => Box::pin(session.resend_unacked()).await?,
                         _ = superseded.changed() => {
                             let _ = session
                                 .tx
@@ -699,22 +795,19 @@ impl<S: Store> AgentService for Agents<S> {
             .await;
             let _ = outcome;
             session.hub.unregister(&session.device, registration.id);
-            tracing::info!(device = %session.device, "agent disconnected");
-            // Offline, not failed — unless a newer stream already took over.
-            if !session.hub.is_connected(&session.device) {
-                match session
-                    .store
-                    .set_device_status(&session.device, crate::domain::DeviceStatus::Offline)
-                    .await
-                {
-                    Ok(()) => session.events.publish(
-                        &session.device,
-                        None,
-                        crate::app::events::EventKind::Offline,
-                    ),
-                    Err(e) => {
-                        tracing::warn!(device = %session.device, error = %e, "cannot mark the device offline");
-                    }
+            tracing::info!(device = %session.device, epoch = session.epoch, "agent disconnected");
+            // Offline, not failed — unless a newer stream (here or on another
+            // replica) took over: only this session's epoch is closed. If this
+            // fails, the lease reaper closes it when the replica is gone.
+            match session
+                .store
+                .close_session(&session.device, session.epoch, clock::now())
+                .await
+            {
+                Ok(true) => session.events.appended(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(device = %session.device, error = %e, "cannot close the agent session");
                 }
             }
             session.wakeups.wake(&session.device);

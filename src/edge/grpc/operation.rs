@@ -93,6 +93,8 @@ fn event_to_pb(e: &Event) -> pb::Event {
         kind: e.kind.name().to_owned(),
         blocks,
         message,
+        seq: e.seq,
+        fleet: e.fleet.to_string(),
     }
 }
 
@@ -296,7 +298,9 @@ impl<S: Store> OperationService for Operations<S> {
         if let Some(d) = &device {
             self.device_fleet(&p, Action::ReadDevices, d).await?;
         }
-        let mut watch = Watch::new(&self.events, self.store.clone(), fleet, device).within(scope);
+        let mut watch = Watch::new(&self.events, self.store.clone(), fleet, device)
+            .within(scope)
+            .after((req.after_seq > 0).then_some(req.after_seq));
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             while let Some(w) = watch.next().await {
