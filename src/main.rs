@@ -392,6 +392,11 @@ struct ServeArgs {
     /// cursor) older than this are pruned.
     #[arg(long, env = "LOCKSTEP_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
     event_retention: Duration,
+    /// How often the reconciler's safety sweep looks for due timers and
+    /// hand-overs it was not told of (tests lengthen it to show that
+    /// notifications, not the sweep, carry the work).
+    #[arg(long, env = "LOCKSTEP_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration, hide = true)]
+    sweep_interval: Duration,
 }
 
 fn parse_replica_id(s: &str) -> Result<lockstep::domain::ReplicaId, String> {
@@ -475,6 +480,7 @@ async fn serve(args: ServeArgs, scrape: lockstep::telemetry::Scrape) -> anyhow::
             .map(|listen| lockstep::telemetry::MetricsEndpoint { listen, scrape }),
         replica: args.replica_id.clone(),
         event_retention: args.event_retention,
+        sweep_interval: args.sweep_interval,
     };
     let pool = PoolOptions {
         max_connections: args.db_max_connections,

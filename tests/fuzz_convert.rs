@@ -482,6 +482,7 @@ fn agent_server() -> &'static (std::net::SocketAddr, String) {
                 metrics: None,
                 replica: None,
                 event_retention: std::time::Duration::from_secs(3600),
+                sweep_interval: std::time::Duration::from_secs(5),
             };
             let token_file = dir.path().join("admin.token");
             let bound = lockstep::edge::server::Bound::bind(config).await.unwrap();

@@ -246,6 +246,8 @@ pub struct Scheduler<S> {
     /// This replica: devices whose stream another replica holds are handed
     /// to it.
     replica: ReplicaId,
+    /// How often the safety sweep claims due wake-ups without being asked.
+    sweep_interval: Duration,
     /// Releases by id: a cache (a release is immutable once created).
     releases: Mutex<std::collections::HashMap<domain::ReleaseId, Arc<Release>>>,
 }
@@ -269,8 +271,17 @@ impl<S: Store> Scheduler<S> {
             wakeups,
             events,
             replica,
+            sweep_interval: SWEEP_INTERVAL,
             metrics: Metrics::default(),
             releases: Mutex::default(),
+        }
+    }
+
+    /// Sweeps every `every` instead of [`SWEEP_INTERVAL`].
+    pub fn with_sweep_interval(self, every: Duration) -> Self {
+        Self {
+            sweep_interval: every,
+            ..self
         }
     }
 
@@ -292,6 +303,7 @@ impl<S: Store> Scheduler<S> {
             let store = self.store.clone();
             let wakeups = self.wakeups.clone();
             let replica = self.replica.clone();
+            let every = self.sweep_interval;
             AbortOnDrop(tokio::spawn(async move {
                 loop {
                     // Claims what is due here: timers and wake-ups handed
@@ -315,7 +327,7 @@ impl<S: Store> Scheduler<S> {
                         }
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                        _ = tokio::time::sleep(every) => {}
                         _ = wakeups.sweep.notified() => {}
                     }
                 }

@@ -89,6 +89,8 @@ pub struct ServeConfig {
     pub replica: Option<crate::domain::ReplicaId>,
     /// Events older than this are pruned from the event log (hourly).
     pub event_retention: Duration,
+    /// How often the reconciler's safety sweep claims due wake-ups.
+    pub sweep_interval: Duration,
 }
 
 impl ServeConfig {
@@ -245,6 +247,7 @@ impl Bound {
                 replica.clone(),
             )
             .with_metrics(metrics.clone())
+            .with_sweep_interval(self.config.sweep_interval)
             .run(),
         );
         let counting = tokio::spawn(telemetry::count_operations(

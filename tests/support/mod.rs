@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -308,4 +309,16 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A channel to the server at `addr` (one replica among several) whose
+/// calls carry `token`.
+pub async fn channel_to(addr: SocketAddr, token: &str) -> Chan {
+    let bearer = lockstep::cli::Bearer::new(token).expect("a token that fits in metadata");
+    let raw = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid url")
+        .connect()
+        .await
+        .expect("connect to lockstep serve");
+    tonic::service::interceptor::InterceptedService::new(raw, bearer)
 }
