@@ -16,6 +16,7 @@ pub mod clock;
 pub mod domain;
 pub mod edge;
 pub mod loadgen;
+pub mod pgtemp;
 pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]

@@ -85,7 +85,12 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     };
     PgStore::connect(&args.database_url, &pool)
         .await
-        .with_context(|| format!("migrating the Postgres database at {}", redact(&args.database_url)))?;
+        .with_context(|| {
+            format!(
+                "migrating the Postgres database at {}",
+                redact(&args.database_url)
+            )
+        })?;
     println!(
         "database at {} is at schema version {}",
         redact(&args.database_url),
@@ -498,6 +503,9 @@ async fn serve(args: ServeArgs, scrape: lockstep::telemetry::Scrape) -> anyhow::
             bound.serve(store, shutdown_signal()).await?;
         }
         None => {
+            // One server per embedded database (replicas need Postgres).
+            let _lock = lockstep::store::sqlite::ServerLock::take(&args.data_dir)
+                .context("starting lockstep serve")?;
             let store = SqliteStore::open(&args.data_dir, &pool)
                 .await
                 .with_context(|| {

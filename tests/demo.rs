@@ -101,3 +101,58 @@ fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn the_demo_runs_three_replicas_on_a_throwaway_postgres_and_narrates_every_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(support::BIN)
+        .args(["demo", "--replicas", "3", "--devices", "3"])
+        .args(["--exit-when-done", "--cycle", "500ms"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--dashboard-listen", "127.0.0.1:0"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not finish within 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    eprintln!("{out}\n{err}");
+    assert!(status.success(), "demo exited with {status}");
+    for needle in [
+        "replica r1 listening on",
+        "replica r3 listening on",
+        "(3 replicas on one Postgres)",
+        "rollout 1 is completed",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    // The narration follows r1's event stream; each device streams to its
+    // own replica (inv-02 to r2, inv-03 to r3), and every one is narrated.
+    for d in ["inv-01", "inv-02", "inv-03"] {
+        assert!(
+            out.contains(&format!("{d}     applied r2")),
+            "{d} applied, as r1 tells it:\n{out}"
+        );
+    }
+    for (log, device) in [("server-2.log", "inv-02"), ("server-3.log", "inv-03")] {
+        let text = std::fs::read_to_string(dir.path().join(log)).unwrap();
+        assert!(
+            text.contains("agent connected") && text.contains(device),
+            "{device} streams to the replica of {log}"
+        );
+    }
+}

@@ -43,7 +43,10 @@ fn command(version: &str) -> Vec<String> {
 }
 
 fn digest(version: &str) -> String {
-    format!("sha256:{:064x}", if version == "1.0.0" { 0xa1 } else { 0xa2 })
+    format!(
+        "sha256:{:064x}",
+        if version == "1.0.0" { 0xa1 } else { 0xa2 }
+    )
 }
 
 /// The sweep runs once a minute here: hand-overs must come by NOTIFY.
@@ -152,14 +155,19 @@ impl Cluster {
             c.devices.push(d);
         }
         for d in &c.devices {
-            d.agent.as_ref().unwrap().wait_log("connected to the server");
+            d.agent
+                .as_ref()
+                .unwrap()
+                .wait_log("connected to the server");
         }
         for d in &c.devices {
             let id = d.id.clone();
             eventually(30, &format!("{id} reported and in sync"), || async {
                 let s = c.state(0, &id).await;
-                (s.reported && s.device.is_some_and(|d| d.status() == pb::DeviceStatus::InSync))
-                    .then_some(())
+                (s.reported
+                    && s.device
+                        .is_some_and(|d| d.status() == pb::DeviceStatus::InSync))
+                .then_some(())
             })
             .await;
         }
@@ -464,13 +472,17 @@ async fn work_created_on_one_replica_reaches_a_device_on_another_and_a_third_see
     eventually(20, "d2's holder to be asked for a", || async {
         let text = std::fs::read_to_string(d2.lock_dir().join("intent.json")).ok()?;
         let file: serde_json::Value = serde_json::from_str(&text).ok()?;
-        file["intents"].as_array()?.iter().find(|i| {
-            i["operation_id"].as_u64() == Some(held) && i["kind"] == "release_request"
-        })?;
+        file["intents"]
+            .as_array()?
+            .iter()
+            .find(|i| i["operation_id"].as_u64() == Some(held) && i["kind"] == "release_request")?;
         Some(())
     })
     .await;
-    eprintln!("release request created on r1, on d2's device (r2): {:?}", asked.elapsed());
+    eprintln!(
+        "release request created on r1, on d2's device (r2): {:?}",
+        asked.elapsed()
+    );
     assert_eq!(c.op(2, held).await.status, "waiting_lock");
     d2.hold(false);
     c.wait_op(2, held, "done", 20).await;
@@ -531,7 +543,10 @@ async fn a_rollout_over_three_replicas_survives_a_killed_replica_without_exceedi
     let mut windows = Vec::new();
     for d in &c.devices {
         let log = d.starts();
-        let started_2: Vec<_> = log.iter().filter(|l| l.1 == "start" && l.2 == "2.0.0").collect();
+        let started_2: Vec<_> = log
+            .iter()
+            .filter(|l| l.1 == "start" && l.2 == "2.0.0")
+            .collect();
         assert_eq!(started_2.len(), 1, "{} applied once: {log:?}", d.id);
         let stop_1 = log
             .iter()
@@ -586,10 +601,7 @@ async fn a_half_open_stream_heals_within_the_lease_and_the_old_replica_leaves_pr
     eprintln!("half-open stream: operation applied {took:?} after the freeze");
     // r1 notices its dead stream later (keepalive); it must not mark the
     // device offline, which now streams to r2.
-    tokio::time::sleep(
-        Duration::from_secs(16).saturating_sub(frozen.elapsed()),
-    )
-    .await;
+    tokio::time::sleep(Duration::from_secs(16).saturating_sub(frozen.elapsed())).await;
     for via in 0..3 {
         let status = c.state(via, "d1").await.device.unwrap().status();
         assert_eq!(
@@ -604,15 +616,39 @@ async fn a_half_open_stream_heals_within_the_lease_and_the_old_replica_leaves_pr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_sqlite_data_dir_is_refused() {
     let first = Server::start(&[]);
-    let dir = first.data_dir.as_ref().unwrap().path().to_str().unwrap().to_owned();
-    let out = std::process::Command::new(support::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--dashboard-listen", "off", "--data-dir", &dir])
-        .output()
+    let dir = first
+        .data_dir
+        .as_ref()
+        .unwrap()
+        .path()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut second = std::process::Command::new(support::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--dashboard-listen",
+            "off",
+            "--data-dir",
+            &dir,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // Refused at once; a server that runs is killed after 30 s (and fails).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("another lockstep process is using the embedded database"),
+        err.contains("another lockstep server is using the embedded database"),
         "{err}"
     );
     drop(first);

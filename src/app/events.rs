@@ -20,9 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
 
-use crate::domain::{
-    DeviceId, EventBody, FleetId, LoggedEvent, OperationId, RolloutId, Timestamp,
-};
+use crate::domain::{DeviceId, EventBody, FleetId, LoggedEvent, OperationId, RolloutId, Timestamp};
 use crate::store::Store;
 
 pub use crate::domain::EventKind;
@@ -155,7 +153,9 @@ pub async fn log_rollout_notice<S: Store>(
     let notice = crate::domain::NewEvent::rollout(fleet, rollout, kind, message);
     match store.append_events(&[notice], crate::clock::now()).await {
         Ok(()) => events.appended(),
-        Err(e) => tracing::warn!(rollout = %rollout, kind, error = %e, "cannot log a rollout notice"),
+        Err(e) => {
+            tracing::warn!(rollout = %rollout, kind, error = %e, "cannot log a rollout notice")
+        }
     }
 }
 
@@ -404,8 +404,12 @@ mod tests {
             Some(FleetId::new("south").unwrap()),
             None,
         );
-        let mut by_device =
-            Watch::new(&events, store.clone(), None, Some(DeviceId::new("n1").unwrap()));
+        let mut by_device = Watch::new(
+            &events,
+            store.clone(),
+            None,
+            Some(DeviceId::new("n1").unwrap()),
+        );
         let mut scoped = Watch::new(&events, store.clone(), None, None)
             .within(Some([FleetId::new("south").unwrap()].into()));
         events.deliver(event(1, "north", "n1", EventKind::Online));
@@ -441,11 +445,16 @@ mod tests {
         assert_eq!(kinds_of(w.next().await), ("n1".into(), "applied"));
         // Then what is appended later, through the tail, once.
         store
-            .append_events(&[NewEvent::device(&north, &n1, None, EventKind::Offline)], Timestamp(6))
+            .append_events(
+                &[NewEvent::device(&north, &n1, None, EventKind::Offline)],
+                Timestamp(6),
+            )
             .await
             .unwrap();
         events.appended();
-        let next = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .unwrap();
         assert_eq!(kinds_of(next), ("n1".into(), "offline"));
         tail.abort();
     }
@@ -459,7 +468,11 @@ mod tests {
         let mut w = Watch::new(&events, store.clone(), None, None).after(Some(0));
         let mut all = Vec::new();
         for i in 0..10 {
-            let kind = if i % 2 == 0 { EventKind::Online } else { EventKind::Offline };
+            let kind = if i % 2 == 0 {
+                EventKind::Online
+            } else {
+                EventKind::Offline
+            };
             all.push(NewEvent::device(&north, &n1, None, kind));
         }
         store.append_events(&all, Timestamp(5)).await.unwrap();

@@ -230,12 +230,20 @@ impl<S: Store> Rollouts<S> {
             batches = plan.batches.len(),
             "rollout created"
         );
-        crate::app::events::log_rollout_notice(&self.store, &self.events, &rollout.fleet, rollout.id, "created", format!(
+        crate::app::events::log_rollout_notice(
+            &self.store,
+            &self.events,
+            &rollout.fleet,
+            rollout.id,
+            "created",
+            format!(
                 "{} devices in {} batches ({} already at the target)",
                 rollout.devices,
                 plan.batches.len(),
                 rollout.skipped
-            )).await;
+            ),
+        )
+        .await;
         self.wakeups.wake(rollout.id);
         Ok(rollout)
     }
@@ -266,7 +274,15 @@ impl<S: Store> Rollouts<S> {
             .await?;
         self.audit(actor, "rollout_paused", id, reason, "{}")
             .await?;
-        crate::app::events::log_rollout_notice(&self.store, &self.events, &r.fleet, id, "paused", message).await;
+        crate::app::events::log_rollout_notice(
+            &self.store,
+            &self.events,
+            &r.fleet,
+            id,
+            "paused",
+            message,
+        )
+        .await;
         Ok(self.store.get_rollout(id).await?)
     }
 
@@ -291,7 +307,15 @@ impl<S: Store> Rollouts<S> {
             .await?;
         self.audit(actor, "rollout_resumed", id, reason, "{}")
             .await?;
-        crate::app::events::log_rollout_notice(&self.store, &self.events, &r.fleet, id, "resumed", with_reason("resumed", reason)).await;
+        crate::app::events::log_rollout_notice(
+            &self.store,
+            &self.events,
+            &r.fleet,
+            id,
+            "resumed",
+            with_reason("resumed", reason),
+        )
+        .await;
         self.wakeups.wake(id);
         Ok(self.store.get_rollout(id).await?)
     }
@@ -317,7 +341,15 @@ impl<S: Store> Rollouts<S> {
         self.audit(actor, "rollout_aborted", id, reason, "{}")
             .await?;
         let cancelled = self.cancel_members(id, &message).await?;
-        crate::app::events::log_rollout_notice(&self.store, &self.events, &r.fleet, id, "aborted", format!("{message}; {cancelled} operations cancelled")).await;
+        crate::app::events::log_rollout_notice(
+            &self.store,
+            &self.events,
+            &r.fleet,
+            id,
+            "aborted",
+            format!("{message}; {cancelled} operations cancelled"),
+        )
+        .await;
         Ok(self.store.get_rollout(id).await?)
     }
 

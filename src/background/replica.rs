@@ -111,7 +111,11 @@ impl<S: Store> Replica<S> {
         loop {
             tick.tick().await;
             let now = clock::now();
-            match self.store.renew_replica(&self.id, now, lease_from(now)).await {
+            match self
+                .store
+                .renew_replica(&self.id, now, lease_from(now))
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => {
                     // Reaped while away (a pause longer than the lease): its

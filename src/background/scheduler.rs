@@ -600,8 +600,7 @@ impl<S: Store> Scheduler<S> {
         for (device, r) in rows {
             // Another live replica holds the device's stream: it reconciles
             // the device and delivers its intents. Hand the wake-up over.
-            if r
-                .plan_state
+            if r.plan_state
                 .session
                 .as_ref()
                 .is_some_and(|s| s.held_elsewhere(&self.replica, now))

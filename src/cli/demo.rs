@@ -44,6 +44,15 @@ pub struct DemoArgs {
     /// The dashboard's address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub dashboard_listen: String,
+    /// Servers sharing one Postgres; agents are spread over them. More than
+    /// one needs Postgres: `--database-url`, or a throwaway cluster is
+    /// started (Debian's postgresql server binaries).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub replicas: u32,
+    /// Postgres for the demo's servers (default: the embedded SQLite with
+    /// one server, a throwaway Postgres with several).
+    #[arg(long)]
+    pub database_url: Option<String>,
     /// Exit when the rollout is done instead of waiting for Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
@@ -136,25 +145,77 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     args.listen = concrete_addr(&args.listen, "--listen")?;
     args.dashboard_listen = concrete_addr(&args.dashboard_listen, "--dashboard-listen")?;
 
-    // 1. The server, on the embedded SQLite database.
-    let server_log =
-        std::fs::File::create(dir.join("server.log")).map_err(io("creating server.log"))?;
-    let server = Command::new(&exe)
-        .args(["serve", "--listen", &args.listen])
-        .args(["--dashboard-listen", &args.dashboard_listen])
-        .arg("--data-dir")
-        .arg(dir.join("server-data"))
-        .env("LOCKSTEP_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(server_log)
-        .spawn()
-        .map_err(io("starting lockstep serve"))?;
-    children.0.push(server);
-    let url = format!("http://{}", args.listen);
-    let ch = connect(&url, &dir.join("server.log"), &mut children.0[0]).await?;
-    // The server writes its admin token on start, before it serves.
+    // 1. The server, on the embedded SQLite database; or several replicas
+    // on one Postgres.
+    let mut _cluster = None;
+    let database_url = match (&args.database_url, args.replicas) {
+        (Some(url), _) => Some(url.clone()),
+        (None, 1) => None,
+        (None, _) => {
+            n.say("demo", "starting a throwaway Postgres for the replicas");
+            let cluster = crate::pgtemp::PgCluster::start()
+                .map_err(|e| DemoError::Server(format!("a throwaway Postgres: {e}")))?;
+            let url = cluster.url("postgres");
+            _cluster = Some(cluster);
+            Some(url)
+        }
+    };
     let token_file = dir.join("server-data").join("admin.token");
+    let mut urls = Vec::new();
+    for r in 0..args.replicas {
+        let listen = if r == 0 {
+            args.listen.clone()
+        } else {
+            concrete_addr("127.0.0.1:0", "--listen")?
+        };
+        let log_name = if r == 0 {
+            "server.log".to_owned()
+        } else {
+            format!("server-{}.log", r + 1)
+        };
+        let server_log = std::fs::File::create(dir.join(&log_name))
+            .map_err(io(format!("creating {log_name}")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["serve", "--listen", &listen])
+            .args([
+                "--dashboard-listen",
+                if r == 0 {
+                    &args.dashboard_listen
+                } else {
+                    "off"
+                },
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("server-data"))
+            .arg("--bootstrap-token-file")
+            .arg(&token_file);
+        if let Some(db) = &database_url {
+            cmd.args(["--database-url", db])
+                .args(["--replica-id", &format!("r{}", r + 1)]);
+        }
+        let server = cmd
+            .env("LOCKSTEP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(server_log)
+            .spawn()
+            .map_err(io("starting lockstep serve"))?;
+        children.0.push(server);
+        let url = format!("http://{listen}");
+        let last = children.0.len() - 1;
+        connect(&url, &dir.join(&log_name), &mut children.0[last]).await?;
+        if r == 0 {
+            // The first server writes the admin token on start, before it
+            // serves; the others find it in the database.
+            read_token(&token_file, &mut children.0[0]).await?;
+        }
+        if args.replicas > 1 {
+            n.say("server", format!("replica r{} listening on {url}", r + 1));
+        }
+        urls.push(url);
+    }
+    let url = urls[0].clone();
+    let ch = connect(&url, &dir.join("server.log"), &mut children.0[0]).await?;
     let token = read_token(&token_file, &mut children.0[0]).await?;
     let bearer = Bearer::new(&token).ok_or_else(|| {
         DemoError::Server(format!("{} holds no usable token", token_file.display()))
@@ -163,7 +224,12 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
     n.say(
         "server",
         format!(
-            "listening on {url} (embedded SQLite); admin token in {}",
+            "listening on {url} ({}); admin token in {}",
+            match (&database_url, args.replicas) {
+                (None, _) => "embedded SQLite".to_owned(),
+                (Some(_), 1) => "Postgres".to_owned(),
+                (Some(_), r) => format!("{r} replicas on one Postgres"),
+            },
             token_file.display()
         ),
     );
@@ -309,9 +375,11 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
             serde_json::json!({"release": "r1", "os_version": "1.0", "blocks": manifest_blocks});
         write(&d.join("manifest.json"), &manifest.to_string())?;
         let log = std::fs::File::create(d.join("agent.log")).map_err(io("creating agent.log"))?;
+        // Agents are spread over the replicas.
+        let server = &urls[(i as usize - 1) % urls.len()];
         let agent = Command::new(&exe)
             .arg("agent")
-            .args(["--server", &url, "--device", &id])
+            .args(["--server", server, "--device", &id])
             .arg("--credential-file")
             .arg(d.join("credential"))
             .arg("--lock-root")

@@ -647,6 +647,11 @@ pub fn waiting_lock_breakdown<'a>(
     out
 }
 
+/// The notice of members started.
+pub fn devices_started_message(batch: u32, n: usize) -> String {
+    format!("{n} devices of batch {batch} started")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,9 +663,4 @@ mod tests {
             assert!(r.below(n) < n);
         }
     }
-}
-
-/// The notice of members started.
-pub fn devices_started_message(batch: u32, n: usize) -> String {
-    format!("{n} devices of batch {batch} started")
 }

@@ -122,8 +122,7 @@ pub(crate) fn event_body_from_json(
     json: &str,
 ) -> Result<crate::domain::EventBody, StoreError> {
     use crate::domain::{EventBody, EventKind as K, OperationId, Timestamp};
-    let parsed: EventJson =
-        serde_json::from_str(json).map_err(|e| corrupt("event", seq, e))?;
+    let parsed: EventJson = serde_json::from_str(json).map_err(|e| corrupt("event", seq, e))?;
     Ok(EventBody::Device(match parsed {
         EventJson::ApprovalRequested => K::ApprovalRequested,
         EventJson::BlockedByLock { holders } => K::BlockedByLock { holders },

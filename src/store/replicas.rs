@@ -174,14 +174,11 @@ pub trait ReplicaStore {
 
     /// A connection listening on the replica channels; `None` on SQLite
     /// (one process: nothing to hear).
-    fn listen(&self)
-    -> impl Future<Output = Result<Option<Notifications>, StoreError>> + Send;
+    fn listen(&self) -> impl Future<Output = Result<Option<Notifications>, StoreError>> + Send;
 }
 
 /// Opens a Postgres listener on every replica channel.
-pub(crate) async fn pg_listen(
-    pool: &sqlx::PgPool,
-) -> Result<Option<Notifications>, StoreError> {
+pub(crate) async fn pg_listen(pool: &sqlx::PgPool) -> Result<Option<Notifications>, StoreError> {
     let mut l = sqlx::postgres::PgListener::connect_with(pool)
         .await
         .map_err(StoreError::from_sqlx)?;

@@ -30,13 +30,43 @@ pub const DB_FILE: &str = "lockstep.db";
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// `<data_dir>/lockstep.lock`, flocked for as long as the store lives:
-    /// the embedded database serves one process (replicas need Postgres).
-    _lock: std::sync::Arc<std::fs::File>,
 }
 
 /// The lock file inside a data directory.
 pub const LOCK_FILE: &str = "lockstep.lock";
+
+/// `<data_dir>/lockstep.lock`, flocked while a server runs on the embedded
+/// database: presence, wake-ups and the reconciler's queue of one server
+/// would not see another's, so a second server is refused (several
+/// replicas need Postgres). Tools may still open the database.
+pub struct ServerLock(#[allow(dead_code)] std::fs::File);
+
+impl ServerLock {
+    /// Takes the lock, or says who holds it.
+    pub fn take(data_dir: &Path) -> Result<ServerLock, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Invalid {
+            message: format!("cannot create data directory {}: {e}", data_dir.display()),
+        })?;
+        let path = data_dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Invalid {
+                message: format!("cannot open {}: {e}", path.display()),
+            })?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(StoreError::Precondition {
+                message: format!(
+                    "another lockstep server is using the embedded database in {}: the embedded SQLite serves one server; stop the other one, or run several replicas on Postgres (--database-url)",
+                    data_dir.display()
+                ),
+            });
+        }
+        Ok(ServerLock(lock))
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/lockstep.db`, refuses a schema
@@ -45,22 +75,7 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Invalid {
             message: format!("cannot create data directory {}: {e}", data_dir.display()),
         })?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(data_dir.join(LOCK_FILE))
-            .map_err(|e| StoreError::Invalid {
-                message: format!("cannot open {}: {e}", data_dir.join(LOCK_FILE).display()),
-            })?;
-        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            return Err(StoreError::Precondition {
-                message: format!(
-                    "another lockstep process is using the embedded database in {}: the embedded SQLite serves one server; stop the other one, or run several replicas on Postgres (--database-url)",
-                    data_dir.display()
-                ),
-            });
-        }
+
         let connect = SqliteConnectOptions::new()
             .filename(data_dir.join(DB_FILE))
             .create_if_missing(true)
@@ -74,10 +89,7 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|source| StoreError::Unavailable { source })?;
-        let store = Self {
-            pool,
-            _lock: std::sync::Arc::new(lock),
-        };
+        let store = Self { pool };
         store.migrate().await?;
         Ok(store)
     }

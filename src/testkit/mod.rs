@@ -7,7 +7,7 @@
 //! crate's own tests and benches (the `testkit` feature, which the crate's
 //! dev-dependency on itself turns on).
 
-pub mod pgtemp;
+pub use crate::pgtemp;
 
 use std::str::FromStr;
 use std::sync::OnceLock;

@@ -203,14 +203,16 @@ mod tests {
         let mut s = Box::pin(stream(watch, None, stopping));
         let d = DeviceId::new("d").unwrap();
         for seq in 1..=5 {
-            events.deliver(crate::app::events::Logged::Device(crate::app::events::Event {
-                seq,
-                at: crate::domain::Timestamp(1),
-                fleet: crate::domain::FleetId::new("f").unwrap(),
-                device: d.clone(),
-                operation: None,
-                kind: EventKind::Applying,
-            }));
+            events.deliver(crate::app::events::Logged::Device(
+                crate::app::events::Event {
+                    seq,
+                    at: crate::domain::Timestamp(1),
+                    fleet: crate::domain::FleetId::new("f").unwrap(),
+                    device: d.clone(),
+                    operation: None,
+                    kind: EventKind::Applying,
+                },
+            ));
         }
         let first = s.next().await.expect("an event").unwrap();
         let text = format!("{first:?}");

@@ -21,9 +21,9 @@ use crate::background::ingest::Ingestor;
 use crate::background::scheduler::Wakeups;
 use crate::clock;
 use crate::domain::{
-    ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, FleetId, Generation,
-    IntentKind, IntentSeq, LockReport, LockState, NewEvent, ReleaseId, ReplicaId, ReportedBlock,
-    StoredIntent, Timestamp,
+    ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, FleetId, Generation, IntentKind,
+    IntentSeq, LockReport, LockState, NewEvent, ReleaseId, ReplicaId, ReportedBlock, StoredIntent,
+    Timestamp,
 };
 use crate::edge::auth;
 use crate::edge::hub::Hub;
@@ -521,14 +521,20 @@ impl<S: Store> Session<S> {
         }
         tracing::info!(device = %self.device, intents = late.len(), "intents unacknowledged; sending them again");
         for intent in pending.iter().filter(|i| late.contains(&i.seq.0)) {
-            let Ok(msg) = intent_to_pb(intent) else { continue };
+            let Ok(msg) = intent_to_pb(intent) else {
+                continue;
+            };
             let msg = pb::ServerMessage {
                 msg: Some(pb::server_message::Msg::Intent(msg)),
             };
             self.tx.send(Box::new(Ok(msg))).await.map_err(|_| ())?;
         }
         let now = tokio::time::Instant::now();
-        for entry in self.sent_at.iter_mut().filter(|(seq, _)| late.contains(seq)) {
+        for entry in self
+            .sent_at
+            .iter_mut()
+            .filter(|(seq, _)| late.contains(seq))
+        {
             entry.1 = now;
         }
         Ok(())
@@ -536,7 +542,11 @@ impl<S: Store> Session<S> {
 
     /// Refuses writes from a stream whose session a newer one replaced.
     async fn check_current(&self) -> Result<(), Status> {
-        match self.store.session_is_current(&self.device, self.epoch).await {
+        match self
+            .store
+            .session_is_current(&self.device, self.epoch)
+            .await
+        {
             Ok(true) => Ok(()),
             Ok(false) => Err(Status::aborted(
                 "superseded by a newer stream for this device",

@@ -1,4 +1,5 @@
-//! Throwaway PostgreSQL clusters for tests and benchmarks.
+//! Throwaway PostgreSQL clusters for tests, benchmarks and
+//! `lockstep demo --replicas N` (several servers need a shared Postgres).
 //!
 //! The Postgres-backed store has to be exercised against a real server, and CI
 //! has no long-lived database: it has Debian's `postgresql` package installed
