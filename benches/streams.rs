@@ -72,6 +72,8 @@
 
 #[path = "support/probe.rs"]
 mod probe;
+#[path = "support/procs.rs"]
+mod procs;
 
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -82,13 +84,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
-use lockstep::domain::{
-    BlockName, BlockVersion, Env, Fleet, FleetId, ImageDigest, Release, ReleaseId,
-};
+use lockstep::domain::Env;
 use lockstep::edge::grpc::agent::DEVICE_HEADER;
 use lockstep::edge::grpc::pb;
-use lockstep::store::{PgStore, PoolOptions, SqliteStore, Store};
+use lockstep::store::{PgStore, PoolOptions, SqliteStore};
 use probe::{Probe, percentile};
+use procs::{
+    BLOCK, RELEASE, SECRET, catalog, cpu_secs, device_id, die_with_parent, insert_device,
+    open_files_limit, proc_mem, server_binary,
+};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -99,11 +103,6 @@ const USAGE: &str = "usage: streams [--streams N,N,...] [--per-client N] [--sett
                      [--connect-concurrency N] [--create-concurrency N] [--no-fanout] \
                      [--backend sqlite|postgres] [--out FILE]";
 
-/// The one credential every bench device shares (hashing is per device row).
-const SECRET: &str = "lsd_bench";
-const FLEET: &str = "bench";
-const BLOCK: &str = "b";
-const RELEASE: &str = "r1";
 /// Open files the server needs besides its streams (listener, epoll, SQLite
 /// files of the pool, stdio, ...), with room to spare.
 const FD_MARGIN: u64 = 500;
@@ -120,10 +119,6 @@ const PROBE_IDLE_SAMPLES: usize = 30;
 /// A probe sample is four agent messages: paced under the server's
 /// per-stream message rate (50/s), as a real agent is.
 const PROBE_PACE: Duration = Duration::from_millis(100);
-
-fn device_id(i: usize) -> String {
-    format!("bench-{i:06}")
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -476,94 +471,6 @@ fn parse_driver_args(argv: &[String]) -> DriverArgs {
     args
 }
 
-/// The `lockstep` binary built by `cargo build --release`, beside this bench
-/// (`<target>/release/deps/streams-*` → `<target>/release/lockstep`).
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("locating the bench executable");
-    let found = exe
-        .ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join("lockstep"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        eprintln!(
-            "streams: no lockstep binary found near {} (looked for <target>/release/lockstep).\n\
-             Build it first: cargo build --release",
-            exe.display()
-        );
-        std::process::exit(2);
-    })
-}
-
-/// Raises the soft open-files limit to the hard one (children inherit it)
-/// and returns the hard limit.
-fn open_files_limit() -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: lim.maximum,
-                maximum: lim.maximum,
-            },
-        );
-    }
-    let lim = getrlimit(Resource::Nofile);
-    lim.current.unwrap_or(1 << 20)
-}
-
-/// Kills the child if this process dies, whatever the cause.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only makes one
-    // async-signal-safe system call (prctl).
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Mem {
-    rss_kib: u64,
-    anon_kib: u64,
-    hwm_kib: u64,
-}
-
-fn proc_mem(pid: u32) -> Mem {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Mem {
-        rss_kib: field("VmRSS:"),
-        anon_kib: field("RssAnon:"),
-        hwm_kib: field("VmHWM:"),
-    }
-}
-
-/// CPU time (user + system) the process has used so far, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and
-    // stime are the 12th and 13th, in clock ticks (100 per second on Linux).
-    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -643,69 +550,6 @@ async fn setup_db(backend: &str, dir: &Path, devices: usize) -> Vec<String> {
         "--data-dir".into(),
         dir.to_str().expect("utf-8 path").into(),
     ]
-}
-
-/// One bench device row (all share the credential `SECRET`).
-fn insert_device<DB: sqlx::Database>(
-    i: usize,
-) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>
-where
-    String: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
-    &'static str: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
-{
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let hash = HASH.get_or_init(|| lockstep::edge::auth::hash_credential(SECRET));
-    sqlx::query(
-        "INSERT INTO devices (id, fleet, credential_hash, created_ms) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(device_id(i))
-    .bind(FLEET)
-    .bind(hash.as_str())
-    .bind(lockstep::clock::now().0)
-}
-
-/// The fleet, block `b` 1.0.0 and release `r1`, through the store.
-async fn catalog<S: Store>(store: &S) {
-    let now = lockstep::clock::now();
-    let fleet = FleetId::new(FLEET).expect("fleet id");
-    store
-        .create_fleet(&Fleet {
-            id: fleet.clone(),
-            name: "bench".into(),
-            created: now,
-        })
-        .await
-        .expect("creating the fleet");
-    let block = BlockName::new(BLOCK).expect("block name");
-    store
-        .create_block(&block, "streams bench", now)
-        .await
-        .expect("creating the block");
-    let bv = BlockVersion {
-        name: block,
-        version: semver::Version::new(1, 0, 0),
-        image_digest: ImageDigest::new(format!("sha256:{}", "0".repeat(64))).expect("digest"),
-        config: Default::default(),
-        env: Env::new(),
-        depends_on: Vec::new(),
-        update_strategy: Default::default(),
-    };
-    store
-        .create_block_version(&bv, now)
-        .await
-        .expect("creating the block version");
-    let release = Release::new(
-        ReleaseId::new(RELEASE).expect("release id"),
-        fleet,
-        vec![Arc::new(bv)],
-        Env::new(),
-    )
-    .expect("a valid release");
-    store
-        .create_release(&release, now)
-        .await
-        .expect("creating the release");
 }
 
 /// The running server and what its log told.

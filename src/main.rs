@@ -504,8 +504,13 @@ async fn serve(args: ServeArgs, scrape: lockstep::telemetry::Scrape) -> anyhow::
         }
         None => {
             // One server per embedded database (replicas need Postgres).
-            let _lock = lockstep::store::sqlite::ServerLock::take(&args.data_dir)
-                .context("starting lockstep serve")?;
+            let _lock =
+                lockstep::store::sqlite::ServerLock::take(&args.data_dir).with_context(|| {
+                    format!(
+                        "opening the embedded database in {}",
+                        args.data_dir.display()
+                    )
+                })?;
             let store = SqliteStore::open(&args.data_dir, &pool)
                 .await
                 .with_context(|| {

@@ -2416,6 +2416,186 @@ async fn cancelling_and_phases_are_guarded_by_the_generation<S: Store>(s: S) {
     );
 }
 
+fn replica(id: &str) -> ReplicaId {
+    ReplicaId::new(id).unwrap()
+}
+
+async fn register_d<S: Store>(s: &S, ids: &[&str]) {
+    with_fleet(s, "f").await;
+    for id in ids {
+        s.register_device(&device(id, "f", &[]), "h").await.unwrap();
+    }
+}
+
+async fn session_of<S: Store>(s: &S, d: &str) -> Option<AgentSession> {
+    rows(s, d).await.plan_state.session
+}
+
+async fn sessions_take_over_close_only_their_epoch_and_die_with_their_replica<S: Store>(s: S) {
+    register_d(&s, &["d1", "d2"]).await;
+    let (r1, r2) = (replica("r1"), replica("r2"));
+    assert_eq!(
+        s.register_replica(&r1, ts(1000), ts(16_000)).await.unwrap(),
+        vec![]
+    );
+    s.register_replica(&r2, ts(1000), ts(16_000)).await.unwrap();
+    assert_eq!(session_of(&s, "d1").await, None, "never connected");
+
+    let first = s.open_session(&dev("d1"), &r1, ts(1100)).await.unwrap();
+    assert_eq!((first.epoch, first.previous.clone()), (1, None));
+    let live = session_of(&s, "d1").await.unwrap();
+    assert!(live.is_live(ts(1200)) && !live.held_elsewhere(&r1, ts(1200)));
+    assert!(live.held_elsewhere(&r2, ts(1200)));
+    assert!(
+        !live.is_live(ts(16_000)),
+        "dead once its replica's lease ran out"
+    );
+
+    // A newer stream on r2 takes over; r1's stream ending closes nothing.
+    let second = s.open_session(&dev("d1"), &r2, ts(1300)).await.unwrap();
+    assert_eq!((second.epoch, second.previous), (2, Some(r1.clone())));
+    assert!(!s.session_is_current(&dev("d1"), 1).await.unwrap());
+    assert!(s.session_is_current(&dev("d1"), 2).await.unwrap());
+    assert!(!s.close_session(&dev("d1"), 1, ts(1400)).await.unwrap());
+    assert_eq!(
+        session_of(&s, "d1").await.unwrap().replica,
+        Some(r2.clone())
+    );
+    assert!(s.close_session(&dev("d1"), 2, ts(1500)).await.unwrap());
+    assert_eq!(session_of(&s, "d1").await.unwrap().replica, None);
+    assert_eq!(
+        s.get_device(&dev("d1")).await.unwrap().status,
+        DeviceStatus::Offline
+    );
+
+    // r1 holds d2 and stops renewing: a reaper on any replica closes it.
+    s.open_session(&dev("d2"), &r1, ts(2000)).await.unwrap();
+    assert!(s.renew_replica(&r2, ts(10_000), ts(40_000)).await.unwrap());
+    assert_eq!(s.reap_replicas(ts(15_000)).await.unwrap(), vec![]);
+    assert_eq!(s.reap_replicas(ts(16_000)).await.unwrap(), vec![dev("d2")]);
+    assert_eq!(session_of(&s, "d2").await.unwrap().replica, None);
+    let live: Vec<ReplicaId> = s
+        .live_replicas(ts(16_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(live, vec![r2.clone()]);
+    // r1 comes back: told it was reaped, and starts a new life.
+    assert!(!s.renew_replica(&r1, ts(17_000), ts(32_000)).await.unwrap());
+    // r2 shuts down cleanly: its sessions close at once.
+    s.open_session(&dev("d2"), &r2, ts(18_000)).await.unwrap();
+    assert_eq!(
+        s.release_replica(&r2, ts(18_500)).await.unwrap(),
+        vec![dev("d2")]
+    );
+    assert_eq!(session_of(&s, "d2").await.unwrap().replica, None);
+
+    // Every online/offline is in the event log, in commit order.
+    let kinds: Vec<(Option<String>, String)> = s
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            (
+                e.event.device.map(|d| d.to_string()),
+                match e.event.body {
+                    EventBody::Device(k) => k.name().to_owned(),
+                    EventBody::Rollout { kind, .. } => kind,
+                },
+            )
+        })
+        .collect();
+    let d = |d: &str, k: &str| (Some(d.to_owned()), k.to_owned());
+    assert_eq!(
+        kinds,
+        vec![
+            d("d1", "online"),
+            d("d1", "online"),
+            d("d1", "offline"),
+            d("d2", "online"),
+            d("d2", "offline"),
+            d("d2", "online"),
+            d("d2", "offline"),
+        ]
+    );
+    let seqs: Vec<u64> = s
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(s.last_event_seq().await.unwrap(), *seqs.last().unwrap());
+    assert_eq!(s.events_after(seqs[4], 100).await.unwrap().len(), 2);
+    assert_eq!(s.prune_events(ts(1)).await.unwrap(), 0);
+}
+
+async fn wake_ups_go_to_the_replica_holding_the_device_once<S: Store>(s: S) {
+    register_d(&s, &["d1", "d2", "d3"]).await;
+    let (r1, r2) = (replica("r1"), replica("r2"));
+    s.register_replica(&r1, ts(1000), ts(60_000)).await.unwrap();
+    s.register_replica(&r2, ts(1000), ts(60_000)).await.unwrap();
+    s.open_session(&dev("d1"), &r1, ts(1000)).await.unwrap();
+    s.open_session(&dev("d2"), &r2, ts(1000)).await.unwrap();
+    // d3 is held by nobody.
+    s.forward_wakes(&[dev("d1"), dev("d2"), dev("d3")], ts(2000))
+        .await
+        .unwrap();
+    let mut r2_claims = s.claim_wakes(&r2, ts(2000), ts(32_000), 100).await.unwrap();
+    r2_claims.sort();
+    assert_eq!(
+        r2_claims,
+        vec![dev("d2"), dev("d3")],
+        "its own and nobody's"
+    );
+    assert_eq!(
+        s.claim_wakes(&r2, ts(2000), ts(32_000), 100).await.unwrap(),
+        vec![],
+        "claimed once"
+    );
+    assert_eq!(
+        s.claim_wakes(&r1, ts(2000), ts(32_000), 100).await.unwrap(),
+        vec![dev("d1")]
+    );
+    // Timers: a due one is claimed by its holder and pushed back.
+    let plan = PlanWrite {
+        wake_at: Some(ts(3000)),
+        ..PlanWrite::default()
+    };
+    s.write_plan(&dev("d1"), &plan, ts(2500)).await.unwrap();
+    assert_eq!(
+        s.claim_wakes(&r1, ts(2999), ts(33_000), 100).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        s.claim_wakes(&r2, ts(3000), ts(33_000), 100).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        s.claim_wakes(&r1, ts(3000), ts(33_000), 100).await.unwrap(),
+        vec![dev("d1")]
+    );
+    assert_eq!(rows(&s, "d1").await.plan_state.wake_at, Some(ts(33_000)));
+    // A plan decided under session 1 does not land once session 2 holds
+    // the device.
+    let fenced = PlanWrite {
+        session_epoch: Some(1),
+        wake_at: Some(ts(9000)),
+        ..PlanWrite::default()
+    };
+    s.write_plan(&dev("d1"), &fenced, ts(4000)).await.unwrap();
+    s.open_session(&dev("d1"), &r2, ts(4100)).await.unwrap();
+    assert!(matches!(
+        s.write_plan(&dev("d1"), &fenced, ts(4200)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(rows(&s, "d1").await.plan_state.wake_at, Some(ts(9000)));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -2468,6 +2648,8 @@ conformance!(
     env_edits_snapshot_the_running_env_and_create_their_operations_at_once,
     a_batch_is_gathered_like_each_device_alone_and_written_device_by_device,
     operations_created_together_each_commit_on_their_own,
+    sessions_take_over_close_only_their_epoch_and_die_with_their_replica,
+    wake_ups_go_to_the_replica_holding_the_device_once,
 );
 
 // ------------------------------------------- backend-specific behaviour
