@@ -645,10 +645,10 @@ async fn driver(args: Args) {
                         actor: "replicas-bench".into(),
                     });
                     req.metadata_mut().insert("authorization", auth);
-                    if let Err(s) = client.create_operation(req).await {
-                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("replicas: CreateOperation: {s}");
-                        }
+                    if let Err(s) = client.create_operation(req).await
+                        && errors.fetch_add(1, Ordering::Relaxed) < 3
+                    {
+                        eprintln!("replicas: CreateOperation: {s}");
                     }
                     drop(permit);
                 });
