@@ -23,8 +23,10 @@
 //! files are capped per process), each bound to its own source address and
 //! talking to one replica (client k → replica k mod N, as an L4 balancer
 //! would spread them). Each device: its own HTTP/2 connection and Connect
-//! stream, a Hello, then idle; when its stream ends it reconnects after a
-//! random 0.2–1.2 s (as an agent does after a healthy session).
+//! stream, a Hello, then idle but for acknowledging each intent as
+//! received (as the agent does; one sent again is ignored); when its
+//! stream ends it reconnects after a random 0.2–1.2 s (as an agent does
+//! after a healthy session).
 //!
 //! Measured, in order:
 //! 1. Connect: time until every device is connected; connects/s.
@@ -217,6 +219,8 @@ async fn client(server: SocketAddr, source: Ipv4Addr, first: usize, count: usize
 async fn device(endpoint: Endpoint, id: String, gate: Arc<Semaphore>, stats: Arc<Stats>) {
     let auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
         format!("Bearer {SECRET}").parse().expect("authorization");
+    // The highest intent handled (an agent keeps it across reconnects).
+    let mut last_seq = 0u64;
     loop {
         let permit = gate.acquire().await.expect("client: semaphore");
         let opened = async {
@@ -225,7 +229,11 @@ async fn device(endpoint: Endpoint, id: String, gate: Arc<Semaphore>, stats: Arc
                 .await
                 .map_err(|e| format!("{id}: {e:?}"))?;
             let mut client = pb::agent_service_client::AgentServiceClient::new(channel);
-            let outbound = futures::stream::iter([hello()]).chain(futures::stream::pending());
+            // The Hello, then acknowledgements, as a real agent sends them.
+            let (acks, acks_rx) = tokio::sync::mpsc::unbounded_channel();
+            let outbound = futures::stream::iter([hello()]).chain(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(acks_rx),
+            );
             let mut req = tonic::Request::new(outbound);
             req.metadata_mut().insert(
                 DEVICE_HEADER,
@@ -240,20 +248,35 @@ async fn device(endpoint: Endpoint, id: String, gate: Arc<Semaphore>, stats: Arc
             match inbound.message().await {
                 Ok(Some(pb::ServerMessage {
                     msg: Some(pb::server_message::Msg::Welcome(_)),
-                })) => Ok((client, inbound)),
+                })) => Ok((client, inbound, acks)),
                 other => Err(format!("{id}: expected a Welcome, got {other:?}")),
             }
         }
         .await;
         drop(permit);
         match opened {
-            Ok((_client, mut inbound)) => {
+            Ok((_client, mut inbound, acks)) => {
                 stats.welcomes.fetch_add(1, Ordering::Relaxed);
                 stats.live.fetch_add(1, Ordering::Relaxed);
                 while let Ok(Some(m)) = inbound.message().await {
-                    if let Some(pb::server_message::Msg::Intent(i)) = m.msg
-                        && matches!(i.kind, Some(pb::intent::Kind::Apply(_)))
-                    {
+                    let Some(pb::server_message::Msg::Intent(i)) = m.msg else {
+                        continue;
+                    };
+                    // Each intent is handled once (one sent again is
+                    // ignored, as the agent does) and acknowledged as
+                    // received; the operation then stays applying.
+                    if i.seq <= last_seq {
+                        continue;
+                    }
+                    last_seq = i.seq;
+                    let _ = acks.send(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Ack(pb::IntentAck {
+                            intent_seq: i.seq,
+                            kind: Some(pb::intent_ack::Kind::Received(pb::intent_ack::Received {})),
+                            block: String::new(),
+                        })),
+                    });
+                    if matches!(i.kind, Some(pb::intent::Kind::Apply(_))) {
                         stats.applies.fetch_add(1, Ordering::Relaxed);
                         stats.last_apply_ms.fetch_max(now_ms(), Ordering::Relaxed);
                     }

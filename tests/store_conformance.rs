@@ -2542,7 +2542,7 @@ async fn wake_ups_go_to_the_replica_holding_the_device_once<S: Store>(s: S) {
     s.open_session(&dev("d1"), &r1, ts(1000)).await.unwrap();
     s.open_session(&dev("d2"), &r2, ts(1000)).await.unwrap();
     // d3 is held by nobody.
-    s.forward_wakes(&[dev("d1"), dev("d2"), dev("d3")], ts(2000))
+    s.forward_wakes(&[dev("d1"), dev("d2"), dev("d3")], &[], ts(2000))
         .await
         .unwrap();
     let mut r2_claims = s.claim_wakes(&r2, ts(2000), ts(32_000), 100).await.unwrap();

@@ -162,6 +162,10 @@ pub async fn log_rollout_notice<S: Store>(
 /// Events read from the log per query.
 const TAIL_BATCH: u32 = 1000;
 
+/// How long the tail waits after being woken, so a burst of commits (on
+/// any replica) is read with one query.
+const TAIL_COALESCE: Duration = Duration::from_millis(20);
+
 /// How often the tail reads the log without being woken: the safety net
 /// for a lost notification.
 pub const TAIL_POLL: Duration = Duration::from_secs(1);
@@ -182,7 +186,8 @@ pub async fn run_tail<S: Store>(store: S, events: Events) {
     };
     loop {
         tokio::select! {
-            _ = events.appended.notified() => {}
+            // Many commits in a short while are read together.
+            _ = events.appended.notified() => tokio::time::sleep(TAIL_COALESCE).await,
             _ = tokio::time::sleep(TAIL_POLL) => {}
         }
         loop {

@@ -168,7 +168,11 @@ impl<S: Store> Replica<S> {
 
     fn heard(&self, channel: &str, payload: &str) {
         match channel {
-            CHANNEL_WAKE => self.wakeups.sweep_now(),
+            // Handed to this replica, or to every replica.
+            CHANNEL_WAKE if payload.is_empty() || payload == self.id.as_str() => {
+                self.wakeups.sweep_now()
+            }
+            CHANNEL_WAKE => {}
             CHANNEL_EVENTS => self.events.appended(),
             CHANNEL_SESSIONS => {
                 if let Some((replica, device, epoch)) = parse_takeover(payload)

@@ -594,24 +594,42 @@ impl<S: Store> Scheduler<S> {
     ) -> Result<(), ScheduleError> {
         // One activation, one `now`.
         let now = clock::now();
-        let rows = self.store.gather(devices).await?;
+        // A device another live replica holds is reconciled there (it
+        // delivers its intents): hand the wake-up over, gather the rest.
+        let sessions = self.store.sessions(devices).await?;
+        let holder = |s: Option<&domain::AgentSession>| {
+            s.filter(|s| s.held_elsewhere(&self.replica, now))
+                .and_then(|s| s.replica.clone())
+        };
+        let mut elsewhere: Vec<(DeviceId, ReplicaId)> = Vec::new();
+        let mut here = Vec::with_capacity(devices.len());
+        for d in devices {
+            match holder(sessions.get(d)) {
+                Some(r) => elsewhere.push((d.clone(), r)),
+                None => here.push(d.clone()),
+            }
+        }
+        let rows = if here.is_empty() {
+            Default::default()
+        } else {
+            self.store.gather(&here).await?
+        };
         let mut inputs = Vec::with_capacity(rows.len());
-        let mut elsewhere = Vec::new();
         for (device, r) in rows {
-            // Another live replica holds the device's stream: it reconciles
-            // the device and delivers its intents. Hand the wake-up over.
-            if r.plan_state
-                .session
-                .as_ref()
-                .is_some_and(|s| s.held_elsewhere(&self.replica, now))
-            {
-                elsewhere.push(device);
+            // Taken over between the two reads: hand it over too.
+            if let Some(to) = holder(r.plan_state.session.as_ref()) {
+                elsewhere.push((device, to));
                 continue;
             }
             inputs.push(self.input_from(r, pass, now).await?);
         }
         if !elsewhere.is_empty() {
-            self.store.forward_wakes(&elsewhere, now).await?;
+            // Each holder is told once.
+            let mut to: Vec<ReplicaId> = elsewhere.iter().map(|(_, r)| r.clone()).collect();
+            to.sort();
+            to.dedup();
+            let devices: Vec<DeviceId> = elsewhere.into_iter().map(|(d, _)| d).collect();
+            self.store.forward_wakes(&devices, &to, now).await?;
         }
         let mut writes = Vec::new();
         let mut planned = Vec::new();

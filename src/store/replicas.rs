@@ -17,7 +17,8 @@ use crate::domain::{DeviceId, LoggedEvent, NewEvent, ReplicaId, Timestamp};
 
 use super::StoreError;
 
-/// A device was handed to its owner replica to reconcile (`device_wakes`).
+/// Devices were handed to a replica to reconcile (`device_wakes`); payload:
+/// that replica's id (only it sweeps), or empty (every replica sweeps).
 pub const CHANNEL_WAKE: &str = "lockstep_wake";
 /// Events were appended to the log.
 pub const CHANNEL_EVENTS: &str = "lockstep_events";
@@ -117,6 +118,17 @@ pub trait ReplicaStore {
         now: Timestamp,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The sessions of these devices (those that ever connected).
+    fn sessions(
+        &self,
+        devices: &[DeviceId],
+    ) -> impl Future<
+        Output = Result<
+            std::collections::BTreeMap<DeviceId, crate::domain::AgentSession>,
+            StoreError,
+        >,
+    > + Send;
+
     /// Whether session `epoch` still holds `device`.
     fn session_is_current(
         &self,
@@ -124,10 +136,13 @@ pub trait ReplicaStore {
         epoch: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Asks the replicas holding these devices to reconcile them.
+    /// Asks the replicas holding these devices to reconcile them: a wake-up
+    /// row each, and one notification per replica named in `to` (none
+    /// named: every replica is told).
     fn forward_wakes(
         &self,
         devices: &[DeviceId],
+        to: &[ReplicaId],
         now: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -516,6 +531,39 @@ macro_rules! impl_replica_store {
                 Ok(true)
             }
 
+            async fn sessions(
+                &self,
+                devices: &[DeviceId],
+            ) -> Result<std::collections::BTreeMap<DeviceId, $crate::domain::AgentSession>, StoreError> {
+                let mut out = std::collections::BTreeMap::new();
+                for chunk in devices.chunks(1000) {
+                    let sql = format!(
+                        "SELECT s.device_id AS device_id, s.replica AS replica, s.epoch AS epoch, r.lease_until_ms AS lease \
+                         FROM agent_sessions s LEFT JOIN replicas r ON r.id = s.replica WHERE s.device_id IN {}",
+                        $crate::store::plans::placeholders(1, chunk.len())
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for d in chunk {
+                        q = q.bind(d.as_str());
+                    }
+                    for r in q.fetch_all(&self.pool).await.map_err(StoreError::from_sqlx)? {
+                        let d: String = get(&r, "device_id")?;
+                        let device = DeviceId::new(&d).map_err(|e| codec::corrupt("agent session", &d, e))?;
+                        let replica: Option<String> = get(&r, "replica")?;
+                        let epoch: i64 = get(&r, "epoch")?;
+                        let lease: Option<i64> = get(&r, "lease")?;
+                        out.insert(device, $crate::domain::AgentSession {
+                            replica: replica
+                                .map(|p| $crate::domain::ReplicaId::new(&p).map_err(|e| codec::corrupt("agent session", &d, e)))
+                                .transpose()?,
+                            epoch: u64::try_from(epoch).unwrap_or(0),
+                            lease_until: lease.map(Timestamp),
+                        });
+                    }
+                }
+                Ok(out)
+            }
+
             async fn session_is_current(&self, device: &DeviceId, epoch: u64) -> Result<bool, StoreError> {
                 let row = sqlx::query(
                     "SELECT 1 AS one FROM agent_sessions WHERE device_id = $1 AND epoch = $2 AND replica IS NOT NULL",
@@ -528,7 +576,12 @@ macro_rules! impl_replica_store {
                 Ok(row.is_some())
             }
 
-            async fn forward_wakes(&self, devices: &[DeviceId], now: Timestamp) -> Result<(), StoreError> {
+            async fn forward_wakes(
+                &self,
+                devices: &[DeviceId],
+                to: &[$crate::domain::ReplicaId],
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
                 if devices.is_empty() {
                     return Ok(());
                 }
@@ -547,7 +600,12 @@ macro_rules! impl_replica_store {
                     }
                     q.execute(&mut *tx).await.map_err(StoreError::from_sqlx)?;
                 }
-                notify_tx(&mut tx, $crate::store::replicas::CHANNEL_WAKE, "").await?;
+                if to.is_empty() {
+                    notify_tx(&mut tx, $crate::store::replicas::CHANNEL_WAKE, "").await?;
+                }
+                for replica in to {
+                    notify_tx(&mut tx, $crate::store::replicas::CHANNEL_WAKE, replica.as_str()).await?;
+                }
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok(())
             }

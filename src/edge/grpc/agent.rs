@@ -43,9 +43,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const SEND_QUEUE: usize = 16;
 
 /// An intent sent on a live stream and not acknowledged this long after is
-/// sent again (the agent ignores sequences it has handled): a stream that
-/// went half-open heals well within a replica's lease.
+/// sent again (the agent ignores sequences it has handled), then again after
+/// twice as long each time, up to [`RESEND_MAX`]: a stream that went
+/// half-open heals well within a replica's lease, and an agent that never
+/// acknowledges is not flooded.
 pub const RESEND_AFTER: Duration = Duration::from_secs(5);
+pub const RESEND_MAX: Duration = Duration::from_secs(60);
 
 pub struct Agents<S> {
     store: S,
@@ -460,9 +463,9 @@ struct Session<S> {
     /// message is ~360 bytes; idle streams should cost little.
     tx: mpsc::Sender<Outbound>,
     last_sent: u64,
-    /// Intents sent on this stream and when, until acknowledged: sent
-    /// again after [`RESEND_AFTER`].
-    sent_at: VecDeque<(u64, tokio::time::Instant)>,
+    /// Intents sent on this stream and not acknowledged on it yet: when
+    /// each is due to be sent again, and the wait after that.
+    sent_at: VecDeque<(u64, tokio::time::Instant, Duration)>,
     last_report_seq: u64,
 }
 
@@ -491,14 +494,17 @@ impl<S: Store> Session<S> {
             };
             self.tx.send(Box::new(Ok(msg))).await.map_err(|_| ())?;
             self.last_sent = intent.seq.0;
-            self.sent_at
-                .push_back((intent.seq.0, tokio::time::Instant::now()));
+            self.sent_at.push_back((
+                intent.seq.0,
+                tokio::time::Instant::now() + RESEND_AFTER,
+                RESEND_AFTER,
+            ));
         }
         Ok(())
     }
 
-    /// Sends again what was sent [`RESEND_AFTER`] ago or more and is still
-    /// unacknowledged; forgets what was acknowledged.
+    /// Sends again what is due and still unacknowledged (backing off per
+    /// intent); forgets what was acknowledged.
     async fn resend_unacked(&mut self) -> Result<(), ()> {
         let pending = match self.store.unacked_intents(&self.device).await {
             Ok(p) => p,
@@ -508,13 +514,13 @@ impl<S: Store> Session<S> {
             }
         };
         let unacked: std::collections::HashSet<u64> = pending.iter().map(|i| i.seq.0).collect();
-        self.sent_at.retain(|(seq, _)| unacked.contains(seq));
-        let due = tokio::time::Instant::now() - RESEND_AFTER;
+        self.sent_at.retain(|(seq, _, _)| unacked.contains(seq));
+        let now = tokio::time::Instant::now();
         let late: std::collections::HashSet<u64> = self
             .sent_at
             .iter()
-            .filter(|(_, at)| *at <= due)
-            .map(|(seq, _)| *seq)
+            .filter(|(_, due, _)| *due <= now)
+            .map(|(seq, _, _)| *seq)
             .collect();
         if late.is_empty() {
             return Ok(());
@@ -529,13 +535,13 @@ impl<S: Store> Session<S> {
             };
             self.tx.send(Box::new(Ok(msg))).await.map_err(|_| ())?;
         }
-        let now = tokio::time::Instant::now();
         for entry in self
             .sent_at
             .iter_mut()
-            .filter(|(seq, _)| late.contains(seq))
+            .filter(|(seq, _, _)| late.contains(seq))
         {
-            entry.1 = now;
+            entry.2 = (entry.2 * 2).min(RESEND_MAX);
+            entry.1 = now + entry.2;
         }
         Ok(())
     }
@@ -632,6 +638,8 @@ impl<S: Store> Session<S> {
         };
         check_ack(&ack)?;
         self.check_current().await?;
+        // Answered on this stream: no need to send it again.
+        self.sent_at.retain(|(seq, _, _)| *seq != ack.intent_seq);
         let (name, outcome) = ack_name_and_outcome(kind);
         let seq = IntentSeq(ack.intent_seq);
         match self
