@@ -676,6 +676,9 @@ pub fn target_label(t: &RolloutTarget) -> String {
     }
 }
 
+/// How long the controller lets events gather before it looks again.
+const STEP_COALESCE: Duration = Duration::from_millis(100);
+
 /// How often active rollouts are looked at even without an event.
 const RESYNC: Duration = Duration::from_secs(30);
 
@@ -713,6 +716,10 @@ pub async fn run_controller<S: Store>(rollouts: Rollouts<S>) {
                 // A member's operation moved on (or we missed some): every
                 // active rollout takes a look; the set dedups.
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Events come in bursts (a fan-out, on every replica):
+                    // one look per burst.
+                    tokio::time::sleep(STEP_COALESCE).await;
+                    events = events.resubscribe();
                     wake_all(&rollouts).await
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

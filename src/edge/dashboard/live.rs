@@ -37,12 +37,21 @@ use crate::app::rollouts::RolloutWatch;
 use crate::domain::{Action, FleetId};
 use crate::store::Store;
 
-/// GET /api/events?fleet=&device=
+/// GET /api/events?fleet=&device=. Each device event carries its log
+/// sequence as the SSE `id`; a browser reconnecting with `Last-Event-ID`
+/// gets what it missed first, in order.
 pub async fn events<S: Store>(
     State(d): State<Dashboard<S>>,
     Authed(p): Authed,
+    headers: axum::http::HeaderMap,
     q: Result<Query<std::collections::BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, DashboardError> {
+    // A malformed id is ignored (the stream starts from now), as a browser
+    // only sends back what it was given.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let q = params(q, &["fleet", "device"])?;
     let fleet = q
         .get("fleet")
@@ -74,7 +83,9 @@ pub async fn events<S: Store>(
         fleet: fleet.clone(),
         within: scope.clone(),
     });
-    let watch = Watch::new(&d.events, d.store.clone(), fleet, device).within(scope);
+    let watch = Watch::new(&d.events, d.store.clone(), fleet, device)
+        .within(scope)
+        .after(resume);
     Ok(Sse::new(stream(watch, notices, d.stopping.clone()))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
@@ -119,21 +130,24 @@ fn stream<S: Store>(
     futures::stream::unfold(
         (watch, notices, stopping),
         |(mut watch, mut notices, mut stopping)| async move {
-            let view = tokio::select! {
+            let (view, seq) = tokio::select! {
                 w = watch.next() => match w? {
-                    Watched::Event(e) => EventView::from(&e),
-                    Watched::Lagged(n) => EventView::lagged(n, crate::clock::now()),
+                    Watched::Event(e) => (EventView::from(&e), Some(e.seq)),
+                    Watched::Lagged(n) => (EventView::lagged(n, crate::clock::now()), None),
                 },
                 n = notice(&mut notices) => match n {
-                    Ok(n) => EventView::from(&n),
-                    Err(RecvError::Lagged(n)) => EventView::lagged(n, crate::clock::now()),
+                    Ok(n) => (EventView::from(&n), None),
+                    Err(RecvError::Lagged(n)) => (EventView::lagged(n, crate::clock::now()), None),
                     Err(RecvError::Closed) => return None,
                 },
                 _ = stopping.wait_for(|s| *s) => return None,
             };
-            let event = SseEvent::default()
+            let mut event = SseEvent::default()
                 .json_data(&view)
                 .unwrap_or_else(|_| SseEvent::default().data("{\"kind\":\"lagged\"}"));
+            if let Some(seq) = seq {
+                event = event.id(seq.to_string());
+            }
             Some((Ok(event), (watch, notices, stopping)))
         },
     )

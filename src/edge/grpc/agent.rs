@@ -817,15 +817,27 @@ impl<S: Store> AgentService for Agents<S> {
             // Offline, not failed — unless a newer stream (here or on another
             // replica) took over: only this session's epoch is closed. If this
             // fails, the lease reaper closes it when the replica is gone.
-            match session
-                .store
-                .close_session(&session.device, session.epoch, clock::now())
-                .await
-            {
-                Ok(true) => session.events.appended(),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(device = %session.device, error = %e, "cannot close the agent session");
+            // Retried while the database is away: a session left open
+            // would show the device online for as long as this replica
+            // lives.
+            let mut wait = Duration::from_millis(500);
+            loop {
+                match session
+                    .store
+                    .close_session(&session.device, session.epoch, clock::now())
+                    .await
+                {
+                    Ok(closed) => {
+                        if closed {
+                            session.events.appended();
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %session.device, error = %e, retry_in = ?wait, "cannot close the agent session; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
                 }
             }
             session.wakeups.wake(&session.device);
