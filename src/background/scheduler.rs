@@ -8,8 +8,11 @@
 //! Work is woken by nudges (an operation created or cancelled, a lock
 //! report, an answer, a connect or disconnect, an approval) and by timers.
 //! Timers live in the database (`devices.wake_at_ms`, written with each
-//! plan); a periodic safety sweep wakes the devices whose time has come, so
-//! a restart loses none. The in-memory timer set only makes them punctual.
+//! plan); a sweep — periodic, and at once when another replica hands
+//! devices over — claims those due of devices this replica holds or nobody
+//! does, so a restart loses none. The in-memory timer set only makes them
+//! punctual. A device whose stream another live replica holds is not
+//! reconciled here: it is handed over (`ReplicaStore::forward_wakes`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -157,13 +160,13 @@ impl Wakeups {
         next
     }
 
-    /// Wakes `device` for work that is not its own news (an operation
-    /// created or cancelled, a connection, a timer).
     /// Claims due wake-ups from the database now, not at the next sweep.
     pub fn sweep_now(&self) {
         self.sweep.notify_one();
     }
 
+    /// Wakes `device` for work that is not its own news (an operation
+    /// created or cancelled, a connection, a timer).
     pub fn wake(&self, device: &DeviceId) {
         self.push(device, false);
     }
