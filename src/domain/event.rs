@@ -160,3 +160,35 @@ impl EventKind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_live_while_its_replica_holds_it_within_the_lease() {
+        let r1 = ReplicaId::new("r1").unwrap();
+        let r2 = ReplicaId::new("r2").unwrap();
+        let session = |replica: Option<&ReplicaId>, lease: Option<i64>| AgentSession {
+            replica: replica.cloned(),
+            epoch: 3,
+            lease_until: lease.map(Timestamp),
+        };
+        // (session, now, live, held elsewhere than r1)
+        let cases = [
+            (session(Some(&r2), Some(100)), 99, true, true),
+            (session(Some(&r2), Some(100)), 100, false, false),
+            (session(Some(&r1), Some(100)), 50, true, false),
+            (session(None, Some(100)), 50, false, false),
+            (session(Some(&r2), None), 50, false, false),
+        ];
+        for (s, now, live, elsewhere) in cases {
+            assert_eq!(s.is_live(Timestamp(now)), live, "{s:?} at {now}");
+            assert_eq!(
+                s.held_elsewhere(&r1, Timestamp(now)),
+                elsewhere,
+                "{s:?} at {now}"
+            );
+        }
+    }
+}
