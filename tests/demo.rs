@@ -11,42 +11,11 @@ use std::time::{Duration, Instant};
 #[test]
 fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(support::BIN)
-        .args([
-            "demo",
-            "--devices",
-            "3",
-            "--exit-when-done",
-            "--cycle",
-            "500ms",
-        ])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--dashboard-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the demo did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
-    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
-    eprintln!("{out}\n{err}");
+    let (child_id, status, out) = run_demo(
+        &["--devices", "3", "--exit-when-done", "--cycle", "500ms"],
+        dir.path(),
+        120,
+    );
     assert!(status.success(), "demo exited with {status}");
     for needle in [
         "dashboard: http://127.0.0.1:",
@@ -83,7 +52,7 @@ fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
         "{out}"
     );
     // The sample blocks end with the demo.
-    let marker = format!("--demo-pid {}", child.id());
+    let marker = format!("--demo-pid {child_id}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = Command::new("pgrep")
@@ -105,32 +74,19 @@ fn the_demo_rolls_r2_out_and_narrates_why_devices_wait() {
 #[test]
 fn the_demo_runs_three_replicas_on_a_throwaway_postgres_and_narrates_every_device() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(support::BIN)
-        .args(["demo", "--replicas", "3", "--devices", "3"])
-        .args(["--exit-when-done", "--cycle", "500ms"])
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--dashboard-listen", "127.0.0.1:0"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the demo did not finish within 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
-    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
-    eprintln!("{out}\n{err}");
+    let (_, status, out) = run_demo(
+        &[
+            "--replicas",
+            "3",
+            "--devices",
+            "3",
+            "--exit-when-done",
+            "--cycle",
+            "500ms",
+        ],
+        dir.path(),
+        180,
+    );
     assert!(status.success(), "demo exited with {status}");
     for needle in [
         "replica r1 listening on",
@@ -155,4 +111,41 @@ fn the_demo_runs_three_replicas_on_a_throwaway_postgres_and_narrates_every_devic
             "{device} streams to the replica of {log}"
         );
     }
+}
+
+/// Runs `lockstep demo <args>` (on loopback ports of its choosing, in
+/// `dir`) until it exits, at most `secs`; its pid, exit status and stdout
+/// (both outputs are echoed for a failing test's log).
+fn run_demo(
+    args: &[&str],
+    dir: &std::path::Path,
+    secs: u64,
+) -> (u32, std::process::ExitStatus, String) {
+    let mut child = Command::new(support::BIN)
+        .arg("demo")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--dashboard-listen", "127.0.0.1:0"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    eprintln!("{out}\n{err}");
+    (child.id(), status, out)
 }
