@@ -1712,11 +1712,13 @@ async fn the_event_stream_tells_pages_when_a_rollout_changes() {
         )
         .await;
     assert_eq!(status, 200);
-    // Notices come from the event log in order: the rollout's `created`
-    // may still be on its way when the page opens; the pause follows.
+    // Notices come from the event log in order: the rollout's `created` and
+    // its first `devices_started` may still be on their way when the page
+    // opens; the pause follows them and nothing else comes between.
     let event = loop {
         let e = next_event(&mut stream, &mut buf).await;
-        if e["kind"] == "rollout" && e["change"] != "created" {
+        let earlier = ["created", "devices_started"];
+        if e["kind"] == "rollout" && !earlier.contains(&e["change"].as_str().unwrap_or("")) {
             break e;
         }
     };
