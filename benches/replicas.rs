@@ -172,6 +172,7 @@ fn hello() -> pb::AgentMessage {
                 locks: Vec::new(),
             }),
             last_intent_seq: 0,
+            agent_epoch: String::new(),
         })),
     }
 }

@@ -246,6 +246,7 @@ fn hello_message() -> pb::AgentMessage {
                 locks: Vec::new(),
             }),
             last_intent_seq: 0,
+            agent_epoch: String::new(),
         })),
     }
 }

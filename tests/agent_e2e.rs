@@ -385,6 +385,7 @@ fn hello(seq: u64) -> pb::AgentMessage {
             state: Some(pb::StateReport::default()),
             locks: Some(pb::LockReport { seq, locks: vec![] }),
             last_intent_seq: 0,
+            agent_epoch: String::new(),
         })),
     }
 }
@@ -778,11 +779,20 @@ async fn restarting_b_goes_ahead_while_a_holds_its_lock() {
     assert!(fx.intents_in_file("a").is_empty(), "a was not even asked");
 }
 
-#[tokio::test]
-async fn killing_the_agent_mid_operation_frees_its_locks_and_the_operation_fails() {
-    let mut fx = setup().await;
-    let hook = format!("sleep 6; echo done # lockstep-test {}", fx.marker);
-    fx.start_agent(&hook);
+/// Whether `flock -n` can take `f` right now (and lets it go again).
+fn can_lock(f: &Path) -> bool {
+    std::process::Command::new("flock")
+        .args(["-n"])
+        .arg(f)
+        .arg("true")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Creates the reboot operation and waits until the agent holds its locks
+/// and has said so.
+async fn reboot_under_way(fx: &Fixture) -> pb::OperationInfo {
     eventually(20, "the agent's first report", || async {
         fx.state().await.reported.then_some(())
     })
@@ -798,39 +808,116 @@ async fn killing_the_agent_mid_operation_frees_its_locks_and_the_operation_fails
     })
     .await;
     let lock_file = fx.lock_dir("a").join("updates.lock");
-    let can_lock = |f: &Path| {
-        std::process::Command::new("flock")
-            .args(["-n"])
-            .arg(f)
-            .arg("true")
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
     eventually(
         20,
         "the agent to hold a's lock during the reboot",
         || async { (!can_lock(&lock_file)).then_some(()) },
     )
     .await;
+    op
+}
+
+/// The event kinds `watch` has seen for operation `op` up to (and with)
+/// `last`.
+async fn kinds_until(watch: &mut tonic::Streaming<pb::Event>, op: u64, last: &str) -> Vec<String> {
+    let mut kinds = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("no {last} event within 30 s; saw {kinds:?}"))
+            .unwrap()
+            .expect("the watch stays open");
+        if e.operation_id == op {
+            kinds.push(e.kind.clone());
+            if e.kind == last {
+                return kinds;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn killing_the_agent_mid_reboot_keeps_the_locks_until_the_hook_ends_and_the_reboot_applies() {
+    let mut fx = setup().await;
+    let done = fx.dir.path().join("hook-done");
+    let hook = format!(
+        "sleep 3; touch {} # lockstep-hook {}",
+        done.display(),
+        fx.marker
+    );
+    fx.start_agent(&hook);
+    let op = reboot_under_way(&fx).await;
     fx.agent.as_mut().unwrap().kill9();
-    // The server notices the stream ended: the device is offline, not failed.
-    eventually(20, "the device to show offline", || async {
-        (fx.state().await.device.unwrap().status() == pb::DeviceStatus::Offline).then_some(())
-    })
-    .await;
-    assert!(
-        can_lock(&lock_file),
-        "the kernel freed the dead agent's locks"
-    );
     fx.agent = None;
+    // A block process trying its lock every 200 ms: it must not get it
+    // before the reboot hook has finished, although the agent is gone.
+    let lock_file = fx.lock_dir("a").join("updates.lock");
+    let got = fx.dir.path().join("got");
+    let mut tryer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "until flock -n {lock} -c 'if [ -f {done} ]; then echo after; else echo before; fi > {got}'; do sleep 0.2; done",
+            lock = lock_file.display(),
+            done = done.display(),
+            got = got.display(),
+        ))
+        .spawn()
+        .unwrap();
+    // The new agent waits for the orphaned hook before it does anything.
     fx.start_agent("true");
-    let failed = fx.wait_op(op.id, "failed").await;
-    assert!(
-        failed.error.contains("restarted while applying"),
-        "{}",
-        failed.error
+    assert!(tryer.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap().trim(),
+        "after",
+        "a block took its lock while the reboot hook still ran"
     );
+    let applied = fx.wait_op(op.id, "done").await;
+    assert!(applied.error.is_empty(), "{}", applied.error);
+    assert!(done.exists());
+}
+
+#[tokio::test]
+async fn an_action_killed_with_its_agent_is_reported_interrupted_and_applied_again() {
+    let mut fx = setup().await;
+    let first = fx.dir.path().join("first-run");
+    let runs = fx.dir.path().join("runs");
+    // The first run hangs (and is killed below); the second finishes.
+    let hook = format!(
+        "if [ ! -f {first} ]; then touch {first}; sleep 60; fi; echo run >> {runs} # lockstep-hook {marker}",
+        first = first.display(),
+        runs = runs.display(),
+        marker = fx.marker,
+    );
+    fx.start_agent(&hook);
+    let mut watch = OperationServiceClient::new(fx.channel().await)
+        .watch_events(pb::WatchEventsRequest {
+            device: "dev-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let op = reboot_under_way(&fx).await;
+    fx.agent.as_mut().unwrap().kill9();
+    fx.agent = None;
+    // The action dies too (its process group: the wrapper, the hook and its
+    // `sleep`, which all hold the inherited lock).
+    let pid =
+        std::fs::read_to_string(fx.dir.path().join("agent-state/runtime/action/pid")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", "--", &format!("-{}", pid.trim())])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "the hook was running");
+    fx.start_agent(&hook);
+    let kinds = kinds_until(&mut watch, op.id, "applied").await;
+    assert!(
+        kinds.iter().any(|k| k == "interrupted"),
+        "an interrupted event precedes the second apply: {kinds:?}"
+    );
+    let applied = fx.wait_op(op.id, "done").await;
+    assert!(applied.error.is_empty(), "{}", applied.error);
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
 }
 
 async fn set_policy(fx: &Fixture, needs_window: &[&str]) {

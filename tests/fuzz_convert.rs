@@ -599,6 +599,7 @@ proptest! {
                     state: None,
                     locks: None,
                     last_intent_seq: 0,
+                    agent_epoch: String::new(),
                 })),
             };
             let outbound = tokio_stream::iter(std::iter::once(hello).chain(messages));

@@ -327,6 +327,7 @@ async fn an_agent_stream_over_its_message_rate_is_ended_with_resource_exhausted(
                 locks: vec![],
             }),
             last_intent_seq: 0,
+            agent_epoch: String::new(),
         })),
     };
     // Stale lock reports cost the server nothing but a comparison: the

@@ -76,6 +76,7 @@ impl Probe {
             state: Some(state()),
             locks: Some(locks(seq, true, generation)),
             last_intent_seq: 0,
+            agent_epoch: String::new(),
         })))
         .await
         .expect("hello");

@@ -256,6 +256,14 @@ impl HeldLocks {
     pub fn blocks(&self) -> Vec<BlockName> {
         self.locks.iter().map(|(b, _)| b.clone()).collect()
     }
+
+    /// The lock descriptors, for an action's processes to inherit: a
+    /// `flock` belongs to the open file, so it stays held while any process
+    /// keeps a descriptor of it open.
+    pub fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        self.locks.iter().map(|(_, f)| f.as_fd()).collect()
+    }
 }
 
 /// The kind of a lock in `/proc/locks`.

@@ -3,6 +3,7 @@
 //! without taking them, reports them with generations, and takes every
 //! impacted lock atomically before applying an operation.
 
+pub mod action;
 pub mod api;
 pub mod locks;
 pub mod run;

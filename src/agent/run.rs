@@ -16,11 +16,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::action::{self, Conclusion, InFlight, Outcome};
 use super::api::{self, Answer, ApiState, LocalEvent};
 use super::locks::{LockDir, LockError, LockTracker};
 use super::runtime::{
-    Action, AnyRuntime, BlockSpec, Hooks, HooksRuntime, Manifest, ProcessRuntime, Runtime,
-    RuntimeError,
+    AnyRuntime, Hooks, HooksRuntime, Manifest, ProcessRuntime, Runtime, RuntimeError,
+    current_boot_id, step_fact,
 };
 use super::state::{BlockIntent, StateError, StateFile, write_atomic};
 use crate::clock;
@@ -93,35 +94,11 @@ struct Core {
     changed: watch::Sender<u64>,
     out: Option<mpsc::Sender<pb::AgentMessage>>,
     queued: VecDeque<pb::AgentMessage>,
-    /// Outcomes of recent applies, by intent sequence.
-    outcomes: BTreeMap<u64, pb::intent_ack::Kind>,
     tokens: Arc<std::sync::RwLock<BTreeMap<String, String>>>,
 }
 
 fn now_ms() -> i64 {
     clock::now().0
-}
-
-fn spec_from_target(t: &pb::TargetBlock) -> Option<BlockSpec> {
-    let bv = t.block_version.as_ref()?;
-    let cfg = bv.config.clone().unwrap_or_default();
-    let hand_over_timeout_secs = match bv
-        .update_strategy
-        .as_ref()
-        .and_then(|s| s.strategy.as_ref())
-    {
-        Some(pb::update_strategy::Strategy::HandOver(h)) => Some(u64::from(h.timeout_seconds)),
-        _ => None,
-    };
-    Some(BlockSpec {
-        name: bv.block.clone(),
-        version: bv.version.clone(),
-        command: cfg.entrypoint.into_iter().chain(cfg.command).collect(),
-        working_dir: cfg.working_dir,
-        env: t.env.clone(),
-        env_fingerprint: t.env_fingerprint.clone(),
-        hand_over_timeout_secs,
-    })
 }
 
 fn reason_name(r: i32) -> String {
@@ -244,6 +221,7 @@ impl Core {
             state: Some(self.state_report()),
             locks: Some(self.lock_report()?),
             last_intent_seq: self.with_state(|s| s.state.last_intent_seq),
+            agent_epoch: self.with_state(|s| s.state.epoch.clone()),
         })
     }
 
@@ -297,17 +275,23 @@ impl Core {
             // Resent after a reconnect: answer again, never deliver twice.
             match &intent.kind {
                 Some(Kind::Apply(_)) => {
-                    let kind = self
-                        .outcomes
-                        .get(&seq)
-                        .cloned()
-                        .unwrap_or(Ack::Failed(pb::intent_ack::Failed {
-                        error:
-                            "the agent restarted while applying this operation; it was not retried"
-                                .into(),
-                        held_by: vec![],
-                    }));
+                    let outcome = self.with_state(|s| s.state.outcomes.get(&seq).cloned());
+                    let kind = outcome.map_or_else(
+                        || {
+                            Ack::Interrupted(pb::intent_ack::Interrupted {
+                                message: "the agent lost track of this apply (it restarted \
+                                          before recording an outcome)"
+                                    .into(),
+                            })
+                        },
+                        |o| o.to_pb(),
+                    );
                     self.ack(seq, "", kind);
+                    // The server takes an answer with the state after it.
+                    let report = self.state_report();
+                    self.send(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::State(report)),
+                    });
                 }
                 _ => self.ack(seq, "", Ack::Received(pb::intent_ack::Received {})),
             }
@@ -372,17 +356,15 @@ impl Core {
             }
             Some(Kind::Apply(apply)) => {
                 // Recorded as handled before acting: a crash mid-apply is
-                // reported as failed, never applied twice.
+                // concluded from the journal at the next start, never
+                // applied twice.
                 self.with_state(|s| {
                     s.state.last_intent_seq = seq;
                     s.save()
                 })?;
-                let outcome = self.apply(seq, apply).await;
-                self.outcomes.insert(seq, outcome.clone());
-                while self.outcomes.len() > MAX_OUTCOMES {
-                    self.outcomes.pop_first();
-                }
-                self.ack(seq, "", outcome);
+                let outcome = self.apply(seq, intent.operation_id, apply).await;
+                self.finish_apply(seq, &outcome)?;
+                self.ack(seq, "", outcome.to_pb());
                 self.send(pb::AgentMessage {
                     msg: Some(pb::agent_message::Msg::State(self.state_report())),
                 });
@@ -412,10 +394,23 @@ impl Core {
         Ok(())
     }
 
+    /// Records an apply's outcome (to answer a resend) and clears the
+    /// journal, in one durable write.
+    fn finish_apply(&mut self, seq: u64, outcome: &Outcome) -> Result<(), AgentError> {
+        self.with_state(|s| {
+            s.state.in_flight = None;
+            s.state.outcomes.insert(seq, outcome.clone());
+            while s.state.outcomes.len() > MAX_OUTCOMES {
+                s.state.outcomes.pop_first();
+            }
+            s.save()
+        })?;
+        Ok(())
+    }
+
     /// Takes every impacted lock atomically, performs the operation while
     /// holding them, and answers with the outcome.
-    async fn apply(&mut self, seq: u64, apply: pb::Apply) -> pb::intent_ack::Kind {
-        use pb::intent_ack::Kind as Ack;
+    async fn apply(&mut self, seq: u64, operation_id: u64, apply: pb::Apply) -> Outcome {
         // Fenced: refuse what was decided against an older lock state.
         let current = self.tracker.current();
         for f in &apply.fence {
@@ -426,12 +421,12 @@ impl Core {
                 && lock.generation.0 > f.generation
             {
                 tracing::info!(seq, block = %block, decided = f.generation, now = lock.generation.0, "stale apply refused");
-                return Ack::Stale(pb::intent_ack::Stale {
+                return Outcome::Stale {
                     message: format!(
                         "lock of {block} is at generation {}, the apply was decided at {}",
                         lock.generation.0, f.generation
                     ),
-                });
+                };
             }
         }
         // Every disturbed block's lock, except those an audited force overrides.
@@ -445,16 +440,15 @@ impl Core {
             Ok(h) => h,
             Err(LockError::Held { blocks, .. }) => {
                 tracing::info!(seq, ?blocks, "apply blocked by lock holders");
-                return Ack::Failed(pb::intent_ack::Failed {
+                return Outcome::Blocked {
                     error: "blocks hold their locks".into(),
                     held_by: blocks.iter().map(ToString::to_string).collect(),
-                });
+                };
             }
             Err(e) => {
-                return Ack::Failed(pb::intent_ack::Failed {
+                return Outcome::Failed {
                     error: e.to_string(),
-                    held_by: vec![],
-                });
+                };
             }
         };
         self.send(pb::AgentMessage {
@@ -463,8 +457,33 @@ impl Core {
                 phase: "locks_acquired".into(),
             })),
         });
-        let result = self.perform(&apply).await;
-        // Locks are held until the runtime action has finished.
+        let actions = action::plan(&apply, &self.runtime.running());
+        let mut journal = InFlight {
+            seq,
+            operation_id,
+            actions: actions.clone(),
+            step: 0,
+            boot_id: current_boot_id(),
+            blocks: held.blocks().iter().map(ToString::to_string).collect(),
+        };
+        let mut result = Ok(());
+        for (step, act) in actions.into_iter().enumerate() {
+            journal.step = step;
+            // Journalled before the step runs: an agent that dies during it
+            // learns at its next start what was under way.
+            if let Err(e) = self.with_state(|s| {
+                s.state.in_flight = Some(journal.clone());
+                s.save()
+            }) {
+                result = Err(e.to_string());
+                break;
+            }
+            if let Err(e) = self.runtime.apply_holding(act, &held.fds()).await {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        // Locks are held until the runtime actions have finished.
         drop(held);
         if let Err(e) = self.prepare_blocks() {
             tracing::warn!(error = %e, "preparing lock directories after apply");
@@ -472,107 +491,13 @@ impl Core {
         match result {
             Ok(()) => {
                 tracing::info!(seq, "operation applied");
-                Ack::Applied(pb::intent_ack::Applied {})
+                Outcome::Applied
             }
-            Err(e) => {
-                tracing::warn!(seq, error = %e, "operation failed");
-                Ack::Failed(pb::intent_ack::Failed {
-                    error: e.to_string(),
-                    held_by: vec![],
-                })
+            Err(error) => {
+                tracing::warn!(seq, error = %error, "operation failed");
+                Outcome::Failed { error }
             }
         }
-    }
-
-    async fn perform(&mut self, apply: &pb::Apply) -> Result<(), RuntimeError> {
-        use pb::operation::Kind as Op;
-        let dependents: Vec<String> = apply
-            .disturbed
-            .iter()
-            .filter(|d| d.reason == pb::Reason::DependencyRestart as i32)
-            .map(|d| d.block.clone())
-            .collect();
-        let Some(kind) = apply.operation.as_ref().and_then(|o| o.kind.clone()) else {
-            return Ok(());
-        };
-        match kind {
-            Op::ReleaseUpdate(r) => {
-                let disturbed: std::collections::BTreeSet<&str> =
-                    apply.disturbed.iter().map(|d| d.block.as_str()).collect();
-                let running = self.runtime.running();
-                // Blocks the release leaves alone keep their running spec, so
-                // the runtime does not touch them.
-                let specs: Vec<BlockSpec> = r
-                    .blocks
-                    .iter()
-                    .filter_map(|t| {
-                        let spec = spec_from_target(t)?;
-                        match running.get(&spec.name) {
-                            Some(cur) if !disturbed.contains(spec.name.as_str()) => {
-                                Some(cur.clone())
-                            }
-                            _ => Some(spec),
-                        }
-                    })
-                    .collect();
-                self.runtime
-                    .apply(Action::Release {
-                        release: r.release.clone(),
-                        blocks: specs,
-                    })
-                    .await?;
-                for d in dependents {
-                    if running.get(&d).is_some_and(|cur| {
-                        r.blocks
-                            .iter()
-                            .filter_map(spec_from_target)
-                            .any(|s| s.name == d && s == *cur)
-                    }) || !running.contains_key(&d)
-                    {
-                        self.runtime.apply(Action::Restart(d)).await?;
-                    }
-                }
-            }
-            Op::EnvUpdate(e) => {
-                let changed: std::collections::BTreeSet<&str> = apply
-                    .disturbed
-                    .iter()
-                    .filter(|d| d.reason == pb::Reason::EnvChange as i32)
-                    .map(|d| d.block.as_str())
-                    .collect();
-                for t in &e.blocks {
-                    if let Some(spec) = spec_from_target(t)
-                        && changed.contains(spec.name.as_str())
-                    {
-                        self.runtime.apply(Action::Replace(spec)).await?;
-                    }
-                }
-                for d in dependents {
-                    self.runtime.apply(Action::Restart(d)).await?;
-                }
-            }
-            Op::RestartBlock(b) => {
-                self.runtime.apply(Action::Restart(b)).await?;
-                for d in dependents {
-                    self.runtime.apply(Action::Restart(d)).await?;
-                }
-            }
-            Op::StopBlock(b) => {
-                self.runtime.apply(Action::Stop(b)).await?;
-                for d in dependents {
-                    self.runtime.apply(Action::Restart(d)).await?;
-                }
-            }
-            Op::StartBlock(t) => {
-                if let Some(spec) = spec_from_target(&t) {
-                    self.runtime.apply(Action::Start(spec)).await?;
-                }
-            }
-            Op::Reboot(_) => self.runtime.apply(Action::Reboot).await?,
-            Op::Shutdown(_) => self.runtime.apply(Action::Shutdown).await?,
-            Op::OsUpdate(version) => self.runtime.apply(Action::OsUpdate { version }).await?,
-        }
-        Ok(())
     }
 
     fn on_local(&mut self, ev: LocalEvent) -> Result<(), AgentError> {
@@ -652,7 +577,25 @@ pub async fn run(
         path: cfg.lock_root.clone(),
         source,
     })?;
-    let state = StateFile::load(&cfg.state_dir)?;
+    let mut state = StateFile::load(&cfg.state_dir)?;
+    if state.state.epoch.is_empty() {
+        state.state.epoch = random_token();
+        state.save()?;
+        tracing::info!(epoch = %state.state.epoch, "new agent epoch");
+    }
+    tokio::pin!(shutdown);
+    // An apply the last agent did not see finish: its hook may still run
+    // (holding the apply's locks); nothing starts until it is over.
+    let runtime_dir = cfg.state_dir.join("runtime");
+    let interrupted = match state.state.in_flight.clone() {
+        Some(f) => {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                c = settle(&f, &runtime_dir) => Some((f, c)),
+            }
+        }
+        None => None,
+    };
     let tracker = LockTracker::load(cfg.state_dir.join("locks.json"))?;
     let api_listener = tokio::net::TcpListener::bind(cfg.api_listen)
         .await
@@ -701,9 +644,27 @@ pub async fn run(
         changed: changed_tx,
         out: None,
         queued: VecDeque::new(),
-        outcomes: BTreeMap::new(),
         tokens: Arc::new(std::sync::RwLock::new(BTreeMap::new())),
     };
+    if let Some((f, (outcome, record_step))) = interrupted {
+        if record_step && let Some(act) = f.actions.get(f.step) {
+            core.runtime.record_finished(act)?;
+        }
+        tracing::info!(
+            seq = f.seq,
+            operation = f.operation_id,
+            ?outcome,
+            "concluded an apply interrupted by an agent restart"
+        );
+        core.finish_apply(f.seq, &outcome)?;
+        // As after any apply: the answer, then the state it left (the
+        // server decides on an answered apply only with a newer state).
+        core.ack(f.seq, "", outcome.to_pb());
+        let report = core.state_report();
+        core.send(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::State(report)),
+        });
+    }
     core.prepare_blocks()?;
     for block in core.block_names() {
         core.write_block_intents(block.as_str());
@@ -738,7 +699,6 @@ pub async fn run(
 
     let mut tick = tokio::time::interval(cfg.lock_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
     loop {
         let step: Result<(), AgentError> = tokio::select! {
             () = &mut shutdown => break,
@@ -778,6 +738,36 @@ pub async fn run(
     api_task.abort();
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// How often a restarted agent looks whether an interrupted apply's hook has
+/// finished.
+const SETTLE_POLL: Duration = Duration::from_millis(200);
+
+/// Waits until the apply `f` is over (its hook, if one still runs, has
+/// exited) and concludes its outcome, and whether its step finished.
+async fn settle(f: &InFlight, runtime_dir: &std::path::Path) -> (Outcome, bool) {
+    let rebooted = f.boot_id.is_some() && current_boot_id() != f.boot_id;
+    let mut told = false;
+    loop {
+        match action::conclude(f, &step_fact(runtime_dir), rebooted) {
+            Conclusion::Done {
+                outcome,
+                record_step,
+            } => return (outcome, record_step),
+            Conclusion::Wait => {
+                if !told {
+                    tracing::info!(
+                        seq = f.seq,
+                        operation = f.operation_id,
+                        "an apply's hook outlived the last agent; waiting for it to finish"
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(SETTLE_POLL).await;
+            }
+        }
+    }
 }
 
 /// The first wait before reconnecting, and the longest.

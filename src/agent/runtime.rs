@@ -69,7 +69,8 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::future::Future;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -77,6 +78,8 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
+
+use super::action::StepFact;
 
 use super::locks::{LockDir, LockError, write_atomic};
 use crate::domain::env::{EnvError, EnvName, fingerprint};
@@ -341,8 +344,9 @@ pub struct Hooks {
 }
 
 /// One thing the runtime is asked to do. Block names are those of
-/// [`BlockSpec::name`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// [`BlockSpec::name`]. Serializable: the agent journals an apply's actions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Starts a block (a no-op if it already runs this spec; a replacement if
     /// it runs another).
@@ -490,7 +494,20 @@ fn bad_spec(block: &str) -> impl FnOnce(SpecError) -> RuntimeError {
 /// A runtime: carries out actions and says what runs.
 pub trait Runtime: Send {
     /// Carries out `action`; the caller holds every impacted lock meanwhile.
-    fn apply(&mut self, action: Action) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn apply(&mut self, action: Action) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        self.apply_holding(action, &[])
+    }
+    /// Carries out `action` while the caller holds the locks behind `locks`:
+    /// every hook the action runs inherits duplicates of them, so the locks
+    /// stay held until the hook has exited even if the agent dies meanwhile.
+    fn apply_holding(
+        &mut self,
+        action: Action,
+        locks: &[BorrowedFd<'_>],
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Records the effect of `action`, which a hook finished while the agent
+    /// was not running (the agent learnt it from the hook's recorded status).
+    fn record_finished(&mut self, action: &Action) -> Result<(), RuntimeError>;
     /// The blocks running now, by name.
     fn running(&self) -> BTreeMap<String, BlockSpec>;
     /// The OS version, if known.
@@ -525,10 +542,20 @@ impl AnyRuntime {
 }
 
 impl Runtime for AnyRuntime {
-    async fn apply(&mut self, action: Action) -> Result<(), RuntimeError> {
+    async fn apply_holding(
+        &mut self,
+        action: Action,
+        locks: &[BorrowedFd<'_>],
+    ) -> Result<(), RuntimeError> {
         match self {
-            Self::Process(r) => r.apply(action).await,
-            Self::Hooks(r) => r.apply(action).await,
+            Self::Process(r) => r.apply_holding(action, locks).await,
+            Self::Hooks(r) => r.apply_holding(action, locks).await,
+        }
+    }
+    fn record_finished(&mut self, action: &Action) -> Result<(), RuntimeError> {
+        match self {
+            Self::Process(r) => r.record_finished(action),
+            Self::Hooks(r) => r.record_finished(action),
         }
     }
     fn running(&self) -> BTreeMap<String, BlockSpec> {
@@ -611,6 +638,8 @@ pub struct ProcessRuntime {
     os_version: Option<String>,
     manifest_applied: bool,
     blocks: BTreeMap<String, Managed>,
+    /// During an apply: the lock descriptors its hooks inherit.
+    inherit: Vec<OwnedFd>,
 }
 
 impl ProcessRuntime {
@@ -644,6 +673,7 @@ impl ProcessRuntime {
             os_version: state.os_version,
             manifest_applied: state.manifest_applied,
             blocks: BTreeMap::new(),
+            inherit: Vec::new(),
         };
         for (name, p) in state.blocks {
             let proc = match p.pid {
@@ -918,7 +948,7 @@ impl ProcessRuntime {
                     env.push(("LOCKSTEP_OS_VERSION".into(), v.clone()));
                 }
                 match command {
-                    Some(c) => run_hook(action, &c, &env, &self.state_dir).await,
+                    Some(c) => run_hook(action, &c, &env, &self.state_dir, &self.inherit).await,
                     None => Ok(()),
                 }
             }
@@ -936,7 +966,16 @@ impl ProcessRuntime {
     async fn shutdown(&mut self) -> Result<(), RuntimeError> {
         self.stop_all().await?;
         match self.hooks.shutdown.clone() {
-            Some(c) => run_hook("shutdown", &c, &self.hook_env("shutdown"), &self.state_dir).await,
+            Some(c) => {
+                run_hook(
+                    "shutdown",
+                    &c,
+                    &self.hook_env("shutdown"),
+                    &self.state_dir,
+                    &self.inherit,
+                )
+                .await
+            }
             None => Ok(()),
         }
     }
@@ -1155,8 +1194,25 @@ impl ProcessRuntime {
 }
 
 impl Runtime for ProcessRuntime {
-    async fn apply(&mut self, action: Action) -> Result<(), RuntimeError> {
-        self.apply_action(action).await
+    async fn apply_holding(
+        &mut self,
+        action: Action,
+        locks: &[BorrowedFd<'_>],
+    ) -> Result<(), RuntimeError> {
+        self.inherit = dup_all(locks, &self.state_dir)?;
+        let result = self.apply_action(action).await;
+        self.inherit.clear();
+        result
+    }
+    /// Only the OS update's hook can finish without the agent: blocks are
+    /// started and stopped by the agent itself (and started again when it
+    /// starts).
+    fn record_finished(&mut self, action: &Action) -> Result<(), RuntimeError> {
+        if let Action::OsUpdate { version } = action {
+            self.os_version = Some(version.clone());
+            self.persist()?;
+        }
+        Ok(())
     }
     fn running(&self) -> BTreeMap<String, BlockSpec> {
         self.blocks
@@ -1268,7 +1324,8 @@ fn parse_proc_stat(text: &str) -> Option<ProcStat> {
     Some(ProcStat { state, start_time })
 }
 
-fn current_boot_id() -> Option<String> {
+/// This boot of the machine (`/proc/sys/kernel/random/boot_id`).
+pub fn current_boot_id() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
         .map(|s| s.trim().to_owned())
@@ -1296,6 +1353,8 @@ pub struct HooksRuntime {
     state_dir: PathBuf,
     hooks: Hooks,
     state: HooksState,
+    /// During an apply: the lock descriptors its hooks inherit.
+    inherit: Vec<OwnedFd>,
 }
 
 impl HooksRuntime {
@@ -1309,6 +1368,7 @@ impl HooksRuntime {
             state_dir,
             hooks,
             state,
+            inherit: Vec::new(),
         })
     }
 
@@ -1414,7 +1474,12 @@ impl HooksRuntime {
             }
             Action::Reboot | Action::Shutdown => {}
         }
-        run_hook(name, &command, &env, &self.state_dir).await?;
+        run_hook(name, &command, &env, &self.state_dir, &self.inherit).await?;
+        self.record(action)
+    }
+
+    /// Records what a finished action changed.
+    fn record(&mut self, action: Action) -> Result<(), RuntimeError> {
         match action {
             Action::Start(spec) | Action::Replace(spec) => {
                 self.state.blocks.insert(spec.name.clone(), spec);
@@ -1440,8 +1505,18 @@ impl HooksRuntime {
 }
 
 impl Runtime for HooksRuntime {
-    async fn apply(&mut self, action: Action) -> Result<(), RuntimeError> {
-        self.apply_action(action).await
+    async fn apply_holding(
+        &mut self,
+        action: Action,
+        locks: &[BorrowedFd<'_>],
+    ) -> Result<(), RuntimeError> {
+        self.inherit = dup_all(locks, &self.state_dir)?;
+        let result = self.apply_action(action).await;
+        self.inherit.clear();
+        result
+    }
+    fn record_finished(&mut self, action: &Action) -> Result<(), RuntimeError> {
+        self.record(action.clone())
     }
     fn running(&self) -> BTreeMap<String, BlockSpec> {
         self.state.blocks.clone()
@@ -1490,18 +1565,58 @@ fn write_state<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Runtim
     write_atomic(path, &bytes).map_err(|(op, path, source)| RuntimeError::Io { op, path, source })
 }
 
+/// Where the hook of the step under way records itself, inside the
+/// runtime's state directory: `pid`, then `status` (its exit status) and
+/// `stderr`.
+pub const ACTION_DIR: &str = "action";
+
+/// The first descriptor number a hook finds the apply's locks at (then
+/// `4`, `5`, …; their numbers are in `LOCKSTEP_LOCK_FDS`).
+const FIRST_LOCK_FD: i32 = 3;
+
+/// Runs the hook inside a small `/bin/sh` wrapper that records its pid,
+/// then the hook's exit status, in the action directory (`$2`): the agent
+/// reads them after a restart to learn what became of an action it did not
+/// see finish. The wrapper holds the inherited lock descriptors until the
+/// status is written, so a restarted agent that sees no running wrapper and
+/// no status knows the action was killed.
+const HOOK_WRAPPER: &str = r#"echo $$ > "$2/pid.tmp" && mv -f "$2/pid.tmp" "$2/pid"
+/bin/sh -c "$1"
+s=$?
+echo "$s" > "$2/status.tmp" && mv -f "$2/status.tmp" "$2/status"
+exit "$s""#;
+
+/// Duplicates the caller's lock descriptors for hooks to inherit.
+fn dup_all(locks: &[BorrowedFd<'_>], state_dir: &Path) -> Result<Vec<OwnedFd>, RuntimeError> {
+    locks
+        .iter()
+        .map(|fd| {
+            fd.try_clone_to_owned()
+                .map_err(io_err("duplicate a lock descriptor for", state_dir))
+        })
+        .collect()
+}
+
 /// Runs `/bin/sh -c <command>` with the agent's environment plus `env`, in
-/// `state_dir`. stdout goes to `<state_dir>/logs/hooks.log`; stderr to a
-/// scratch file whose tail ends up in the error if the hook fails (files, not
-/// pipes, so a hook leaving a background process behind cannot stall us).
+/// `state_dir`, inside [`HOOK_WRAPPER`]. The hook inherits `inherit` (the
+/// apply's lock descriptors) at descriptors 3, 4, …, listed in
+/// `LOCKSTEP_LOCK_FDS`: the locks stay held until the hook and everything it
+/// started with them have exited, even if the agent dies meanwhile. The hook
+/// runs in a process group of its own and is not killed when the agent
+/// stops. stdout goes to
+/// `<state_dir>/logs/hooks.log`; stderr to `<state_dir>/action/stderr`,
+/// whose tail ends up in the error if the hook fails (files, not pipes, so a
+/// hook leaving a background process behind cannot stall us).
 async fn run_hook(
     action: &'static str,
     command: &str,
     env: &[(String, String)],
     state_dir: &Path,
+    inherit: &[OwnedFd],
 ) -> Result<(), RuntimeError> {
     let logs = state_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(io_err("create directory", &logs))?;
+    let step_dir = clear_step(state_dir)?;
     let log_path = logs.join("hooks.log");
     let mut log = OpenOptions::new()
         .create(true)
@@ -1510,28 +1625,42 @@ async fn run_hook(
         .map_err(io_err("open log", &log_path))?;
     let _ = writeln!(log, "== lockstep: {action} hook: {command}");
     let stdout = log.try_clone().map_err(io_err("open log", &log_path))?;
-    let mut stderr =
-        tempfile::tempfile_in(&logs).map_err(io_err("create a scratch file in", &logs))?;
-    let stderr_for_child = stderr
-        .try_clone()
-        .map_err(io_err("create a scratch file in", &logs))?;
+    let stderr_path = step_dir.join("stderr");
+    let stderr_for_child =
+        std::fs::File::create(&stderr_path).map_err(io_err("create", &stderr_path))?;
     let spawn_err = |source| RuntimeError::HookSpawn { action, source };
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
+    let mut mappings = Vec::with_capacity(inherit.len());
+    let mut numbers = Vec::with_capacity(inherit.len());
+    for (child_fd, fd) in (FIRST_LOCK_FD..).zip(inherit) {
+        mappings.push(command_fds::FdMapping {
+            parent_fd: fd.try_clone().map_err(spawn_err)?,
+            child_fd,
+        });
+        numbers.push(child_fd.to_string());
+    }
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(HOOK_WRAPPER)
+        .arg("lockstep-action")
         .arg(command)
+        .arg(&step_dir)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("LOCKSTEP_LOCK_FDS", numbers.join(","))
         .current_dir(state_dir)
+        // Its own process group (led by the wrapper, whose pid is recorded):
+        // a signal meant for the agent's group does not end the action.
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr_for_child))
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(spawn_err)?;
+        .stderr(Stdio::from(stderr_for_child));
+    command_fds::CommandFdExt::fd_mappings(&mut cmd, mappings)
+        .map_err(|e| spawn_err(io::Error::other(e)))?;
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    // The parent's copies go with `cmd`: only the agent's own descriptors
+    // and the child's keep the locks.
+    drop(cmd);
     let status = child.wait().await.map_err(spawn_err)?;
-    let mut err_text = Vec::new();
-    let _ = stderr
-        .seek(SeekFrom::Start(0))
-        .and_then(|_| stderr.read_to_end(&mut err_text));
+    let err_text = std::fs::read(&stderr_path).unwrap_or_default();
     let _ = log.write_all(&err_text);
     let _ = writeln!(log, "== lockstep: {action} hook exited ({status})");
     if status.success() {
@@ -1543,6 +1672,59 @@ async fn run_hook(
         status,
         stderr_tail: tail(&err_text, STDERR_TAIL_BYTES),
     })
+}
+
+/// Empties the action directory for a new step; returns its path.
+pub fn clear_step(state_dir: &Path) -> Result<PathBuf, RuntimeError> {
+    let dir = state_dir.join(ACTION_DIR);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(RuntimeError::Io {
+                op: "clear",
+                path: dir,
+                source,
+            });
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+    Ok(dir)
+}
+
+/// What the hook of the step under way left in the action directory of
+/// `state_dir`: a recorded status, a wrapper still running, or neither.
+pub fn step_fact(state_dir: &Path) -> StepFact {
+    let dir = state_dir.join(ACTION_DIR);
+    if let Ok(text) = std::fs::read_to_string(dir.join("status"))
+        && let Ok(status) = text.trim().parse::<i32>()
+    {
+        let stderr = std::fs::read(dir.join("stderr")).unwrap_or_default();
+        return StepFact::Finished {
+            status,
+            stderr_tail: tail(&stderr, STDERR_TAIL_BYTES),
+        };
+    }
+    let running = std::fs::read_to_string(dir.join("pid"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .is_some_and(|pid| is_wrapper_of(pid, &dir));
+    if running {
+        StepFact::Running
+    } else {
+        StepFact::Unfinished
+    }
+}
+
+/// Whether `pid` is a live hook wrapper for `dir` (its command line names
+/// the directory), not an unrelated process that reused the pid.
+fn is_wrapper_of(pid: u32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let want = dir.as_os_str().as_encoded_bytes();
+    let zombie = proc_stat(pid).is_some_and(|s| s.state == 'Z');
+    !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == want)
 }
 
 /// The last `max` bytes of `bytes` as text, trimmed, starting at a line

@@ -1,14 +1,17 @@
 //! The agent's durable memory, in `<state-dir>/agent.json`: the last intent
 //! it handled (so each block sees each intent once, across restarts and
-//! reconnects), its lock-report sequence, and the intents each block has yet
-//! to answer. Written atomically (temp file, fsync, rename) before the agent
-//! acknowledges anything.
+//! reconnects), its lock-report sequence, the intents each block has yet
+//! to answer, its epoch, the journal of the apply under way and the outcomes
+//! of recent applies. Written atomically (temp file, fsync, rename) before
+//! the agent acknowledges anything.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::action::{InFlight, Outcome};
 
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,17 @@ pub struct AgentState {
     /// Unanswered intents per block.
     #[serde(default)]
     pub block_intents: BTreeMap<String, Vec<BlockIntent>>,
+    /// This agent's life on the device: a random id made when the state is
+    /// created (see `Hello.agent_epoch`).
+    #[serde(default)]
+    pub epoch: String,
+    /// The apply under way, journalled before each of its steps.
+    #[serde(default)]
+    pub in_flight: Option<InFlight>,
+    /// The outcomes of the latest applies, by intent sequence, to answer a
+    /// resent apply (after a reconnect or a restart) without applying twice.
+    #[serde(default)]
+    pub outcomes: BTreeMap<u64, Outcome>,
 }
 
 /// The state and where it lives.

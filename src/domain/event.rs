@@ -121,6 +121,16 @@ pub enum EventKind {
     Failed {
         error: String,
     },
+    /// The agent stopped during the apply and could not tell whether it
+    /// finished; the operation is decided again.
+    Interrupted {
+        message: String,
+    },
+    /// The device's agent started a new life (its state was created anew):
+    /// its lock generations start over, fenced by this new epoch.
+    NewAgentEpoch {
+        epoch: String,
+    },
     Overdue {
         blocks: Vec<String>,
     },
@@ -151,6 +161,8 @@ impl EventKind {
             EventKind::Applying => "applying",
             EventKind::Applied => "applied",
             EventKind::Failed { .. } => "failed",
+            EventKind::Interrupted { .. } => "interrupted",
+            EventKind::NewAgentEpoch { .. } => "new_agent_epoch",
             EventKind::Overdue { .. } => "overdue",
             EventKind::TimeForced { .. } => "time_forced",
             EventKind::Cancelled { .. } => "cancelled",

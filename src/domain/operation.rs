@@ -215,6 +215,10 @@ pub struct OpProgress {
     /// block will run with once the apply lands, recorded as the device's
     /// applied env when it does.
     pub applied_env: std::collections::BTreeMap<BlockName, super::env::Env>,
+    /// How many applies of this operation the agent reported interrupted.
+    pub interruptions: u32,
+    /// What the agent said about the last interrupted apply.
+    pub interrupted: Option<String>,
 }
 
 /// An operation as stored.
@@ -626,10 +630,24 @@ pub enum ApplyOutcome {
     Failed {
         error: String,
     },
+    /// The agent stopped while the apply ran and cannot tell whether it
+    /// finished.
+    Interrupted {
+        message: String,
+    },
 }
 
+/// How many interrupted applies an operation is decided again after; the
+/// next interruption fails it (an action that keeps killing its agent must
+/// not loop for ever).
+pub const MAX_INTERRUPTIONS: u32 = 3;
+
 /// How an apply's outcome moves the operation: done, failed, or back to
-/// pending so the scheduler decides again on fresh lock state.
+/// pending so the scheduler decides again on fresh lock state. An
+/// interrupted apply is decided again (every action is idempotent: a
+/// release, an env change, a restart, a reboot or an OS update applied
+/// twice ends where it would have ended once) up to [`MAX_INTERRUPTIONS`]
+/// times.
 pub fn after_apply(op: &OperationRecord, outcome: &ApplyOutcome) -> (OpStatus, OpProgress) {
     let mut progress = op.progress.clone();
     progress.apply_seq = None;
@@ -650,6 +668,19 @@ pub fn after_apply(op: &OperationRecord, outcome: &ApplyOutcome) -> (OpStatus, O
         ApplyOutcome::Failed { error } => {
             progress.error = Some(error.clone());
             (OpStatus::Failed, progress)
+        }
+        ApplyOutcome::Interrupted { message } => {
+            progress.interruptions = progress.interruptions.saturating_add(1);
+            progress.interrupted = Some(message.clone());
+            if progress.interruptions > MAX_INTERRUPTIONS {
+                progress.error = Some(format!(
+                    "interrupted {} times, last: {message}",
+                    progress.interruptions
+                ));
+                (OpStatus::Failed, progress)
+            } else {
+                (OpStatus::Pending, progress)
+            }
         }
     }
 }
@@ -1133,6 +1164,39 @@ mod tests {
             assert_eq!(progress.apply_seq, None);
             assert_eq!(progress.error.is_some(), want == OpStatus::Failed);
             assert_eq!(progress.waiting_on.is_empty(), want == OpStatus::Done);
+        }
+    }
+
+    #[test]
+    fn an_interrupted_apply_is_decided_again_until_the_limit() {
+        let interrupted = ApplyOutcome::Interrupted {
+            message: "the agent stopped during restart".into(),
+        };
+        // (interruptions before, status after, count after)
+        let rows = [
+            (0, OpStatus::Pending, 1),
+            (MAX_INTERRUPTIONS - 1, OpStatus::Pending, MAX_INTERRUPTIONS),
+            (MAX_INTERRUPTIONS, OpStatus::Failed, MAX_INTERRUPTIONS + 1),
+        ];
+        for (before, want, count) in rows {
+            let mut applying = op(OpStatus::Applying);
+            applying.progress.apply_seq = Some(IntentSeq(9));
+            applying.progress.interruptions = before;
+            let (status, progress) = after_apply(&applying, &interrupted);
+            assert_eq!((status, progress.interruptions), (want, count), "{before}");
+            assert_eq!(progress.apply_seq, None);
+            assert_eq!(
+                progress.interrupted.as_deref(),
+                Some("the agent stopped during restart")
+            );
+            assert_eq!(
+                progress.error.is_some(),
+                want == OpStatus::Failed,
+                "{before}"
+            );
+            if let Some(e) = progress.error {
+                assert!(e.contains("interrupted 4 times"), "{e}");
+            }
         }
     }
 

@@ -551,7 +551,16 @@ pub fn reconcile(input: &Input<'_>) -> Plan {
                     },
                 ));
             }
-            _ => {}
+            _ => {
+                if let ApplyOutcome::Interrupted { message } = outcome {
+                    plan.events.push((
+                        w.next.id,
+                        EventKind::Interrupted {
+                            message: message.clone(),
+                        },
+                    ));
+                }
+            }
         }
     }
 

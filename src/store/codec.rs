@@ -53,6 +53,8 @@ enum EventJson {
     Applying,
     Applied,
     Failed { error: String },
+    Interrupted { message: String },
+    NewAgentEpoch { epoch: String },
     Overdue { blocks: Vec<String> },
     TimeForced { blocks: Vec<String> },
     Cancelled { reason: String },
@@ -85,6 +87,12 @@ pub(crate) fn event_body_to_json(body: &crate::domain::EventBody) -> (String, St
                 K::Applied => EventJson::Applied,
                 K::Failed { error } => EventJson::Failed {
                     error: error.clone(),
+                },
+                K::Interrupted { message } => EventJson::Interrupted {
+                    message: message.clone(),
+                },
+                K::NewAgentEpoch { epoch } => EventJson::NewAgentEpoch {
+                    epoch: epoch.clone(),
                 },
                 K::Overdue { blocks } => EventJson::Overdue {
                     blocks: blocks.clone(),
@@ -139,6 +147,8 @@ pub(crate) fn event_body_from_json(
         EventJson::Applying => K::Applying,
         EventJson::Applied => K::Applied,
         EventJson::Failed { error } => K::Failed { error },
+        EventJson::Interrupted { message } => K::Interrupted { message },
+        EventJson::NewAgentEpoch { epoch } => K::NewAgentEpoch { epoch },
         EventJson::Overdue { blocks } => K::Overdue { blocks },
         EventJson::TimeForced { blocks } => K::TimeForced { blocks },
         EventJson::Cancelled { reason } => K::Cancelled { reason },
@@ -247,6 +257,8 @@ struct AckDetailJson {
     #[serde(default)]
     until_unix_ms: Option<i64>,
     #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
     error: Option<String>,
     #[serde(default)]
     held_by: Vec<String>,
@@ -281,6 +293,9 @@ pub(crate) fn ack_fact(key: &str, kind: &str, body: &str) -> Result<AckFact, Sto
     Ok(match kind {
         "applied" => AckFact::Outcome(ApplyOutcome::Applied),
         "stale" => AckFact::Outcome(ApplyOutcome::Stale),
+        "interrupted" => AckFact::Outcome(ApplyOutcome::Interrupted {
+            message: a.detail.message.unwrap_or_default(),
+        }),
         "failed" if !a.detail.held_by.is_empty() => AckFact::Outcome(ApplyOutcome::Blocked {
             held_by: a
                 .detail
@@ -453,6 +468,10 @@ struct ProgressJson {
     behind: Option<i64>,
     #[serde(default)]
     applied_env: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    interruptions: u32,
+    #[serde(default)]
+    interrupted: Option<String>,
 }
 
 /// The prefix of an `apply_env` operation's argument naming its blocks; an
@@ -580,6 +599,8 @@ pub(crate) fn progress_to_json(p: &OpProgress) -> String {
         phase: p.phase.clone(),
         behind: p.behind.map(|o| o.0),
         applied_env: block_envs_to_map(&p.applied_env),
+        interruptions: p.interruptions,
+        interrupted: p.interrupted.clone(),
     })
 }
 
@@ -629,6 +650,8 @@ pub(crate) fn progress_from_json(key: &str, s: &str) -> Result<OpProgress, Store
         phase: p.phase,
         behind: p.behind.map(crate::domain::OperationId),
         applied_env: block_envs_from_map(E, key, p.applied_env)?,
+        interruptions: p.interruptions,
+        interrupted: p.interrupted,
     })
 }
 
@@ -821,6 +844,8 @@ mod tests {
             partial_in_flight: true,
             partially_applied: true,
             phase: Some("locks_acquired".into()),
+            interruptions: 2,
+            interrupted: Some("the agent stopped".into()),
         };
         assert_eq!(
             progress_from_json("k", &progress_to_json(&progress)).unwrap(),

@@ -568,6 +568,10 @@ impl From<&Event> for EventView {
             EventKind::Deferred { block, until } => (vec![block.clone()], None, Some(until.0)),
             EventKind::WaitingWindow { next_start } => (vec![], None, next_start.map(|t| t.0)),
             EventKind::Failed { error } => (vec![], Some(error.clone()), None),
+            EventKind::Interrupted { message } => (vec![], Some(message.clone()), None),
+            EventKind::NewAgentEpoch { epoch } => {
+                (vec![], Some(format!("agent epoch {epoch}")), None)
+            }
             EventKind::Cancelled { reason } => (vec![], Some(reason.clone()), None),
             EventKind::Queued { behind } => {
                 (vec![], Some(format!("behind operation {behind}")), None)

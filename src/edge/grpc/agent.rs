@@ -390,6 +390,12 @@ fn ack_name_and_outcome(kind: &pb::intent_ack::Kind) -> (&'static str, Option<Ap
             }),
         ),
         K::Stale(_) => ("stale", Some(ApplyOutcome::Stale)),
+        K::Interrupted(i) => (
+            "interrupted",
+            Some(ApplyOutcome::Interrupted {
+                message: i.message.clone(),
+            }),
+        ),
     }
 }
 
@@ -401,6 +407,7 @@ fn check_ack(ack: &pb::IntentAck) -> Result<(), ConvertError> {
         Some(K::Deferred(d)) => at_most("ack.deferred.message", &d.message, MAX_TEXT_BYTES),
         Some(K::Refused(r)) => at_most("ack.refused.message", &r.message, MAX_TEXT_BYTES),
         Some(K::Stale(s)) => at_most("ack.stale.message", &s.message, MAX_TEXT_BYTES),
+        Some(K::Interrupted(i)) => at_most("ack.interrupted.message", &i.message, MAX_TEXT_BYTES),
         Some(K::Failed(f)) => {
             at_most("ack.failed.error", &f.error, MAX_TEXT_BYTES)?;
             if f.held_by.len() > MAX_RELEASE_BLOCKS {
@@ -427,6 +434,7 @@ fn ack_body(ack: &pb::IntentAck) -> String {
         Some(K::Refused(r)) => serde_json::json!({ "message": r.message }),
         Some(K::Failed(f)) => serde_json::json!({ "error": f.error, "held_by": f.held_by }),
         Some(K::Stale(s)) => serde_json::json!({ "message": s.message }),
+        Some(K::Interrupted(i)) => serde_json::json!({ "message": i.message }),
         _ => serde_json::json!({}),
     };
     serde_json::json!({ "block": ack.block, "detail": detail }).to_string()

@@ -74,6 +74,8 @@ fn event_to_pb(e: &Event) -> pb::Event {
             next_start.map(|t| t.0.to_string()).unwrap_or_default(),
         ),
         EventKind::Failed { error } => (vec![], error.clone()),
+        EventKind::Interrupted { message } => (vec![], message.clone()),
+        EventKind::NewAgentEpoch { epoch } => (vec![], format!("agent epoch {epoch}")),
         EventKind::Cancelled { reason } => (vec![], reason.clone()),
         EventKind::Queued { behind } => (vec![], format!("behind operation {behind}")),
         EventKind::LockChanged { locks } => (locks.clone(), String::new()),
