@@ -779,6 +779,50 @@ async fn restarting_b_goes_ahead_while_a_holds_its_lock() {
     assert!(fx.intents_in_file("a").is_empty(), "a was not even asked");
 }
 
+#[tokio::test]
+async fn a_device_whose_agent_state_was_wiped_starts_a_new_life_and_works_again() {
+    let mut fx = setup().await;
+    fx.start_agent("true");
+    // Life 1: a's lock changes a few times, its generation climbs.
+    for held in [true, false, true, false] {
+        fx.hold("a", held);
+        eventually(20, "a's lock to be reported", || async {
+            fx.lock_of("a").await.filter(|l| l.held == held)
+        })
+        .await;
+    }
+    let before = fx.lock_of("a").await.unwrap().generation;
+    assert!(before >= 4, "{before}");
+    // Re-flashed: the agent's state is gone; it starts over at generation 1.
+    fx.agent.as_mut().unwrap().kill9();
+    fx.agent = None;
+    std::fs::remove_dir_all(fx.dir.path().join("agent-state")).unwrap();
+    fx.start_agent("true");
+    fx.hold("a", true);
+    let now = eventually(20, "the new life's report of a to be taken", || async {
+        fx.lock_of("a").await.filter(|l| l.held)
+    })
+    .await;
+    assert!(
+        now.generation < before,
+        "{} then {}",
+        before,
+        now.generation
+    );
+    // And the device works: b restarts while a holds its lock; a restart of
+    // a waits for a, then goes ahead once a lets go.
+    let b = fx
+        .create_op(pb::operation_spec::Kind::RestartBlock("b".into()))
+        .await;
+    fx.wait_op(b.id, "done").await;
+    let a = fx
+        .create_op(pb::operation_spec::Kind::RestartBlock("a".into()))
+        .await;
+    fx.wait_op(a.id, "waiting_lock").await;
+    fx.hold("a", false);
+    fx.wait_op(a.id, "done").await;
+}
+
 /// Whether `flock -n` can take `f` right now (and lets it go again).
 fn can_lock(f: &Path) -> bool {
     std::process::Command::new("flock")

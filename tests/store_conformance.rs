@@ -2441,7 +2441,10 @@ async fn sessions_take_over_close_only_their_epoch_and_die_with_their_replica<S:
     s.register_replica(&r2, ts(1000), ts(16_000)).await.unwrap();
     assert_eq!(session_of(&s, "d1").await, None, "never connected");
 
-    let first = s.open_session(&dev("d1"), &r1, ts(1100)).await.unwrap();
+    let first = s
+        .open_session(&dev("d1"), &r1, None, ts(1100))
+        .await
+        .unwrap();
     assert_eq!((first.epoch, first.previous.clone()), (1, None));
     let live = session_of(&s, "d1").await.unwrap();
     assert!(live.is_live(ts(1200)) && !live.held_elsewhere(&r1, ts(1200)));
@@ -2452,7 +2455,10 @@ async fn sessions_take_over_close_only_their_epoch_and_die_with_their_replica<S:
     );
 
     // A newer stream on r2 takes over; r1's stream ending closes nothing.
-    let second = s.open_session(&dev("d1"), &r2, ts(1300)).await.unwrap();
+    let second = s
+        .open_session(&dev("d1"), &r2, None, ts(1300))
+        .await
+        .unwrap();
     assert_eq!((second.epoch, second.previous), (2, Some(r1.clone())));
     assert!(!s.session_is_current(&dev("d1"), 1).await.unwrap());
     assert!(s.session_is_current(&dev("d1"), 2).await.unwrap());
@@ -2469,7 +2475,9 @@ async fn sessions_take_over_close_only_their_epoch_and_die_with_their_replica<S:
     );
 
     // r1 holds d2 and stops renewing: a reaper on any replica closes it.
-    s.open_session(&dev("d2"), &r1, ts(2000)).await.unwrap();
+    s.open_session(&dev("d2"), &r1, None, ts(2000))
+        .await
+        .unwrap();
     assert!(s.renew_replica(&r2, ts(10_000), ts(40_000)).await.unwrap());
     assert_eq!(s.reap_replicas(ts(15_000)).await.unwrap(), vec![]);
     assert_eq!(s.reap_replicas(ts(16_000)).await.unwrap(), vec![dev("d2")]);
@@ -2485,7 +2493,9 @@ async fn sessions_take_over_close_only_their_epoch_and_die_with_their_replica<S:
     // r1 comes back: told it was reaped, and starts a new life.
     assert!(!s.renew_replica(&r1, ts(17_000), ts(32_000)).await.unwrap());
     // r2 shuts down cleanly: its sessions close at once.
-    s.open_session(&dev("d2"), &r2, ts(18_000)).await.unwrap();
+    s.open_session(&dev("d2"), &r2, None, ts(18_000))
+        .await
+        .unwrap();
     assert_eq!(
         s.release_replica(&r2, ts(18_500)).await.unwrap(),
         vec![dev("d2")]
@@ -2539,8 +2549,12 @@ async fn wake_ups_go_to_the_replica_holding_the_device_once<S: Store>(s: S) {
     let (r1, r2) = (replica("r1"), replica("r2"));
     s.register_replica(&r1, ts(1000), ts(60_000)).await.unwrap();
     s.register_replica(&r2, ts(1000), ts(60_000)).await.unwrap();
-    s.open_session(&dev("d1"), &r1, ts(1000)).await.unwrap();
-    s.open_session(&dev("d2"), &r2, ts(1000)).await.unwrap();
+    s.open_session(&dev("d1"), &r1, None, ts(1000))
+        .await
+        .unwrap();
+    s.open_session(&dev("d2"), &r2, None, ts(1000))
+        .await
+        .unwrap();
     // d3 is held by nobody.
     s.forward_wakes(&[dev("d1"), dev("d2"), dev("d3")], &[], ts(2000))
         .await
@@ -2588,7 +2602,9 @@ async fn wake_ups_go_to_the_replica_holding_the_device_once<S: Store>(s: S) {
         ..PlanWrite::default()
     };
     s.write_plan(&dev("d1"), &fenced, ts(4000)).await.unwrap();
-    s.open_session(&dev("d1"), &r2, ts(4100)).await.unwrap();
+    s.open_session(&dev("d1"), &r2, None, ts(4100))
+        .await
+        .unwrap();
     assert!(matches!(
         s.write_plan(&dev("d1"), &fenced, ts(4200)).await,
         Err(StoreError::Conflict { .. })

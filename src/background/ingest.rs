@@ -3,7 +3,9 @@
 //! or `max_wait`, whichever comes first) and commits each batch in one store
 //! transaction — group commit. A submission is acknowledged only after its
 //! batch has committed, so an acknowledged report survives a crash. The
-//! queue is bounded: when the database is slow, submitters wait.
+//! queue is bounded: when the database is slow, submitters wait. A batch that
+//! fails (for anything but an unavailable database) is committed again one
+//! submission at a time: one device's bad report never fails another's.
 
 use std::time::Duration;
 
@@ -114,57 +116,92 @@ async fn run<S: Store>(
 ) {
     while let Some(first) = rx.recv().await {
         // Gather.
-        let mut batch = first.reports;
-        let mut events = first.events;
-        let mut waiters = vec![first.done];
+        let mut batch = vec![first];
+        let mut reports = batch[0].reports.len();
         // What queued up while the previous batch committed joins at once;
         // with a `max_wait`, later arrivals may join until it passes.
-        while batch.len() < config.max_batch {
+        while reports < config.max_batch {
             match rx.try_recv() {
                 Ok(s) => {
-                    batch.extend(s.reports);
-                    events.extend(s.events);
-                    waiters.push(s.done);
+                    reports += s.reports.len();
+                    batch.push(s);
                 }
                 Err(_) => break,
             }
         }
         let deadline = tokio::time::Instant::now() + config.max_wait;
-        while !config.max_wait.is_zero() && batch.len() < config.max_batch {
+        while !config.max_wait.is_zero() && reports < config.max_batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(s)) => {
-                    batch.extend(s.reports);
-                    events.extend(s.events);
-                    waiters.push(s.done);
+                    reports += s.reports.len();
+                    batch.push(s);
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        // Act: one transaction for the whole batch.
-        metrics.ingest_batch(batch.len());
-        let result = store
-            .ingest_lock_reports_logged(&batch, &events, clock::now())
-            .await
-            .map(|outcome| {
-                tracing::debug!(
-                    reports = batch.len(),
-                    applied = outcome.applied,
-                    dropped = outcome.dropped,
-                    "lock reports committed"
-                );
-            })
-            .map_err(|e| {
-                tracing::warn!(error = %e, reports = batch.len(), "lock report batch failed");
-                IngestError::Store {
-                    unavailable: e.is_unavailable(),
-                    message: e.to_string(),
-                }
-            });
-        for w in waiters {
-            // A submitter that gave up no longer needs the answer.
-            let _ = w.send(result.clone());
-        }
+        commit(&store, batch, &metrics).await;
     }
+}
+
+/// Commits a batch in one transaction and answers every submitter. A batch
+/// that fails for anything but an unavailable database is committed again
+/// submission by submission, so only the offender's submitter gets the
+/// error and every other report is committed (reports are validated before
+/// they are submitted; this is the safety net).
+async fn commit<S: Store>(store: &S, batch: Vec<Submission>, metrics: &Metrics) {
+    let reports: Vec<LockReport> = batch.iter().flat_map(|s| s.reports.clone()).collect();
+    let events: Vec<NewEvent> = batch.iter().flat_map(|s| s.events.clone()).collect();
+    metrics.ingest_batch(reports.len());
+    let result = commit_one(store, &reports, &events).await;
+    let isolate = batch.len() > 1
+        && matches!(
+            result,
+            Err(IngestError::Store {
+                unavailable: false,
+                ..
+            })
+        );
+    if !isolate {
+        for s in batch {
+            // A submitter that gave up no longer needs the answer.
+            let _ = s.done.send(result.clone());
+        }
+        return;
+    }
+    tracing::warn!(
+        submissions = batch.len(),
+        "a lock report batch failed; committing its submissions one by one"
+    );
+    for s in batch {
+        metrics.ingest_batch(s.reports.len());
+        let result = commit_one(store, &s.reports, &s.events).await;
+        let _ = s.done.send(result);
+    }
+}
+
+async fn commit_one<S: Store>(
+    store: &S,
+    reports: &[LockReport],
+    events: &[NewEvent],
+) -> Result<(), IngestError> {
+    store
+        .ingest_lock_reports_logged(reports, events, clock::now())
+        .await
+        .map(|outcome| {
+            tracing::debug!(
+                reports = reports.len(),
+                applied = outcome.applied,
+                dropped = outcome.dropped,
+                "lock reports committed"
+            );
+        })
+        .map_err(|e| {
+            tracing::warn!(error = %e, reports = reports.len(), "lock report batch failed");
+            IngestError::Store {
+                unavailable: e.is_unavailable(),
+                message: e.to_string(),
+            }
+        })
 }
 
 #[cfg(test)]
@@ -272,6 +309,74 @@ mod tests {
             sample(&text, "lockstep_ingest_batch_size_sum", &[]),
             Some(4.0)
         );
+    }
+
+    #[tokio::test]
+    async fn one_bad_report_in_a_batch_fails_only_its_submitter() {
+        let (store, _dir) = crate::testkit::sqlite_store().await;
+        store
+            .create_fleet(&Fleet {
+                id: FleetId::new("f").unwrap(),
+                name: String::new(),
+                created: Timestamp(0),
+            })
+            .await
+            .unwrap();
+        for d in 0..6 {
+            store
+                .register_device(
+                    &DeviceRecord {
+                        id: DeviceId::new(format!("d{d}")).unwrap(),
+                        fleet: FleetId::new("f").unwrap(),
+                        tags: Default::default(),
+                        status: DeviceStatus::Unknown,
+                        credential_revoked: false,
+                        created: Timestamp(0),
+                    },
+                    "h",
+                )
+                .await
+                .unwrap();
+        }
+        // A long wait, so every submission shares the first batch.
+        let (ingestor, _task) = Ingestor::spawn(
+            store.clone(),
+            IngestConfig {
+                max_batch: 100,
+                max_wait: Duration::from_millis(300),
+                queue: 16,
+            },
+        );
+        let report = |d: usize, g: u64| LockReport {
+            device: DeviceId::new(format!("d{d}")).unwrap(),
+            block: BlockName::new("a").unwrap(),
+            state: LockState {
+                held: true,
+                generation: Generation(g),
+                since: Timestamp(1),
+            },
+        };
+        let mut joins = Vec::new();
+        for d in 0..6 {
+            let ingestor = ingestor.clone();
+            // d3 slipped past validation with a generation no database holds.
+            let g = if d == 3 { u64::MAX } else { 5 };
+            joins.push(tokio::spawn(async move {
+                ingestor.submit(vec![report(d, g)]).await
+            }));
+        }
+        for (d, j) in joins.into_iter().enumerate() {
+            let result = j.await.unwrap();
+            assert_eq!(result.is_err(), d == 3, "d{d}: {result:?}");
+        }
+        for d in [0usize, 1, 2, 4, 5] {
+            let locks = store
+                .device_locks(&DeviceId::new(format!("d{d}")).unwrap())
+                .await
+                .unwrap();
+            let a = &locks[&BlockName::new("a").unwrap()];
+            assert_eq!(a.generation, Generation(5), "d{d}");
+        }
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! transaction that causes it and `src/app/events.rs` carries it to
 //! watchers on every replica.
 
-use super::ids::{DeviceId, FleetId, OperationId, ReplicaId, Timestamp};
+use super::ids::{AgentEpoch, DeviceId, FleetId, OperationId, ReplicaId, Timestamp};
 use super::rollout::RolloutId;
 
 /// What an event log entry is about.
@@ -96,6 +96,31 @@ impl AgentSession {
     }
 }
 
+/// What a hello's agent epoch means for the device's lock fence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentLife {
+    /// The same agent life as before (or an agent that names none): its
+    /// reports are fenced against the generations already known.
+    Same,
+    /// The first epoch the server learns for this device (the agent
+    /// predates epochs, or the device is new): recorded, nothing reset.
+    First(AgentEpoch),
+    /// Another life than the one recorded: its generations start over, so
+    /// the known lock states are forgotten and its first report is taken
+    /// whatever its generations (logged and audited).
+    New(AgentEpoch),
+}
+
+/// Compares the epoch a hello names with the one recorded for the device.
+pub fn agent_life(recorded: Option<&AgentEpoch>, hello: Option<&AgentEpoch>) -> AgentLife {
+    match (recorded, hello) {
+        (_, None) => AgentLife::Same,
+        (None, Some(e)) => AgentLife::First(e.clone()),
+        (Some(r), Some(e)) if r == e => AgentLife::Same,
+        (Some(_), Some(e)) => AgentLife::New(e.clone()),
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
@@ -176,6 +201,25 @@ impl EventKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_different_agent_epoch_starts_a_new_life() {
+        let e = |s: &str| AgentEpoch::new(s).unwrap();
+        let cases = [
+            (None, None, AgentLife::Same),
+            (Some(e("a")), None, AgentLife::Same),
+            (None, Some(e("a")), AgentLife::First(e("a"))),
+            (Some(e("a")), Some(e("a")), AgentLife::Same),
+            (Some(e("a")), Some(e("b")), AgentLife::New(e("b"))),
+        ];
+        for (recorded, hello, want) in cases {
+            assert_eq!(
+                agent_life(recorded.as_ref(), hello.as_ref()),
+                want,
+                "{recorded:?} then {hello:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_session_is_live_while_its_replica_holds_it_within_the_lease() {

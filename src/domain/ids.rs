@@ -179,6 +179,13 @@ string_id!(
 );
 
 string_id!(
+    /// A device agent's life: a random id the agent makes when its state
+    /// directory is created. A new one (state wiped, disk swapped, device
+    /// re-flashed) starts a new fencing life for the device's locks.
+    AgentEpoch, "agent epoch", 64, "A-Z, a-z, 0-9, '-', '_', '.', ':'", id_char, alnum, "a letter or digit"
+);
+
+string_id!(
     /// An API token's public identifier (the `<id>` of `lst_<id>_<secret>`):
     /// named in listings, revocations and the audit log; never a secret.
     TokenId, "token id", 32, "a-z, 0-9", lower_alnum, lower_alnum, "a-z or 0-9"
@@ -198,6 +205,12 @@ impl fmt::Display for OperationId {
 /// Anything decided against an older generation is stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Generation(pub u64);
+
+impl Generation {
+    /// The largest generation Lockstep keeps (2^63 − 1: databases store
+    /// signed 64-bit integers). A report above it is refused as invalid.
+    pub const MAX: Generation = Generation(i64::MAX as u64);
+}
 
 impl fmt::Display for Generation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -72,15 +72,15 @@ pub use device::{DeviceState, LockState, RunningBlock};
 pub use env::{
     Env, EnvChange, EnvContext, EnvError, EnvLayer, EnvLevel, EnvName, EnvScope, EnvVar,
 };
-pub use event::{AgentSession, EventBody, EventKind, LoggedEvent, NewEvent};
+pub use event::{AgentLife, AgentSession, EventBody, EventKind, LoggedEvent, NewEvent, agent_life};
 pub use fleet::{
     AuditEntry, DeviceRecord, DeviceReport, DeviceStatus, Fleet, IntentKind, LockReport, NewIntent,
     ReportedBlock, StoredIntent, TimelineEntry, TimelineEvent,
 };
 pub use gate::{Decision, Force, ForceError, ReleaseRequest, decide, gate};
 pub use ids::{
-    BlockName, DeviceId, FleetId, Generation, IdError, IntentSeq, OperationId, ReleaseId,
-    ReplicaId, Tag, Timestamp, TokenId,
+    AgentEpoch, BlockName, DeviceId, FleetId, Generation, IdError, IntentSeq, OperationId,
+    ReleaseId, ReplicaId, Tag, Timestamp, TokenId,
 };
 pub use impact::{
     Disturbance, Impact, ImpactError, Operation, Reason, ReleaseDiff, diff_releases, impact,

@@ -59,6 +59,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "replicas",
         include_str!("../../migrations/postgres/0010_replicas.sql"),
     ),
+    (
+        11,
+        "agent_epoch",
+        include_str!("../../migrations/postgres/0011_agent_epoch.sql"),
+    ),
 ];
 
 const SQLITE: &[(i64, &str, &str)] = &[
@@ -111,6 +116,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         10,
         "replicas",
         include_str!("../../migrations/sqlite/0010_replicas.sql"),
+    ),
+    (
+        11,
+        "agent_epoch",
+        include_str!("../../migrations/sqlite/0011_agent_epoch.sql"),
     ),
 ];
 

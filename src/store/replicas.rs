@@ -35,6 +35,8 @@ pub struct SessionOpened {
     pub previous: Option<ReplicaId>,
     /// The device's fleet.
     pub fleet: crate::domain::FleetId,
+    /// The hello named a new agent life: the known lock states were forgotten.
+    pub new_life: bool,
 }
 
 /// A notification from another replica (Postgres `LISTEN`).
@@ -102,10 +104,16 @@ pub trait ReplicaStore {
 
     /// A new stream for `device` on `replica`: takes the session over from
     /// any earlier stream (any replica), bumps its epoch, and logs `online`.
+    ///
+    /// `agent_epoch` is the agent life the hello names: another one than
+    /// recorded starts a new fencing life ([`crate::domain::agent_life`]):
+    /// the device's known lock states are forgotten, and the change is
+    /// logged (`new_agent_epoch`) and audited, in the same transaction.
     fn open_session(
         &self,
         device: &DeviceId,
         replica: &ReplicaId,
+        agent_epoch: Option<&crate::domain::AgentEpoch>,
         now: Timestamp,
     ) -> impl Future<Output = Result<SessionOpened, StoreError>> + Send;
 
@@ -431,16 +439,66 @@ macro_rules! impl_replica_store {
                 &self,
                 device: &DeviceId,
                 replica: &$crate::domain::ReplicaId,
+                agent_epoch: Option<&$crate::domain::AgentEpoch>,
                 now: Timestamp,
             ) -> Result<$crate::store::replicas::SessionOpened, StoreError> {
+                use $crate::domain::{AgentEpoch, AgentLife};
                 let mut tx = self.begin().await?;
-                let fleet = sqlx::query("SELECT fleet FROM devices WHERE id = $1")
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT fleet, agent_epoch FROM devices WHERE id = $1 {}",
+                    if IS_PG { "FOR UPDATE" } else { "" }
+                )))
                     .bind(device.as_str())
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(StoreError::from_sqlx)?
                     .ok_or_else(|| StoreError::NotFound { entity: "device", key: device.to_string() })?;
-                let fleet: String = get(&fleet, "fleet")?;
+                let fleet: String = get(&row, "fleet")?;
+                let recorded: Option<String> = get(&row, "agent_epoch")?;
+                let recorded = recorded
+                    .map(|e| AgentEpoch::new(&e).map_err(|err| codec::corrupt("device", device, err)))
+                    .transpose()?;
+                let life = $crate::domain::agent_life(recorded.as_ref(), agent_epoch);
+                let mut life_events = Vec::new();
+                match &life {
+                    AgentLife::Same => {}
+                    AgentLife::First(e) | AgentLife::New(e) => {
+                        sqlx::query("UPDATE devices SET agent_epoch = $2 WHERE id = $1")
+                            .bind(device.as_str())
+                            .bind(e.as_str())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from_sqlx)?;
+                    }
+                }
+                if let AgentLife::New(e) = &life {
+                    sqlx::query("DELETE FROM device_locks WHERE device_id = $1")
+                        .bind(device.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from_sqlx)?;
+                    let fleet_id = FleetId::new(&fleet).map_err(|err| codec::corrupt("device", device, err))?;
+                    append_audit_tx(&mut tx, &$crate::domain::AuditEntry {
+                        at: now,
+                        actor: format!("agent of {device}"),
+                        action: "new_agent_epoch".into(),
+                        subject: format!("device {device}"),
+                        fleet: Some(fleet_id.clone()),
+                        reason: "the agent's state was created anew; its lock generations start over".into(),
+                        details: format!(
+                            "epoch {} replaces {}",
+                            e,
+                            recorded.as_ref().map(AgentEpoch::as_str).unwrap_or("none")
+                        ),
+                    })
+                    .await?;
+                    life_events.push($crate::domain::NewEvent::device(
+                        &fleet_id,
+                        device,
+                        None,
+                        $crate::domain::EventKind::NewAgentEpoch { epoch: e.to_string() },
+                    ));
+                }
                 let old = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT replica FROM agent_sessions WHERE device_id = $1 {}",
                     if IS_PG { "FOR UPDATE" } else { "" }
@@ -479,17 +537,14 @@ macro_rules! impl_replica_store {
                     .await?;
                 }
                 let fleet = FleetId::new(&fleet).map_err(|e| codec::corrupt("device", device, e))?;
-                append_events_tx(
-                    &mut tx,
-                    &[$crate::domain::NewEvent::device(&fleet, device, None, $crate::domain::EventKind::Online)],
-                    now,
-                )
-                .await?;
+                life_events.push($crate::domain::NewEvent::device(&fleet, device, None, $crate::domain::EventKind::Online));
+                append_events_tx(&mut tx, &life_events, now).await?;
                 tx.commit().await.map_err(StoreError::from_sqlx)?;
                 Ok($crate::store::replicas::SessionOpened {
                     epoch: u64::try_from(epoch).unwrap_or(0),
                     previous,
                     fleet,
+                    new_life: matches!(life, AgentLife::New(_)),
                 })
             }
 

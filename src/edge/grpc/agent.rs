@@ -21,9 +21,9 @@ use crate::background::ingest::Ingestor;
 use crate::background::scheduler::Wakeups;
 use crate::clock;
 use crate::domain::{
-    ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, FleetId, Generation, IntentKind,
-    IntentSeq, LockReport, LockState, NewEvent, ReleaseId, ReplicaId, ReportedBlock, StoredIntent,
-    Timestamp,
+    AgentEpoch, ApplyOutcome, BlockName, DeviceId, DeviceReport, Fingerprint, FleetId, Generation,
+    IntentKind, IntentSeq, LockReport, LockState, NewEvent, ReleaseId, ReplicaId, ReportedBlock,
+    StoredIntent, Timestamp,
 };
 use crate::edge::auth;
 use crate::edge::hub::Hub;
@@ -148,6 +148,12 @@ fn state_to_report(
         .transpose()
         .map_err(|e| ConvertError::new("state.current_release", e))?;
     at_most("state.os_version", &state.os_version, MAX_VERSION_BYTES)?;
+    if i64::try_from(last_intent_seq).is_err() {
+        return Err(ConvertError::new(
+            "last_intent_seq",
+            format!("at most {}", i64::MAX),
+        ));
+    }
     if state.blocks.len() > MAX_RELEASE_BLOCKS {
         return Err(ConvertError::new(
             "state.blocks",
@@ -202,6 +208,14 @@ fn locks_to_reports(
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
+            // Checked here, before the report joins a group-commit batch:
+            // one device's bad value must never fail another's report.
+            if l.generation > Generation::MAX.0 {
+                return Err(ConvertError::new(
+                    format!("locks[{i}].generation"),
+                    format!("at most {}", Generation::MAX.0),
+                ));
+            }
             Ok(LockReport {
                 device: device.clone(),
                 block: block_name(&format!("locks[{i}].block"), &l.block)?,
@@ -425,6 +439,19 @@ fn check_ack(ack: &pb::IntentAck) -> Result<(), ConvertError> {
     }
 }
 
+/// An ingest failure as a status: the database being away is `UNAVAILABLE`
+/// (resend later); anything else is `INTERNAL` (reports are validated before
+/// they are submitted, so it is not the caller's fault).
+fn ingest_status(e: crate::background::ingest::IngestError) -> Status {
+    use crate::background::ingest::IngestError;
+    match &e {
+        IngestError::Store {
+            unavailable: false, ..
+        } => Status::internal(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
 fn ack_body(ack: &pb::IntentAck) -> String {
     use pb::intent_ack::Kind as K;
     let detail = match &ack.kind {
@@ -632,7 +659,7 @@ impl<S: Store> Session<S> {
         self.ingestor
             .submit_logged(reports, logged)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(ingest_status)?;
         if any {
             self.events.appended();
         }
@@ -711,6 +738,10 @@ impl<S: Store> AgentService for Agents<S> {
             .record_device_report(&device, &report)
             .await
             .map_err(status_from_store)?;
+        let agent_epoch = (!hello.agent_epoch.is_empty())
+            .then(|| AgentEpoch::new(&hello.agent_epoch))
+            .transpose()
+            .map_err(|e| ConvertError::new("hello.agent_epoch", e))?;
         let locks = hello.locks.unwrap_or_default();
         let last_report_seq = locks.seq;
         let reports =
@@ -720,9 +751,12 @@ impl<S: Store> AgentService for Agents<S> {
         // one, on any replica (logged `online`).
         let opened = self
             .store
-            .open_session(&device, &self.replica, clock::now())
+            .open_session(&device, &self.replica, agent_epoch.as_ref(), clock::now())
             .await
             .map_err(status_from_store)?;
+        if opened.new_life {
+            tracing::warn!(device = %device, epoch = ?agent_epoch.as_ref().map(AgentEpoch::as_str), "the device's agent started a new life; its lock generations start over");
+        }
         let logged: Vec<NewEvent> = changed
             .map(|kind| NewEvent::device(&opened.fleet, &device, None, kind))
             .into_iter()
@@ -730,7 +764,7 @@ impl<S: Store> AgentService for Agents<S> {
         self.ingestor
             .submit_logged(reports, logged)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(ingest_status)?;
         let registration = self.hub.register(&device, opened.epoch);
         tracing::info!(device = %device, epoch = opened.epoch, previous = ?opened.previous.as_ref().map(|r| r.as_str()), connected = self.hub.connected(), "agent connected");
         // Online again: the reconciler, woken below, sets its status.
