@@ -1664,6 +1664,60 @@ async fn the_audit_log_names_the_token_and_each_token_reads_its_own_fleets() {
 }
 
 #[tokio::test]
+async fn revoking_a_token_ends_the_watches_it_opened() {
+    let w = world().await;
+    let t = token(&w, "viewer", &["site-x"], "wall x").await;
+    let ch = w.server.channel_as(&t).await;
+    let mut events = OperationServiceClient::new(ch.clone())
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Another token's watch is not touched.
+    let other = token(&w, "viewer", &["site-x"], "wall y").await;
+    let mut others = OperationServiceClient::new(w.server.channel_as(&other).await)
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let id = t.split('_').nth(1).unwrap().to_owned();
+    w.admin
+        .tok
+        .clone()
+        .revoke_token(pb::RevokeTokenRequest {
+            id: id.clone(),
+            reason: "the wall screen was stolen".into(),
+        })
+        .await
+        .unwrap();
+    // Events go on flowing meanwhile; the watch ends within a re-check.
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the revoked token's watch ends within 20 s");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("token {id} was revoked")),
+        "{status:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), others.message())
+            .await
+            .is_err(),
+        "the other token's watch stays open and quiet"
+    );
+}
+
+#[tokio::test]
 async fn a_scoped_token_watches_only_its_fleets_devices() {
     let w = world().await;
     let viewer_x = token(&w, "viewer", &["site-x"], "wall x").await;

@@ -79,6 +79,35 @@ impl<S: Store> Tokens<S> {
     }
 }
 
+/// How often a long-lived stream (a watch) checks that the token that
+/// opened it is still usable.
+pub const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Resolves once the token `id` can no longer be used (revoked, expired or
+/// deleted), looking every `every`; the database being away is not a
+/// reason (the stream goes on and the next look decides). A watch selects
+/// on this and ends `UNAUTHENTICATED` when it resolves.
+pub async fn until_unusable<S: Store>(
+    store: S,
+    id: crate::domain::TokenId,
+    every: std::time::Duration,
+) -> AuthError {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.get_token(&id).await {
+            Ok((token, _)) => {
+                if let Err(refused) = token.principal_at(clock::now()) {
+                    return AuthError::Refused(refused);
+                }
+            }
+            Err(StoreError::NotFound { .. }) => return AuthError::Invalid,
+            Err(e) => tracing::debug!(error = %e, token = %id, "cannot re-check a watch's token"),
+        }
+    }
+}
+
 /// A token just created: the record, and the token itself, shown once.
 #[derive(Debug, Clone)]
 pub struct Issued {

@@ -86,8 +86,11 @@ pub async fn events<S: Store>(
     let watch = Watch::new(&d.events, d.store.clone(), fleet, device)
         .within(scope)
         .after(resume);
-    Ok(Sse::new(stream(watch, notices, d.stopping.clone()))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let events = stream(watch, notices, d.stopping.clone());
+    Ok(
+        Sse::new(while_token_usable(events, d.store.clone(), p.token))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+    )
 }
 
 /// Rollout notices for one page: those of its fleet filter, if any, and of
@@ -167,8 +170,36 @@ pub async fn rollout<S: Store>(
     let r = d.store.get_rollout(id).await?;
     check(&p, Action::ReadRollouts, Some(&r.fleet))?;
     let watch = d.rollouts.watch(id).await?;
-    Ok(Sse::new(rollout_stream(watch, d.stopping.clone()))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let statuses = rollout_stream(watch, d.stopping.clone());
+    Ok(
+        Sse::new(while_token_usable(statuses, d.store.clone(), p.token))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+    )
+}
+
+/// `inner` until the token that opened the page's stream can no longer be
+/// used (revoked, expired); then one `problem` event saying so, and the
+/// end. The browser reconnects and is refused (401).
+fn while_token_usable<S: Store>(
+    inner: impl Stream<Item = Result<SseEvent, Infallible>>,
+    store: S,
+    token: crate::domain::TokenId,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    use futures::StreamExt as _;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let unusable = async move {
+        let e = crate::app::tokens::until_unusable(store, token, crate::app::tokens::RECHECK_EVERY)
+            .await;
+        let _ = tx.send(e.to_string());
+    };
+    let last = futures::stream::once(rx).filter_map(|e| async move {
+        let error = e.ok()?;
+        Some(Ok(SseEvent::default()
+            .event("problem")
+            .json_data(serde_json::json!({ "error": error }))
+            .unwrap_or_else(|_| SseEvent::default().event("problem"))))
+    });
+    inner.take_until(unusable).chain(last)
 }
 
 fn rollout_stream<S: Store>(

@@ -304,8 +304,25 @@ impl<S: Store> OperationService for Operations<S> {
             .within(scope)
             .after((req.after_seq > 0).then_some(req.after_seq));
         let (tx, out) = tokio::sync::mpsc::channel(64);
+        let revoked = crate::app::tokens::until_unusable(
+            self.store.clone(),
+            p.token.clone(),
+            crate::app::tokens::RECHECK_EVERY,
+        );
         tokio::spawn(async move {
-            while let Some(w) = watch.next().await {
+            tokio::pin!(revoked);
+            loop {
+                let w = tokio::select! {
+                    w = watch.next() => match w {
+                        Some(w) => w,
+                        None => return,
+                    },
+                    e = &mut revoked => {
+                        // The token that opened the watch is gone: so is the watch.
+                        let _ = tx.send(Err(super::access::status_from_auth(e))).await;
+                        return;
+                    }
+                };
                 let msg = match w {
                     Watched::Event(e) => event_to_pb(&e),
                     Watched::Lagged(n) => pb::Event {

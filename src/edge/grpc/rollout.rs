@@ -413,11 +413,21 @@ impl<S: Store> RolloutService for RolloutApi<S> {
         self.check_rollout(&p, Action::ReadRollouts, id).await?;
         let mut watch = self.rollouts.watch(id).await.map_err(status_from_store)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let revoked = crate::app::tokens::until_unusable(
+            self.rollouts.store().clone(),
+            p.token.clone(),
+            crate::app::tokens::RECHECK_EVERY,
+        );
         tokio::spawn(async move {
+            tokio::pin!(revoked);
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
                     next = watch.next() => next,
+                    e = &mut revoked => {
+                        let _ = tx.send(Err(super::access::status_from_auth(e))).await;
+                        return;
+                    }
                 };
                 let item = match next {
                     None => return,
