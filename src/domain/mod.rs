@@ -57,6 +57,7 @@ pub mod operation;
 pub mod reconcile;
 pub mod release;
 pub mod rollout;
+pub mod shown;
 pub mod window;
 
 pub use access::{
@@ -98,4 +99,5 @@ pub use rollout::{
     RolloutId, RolloutKind, RolloutProgress, RolloutState, RolloutTarget, Strategy, StrategyError,
     advance, plan, resume, waiting_lock_breakdown,
 };
+pub use shown::{Shown, prefix_at_most, shown};
 pub use window::{Occurrence, Window, WindowError, WindowRule, WindowScope, open_or_next};

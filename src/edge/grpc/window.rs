@@ -18,7 +18,7 @@ use super::status_from_store;
 use crate::app::approvals::{self, ApprovalError, ApprovalView, Approvals};
 use crate::background::scheduler::Wakeups;
 use crate::clock;
-use crate::domain::{Action, Principal};
+use crate::domain::{Action, Principal, shown};
 use crate::domain::{
     ApprovalStatus, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window,
     WindowRule, WindowScope,
@@ -137,7 +137,7 @@ fn weekly_from_pb(w: pb::WeeklyRule) -> Result<WindowRule, ConvertError> {
     let start = w.start_local.parse::<jiff::civil::Time>().map_err(|e| {
         ConvertError::new(
             "weekly.start_local",
-            format!("{:?} is not HH:MM: {e}", w.start_local),
+            format!("{} is not HH:MM: {e}", shown(&w.start_local)),
         )
     })?;
     let rule = WindowRule::Weekly {
@@ -250,7 +250,11 @@ fn policy_kinds(field: &str, kinds: &[String]) -> Result<BTreeSet<String>, Conve
             } else {
                 Err(ConvertError::new(
                     format!("{field}[{i}]"),
-                    format!("{k:?} is not one of {}", FleetPolicy::KINDS.join(", ")),
+                    format!(
+                        "{} is not one of {}",
+                        shown(k),
+                        FleetPolicy::KINDS.join(", ")
+                    ),
                 ))
             }
         })
@@ -271,7 +275,10 @@ impl<S: Store> WindowService for Windows<S> {
             Some(ApprovalStatus::parse(&status).ok_or_else(|| {
                 ConvertError::new(
                     "status",
-                    format!("{status:?} is not requested, approved, declined or missed"),
+                    format!(
+                        "{} is not requested, approved, declined or missed",
+                        shown(&status)
+                    ),
                 )
             })?)
         };
@@ -500,7 +507,7 @@ impl<S: Store> WindowService for Windows<S> {
             DeferralExpiry::parse(&p.on_deferral_expiry).ok_or_else(|| {
                 ConvertError::new(
                     "policy.on_deferral_expiry",
-                    format!("{:?} is not notify or force", p.on_deferral_expiry),
+                    format!("{} is not notify or force", shown(&p.on_deferral_expiry)),
                 )
             })?
         };
@@ -510,7 +517,7 @@ impl<S: Store> WindowService for Windows<S> {
             other => {
                 return Err(ConvertError::new(
                     "policy.release_mode",
-                    format!("{other:?} is not atomic or partial"),
+                    format!("{} is not atomic or partial", shown(other)),
                 )
                 .into());
             }
@@ -521,7 +528,7 @@ impl<S: Store> WindowService for Windows<S> {
             other => {
                 return Err(ConvertError::new(
                     "policy.on_missed_occurrence",
-                    format!("{other:?} is not ask or next"),
+                    format!("{} is not ask or next", shown(other)),
                 )
                 .into());
             }
