@@ -1331,16 +1331,25 @@ macro_rules! impl_store {
 
             async fn create_window(&self, scope: &WindowScope, rule: &WindowRule, now: Timestamp) -> Result<Window, StoreError> {
                 let (kind, key) = scope_columns(scope);
-                let row = sqlx::query(
-                    "INSERT INTO maintenance_windows (scope_kind, scope, spec_json, created_ms) VALUES ($1, $2, $3, $4) RETURNING id",
-                )
+                // The fleet or device must exist, checked in the statement
+                // that writes (a tag needs no device yet).
+                let (exists, missing) = match scope {
+                    WindowScope::Fleet(_) => ("EXISTS (SELECT 1 FROM fleets WHERE id = $2)", "fleet"),
+                    WindowScope::Device(_) => ("EXISTS (SELECT 1 FROM devices WHERE id = $2)", "device"),
+                    WindowScope::Tag(_) => ("1 = 1", "tag"),
+                };
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO maintenance_windows (scope_kind, scope, spec_json, created_ms) \
+                     SELECT $1, $2, $3, $4 WHERE {exists} RETURNING id"
+                )))
                 .bind(kind)
                 .bind(&key)
                 .bind(codec::rule_to_json(rule))
                 .bind(now.0)
-                .fetch_one(&self.pool)
+                .fetch_optional(&self.pool)
                 .await
-                .map_err(StoreError::from_sqlx)?;
+                .map_err(StoreError::from_sqlx)?
+                .ok_or_else(|| StoreError::NotFound { entity: missing, key: key.clone() })?;
                 Ok(Window { id: get(&row, "id")?, scope: scope.clone(), rule: rule.clone() })
             }
 

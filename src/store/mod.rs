@@ -658,6 +658,9 @@ pub trait Store: PlanStore + replicas::ReplicaStore + Clone + Send + Sync + 'sta
         decision: &Approval,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A window on a fleet or a device that does not exist is `NotFound`
+    /// (checked in the statement that writes it); a tag needs no device
+    /// yet.
     fn create_window(
         &self,
         scope: &WindowScope,
