@@ -845,6 +845,7 @@ async fn set_policy(fx: &Fixture, needs_window: &[&str]) {
                 release_mode: String::new(),
                 on_missed_occurrence: String::new(),
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -956,6 +957,7 @@ async fn set_deferral(fx: &Fixture, seconds: u64, expiry: &str) {
                 release_mode: String::new(),
                 on_missed_occurrence: String::new(),
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1140,6 +1142,7 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
                 max_deferral_seconds: 0,
                 on_deferral_expiry: String::new(),
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1282,6 +1285,7 @@ async fn a_partial_release_updates_unlocked_blocks_now_and_locked_ones_when_rele
                 release_mode: "partial".into(),
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1369,6 +1373,7 @@ async fn a_missed_approved_occurrence_moves_to_the_next_one_when_the_policy_says
                 on_missed_occurrence: "next".into(),
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1468,6 +1473,7 @@ async fn scenario_1_os_update_in_the_approved_window_triggered_by_a() {
                 needs_approval: vec!["os_update".into()],
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap();

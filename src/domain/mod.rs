@@ -89,9 +89,9 @@ pub use impact::{
 };
 pub use operation::{
     ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, EnvTarget, FleetPolicy,
-    NotCancellable, OpProgress, OpStatus, OperationRecord, OperationSpec, Step, WindowGate,
-    after_apply, approval_gate, cancelled, deferral_deadline, expired_holders, held_back,
-    next_after_missed, next_step,
+    NotCancellable, OpProgress, OpStatus, OperationRecord, OperationSpec, PolicyField,
+    PolicyUpdate, Step, WindowGate, after_apply, approval_gate, cancelled, deferral_deadline,
+    expired_holders, held_back, next_after_missed, next_step,
 };
 pub use release::{Release, ReleaseError, Target, partial_target};
 pub use rollout::{

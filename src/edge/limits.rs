@@ -72,6 +72,8 @@ pub const MAX_AUDIT_FILTER_BYTES: usize = 256;
 pub const MAX_TIME_ZONE_BYTES: usize = 64;
 /// Entries of a weekly window's day list.
 pub const MAX_WEEK_DAYS: usize = 7;
+/// Paths in one update mask.
+pub const MAX_MASK_PATHS: usize = 16;
 /// Operation kinds listed in one policy setting.
 pub const MAX_POLICY_KINDS: usize = 16;
 /// Lock states in one agent lock report (or hello).
