@@ -976,6 +976,7 @@ async fn set_policy(fx: &Fixture, needs_window: &[&str]) {
                 release_mode: String::new(),
                 on_missed_occurrence: String::new(),
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1087,6 +1088,7 @@ async fn set_deferral(fx: &Fixture, seconds: u64, expiry: &str) {
                 release_mode: String::new(),
                 on_missed_occurrence: String::new(),
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1271,6 +1273,7 @@ async fn a_customer_approves_a_window_occurrence_or_declines() {
                 max_deferral_seconds: 0,
                 on_deferral_expiry: String::new(),
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1413,6 +1416,7 @@ async fn a_partial_release_updates_unlocked_blocks_now_and_locked_ones_when_rele
                 release_mode: "partial".into(),
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1500,6 +1504,7 @@ async fn a_missed_approved_occurrence_moves_to_the_next_one_when_the_policy_says
                 on_missed_occurrence: "next".into(),
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap();
@@ -1599,6 +1604,7 @@ async fn scenario_1_os_update_in_the_approved_window_triggered_by_a() {
                 needs_approval: vec!["os_update".into()],
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap();

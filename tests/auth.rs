@@ -701,7 +701,8 @@ async fn a_viewer_reads_but_cannot_change_anything() {
                     policy: Some(pb::FleetPolicy {
                         fleet: "site-y".into(),
                         ..Default::default()
-                    })
+                    }),
+                    update_mask: None
                 }
             ),
             rpc!(

@@ -61,6 +61,7 @@ fn windows_of_each_kind_are_created_listed_and_deleted() {
     let token = server.token();
     let cli = |args: &[&str]| lockstep_as(&url, &token, args);
     cli(&["fleet", "create", "inverters"]).ok();
+    cli(&["device", "register", "inv-0042", "--fleet", "inverters"]).ok();
 
     let weekly = cli(&[
         "window",
@@ -796,6 +797,50 @@ fn missing_things_exit_3() {
             &["policy", "set", "ghost", "--needs-window", "reboot"],
             "error: NOT_FOUND: fleet ghost not found",
         ),
+        // A window, env variable or operation on a scope that does not
+        // exist (a typo) is refused naming it.
+        (
+            &[
+                "window",
+                "create",
+                "--fleet",
+                "ghost",
+                "--days",
+                "mon",
+                "--start",
+                "02:00",
+                "--tz",
+                "UTC",
+                "--duration",
+                "1h",
+            ],
+            "error: NOT_FOUND: fleet ghost not found",
+        ),
+        (
+            &[
+                "window",
+                "create",
+                "--device",
+                "ghost",
+                "--from",
+                "2030-01-01T00:00:00Z",
+                "--until",
+                "2030-01-01T02:00:00Z",
+            ],
+            "error: NOT_FOUND: device ghost not found",
+        ),
+        (
+            &["env", "set", "--fleet", "ghost", "GAIN=0.7"],
+            "error: NOT_FOUND: fleet ghost not found",
+        ),
+        (
+            &["env", "unset", "--device", "ghost", "GAIN"],
+            "error: NOT_FOUND: device ghost not found",
+        ),
+        (
+            &["op", "create", "ghost", "--reboot"],
+            "error: NOT_FOUND: device ghost not found",
+        ),
         (
             &[
                 "approval", "approve", "999", "--index", "1", "--actor", "me",
@@ -820,6 +865,9 @@ fn missing_things_exit_3() {
             assert_eq!(run.stderr.trim(), line, "{args:?}");
         }
     }
+    // None of those windows was made.
+    let windows = cli(&["window", "list", "--output", "json"]).json();
+    assert_eq!(ids(&windows, "windows"), Vec::<u64>::new(), "{windows}");
 }
 
 #[test]

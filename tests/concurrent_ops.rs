@@ -212,6 +212,7 @@ impl Fixture {
                     release_mode: String::new(),
                     on_missed_occurrence: String::new(),
                 }),
+                update_mask: None,
             })
             .await
             .unwrap();

@@ -191,6 +191,7 @@ impl Fixture {
                     needs_approval: list(needs_approval),
                     ..Default::default()
                 }),
+                update_mask: None,
             })
             .await
             .unwrap();
@@ -1796,6 +1797,7 @@ impl RolloutFleet {
                     fleet: "site".into(),
                     ..Default::default()
                 }),
+                update_mask: None,
             })
             .await
             .unwrap();

@@ -352,6 +352,9 @@ fuzz_rpc! {
                 release_mode: "partial".into(),
                 on_missed_occurrence: "next".into(),
             }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["release_mode".into(), "needs_window".into()],
+            }),
         }
         => |s, r| s.windows.set_fleet_policy(authed(r));
     approve: pb::ApproveRequest = pb::ApproveRequest {

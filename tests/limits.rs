@@ -3,7 +3,9 @@
 //! `INVALID_ARGUMENT` naming the field; a flood of calls from one client is
 //! rate-limited while the server stays healthy and other clients are served;
 //! an agent stream that sends faster than its rate is ended with
-//! `RESOURCE_EXHAUSTED`. Every loop is bounded and talks to loopback only.
+//! `RESOURCE_EXHAUSTED`; a huge bad value is refused with a short message
+//! that a standard client accepts. Every loop is bounded and talks to
+//! loopback only.
 
 mod support;
 
@@ -12,6 +14,7 @@ use lockstep::edge::grpc::pb::agent_service_client::AgentServiceClient;
 use lockstep::edge::grpc::pb::catalog_service_client::CatalogServiceClient;
 use lockstep::edge::grpc::pb::device_service_client::DeviceServiceClient;
 use lockstep::edge::grpc::pb::operation_service_client::OperationServiceClient;
+use lockstep::edge::grpc::pb::token_service_client::TokenServiceClient;
 use lockstep::edge::grpc::pb::window_service_client::WindowServiceClient;
 use lockstep::edge::limits;
 use support::Server;
@@ -74,6 +77,165 @@ fn names<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>, field
         "{what}: expected the field {field}, got {:?}",
         err.message()
     );
+}
+
+/// `INVALID_ARGUMENT` naming `field`, in a message under 1 KiB that shows
+/// only a prefix of the 200,000-byte value.
+fn short<T: std::fmt::Debug>(what: &str, result: Result<T, tonic::Status>, field: &str) {
+    let err = result.expect_err(what);
+    assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+    let msg = err.message();
+    assert!(msg.len() < 1024, "{what}: {} bytes: {msg:.200}", msg.len());
+    assert!(
+        msg.starts_with(&format!("{field}:")),
+        "{what}: expected the field {field}, got {msg:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_bad_value_is_invalid_argument_with_a_short_message_naming_the_field() {
+    let server = Server::start(&[]);
+    // The stock tonic client, with its default metadata limits.
+    let channel = server.channel().await;
+    let mut catalog = CatalogServiceClient::new(channel.clone());
+    let mut devices = DeviceServiceClient::new(channel.clone());
+    let mut ops = OperationServiceClient::new(channel.clone());
+    let mut windows = WindowServiceClient::new(channel.clone());
+    let mut tokens = TokenServiceClient::new(channel);
+    let huge = "x".repeat(200_000);
+    devices
+        .create_fleet(pb::CreateFleetRequest {
+            id: "site".into(),
+            name: "Site".into(),
+        })
+        .await
+        .unwrap();
+    let fleet_env = |name: &str, value: &str| pb::SetEnvRequest {
+        owner: Some(pb::EnvOwner {
+            owner: Some(pb::env_owner::Owner::Fleet("site".into())),
+        }),
+        vars: vec![pb::EnvVar {
+            name: name.into(),
+            value: value.into(),
+            blocks: vec![],
+        }],
+    };
+
+    short(
+        "block name",
+        catalog
+            .create_block(pb::CreateBlockRequest {
+                name: huge.clone(),
+                description: String::new(),
+            })
+            .await,
+        "name",
+    );
+    short(
+        "device id",
+        devices
+            .register_device(pb::RegisterDeviceRequest {
+                id: huge.clone(),
+                fleet: "site".into(),
+                tags: vec![],
+            })
+            .await,
+        "id",
+    );
+    short(
+        "fleet id",
+        devices
+            .create_fleet(pb::CreateFleetRequest {
+                id: huge.clone(),
+                name: "n".into(),
+            })
+            .await,
+        "id",
+    );
+    short(
+        "fleet name",
+        devices
+            .create_fleet(pb::CreateFleetRequest {
+                id: "other".into(),
+                name: huge.clone(),
+            })
+            .await,
+        "name",
+    );
+    short(
+        "env key",
+        devices.set_env(fleet_env(&huge, "v")).await,
+        "vars[0].name",
+    );
+    short(
+        "env value",
+        devices.set_env(fleet_env("BIG", &huge)).await,
+        "vars[0].value",
+    );
+    short(
+        "token id",
+        tokens
+            .revoke_token(pb::RevokeTokenRequest {
+                id: huge.clone(),
+                reason: String::new(),
+            })
+            .await,
+        "id",
+    );
+    short(
+        "token role",
+        tokens
+            .create_token(pb::CreateTokenRequest {
+                name: "ci".into(),
+                role: huge.clone(),
+                fleets: vec![],
+                expires_in_seconds: 0,
+            })
+            .await,
+        "role",
+    );
+    short(
+        "operation device",
+        ops.create_operation(pb::CreateOperationRequest {
+            device: huge.clone(),
+            spec: Some(pb::OperationSpec {
+                kind: Some(pb::operation_spec::Kind::Reboot(
+                    pb::operation_spec::Empty {},
+                )),
+            }),
+            force: None,
+            actor: String::new(),
+        })
+        .await,
+        "device",
+    );
+    short(
+        "policy kind",
+        windows
+            .set_fleet_policy(pb::SetFleetPolicyRequest {
+                policy: Some(pb::FleetPolicy {
+                    fleet: "site".into(),
+                    needs_window: vec![huge.clone()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await,
+        "policy.needs_window[0]",
+    );
+    short(
+        "window device",
+        windows
+            .create_window(pb::CreateWindowRequest {
+                scope: Some(pb::WindowScope {
+                    scope: Some(pb::window_scope::Scope::Device(huge.clone())),
+                }),
+                rule: None,
+            })
+            .await,
+        "scope.device",
+    );
+    assert!(healthy(&server).await);
 }
 
 #[tokio::test]

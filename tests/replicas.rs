@@ -196,6 +196,7 @@ impl Cluster {
                     fleet: "site".into(),
                     ..Default::default()
                 }),
+                update_mask: None,
             })
             .await
             .unwrap();

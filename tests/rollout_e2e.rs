@@ -209,6 +209,7 @@ async fn fleet(devices: &[&str], os_hook: Option<&str>) -> Fleet {
                 fleet: "site".into(),
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap();

@@ -1376,6 +1376,108 @@ async fn windows_and_policies_attach_to_fleets_tags_and_devices<S: Store>(s: S) 
     ));
 }
 
+async fn windows_and_policies_need_their_fleet_or_device_and_partial_updates_merge<S: Store>(s: S) {
+    with_fleet(&s, "f1").await;
+    s.register_device(&device("d1", "f1", &[]), "h")
+        .await
+        .unwrap();
+    let rule = WindowRule::OneOff {
+        start: ts(100),
+        end: ts(110),
+    };
+    for (scope, want) in [
+        (WindowScope::Fleet(fleet_id("nope")), ("fleet", "nope")),
+        (WindowScope::Device(dev("ghost")), ("device", "ghost")),
+    ] {
+        match s.create_window(&scope, &rule, ts(1)).await {
+            Err(StoreError::NotFound { entity, key }) => {
+                assert_eq!((entity, key.as_str()), want);
+            }
+            other => panic!("{scope:?}: {other:?}"),
+        }
+    }
+    assert!(s.list_windows().await.unwrap().is_empty());
+    // A tag needs no device yet; existing scopes are fine.
+    for scope in [
+        WindowScope::Tag(Tag::new("nobody-yet").unwrap()),
+        WindowScope::Fleet(fleet_id("f1")),
+        WindowScope::Device(dev("d1")),
+    ] {
+        s.create_window(&scope, &rule, ts(1)).await.unwrap();
+    }
+    assert_eq!(s.list_windows().await.unwrap().len(), 3);
+
+    let values = FleetPolicy {
+        needs_window: ["apply_env".to_owned()].into(),
+        needs_approval: BTreeSet::new(),
+        max_deferral_ms: 60_000,
+        on_deferral_expiry: DeferralExpiry::Force,
+        partial_releases: true,
+        missed_moves_to_next: true,
+    };
+    let only = |field: PolicyField| PolicyUpdate::Fields {
+        values: values.clone(),
+        fields: [field].into(),
+    };
+    assert!(matches!(
+        s.update_fleet_policy(&fleet_id("nope"), &only(PolicyField::ReleaseMode), ts(1))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound {
+            entity: "fleet",
+            ..
+        }
+    ));
+    // Concurrent updates of different settings: every one lands.
+    for round in 0..5 {
+        s.set_fleet_policy(&fleet_id("f1"), &FleetPolicy::default(), ts(round))
+            .await
+            .unwrap();
+        let updates = PolicyField::ALL.map(only);
+        let f1 = fleet_id("f1");
+        let done = futures::future::join_all(
+            updates
+                .iter()
+                .map(|u| s.update_fleet_policy(&f1, u, ts(10))),
+        )
+        .await;
+        for d in done {
+            d.unwrap();
+        }
+        assert_eq!(
+            s.fleet_policy(&fleet_id("f1")).await.unwrap(),
+            values,
+            "round {round}"
+        );
+    }
+    // An update answers the whole policy as it now is.
+    let back = PolicyUpdate::Fields {
+        values: FleetPolicy::default(),
+        fields: [PolicyField::ReleaseMode].into(),
+    };
+    let now = s
+        .update_fleet_policy(&fleet_id("f1"), &back, ts(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        now,
+        FleetPolicy {
+            partial_releases: false,
+            ..values.clone()
+        }
+    );
+    assert_eq!(s.fleet_policy(&fleet_id("f1")).await.unwrap(), now);
+    let replaced = s
+        .update_fleet_policy(
+            &fleet_id("f1"),
+            &PolicyUpdate::Replace(FleetPolicy::default()),
+            ts(21),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replaced, FleetPolicy::default());
+}
+
 async fn rollouts_store_their_plan_and_start_members_in_plan_order<S: Store>(s: S) {
     with_fleet(&s, "f1").await;
     with_fleet(&s, "f2").await;
@@ -2656,6 +2758,7 @@ conformance!(
     a_bootstrap_token_is_stored_only_while_no_admin_token_is_usable,
     operations_are_kept_in_order_and_steps_are_atomic_with_their_intents,
     windows_and_policies_attach_to_fleets_tags_and_devices,
+    windows_and_policies_need_their_fleet_or_device_and_partial_updates_merge,
     rollouts_store_their_plan_and_start_members_in_plan_order,
     a_plan_is_written_whole_or_not_at_all_guarded_by_generations,
     the_reconcilers_facts_are_the_latest_answers_and_open_requests,

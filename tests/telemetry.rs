@@ -250,6 +250,7 @@ async fn fleet_with_device(server: &Server, dir: &std::path::Path) {
                 fleet: "site".into(),
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await
         .unwrap();

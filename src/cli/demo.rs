@@ -261,6 +261,9 @@ pub async fn run(args: DemoArgs) -> Result<i32, DemoError> {
                 needs_approval: vec!["os_update".into()],
                 ..Default::default()
             }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["needs_window".into(), "needs_approval".into()],
+            }),
         })
         .await
         .map_err(api("setting the fleet policy"))?;

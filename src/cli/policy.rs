@@ -1,12 +1,14 @@
 //! `lockstep policy get|set <fleet>`: a fleet's scheduling policy — which
 //! operation kinds wait for a window or a customer's approval, how long lock
 //! holders may defer, partial releases, missed occurrences. `set` changes
-//! only the settings given, keeping the rest as the server has them.
+//! only the settings given: it sends an update mask naming them, and the
+//! server keeps the rest as it has them.
 
 use super::Ctx;
 use super::error::{Call as _, CliError};
 use super::parse;
 use super::view::{PolicyView, emit};
+use crate::domain::PolicyField;
 use crate::edge::grpc::pb;
 
 #[derive(Debug, clap::Subcommand)]
@@ -70,28 +72,46 @@ impl PolicyChanges {
         Ok(())
     }
 
-    /// `current` with these changes.
-    pub fn apply(self, current: PolicyView) -> Result<PolicyView, CliError> {
-        let kinds = |flag: &str, new: Option<Vec<String>>, old: Vec<String>| match new {
-            Some(k) => parse::policy_kinds(flag, k).map_err(CliError::usage),
-            None => Ok(old),
+    /// The `SetFleetPolicy` request that changes exactly these settings:
+    /// their values, and an update mask naming them, so the server leaves
+    /// every other setting as it has it (no read-modify-write here, which
+    /// would undo a change made meanwhile).
+    pub fn request(self, fleet: String) -> Result<pb::SetFleetPolicyRequest, CliError> {
+        let mut policy = pb::FleetPolicy {
+            fleet,
+            ..Default::default()
         };
-        Ok(PolicyView {
-            needs_window: kinds("--needs-window", self.needs_window, current.needs_window)?,
-            needs_approval: kinds(
-                "--needs-approval",
-                self.needs_approval,
-                current.needs_approval,
-            )?,
-            max_deferral_seconds: self.max_deferral.unwrap_or(current.max_deferral_seconds),
-            on_deferral_expiry: self
-                .on_deferral_expiry
-                .unwrap_or(current.on_deferral_expiry),
-            release_mode: self.release_mode.unwrap_or(current.release_mode),
-            on_missed_occurrence: self
-                .on_missed_occurrence
-                .unwrap_or(current.on_missed_occurrence),
-            fleet: current.fleet,
+        let mut paths = Vec::new();
+        let mut set = |field: PolicyField| paths.push(field.as_str().to_owned());
+        if let Some(k) = self.needs_window {
+            policy.needs_window =
+                parse::policy_kinds("--needs-window", k).map_err(CliError::usage)?;
+            set(PolicyField::NeedsWindow);
+        }
+        if let Some(k) = self.needs_approval {
+            policy.needs_approval =
+                parse::policy_kinds("--needs-approval", k).map_err(CliError::usage)?;
+            set(PolicyField::NeedsApproval);
+        }
+        if let Some(secs) = self.max_deferral {
+            policy.max_deferral_seconds = secs;
+            set(PolicyField::MaxDeferral);
+        }
+        if let Some(e) = self.on_deferral_expiry {
+            policy.on_deferral_expiry = e;
+            set(PolicyField::OnDeferralExpiry);
+        }
+        if let Some(m) = self.release_mode {
+            policy.release_mode = m;
+            set(PolicyField::ReleaseMode);
+        }
+        if let Some(m) = self.on_missed_occurrence {
+            policy.on_missed_occurrence = m;
+            set(PolicyField::OnMissedOccurrence);
+        }
+        Ok(pb::SetFleetPolicyRequest {
+            policy: Some(policy),
+            update_mask: Some(prost_types::FieldMask { paths }),
         })
     }
 }
@@ -119,17 +139,8 @@ pub(super) async fn run(ctx: &Ctx, cmd: PolicyCommand) -> Result<(), CliError> {
         }
         PolicyCommand::Set { fleet, changes } => {
             const SET: &str = "SetFleetPolicy";
-            let current = windows
-                .get_fleet_policy(api.req(pb::GetFleetPolicyRequest { fleet }))
-                .await
-                .during(GET)?
-                .policy
-                .ok_or_else(|| malformed(GET))?;
-            let next = changes.apply(current.into())?;
             let policy = windows
-                .set_fleet_policy(api.req(pb::SetFleetPolicyRequest {
-                    policy: Some(next.into()),
-                }))
+                .set_fleet_policy(api.req(changes.request(fleet)?))
                 .await
                 .during(SET)?
                 .policy
@@ -143,33 +154,26 @@ pub(super) async fn run(ctx: &Ctx, cmd: PolicyCommand) -> Result<(), CliError> {
 mod tests {
     use super::*;
 
-    fn defaults() -> PolicyView {
-        PolicyView {
-            fleet: "f".into(),
-            needs_window: vec!["os_update".into(), "reboot".into(), "shutdown".into()],
-            needs_approval: vec!["os_update".into()],
-            max_deferral_seconds: 86_400,
-            on_deferral_expiry: "notify".into(),
-            release_mode: "atomic".into(),
-            on_missed_occurrence: "ask".into(),
-        }
-    }
-
     #[test]
-    fn only_the_given_settings_change() {
-        let changed = PolicyChanges {
+    fn only_the_given_settings_are_sent_and_named_in_the_mask() {
+        let req = PolicyChanges {
             needs_approval: Some(vec!["none".into()]),
             release_mode: Some("partial".into()),
             ..Default::default()
         }
-        .apply(defaults())
+        .request("f".into())
         .unwrap();
         assert_eq!(
-            changed,
-            PolicyView {
-                needs_approval: vec![],
-                release_mode: "partial".into(),
-                ..defaults()
+            req,
+            pb::SetFleetPolicyRequest {
+                policy: Some(pb::FleetPolicy {
+                    fleet: "f".into(),
+                    release_mode: "partial".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["needs_approval".into(), "release_mode".into()],
+                }),
             }
         );
         let all = PolicyChanges {
@@ -180,18 +184,23 @@ mod tests {
             release_mode: Some("atomic".into()),
             on_missed_occurrence: Some("next".into()),
         }
-        .apply(defaults())
+        .request("f".into())
         .unwrap();
         assert_eq!(
             all,
-            PolicyView {
-                fleet: "f".into(),
-                needs_window: vec!["apply_env".into(), "reboot".into()],
-                needs_approval: vec!["reboot".into()],
-                max_deferral_seconds: 3600,
-                on_deferral_expiry: "force".into(),
-                release_mode: "atomic".into(),
-                on_missed_occurrence: "next".into(),
+            pb::SetFleetPolicyRequest {
+                policy: Some(pb::FleetPolicy {
+                    fleet: "f".into(),
+                    needs_window: vec!["apply_env".into(), "reboot".into()],
+                    needs_approval: vec!["reboot".into()],
+                    max_deferral_seconds: 3600,
+                    on_deferral_expiry: "force".into(),
+                    release_mode: "atomic".into(),
+                    on_missed_occurrence: "next".into(),
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: PolicyField::ALL.map(|f| f.as_str().to_owned()).to_vec(),
+                }),
             }
         );
     }

@@ -9,12 +9,13 @@ use sha2::{Digest as _, Sha256};
 
 use super::env::Env;
 use super::ids::BlockName;
+use super::shown::Shown;
 
 /// Why a block version was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockError {
-    #[error("image digest {value:?} is not of the form sha256:<64 lowercase hex digits>")]
-    BadImageDigest { value: String },
+    #[error("image digest {value} is not of the form sha256:<64 lowercase hex digits>")]
+    BadImageDigest { value: Shown },
     #[error("block {block} depends on itself")]
     SelfDependency { block: BlockName },
     #[error("block {block} lists dependency {dependency} twice")]
@@ -43,7 +44,9 @@ impl ImageDigest {
         if ok {
             Ok(Self(value))
         } else {
-            Err(BlockError::BadImageDigest { value })
+            Err(BlockError::BadImageDigest {
+                value: Shown::new(&value),
+            })
         }
     }
     pub fn as_str(&self) -> &str {

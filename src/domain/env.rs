@@ -18,14 +18,15 @@ use std::fmt;
 
 use super::block::{Fingerprint, Fingerprinter};
 use super::ids::BlockName;
+use super::shown::Shown;
 
 /// Why an env variable was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
     #[error(
-        "env variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]* and be at most 255 characters"
+        "env variable name {name} must match [A-Za-z_][A-Za-z0-9_]* and be at most 255 characters"
     )]
-    BadName { name: String },
+    BadName { name: Shown },
     #[error(
         "env variable {name} is scoped to an empty list of blocks; use a device-wide scope instead"
     )]
@@ -47,7 +48,9 @@ impl EnvName {
         if first_ok && rest_ok && name.len() <= 255 {
             Ok(Self(name))
         } else {
-            Err(EnvError::BadName { name })
+            Err(EnvError::BadName {
+                name: Shown::new(&name),
+            })
         }
     }
     pub fn as_str(&self) -> &str {

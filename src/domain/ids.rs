@@ -6,28 +6,31 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Why a string was refused as an identifier.
+use super::shown::Shown;
+
+/// Why a string was refused as an identifier. The value is kept as
+/// [`Shown`]: a short prefix, however long the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     #[error("{kind} must not be empty")]
     Empty { kind: &'static str },
-    #[error("{kind} {value:?} is longer than {max} characters")]
+    #[error("{kind} {value} is longer than {max} characters")]
     TooLong {
         kind: &'static str,
-        value: String,
+        value: Shown,
         max: usize,
     },
-    #[error("{kind} {value:?} contains {ch:?}; allowed: {allowed}")]
+    #[error("{kind} {value} contains {ch:?}; allowed: {allowed}")]
     BadChar {
         kind: &'static str,
-        value: String,
+        value: Shown,
         ch: char,
         allowed: &'static str,
     },
-    #[error("{kind} {value:?} must start with {allowed_first}")]
+    #[error("{kind} {value} must start with {allowed_first}")]
     BadStart {
         kind: &'static str,
-        value: String,
+        value: Shown,
         allowed_first: &'static str,
     },
 }
@@ -47,14 +50,14 @@ fn validate(
     if value.chars().count() > max {
         return Err(IdError::TooLong {
             kind,
-            value: value.to_owned(),
+            value: Shown::new(value),
             max,
         });
     }
     if let Some(ch) = value.chars().find(|c| !ok(*c)) {
         return Err(IdError::BadChar {
             kind,
-            value: value.to_owned(),
+            value: Shown::new(value),
             ch,
             allowed,
         });
@@ -63,7 +66,7 @@ fn validate(
         Some(c) if first_ok(c) => Ok(()),
         _ => Err(IdError::BadStart {
             kind,
-            value: value.to_owned(),
+            value: Shown::new(value),
             allowed_first,
         }),
     }
@@ -264,6 +267,19 @@ mod tests {
         assert!(BlockName::new("a".repeat(63)).is_ok());
         let msg = BlockName::new("a b").unwrap_err().to_string();
         assert!(msg.contains("block name") && msg.contains("' '"), "{msg}");
+    }
+
+    #[test]
+    fn a_refused_name_is_shown_by_a_short_prefix_only() {
+        let long = "a".repeat(200_000);
+        let msg = BlockName::new(long.as_str()).unwrap_err().to_string();
+        assert!(msg.len() < 200, "{msg}");
+        assert!(msg.contains("(200000 bytes)"), "{msg}");
+        let msg = DeviceId::new(format!("{long} ")).unwrap_err().to_string();
+        assert!(
+            msg.len() < 200 && msg.starts_with("device id \"aaa"),
+            "{msg}"
+        );
     }
 
     #[test]

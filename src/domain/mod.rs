@@ -57,6 +57,7 @@ pub mod operation;
 pub mod reconcile;
 pub mod release;
 pub mod rollout;
+pub mod shown;
 pub mod window;
 
 pub use access::{
@@ -88,9 +89,9 @@ pub use impact::{
 };
 pub use operation::{
     ApplyOutcome, Approval, ApprovalGate, ApprovalStatus, DeferralExpiry, EnvTarget, FleetPolicy,
-    NotCancellable, OpProgress, OpStatus, OperationRecord, OperationSpec, Step, WindowGate,
-    after_apply, approval_gate, cancelled, deferral_deadline, expired_holders, held_back,
-    next_after_missed, next_step,
+    NotCancellable, OpProgress, OpStatus, OperationRecord, OperationSpec, PolicyField,
+    PolicyUpdate, Step, WindowGate, after_apply, approval_gate, cancelled, deferral_deadline,
+    expired_holders, held_back, next_after_missed, next_step,
 };
 pub use release::{Release, ReleaseError, Target, partial_target};
 pub use rollout::{
@@ -98,4 +99,5 @@ pub use rollout::{
     RolloutId, RolloutKind, RolloutProgress, RolloutState, RolloutTarget, Strategy, StrategyError,
     advance, plan, resume, waiting_lock_breakdown,
 };
+pub use shown::{Shown, prefix_at_most, shown};
 pub use window::{Occurrence, Window, WindowError, WindowRule, WindowScope, open_or_next};

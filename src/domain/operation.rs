@@ -366,6 +366,88 @@ impl Default for FleetPolicy {
     }
 }
 
+/// One setting of a fleet's policy, named as the API's update mask and the
+/// CLI name it (`needs_window`, `max_deferral_seconds`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyField {
+    NeedsWindow,
+    NeedsApproval,
+    MaxDeferral,
+    OnDeferralExpiry,
+    ReleaseMode,
+    OnMissedOccurrence,
+}
+
+impl PolicyField {
+    pub const ALL: [PolicyField; 6] = [
+        PolicyField::NeedsWindow,
+        PolicyField::NeedsApproval,
+        PolicyField::MaxDeferral,
+        PolicyField::OnDeferralExpiry,
+        PolicyField::ReleaseMode,
+        PolicyField::OnMissedOccurrence,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyField::NeedsWindow => "needs_window",
+            PolicyField::NeedsApproval => "needs_approval",
+            PolicyField::MaxDeferral => "max_deferral_seconds",
+            PolicyField::OnDeferralExpiry => "on_deferral_expiry",
+            PolicyField::ReleaseMode => "release_mode",
+            PolicyField::OnMissedOccurrence => "on_missed_occurrence",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    /// Every field's name, for error messages: `needs_window, ...`.
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+}
+
+/// A change to a fleet's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyUpdate {
+    /// The whole policy becomes this one.
+    Replace(FleetPolicy),
+    /// Only the named settings take their values from `values`; every
+    /// other setting keeps what it was.
+    Fields {
+        values: FleetPolicy,
+        fields: BTreeSet<PolicyField>,
+    },
+}
+
+impl PolicyUpdate {
+    /// The policy after this update of `current`.
+    pub fn apply(&self, current: &FleetPolicy) -> FleetPolicy {
+        let (values, fields) = match self {
+            PolicyUpdate::Replace(p) => return p.clone(),
+            PolicyUpdate::Fields { values, fields } => (values, fields),
+        };
+        let mut next = current.clone();
+        for field in fields {
+            match field {
+                PolicyField::NeedsWindow => next.needs_window = values.needs_window.clone(),
+                PolicyField::NeedsApproval => next.needs_approval = values.needs_approval.clone(),
+                PolicyField::MaxDeferral => next.max_deferral_ms = values.max_deferral_ms,
+                PolicyField::OnDeferralExpiry => {
+                    next.on_deferral_expiry = values.on_deferral_expiry
+                }
+                PolicyField::ReleaseMode => next.partial_releases = values.partial_releases,
+                PolicyField::OnMissedOccurrence => {
+                    next.missed_moves_to_next = values.missed_moves_to_next;
+                }
+            }
+        }
+        next
+    }
+}
+
 /// The blocks a partial release must leave as they run: every holder in the
 /// way, and every disturbed block whose restart would restart a holder (the
 /// `because_of` chain), so dependencies are respected.
@@ -688,6 +770,93 @@ pub fn after_apply(op: &OperationRecord, outcome: &ApplyOutcome) -> (OpStatus, O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_update_changes_only_the_fields_it_names() {
+        let current = FleetPolicy::default();
+        let kinds = |k: &[&str]| k.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
+        let values = FleetPolicy {
+            needs_window: kinds(&["apply_env"]),
+            needs_approval: BTreeSet::new(),
+            max_deferral_ms: 60_000,
+            on_deferral_expiry: DeferralExpiry::Force,
+            partial_releases: true,
+            missed_moves_to_next: true,
+        };
+        let only = |fields: &[PolicyField]| PolicyUpdate::Fields {
+            values: values.clone(),
+            fields: fields.iter().copied().collect(),
+        };
+        let cases: Vec<(&str, PolicyUpdate, FleetPolicy)> = vec![
+            (
+                "replace",
+                PolicyUpdate::Replace(values.clone()),
+                values.clone(),
+            ),
+            ("no field", only(&[]), current.clone()),
+            (
+                "needs_window",
+                only(&[PolicyField::NeedsWindow]),
+                FleetPolicy {
+                    needs_window: kinds(&["apply_env"]),
+                    ..current.clone()
+                },
+            ),
+            (
+                "needs_approval emptied, the rest kept",
+                only(&[PolicyField::NeedsApproval]),
+                FleetPolicy {
+                    needs_approval: BTreeSet::new(),
+                    ..current.clone()
+                },
+            ),
+            (
+                "deferral and expiry",
+                only(&[PolicyField::MaxDeferral, PolicyField::OnDeferralExpiry]),
+                FleetPolicy {
+                    max_deferral_ms: 60_000,
+                    on_deferral_expiry: DeferralExpiry::Force,
+                    ..current.clone()
+                },
+            ),
+            (
+                "release mode",
+                only(&[PolicyField::ReleaseMode]),
+                FleetPolicy {
+                    partial_releases: true,
+                    ..current.clone()
+                },
+            ),
+            (
+                "missed occurrence",
+                only(&[PolicyField::OnMissedOccurrence]),
+                FleetPolicy {
+                    missed_moves_to_next: true,
+                    ..current.clone()
+                },
+            ),
+            ("every field", only(&PolicyField::ALL), values.clone()),
+        ];
+        for (what, update, want) in cases {
+            assert_eq!(update.apply(&current), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn policy_fields_are_named_as_the_api_names_them() {
+        for f in PolicyField::ALL {
+            assert_eq!(PolicyField::parse(f.as_str()), Some(f));
+        }
+        for bad in [
+            "",
+            "fleet",
+            "needsWindow",
+            "policy.needs_window",
+            "max_deferral_ms",
+        ] {
+            assert_eq!(PolicyField::parse(bad), None, "{bad}");
+        }
+    }
     use crate::domain::impact::Impact;
 
     fn b(s: &str) -> BlockName {

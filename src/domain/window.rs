@@ -21,6 +21,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, ToSpan as _};
 
 use super::ids::Timestamp;
+use super::shown::Shown;
 
 /// Largest recurrence text (`DTSTART` plus `RRULE`/`EXRULE`/`RDATE` lines).
 pub const MAX_RECURRENCE_BYTES: usize = 2048;
@@ -40,8 +41,8 @@ const RECURRENCE_HORIZON_MS: i64 = 32_503_680_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
-    #[error("unknown time zone {tz:?} (use an IANA name such as Europe/Amsterdam)")]
-    UnknownTimeZone { tz: String },
+    #[error("unknown time zone {tz} (use an IANA name such as Europe/Amsterdam)")]
+    UnknownTimeZone { tz: Shown },
     #[error("a weekly window needs at least one day, each 1 (Monday) to 7 (Sunday)")]
     NoDays,
     #[error("duration must be between 1 minute and 7 days, got {minutes} min")]
@@ -125,7 +126,8 @@ impl WindowRule {
             WindowRule::Weekly {
                 days, duration, tz, ..
             } => {
-                TimeZone::get(tz).map_err(|_| WindowError::UnknownTimeZone { tz: tz.clone() })?;
+                TimeZone::get(tz)
+                    .map_err(|_| WindowError::UnknownTimeZone { tz: Shown::new(tz) })?;
                 if days.is_empty() || days.iter().any(|d| !(1..=7).contains(d)) {
                     return Err(WindowError::NoDays);
                 }

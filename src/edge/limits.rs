@@ -5,6 +5,7 @@
 //! an unbounded amount of a caller's data. Limits that are domain rules (the
 //! size of a recurrence) live in the domain and are re-exported here.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 pub use crate::domain::window::{MAX_RECURRENCE_BYTES, MAX_RECURRENCE_LINES};
@@ -24,6 +25,11 @@ pub const MAX_LOCAL_API_BODY_BYTES: usize = 16 * 1024;
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// How long a TLS handshake on the dashboard may take.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest error message sent: a gRPC status message (`grpc-message`, a
+/// header that common clients refuse beyond 16 KiB of metadata) or a
+/// dashboard error. Errors show a refused value by a short prefix
+/// (`domain::shown`); this is the safety net for anything else.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 
 // ------------------------------------------------------------ request fields
 
@@ -66,6 +72,8 @@ pub const MAX_AUDIT_FILTER_BYTES: usize = 256;
 pub const MAX_TIME_ZONE_BYTES: usize = 64;
 /// Entries of a weekly window's day list.
 pub const MAX_WEEK_DAYS: usize = 7;
+/// Paths in one update mask.
+pub const MAX_MASK_PATHS: usize = 16;
 /// Operation kinds listed in one policy setting.
 pub const MAX_POLICY_KINDS: usize = 16;
 /// Lock states in one agent lock report (or hello).
@@ -84,3 +92,42 @@ pub const AGENT_MESSAGE_BURST: u32 = 500;
 /// Clients (tokens or peer addresses) the unary rate limiter tracks at once;
 /// beyond it, new clients share one bucket.
 pub const MAX_RATE_CLIENTS: usize = 10_000;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE_BYTES`] at a character boundary,
+/// ending in `…` and its full length if it was cut.
+pub fn capped_message(message: &str) -> Cow<'_, str> {
+    if message.len() <= MAX_ERROR_MESSAGE_BYTES {
+        return Cow::Borrowed(message);
+    }
+    // Room for the suffix: "… (" + up to 20 digits + " bytes)".
+    let keep = crate::domain::prefix_at_most(message, MAX_ERROR_MESSAGE_BYTES - 32);
+    Cow::Owned(format!("{keep}… ({} bytes)", message.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_message_is_capped_at_a_character_boundary() {
+        let fits = "é".repeat(MAX_ERROR_MESSAGE_BYTES / 2);
+        let cases = [("short", "short".to_owned()), (fits.as_str(), fits.clone())];
+        for (message, want) in cases {
+            assert_eq!(capped_message(message), want);
+        }
+        for long in [
+            "x".repeat(200_000),
+            "é".repeat(100_000),
+            format!("a{}", "日".repeat(5000)),
+        ] {
+            let capped = capped_message(&long);
+            assert!(capped.len() <= MAX_ERROR_MESSAGE_BYTES, "{}", capped.len());
+            assert!(
+                capped.ends_with(&format!("… ({} bytes)", long.len())),
+                "{capped}"
+            );
+            let kept = capped.split('…').next().unwrap_or_default();
+            assert!(long.starts_with(kept) && kept.len() > 900, "{}", kept.len());
+        }
+    }
+}

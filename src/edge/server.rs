@@ -317,11 +317,12 @@ impl Bound {
                 .tls_config(tls.grpc())
                 .map_err(|source| ServeError::Transport { source })?;
         }
-        // Layers: spans outermost (a call refused by any layer below still
-        // gets its span and status), then overload (rate, in-flight,
-        // timeout, stream cap), then per service the message-size limits
-        // around the token check.
+        // Layers: status messages bounded outermost (whatever answered),
+        // then spans (a call refused by any layer below still gets its span
+        // and status), then overload (rate, in-flight, timeout, stream cap),
+        // then per service the message-size limits around the token check.
         let server = builder
+            .layer(grpc::status::BoundedStatus)
             .layer(telemetry::RpcSpans)
             .layer(OverloadLayer::new(
                 self.config.overload.clone(),

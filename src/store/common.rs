@@ -1178,63 +1178,36 @@ macro_rules! impl_store {
             }
 
             async fn set_fleet_policy(&self, fleet: &FleetId, policy: &FleetPolicy, now: Timestamp) -> Result<(), StoreError> {
-                sqlx::query(
-                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms, needs_approval_json, release_mode, on_missed_occurrence) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (fleet) DO UPDATE SET needs_window_json = excluded.needs_window_json, \
-                       needs_approval_json = excluded.needs_approval_json, release_mode = excluded.release_mode, \
-                       on_missed_occurrence = excluded.on_missed_occurrence, \
-                       max_deferral_ms = excluded.max_deferral_ms, on_deferral_expiry = excluded.on_deferral_expiry, \
-                       updated_ms = excluded.updated_ms",
-                )
-                .bind(fleet.as_str())
-                .bind(codec::kinds_to_json(&policy.needs_window))
-                .bind(policy.max_deferral_ms)
-                .bind(policy.on_deferral_expiry.as_str())
-                .bind(now.0)
-                .bind(codec::kinds_to_json(&policy.needs_approval))
-                .bind(if policy.partial_releases { "partial" } else { "atomic" })
-                .bind(if policy.missed_moves_to_next { "next" } else { "ask" })
-                .execute(&self.pool)
-                .await
-                .map_err(StoreError::on_write("fleet policy", fleet, "fleet"))?;
-                Ok(())
+                write_fleet_policy(&self.pool, fleet, policy, now).await
+            }
+
+            async fn update_fleet_policy(
+                &self,
+                fleet: &FleetId,
+                update: &$crate::domain::PolicyUpdate,
+                now: Timestamp,
+            ) -> Result<FleetPolicy, StoreError> {
+                let mut tx = self.begin().await?;
+                // The fleet's row lock, held to the commit: updates of one
+                // fleet's policy apply one after another, each to what the
+                // one before wrote. No row: no such fleet.
+                let locked = sqlx::query("UPDATE fleets SET name = name WHERE id = $1 RETURNING id")
+                    .bind(fleet.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from_sqlx)?;
+                if locked.is_none() {
+                    return Err(StoreError::NotFound { entity: "fleet", key: fleet.to_string() });
+                }
+                let current = fleet_policy_in(&mut *tx, fleet).await?;
+                let next = update.apply(&current);
+                write_fleet_policy(&mut *tx, fleet, &next, now).await?;
+                tx.commit().await.map_err(StoreError::from_sqlx)?;
+                Ok(next)
             }
 
             async fn fleet_policy(&self, fleet: &FleetId) -> Result<FleetPolicy, StoreError> {
-                let row = sqlx::query(
-                    "SELECT needs_window_json, needs_approval_json, max_deferral_ms, on_deferral_expiry, release_mode, on_missed_occurrence FROM fleet_policies WHERE fleet = $1",
-                )
-                .bind(fleet.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-                let Some(r) = row else {
-                    return Ok(FleetPolicy::default());
-                };
-                let json: String = get(&r, "needs_window_json")?;
-                let max: Option<i64> = get(&r, "max_deferral_ms")?;
-                let expiry: Option<String> = get(&r, "on_deferral_expiry")?;
-                let on_deferral_expiry = match expiry {
-                    None => crate::domain::DeferralExpiry::Notify,
-                    Some(e) => crate::domain::DeferralExpiry::parse(&e).ok_or_else(|| {
-                        codec::corrupt("fleet policy", fleet.as_str(), format!("unknown deferral expiry {e:?}"))
-                    })?,
-                };
-                let approval: Option<String> = get(&r, "needs_approval_json")?;
-                let mode: Option<String> = get(&r, "release_mode")?;
-                let missed: Option<String> = get(&r, "on_missed_occurrence")?;
-                Ok(FleetPolicy {
-                    needs_window: codec::kinds_from_json(fleet.as_str(), &json)?,
-                    needs_approval: match approval {
-                        Some(j) => codec::kinds_from_json(fleet.as_str(), &j)?,
-                        None => FleetPolicy::default().needs_approval,
-                    },
-                    max_deferral_ms: max.unwrap_or(FleetPolicy::DEFAULT_MAX_DEFERRAL_MS),
-                    partial_releases: mode.as_deref() == Some("partial"),
-                    missed_moves_to_next: missed.as_deref() == Some("next"),
-                    on_deferral_expiry,
-                })
+                fleet_policy_in(&self.pool, fleet).await
             }
 
             async fn create_approval(&self, op: OperationId, now: Timestamp) -> Result<Approval, StoreError> {
@@ -1331,16 +1304,25 @@ macro_rules! impl_store {
 
             async fn create_window(&self, scope: &WindowScope, rule: &WindowRule, now: Timestamp) -> Result<Window, StoreError> {
                 let (kind, key) = scope_columns(scope);
-                let row = sqlx::query(
-                    "INSERT INTO maintenance_windows (scope_kind, scope, spec_json, created_ms) VALUES ($1, $2, $3, $4) RETURNING id",
-                )
+                // The fleet or device must exist, checked in the statement
+                // that writes (a tag needs no device yet).
+                let (exists, missing) = match scope {
+                    WindowScope::Fleet(_) => ("EXISTS (SELECT 1 FROM fleets WHERE id = $2)", "fleet"),
+                    WindowScope::Device(_) => ("EXISTS (SELECT 1 FROM devices WHERE id = $2)", "device"),
+                    WindowScope::Tag(_) => ("1 = 1", "tag"),
+                };
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO maintenance_windows (scope_kind, scope, spec_json, created_ms) \
+                     SELECT $1, $2, $3, $4 WHERE {exists} RETURNING id"
+                )))
                 .bind(kind)
                 .bind(&key)
                 .bind(codec::rule_to_json(rule))
                 .bind(now.0)
-                .fetch_one(&self.pool)
+                .fetch_optional(&self.pool)
                 .await
-                .map_err(StoreError::from_sqlx)?;
+                .map_err(StoreError::from_sqlx)?
+                .ok_or_else(|| StoreError::NotFound { entity: missing, key: key.clone() })?;
                 Ok(Window { id: get(&row, "id")?, scope: scope.clone(), rule: rule.clone() })
             }
 
@@ -2045,6 +2027,74 @@ macro_rules! impl_store {
                 .ok_or_else(|| StoreError::NotFound { entity: "rollout", key: id.to_string() })?;
             rollout_from_row(&row)
         }
+
+        async fn write_fleet_policy<'e, E: sqlx::Executor<'e, Database = $db>>(
+            conn: E,
+            fleet: &FleetId,
+            policy: &FleetPolicy,
+            now: Timestamp,
+        ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO fleet_policies (fleet, needs_window_json, max_deferral_ms, on_deferral_expiry, updated_ms, needs_approval_json, release_mode, on_missed_occurrence) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (fleet) DO UPDATE SET needs_window_json = excluded.needs_window_json, \
+                       needs_approval_json = excluded.needs_approval_json, release_mode = excluded.release_mode, \
+                       on_missed_occurrence = excluded.on_missed_occurrence, \
+                       max_deferral_ms = excluded.max_deferral_ms, on_deferral_expiry = excluded.on_deferral_expiry, \
+                       updated_ms = excluded.updated_ms",
+                )
+                .bind(fleet.as_str())
+                .bind(codec::kinds_to_json(&policy.needs_window))
+                .bind(policy.max_deferral_ms)
+                .bind(policy.on_deferral_expiry.as_str())
+                .bind(now.0)
+                .bind(codec::kinds_to_json(&policy.needs_approval))
+                .bind(if policy.partial_releases { "partial" } else { "atomic" })
+                .bind(if policy.missed_moves_to_next { "next" } else { "ask" })
+                .execute(conn)
+                .await
+                .map_err(StoreError::on_write("fleet policy", fleet, "fleet"))?;
+                Ok(())
+            }
+
+        async fn fleet_policy_in<'e, E: sqlx::Executor<'e, Database = $db>>(
+            conn: E,
+            fleet: &FleetId,
+        ) -> Result<FleetPolicy, StoreError> {
+                let row = sqlx::query(
+                    "SELECT needs_window_json, needs_approval_json, max_deferral_ms, on_deferral_expiry, release_mode, on_missed_occurrence FROM fleet_policies WHERE fleet = $1",
+                )
+                .bind(fleet.as_str())
+                .fetch_optional(conn)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+                let Some(r) = row else {
+                    return Ok(FleetPolicy::default());
+                };
+                let json: String = get(&r, "needs_window_json")?;
+                let max: Option<i64> = get(&r, "max_deferral_ms")?;
+                let expiry: Option<String> = get(&r, "on_deferral_expiry")?;
+                let on_deferral_expiry = match expiry {
+                    None => crate::domain::DeferralExpiry::Notify,
+                    Some(e) => crate::domain::DeferralExpiry::parse(&e).ok_or_else(|| {
+                        codec::corrupt("fleet policy", fleet.as_str(), format!("unknown deferral expiry {e:?}"))
+                    })?,
+                };
+                let approval: Option<String> = get(&r, "needs_approval_json")?;
+                let mode: Option<String> = get(&r, "release_mode")?;
+                let missed: Option<String> = get(&r, "on_missed_occurrence")?;
+                Ok(FleetPolicy {
+                    needs_window: codec::kinds_from_json(fleet.as_str(), &json)?,
+                    needs_approval: match approval {
+                        Some(j) => codec::kinds_from_json(fleet.as_str(), &j)?,
+                        None => FleetPolicy::default().needs_approval,
+                    },
+                    max_deferral_ms: max.unwrap_or(FleetPolicy::DEFAULT_MAX_DEFERRAL_MS),
+                    partial_releases: mode.as_deref() == Some("partial"),
+                    missed_moves_to_next: missed.as_deref() == Some("next"),
+                    on_deferral_expiry,
+                })
+            }
 
         async fn append_audit_tx(
             tx: &mut sqlx::Transaction<'static, $db>,

@@ -21,8 +21,8 @@ use crate::domain::{
     Approval, ApprovalStatus, AuditEntry, BlockName, BlockVersion, DeviceId, DeviceRecord,
     DeviceReport, DeviceStatus, EnvLayer, EnvName, EnvScope, EnvVar, Fleet, FleetId, FleetPolicy,
     Force, IntentKind, IntentSeq, LockReport, LockState, NewIntent, OpStatus, OperationId,
-    OperationRecord, OperationSpec, Release, ReleaseId, StoredIntent, Tag, TimelineEntry,
-    Timestamp, Window, WindowRule, WindowScope,
+    OperationRecord, OperationSpec, PolicyUpdate, Release, ReleaseId, StoredIntent, Tag,
+    TimelineEntry, Timestamp, Window, WindowRule, WindowScope,
 };
 use crate::domain::{
     BatchCounts, Plan, PlanDevice, Rollout, RolloutId, RolloutProgress, RolloutState,
@@ -628,6 +628,17 @@ pub trait Store: PlanStore + replicas::ReplicaStore + Clone + Send + Sync + 'sta
         policy: &FleetPolicy,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Applies `update` to the fleet's policy (`NotFound` for an unknown
+    /// fleet) and returns the policy as it now is. The read, the merge
+    /// (`PolicyUpdate::apply`) and the write happen in one transaction under
+    /// the fleet's row lock, so concurrent updates of different settings
+    /// all survive.
+    fn update_fleet_policy(
+        &self,
+        fleet: &FleetId,
+        update: &PolicyUpdate,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<FleetPolicy, StoreError>> + Send;
     /// The fleet's policy, or the default if none was set.
     fn fleet_policy(
         &self,
@@ -658,6 +669,9 @@ pub trait Store: PlanStore + replicas::ReplicaStore + Clone + Send + Sync + 'sta
         decision: &Approval,
         now: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A window on a fleet or a device that does not exist is `NotFound`
+    /// (checked in the statement that writes it); a tag needs no device
+    /// yet.
     fn create_window(
         &self,
         scope: &WindowScope,

@@ -22,7 +22,7 @@ use super::views::{
 use super::{Dashboard, DashboardError};
 use crate::domain::{
     Action, ApprovalStatus, DeviceId, DeviceStatus, FleetId, Occurrence, OperationId, Principal,
-    RolloutId, Timestamp,
+    RolloutId, Timestamp, shown,
 };
 use crate::store::{DeviceFilter, PageRequest, Store};
 
@@ -36,7 +36,7 @@ pub(super) fn params(
     let Query(q) = q.map_err(|e| DashboardError::bad("query", e.body_text()))?;
     if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(DashboardError::bad(
-            k.clone(),
+            crate::domain::prefix_at_most(k, crate::domain::shown::SHOWN_PREFIX_BYTES),
             format!("unknown parameter; expected one of {}", known.join(", ")),
         ));
     }
@@ -70,7 +70,8 @@ fn number(
             DashboardError::bad(
                 field,
                 format!(
-                    "{s:?} is not a number from {} to {}",
+                    "{} is not a number from {} to {}",
+                    shown(s),
                     range.start(),
                     range.end()
                 ),
@@ -79,10 +80,9 @@ fn number(
 }
 
 fn positive_id(field: &str, s: &str) -> Result<i64, DashboardError> {
-    s.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| DashboardError::bad(field, format!("{s:?} is not a positive integer")))
+    s.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        DashboardError::bad(field, format!("{} is not a positive integer", shown(s)))
+    })
 }
 
 /// GET /api/fleets: every fleet with its device counts per status.
@@ -121,7 +121,7 @@ pub async fn devices<S: Store>(
         .filter(|s| !s.is_empty())
         .map(|s| {
             DeviceStatus::parse(s).ok_or_else(|| {
-                DashboardError::bad("status", format!("{s:?} is not a device status"))
+                DashboardError::bad("status", format!("{} is not a device status", shown(s)))
             })
         })
         .transpose()?;
@@ -249,7 +249,10 @@ pub async fn approvals<S: Store>(
             ApprovalStatus::parse(s).ok_or_else(|| {
                 DashboardError::bad(
                     "status",
-                    format!("{s:?} is not requested, approved, declined or missed"),
+                    format!(
+                        "{} is not requested, approved, declined or missed",
+                        shown(s)
+                    ),
                 )
             })
         })

@@ -129,11 +129,14 @@ impl From<RolloutError> for DashboardError {
 
 impl IntoResponse for DashboardError {
     fn into_response(self) -> Response {
+        // Errors show refused values by a short prefix; the cap is the
+        // safety net for anything else.
+        let error = |text: String| crate::edge::limits::capped_message(&text).into_owned();
         let body = match &self {
             DashboardError::BadRequest { field, message } => {
-                serde_json::json!({ "error": format!("{field}: {message}"), "field": field })
+                serde_json::json!({ "error": error(format!("{field}: {message}")), "field": field })
             }
-            other => serde_json::json!({ "error": other.to_string() }),
+            other => serde_json::json!({ "error": error(other.to_string()) }),
         };
         (self.status(), axum::Json(body)).into_response()
     }

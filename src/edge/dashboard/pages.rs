@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::auth::Authed;
 use super::{Dashboard, DashboardError};
-use crate::domain::{Action, DeviceId, Principal, RolloutId, allows};
+use crate::domain::{Action, DeviceId, Principal, RolloutId, allows, shown};
 use crate::store::{Store, StoreError};
 
 /// The nav, in order: (path, label). Only pages that exist are listed, so
@@ -398,7 +398,7 @@ pub async fn asset(name: Result<Path<String>, PathRejection>) -> Response {
 /// Anything else: JSON under `/api/`, a page otherwise.
 pub async fn not_found(uri: Uri) -> Response {
     if uri.path().starts_with("/api/") || uri.path() == "/api" {
-        DashboardError::NotFound(format!("no endpoint {}", uri.path())).into_response()
+        DashboardError::NotFound(format!("no endpoint {}", shown(uri.path()))).into_response()
     } else {
         message(
             StatusCode::NOT_FOUND,

@@ -12,7 +12,7 @@ use super::convert::{self, ConvertError, at_most, block_name, count_at_most};
 use super::pb::{self, catalog_service_server::CatalogService};
 use super::status_from_store;
 use crate::clock;
-use crate::domain::{self, Action, BlockVersion, EnvContext, FleetId, Release, ReleaseId};
+use crate::domain::{self, Action, BlockVersion, EnvContext, FleetId, Release, ReleaseId, shown};
 use crate::edge::limits::{MAX_DESCRIPTION_BYTES, MAX_RELEASE_BLOCKS, MAX_VERSION_BYTES};
 use crate::store::{PageRequest, Store};
 
@@ -111,7 +111,7 @@ impl<S: Store> CatalogService for Catalog<S> {
                 let version = semver::Version::parse(&r.version).map_err(|e| {
                     ConvertError::new(
                         format!("blocks[{i}].version"),
-                        format!("{:?}: {e}", r.version),
+                        format!("{}: {e}", shown(&r.version)),
                     )
                 })?;
                 Ok((name, version))

@@ -11,7 +11,7 @@ use super::pb;
 use crate::domain::{
     BlockConfig, BlockDelta, BlockName, BlockVersion, Dependency, Disturbance, Env, EnvName,
     EnvScope, EnvVar, FleetId, ImageDigest, Reason, Release, ReleaseId, RestartCause,
-    UpdateStrategy,
+    UpdateStrategy, shown,
 };
 use crate::edge::limits::{
     MAX_ARG_BYTES, MAX_COMMAND_ARGS, MAX_DEPENDENCIES, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS,
@@ -42,7 +42,7 @@ impl ConvertError {
 
 impl From<ConvertError> for tonic::Status {
     fn from(e: ConvertError) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
+        super::status::capped(tonic::Status::invalid_argument(e.to_string()))
     }
 }
 
@@ -227,7 +227,7 @@ impl TryFrom<pb::BlockVersion> for BlockVersion {
         let version = semver::Version::parse(&m.version).map_err(|e| {
             ConvertError::new(
                 "version",
-                format!("{:?} is not a semantic version: {e}", m.version),
+                format!("{} is not a semantic version: {e}", shown(&m.version)),
             )
         })?;
         let image_digest =

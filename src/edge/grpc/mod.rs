@@ -1,5 +1,6 @@
 //! The gRPC edge: generated protobuf types, conversions to and from the
-//! domain, and the services. Proto types never leave this module.
+//! domain, and the services. Proto types never leave this module. Every
+//! status message sent is bounded (`status::BoundedStatus`).
 
 pub mod access;
 pub mod agent;
@@ -9,6 +10,7 @@ pub mod convert;
 pub mod device;
 pub mod operation;
 pub mod rollout;
+pub mod status;
 pub mod token;
 pub mod window;
 
@@ -18,7 +20,7 @@ use crate::store::StoreError;
 /// user's mistake is never a bare `INTERNAL`.
 pub fn status_from_store(e: StoreError) -> tonic::Status {
     use tonic::Status;
-    match &e {
+    status::capped(match &e {
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
         StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         StoreError::Invalid { .. } => Status::invalid_argument(e.to_string()),
@@ -36,7 +38,7 @@ pub fn status_from_store(e: StoreError) -> tonic::Status {
             tracing::error!(error = %e, "store error");
             Status::internal("internal error; see the server log")
         }
-    }
+    })
 }
 
 /// Generated from `proto/lockstep/v1/*.proto`.

@@ -15,7 +15,7 @@ use super::status_from_store;
 use crate::app::rollouts::{CreateRollout, RolloutError, RolloutStatus, Rollouts};
 use crate::domain::{
     Action, Amount, FleetId, OnError, Principal, ReleaseId, Rollout, RolloutId, RolloutTarget,
-    Strategy, Tag,
+    Strategy, Tag, shown,
 };
 use crate::edge::limits::MAX_TEXT_BYTES;
 use crate::store::Store;
@@ -130,7 +130,7 @@ impl TryFrom<pb::RolloutStrategy> for Strategy {
             other => OnError::parse(other).ok_or_else(|| {
                 ConvertError::new(
                     "strategy.on_error",
-                    format!("{other:?}: must be pause or abort"),
+                    format!("{}: must be pause or abort", shown(other)),
                 )
             })?,
         };

@@ -11,7 +11,7 @@ use super::status_from_store;
 use crate::app::tokens::{self, NewToken};
 use crate::clock;
 use crate::domain::{
-    Action, ApiToken, AuditEntry, FleetId, Role, Scope, Timestamp, TokenId, check_scope,
+    Action, ApiToken, AuditEntry, FleetId, Role, Scope, Timestamp, TokenId, check_scope, shown,
 };
 use crate::edge::limits::{MAX_TEXT_BYTES, MAX_TOKEN_FLEETS, MAX_TOKEN_NAME_CHARS};
 use crate::store::Store;
@@ -55,7 +55,10 @@ impl TryFrom<pb::CreateTokenRequest> for NewToken {
         let role = Role::parse(&r.role).ok_or_else(|| {
             ConvertError::new(
                 "role",
-                format!("{:?} is not admin, operator, customer or viewer", r.role),
+                format!(
+                    "{} is not admin, operator, customer or viewer",
+                    shown(&r.role)
+                ),
             )
         })?;
         let name = r.name.trim();

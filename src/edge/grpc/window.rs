@@ -1,6 +1,9 @@
 //! `WindowService`: maintenance windows (weekly in an IANA time zone, or
 //! one-off) attached to a fleet, a tag or a device, and the per-fleet policy
-//! of which operations need one. Changes wake the scheduler. Customer
+//! of which operations need one (replaced whole, or only the settings an
+//! update mask names). A window or policy on a fleet or device that does
+//! not exist is `NOT_FOUND` (the store checks as it writes); a tag needs no
+//! device yet. Changes wake the scheduler. Customer
 //! approvals are listed and decided by `crate::app::approvals`, shared with the
 //! web dashboard; this edge only converts. A window belongs to its fleet
 //! (a device's window to the device's fleet); a window on a device tag
@@ -18,14 +21,14 @@ use super::status_from_store;
 use crate::app::approvals::{self, ApprovalError, ApprovalView, Approvals};
 use crate::background::scheduler::Wakeups;
 use crate::clock;
-use crate::domain::{Action, Principal};
+use crate::domain::{Action, Principal, shown};
 use crate::domain::{
-    ApprovalStatus, DeferralExpiry, DeviceId, FleetId, FleetPolicy, Tag, Timestamp, Window,
-    WindowRule, WindowScope,
+    ApprovalStatus, DeferralExpiry, DeviceId, FleetId, FleetPolicy, PolicyField, PolicyUpdate, Tag,
+    Timestamp, Window, WindowRule, WindowScope,
 };
 use crate::edge::limits::{
-    MAX_POLICY_KINDS, MAX_RECURRENCE_BYTES, MAX_RECURRENCE_LINES, MAX_TIME_ZONE_BYTES,
-    MAX_WEEK_DAYS,
+    MAX_MASK_PATHS, MAX_POLICY_KINDS, MAX_RECURRENCE_BYTES, MAX_RECURRENCE_LINES,
+    MAX_TIME_ZONE_BYTES, MAX_WEEK_DAYS,
 };
 use crate::store::Store;
 
@@ -137,7 +140,7 @@ fn weekly_from_pb(w: pb::WeeklyRule) -> Result<WindowRule, ConvertError> {
     let start = w.start_local.parse::<jiff::civil::Time>().map_err(|e| {
         ConvertError::new(
             "weekly.start_local",
-            format!("{:?} is not HH:MM: {e}", w.start_local),
+            format!("{} is not HH:MM: {e}", shown(&w.start_local)),
         )
     })?;
     let rule = WindowRule::Weekly {
@@ -250,9 +253,41 @@ fn policy_kinds(field: &str, kinds: &[String]) -> Result<BTreeSet<String>, Conve
             } else {
                 Err(ConvertError::new(
                     format!("{field}[{i}]"),
-                    format!("{k:?} is not one of {}", FleetPolicy::KINDS.join(", ")),
+                    format!(
+                        "{} is not one of {}",
+                        shown(k),
+                        FleetPolicy::KINDS.join(", ")
+                    ),
                 ))
             }
+        })
+        .collect()
+}
+
+/// The settings an update mask names, each checked; a mask naming none is
+/// refused (leave the mask out to replace the whole policy).
+fn mask_fields(mask: &prost_types::FieldMask) -> Result<BTreeSet<PolicyField>, ConvertError> {
+    count_at_most("update_mask.paths", mask.paths.len(), MAX_MASK_PATHS)?;
+    if mask.paths.is_empty() {
+        return Err(ConvertError::new(
+            "update_mask",
+            "names no setting; name the settings to change, or leave the mask out to replace the whole policy",
+        ));
+    }
+    mask.paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            PolicyField::parse(path).ok_or_else(|| {
+                ConvertError::new(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "{} is not a policy setting (one of {})",
+                        shown(path),
+                        PolicyField::names()
+                    ),
+                )
+            })
         })
         .collect()
 }
@@ -271,7 +306,10 @@ impl<S: Store> WindowService for Windows<S> {
             Some(ApprovalStatus::parse(&status).ok_or_else(|| {
                 ConvertError::new(
                     "status",
-                    format!("{status:?} is not requested, approved, declined or missed"),
+                    format!(
+                        "{} is not requested, approved, declined or missed",
+                        shown(&status)
+                    ),
                 )
             })?)
         };
@@ -332,8 +370,9 @@ impl<S: Store> WindowService for Windows<S> {
         let p = principal(&req)?;
         let req = req.into_inner();
         let scope = scope_from_pb(req.scope)?;
-        // A window on a device not registered (yet) belongs to no known
-        // fleet: only a token for every fleet may attach one.
+        // A window on a device not registered belongs to no known fleet:
+        // only a token for every fleet gets as far as the store, which
+        // answers NOT_FOUND.
         let fleet = match self.scope_fleet(&scope).await {
             Ok(f) => f,
             Err(s) if s.code() == tonic::Code::NotFound => None,
@@ -477,8 +516,8 @@ impl<S: Store> WindowService for Windows<S> {
         req: Request<pb::SetFleetPolicyRequest>,
     ) -> Result<Response<pb::SetFleetPolicyResponse>, Status> {
         let who = principal(&req)?;
+        let req = req.into_inner();
         let p = req
-            .into_inner()
             .policy
             .ok_or_else(|| ConvertError::new("policy", "required"))?;
         let fleet = FleetId::new(&p.fleet).map_err(|e| ConvertError::new("policy.fleet", e))?;
@@ -500,7 +539,7 @@ impl<S: Store> WindowService for Windows<S> {
             DeferralExpiry::parse(&p.on_deferral_expiry).ok_or_else(|| {
                 ConvertError::new(
                     "policy.on_deferral_expiry",
-                    format!("{:?} is not notify or force", p.on_deferral_expiry),
+                    format!("{} is not notify or force", shown(&p.on_deferral_expiry)),
                 )
             })?
         };
@@ -510,7 +549,7 @@ impl<S: Store> WindowService for Windows<S> {
             other => {
                 return Err(ConvertError::new(
                     "policy.release_mode",
-                    format!("{other:?} is not atomic or partial"),
+                    format!("{} is not atomic or partial", shown(other)),
                 )
                 .into());
             }
@@ -521,7 +560,7 @@ impl<S: Store> WindowService for Windows<S> {
             other => {
                 return Err(ConvertError::new(
                     "policy.on_missed_occurrence",
-                    format!("{other:?} is not ask or next"),
+                    format!("{} is not ask or next", shown(other)),
                 )
                 .into());
             }
@@ -534,8 +573,16 @@ impl<S: Store> WindowService for Windows<S> {
             max_deferral_ms,
             on_deferral_expiry,
         };
-        self.store
-            .set_fleet_policy(&fleet, &policy, clock::now())
+        let update = match &req.update_mask {
+            None => PolicyUpdate::Replace(policy),
+            Some(mask) => PolicyUpdate::Fields {
+                values: policy,
+                fields: mask_fields(mask)?,
+            },
+        };
+        let policy = self
+            .store
+            .update_fleet_policy(&fleet, &update, clock::now())
             .await
             .map_err(status_from_store)?;
         self.wake_active().await?;
