@@ -143,6 +143,11 @@ struct AgentArgs {
     hook_release: Option<String>,
     #[arg(long, env = "LOCKSTEP_HOOK_RESTART_BLOCK")]
     hook_restart_block: Option<String>,
+    /// A block that runs as its own user: BLOCK=UID[:GID] (repeatable). Its
+    /// lock directory and token then belong to that user alone (the agent
+    /// must run as root to give them away).
+    #[arg(long = "block-owner", value_name = "BLOCK=UID[:GID]")]
+    block_owners: Vec<String>,
     /// PEM CA certificate(s) to trust for an https:// server.
     #[arg(long, env = "LOCKSTEP_TLS_CA")]
     tls_ca: Option<PathBuf>,
@@ -171,6 +176,9 @@ struct AgentFile {
     hook_os_update: Option<String>,
     hook_release: Option<String>,
     hook_restart_block: Option<String>,
+    /// Block name → "UID[:GID]".
+    #[serde(default)]
+    block_owners: std::collections::BTreeMap<String, String>,
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -230,6 +238,28 @@ fn agent_config(a: AgentArgs) -> anyhow::Result<lockstep::agent::run::AgentConfi
         api_listen.ip().is_loopback(),
         "--api-listen must be a loopback address, not {api_listen}"
     );
+    let mut block_owners = std::collections::BTreeMap::new();
+    let from_flags = a.block_owners.iter().map(|s| {
+        s.split_once('=')
+            .map(|(b, o)| (b.to_owned(), o.to_owned()))
+            .with_context(|| format!("--block-owner {s:?}: expected BLOCK=UID[:GID]"))
+    });
+    let pairs: Vec<(String, String)> = file
+        .block_owners
+        .into_iter()
+        .map(Ok)
+        .chain(from_flags)
+        .collect::<anyhow::Result<_>>()?;
+    for (block, owner) in pairs {
+        let name = lockstep::domain::BlockName::new(&block)
+            .with_context(|| format!("block owner for {block:?}"))?;
+        let owner: lockstep::agent::locks::BlockOwner =
+            owner
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("block owner of {block}"))?;
+        block_owners.insert(name, owner);
+    }
     let tls = lockstep::edge::tls::ClientTls::load(
         a.tls_ca.or(file.tls_ca).as_deref(),
         a.tls_cert.or(file.tls_cert).as_deref(),
@@ -260,6 +290,7 @@ fn agent_config(a: AgentArgs) -> anyhow::Result<lockstep::agent::run::AgentConfi
             restart_block: a.hook_restart_block.or(file.hook_restart_block),
         },
         lock_poll,
+        block_owners,
     })
 }
 

@@ -780,6 +780,37 @@ async fn restarting_b_goes_ahead_while_a_holds_its_lock() {
 }
 
 #[tokio::test]
+async fn lock_directories_and_tokens_are_private_to_their_block() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut fx = setup().await;
+    // An older agent left a's directory world-writable and its token 0644.
+    std::fs::create_dir_all(fx.lock_dir("a")).unwrap();
+    std::fs::set_permissions(fx.lock_dir("a"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(fx.lock_dir("a").join("token"), "old-token").unwrap();
+    std::fs::set_permissions(
+        fx.lock_dir("a").join("token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    fx.start_agent("true");
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    for block in ["a", "b", "c"] {
+        assert_eq!(mode(fx.lock_dir(block)), 0o755, "{block}'s directory");
+        assert_eq!(
+            mode(fx.lock_dir(block).join("token")),
+            0o600,
+            "{block}'s token"
+        );
+        assert_eq!(
+            mode(fx.lock_dir(block).join("updates.lock")),
+            0o644,
+            "{block}'s lock file"
+        );
+    }
+    assert_eq!(fx.token("a"), "old-token", "a kept its token");
+}
+
+#[tokio::test]
 async fn a_device_whose_agent_state_was_wiped_starts_a_new_life_and_works_again() {
     let mut fx = setup().await;
     fx.start_agent("true");

@@ -137,7 +137,7 @@ async fn good_and_bad_reports_from_many_devices_fail_only_the_bad_ones(server: &
     let mut tasks = Vec::new();
     for (i, cred) in creds.into_iter().enumerate() {
         let bad_at = (i % 3 == 0).then(|| 2 + rng.next() % (REPORTS - 2));
-        let bad_value = if rng.next() % 2 == 0 {
+        let bad_value = if rng.next().is_multiple_of(2) {
             u64::MAX
         } else {
             1 << 63
@@ -149,8 +149,8 @@ async fn good_and_bad_reports_from_many_devices_fail_only_the_bad_ones(server: &
             for seq in 2..=REPORTS {
                 let g = seq;
                 let mut locks = vec![
-                    lock("a", seq % 2 == 0, g),
-                    lock("b", seq % 3 == 0, g),
+                    lock("a", seq.is_multiple_of(2), g),
+                    lock("b", seq.is_multiple_of(3), g),
                     lock("c", false, g),
                 ];
                 if bad_at == Some(seq) {
@@ -186,8 +186,8 @@ async fn good_and_bad_reports_from_many_devices_fail_only_the_bad_ones(server: &
     for i in (0..DEVICES).filter(|i| i % 3 != 0) {
         let device = format!("d{i}");
         let want = vec![
-            lock("a", REPORTS % 2 == 0, REPORTS),
-            lock("b", REPORTS % 3 == 0, REPORTS),
+            lock("a", REPORTS.is_multiple_of(2), REPORTS),
+            lock("b", REPORTS.is_multiple_of(3), REPORTS),
             lock("c", false, REPORTS),
         ];
         let got: Vec<(String, bool, u64)> = locks_of(ch.clone(), &device)

@@ -30,10 +30,15 @@
 //! look free. The agent's lock descriptors are close-on-exec, so a block
 //! started during an operation never inherits (and outlives) the agent's lock.
 //!
-//! Block directories are created mode `1777` (a container user must be able to
-//! create `handover.done` there; the sticky bit stops it from replacing
-//! `updates.lock`, which would silently split the lock in two) and the lock file
-//! mode `0666`, so a non-root container user can open and lock it.
+//! Block directories are mode `0755`: writable by their owner only, never by
+//! the world (a world-writable directory would let any local user replace
+//! `updates.lock`, silently splitting the lock in two, or read another
+//! block's token). The owner is the agent's user, unless the operator names
+//! the block's own user ([`BlockOwner`], `--block-owner a=1000:1000`): then
+//! the directory belongs to that user, who alone can create `handover.done`
+//! there. A directory left world-writable by an older agent is tightened. The
+//! lock file is mode `0644`: `flock(2)` needs only a read-only descriptor, so
+//! any block user can take it and nobody but its owner can change it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -107,15 +112,57 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LockError 
     }
 }
 
+/// The user a block runs as, who owns its lock directory and token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockOwner {
+    pub uid: u32,
+    pub gid: Option<u32>,
+}
+
+impl std::str::FromStr for BlockOwner {
+    type Err = String;
+
+    /// `UID` or `UID:GID`, numeric.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (uid, gid) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        let num = |v: &str, what: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{what} must be a number, not {v:?}"))
+        };
+        Ok(Self {
+            uid: num(uid, "the uid")?,
+            gid: gid.map(|g| num(g, "the gid")).transpose()?,
+        })
+    }
+}
+
 /// The root of the per-block lock directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockDir {
     root: PathBuf,
+    owners: BTreeMap<BlockName, BlockOwner>,
 }
 
 impl LockDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            owners: BTreeMap::new(),
+        }
+    }
+
+    /// Gives these blocks' directories (and tokens) to their own users.
+    pub fn with_owners(mut self, owners: BTreeMap<BlockName, BlockOwner>) -> Self {
+        self.owners = owners;
+        self
+    }
+
+    /// The user a block's directory and token belong to, if not the agent's.
+    pub fn owner(&self, block: &BlockName) -> Option<BlockOwner> {
+        self.owners.get(block).copied()
     }
 
     pub fn root(&self) -> &Path {
@@ -132,25 +179,37 @@ impl LockDir {
         self.block_dir(block).join(LOCK_FILE_NAME)
     }
 
-    /// Creates `<root>/<block>/` and an empty `updates.lock` (mode 0666 so a
-    /// container user can open it) if missing. Returns the lock file's path.
+    /// Creates `<root>/<block>/` (mode 0755, owned by the block's user if
+    /// one is named) and an empty `updates.lock` (mode 0644: any user can
+    /// open it read-only and lock it) if missing; tightens a directory an
+    /// older agent left world-writable. Returns the lock file's path.
     pub fn ensure_block(&self, block: &BlockName) -> Result<PathBuf, LockError> {
         let dir = self.block_dir(block);
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir).map_err(io_err("create lock directory", &dir))?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))
+        }
+        let meta = std::fs::metadata(&dir).map_err(io_err("stat", &dir))?;
+        if meta.permissions().mode() & 0o7777 != 0o755 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
                 .map_err(io_err("set permissions of", &dir))?;
+        }
+        if let Some(owner) = self.owner(block) {
+            use std::os::unix::fs::MetadataExt as _;
+            if meta.uid() != owner.uid || owner.gid.is_some_and(|g| g != meta.gid()) {
+                std::os::unix::fs::chown(&dir, Some(owner.uid), owner.gid)
+                    .map_err(io_err("give the block's user", &dir))?;
+            }
         }
         let path = dir.join(LOCK_FILE_NAME);
         match OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o666)
+            .mode(0o644)
             .open(&path)
         {
             Ok(_) => {
-                // The umask narrowed the mode given to open(2); widen it again.
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+                // The umask may have narrowed the mode given to open(2).
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
                     .map_err(io_err("set permissions of", &path))?;
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -651,11 +710,55 @@ mod tests {
         let path = locks.ensure_block(&blk).unwrap();
         assert_eq!(path, dir.path().join("locks/telemetry/updates.lock"));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o666);
+        assert_eq!(mode & 0o777, 0o644);
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o7777, 0o755, "not world-writable");
         // Idempotent, and keeps an existing file (same inode: same lock).
         let ino = rustix::fs::stat(&path).unwrap().st_ino;
         locks.ensure_block(&blk).unwrap();
         assert_eq!(rustix::fs::stat(&path).unwrap().st_ino, ino);
+    }
+
+    #[test]
+    fn a_world_writable_directory_is_tightened_and_an_owner_gets_it() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let blk = BlockName::new("ui").unwrap();
+        let legacy = dir.path().join("ui");
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::set_permissions(&legacy, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // Owned by whoever runs the test: chown to oneself is always allowed.
+        let me = std::fs::metadata(dir.path()).unwrap();
+        let owner = BlockOwner {
+            uid: me.uid(),
+            gid: Some(me.gid()),
+        };
+        let locks = LockDir::new(dir.path()).with_owners([(blk.clone(), owner)].into());
+        locks.ensure_block(&blk).unwrap();
+        let meta = std::fs::metadata(&legacy).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        assert_eq!((meta.uid(), meta.gid()), (me.uid(), me.gid()));
+    }
+
+    #[test]
+    fn block_owners_parse_as_uid_and_optional_gid() {
+        let cases = [
+            ("1000", Ok((1000, None))),
+            ("1000:50", Ok((1000, Some(50)))),
+            ("bob", Err("the uid must be a number")),
+            ("1000:staff", Err("the gid must be a number")),
+        ];
+        for (text, want) in cases {
+            let got = text.parse::<BlockOwner>().map(|o| (o.uid, o.gid));
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w, "{text}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{text}: {e}"),
+                (g, w) => panic!("{text}: {g:?} vs {w:?}"),
+            }
+        }
     }
 
     #[test]

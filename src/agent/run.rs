@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::action::{self, Conclusion, InFlight, Outcome};
 use super::api::{self, Answer, ApiState, LocalEvent};
-use super::locks::{LockDir, LockError, LockTracker};
+use super::locks::{BlockOwner, LockDir, LockError, LockTracker};
 use super::runtime::{
     AnyRuntime, Hooks, HooksRuntime, Manifest, ProcessRuntime, Runtime, RuntimeError,
     current_boot_id, step_fact,
@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub hooks: Hooks,
     /// How often the lock observer looks at `/proc/locks`.
     pub lock_poll: Duration,
+    /// Blocks that run as their own user: their lock directory and token
+    /// belong to it.
+    pub block_owners: BTreeMap<BlockName, BlockOwner>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,25 @@ fn reason_name(r: i32) -> String {
         .unwrap_or_else(|_| "unspecified".into())
 }
 
+/// Makes `path` mode 0600, owned by `owner` if given (else the agent's user).
+fn private_to(path: &std::path::Path, owner: Option<BlockOwner>) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |op: &'static str| {
+        move |source| StateError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restricting"))?;
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(path, Some(o.uid), o.gid)
+            .map_err(io("giving the block's user"))?;
+    }
+    Ok(())
+}
+
 fn random_token() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill(&mut bytes);
@@ -149,6 +171,8 @@ impl Core {
                     t
                 }
             };
+            // Readable by the block's user only (an older agent wrote 0644).
+            private_to(&path, self.lock_dir.owner(&block))?;
             tokens.insert(block.to_string(), token);
         }
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = tokens;
@@ -571,7 +595,7 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let lock_dir = LockDir::new(&cfg.lock_root);
+    let lock_dir = LockDir::new(&cfg.lock_root).with_owners(cfg.block_owners.clone());
     std::fs::create_dir_all(&cfg.lock_root).map_err(|source| StateError::Io {
         op: "creating",
         path: cfg.lock_root.clone(),
@@ -615,7 +639,7 @@ pub async fn run(
         RuntimeKind::Process => AnyRuntime::Process(
             ProcessRuntime::new(
                 cfg.state_dir.join("runtime"),
-                LockDir::new(&cfg.lock_root),
+                LockDir::new(&cfg.lock_root).with_owners(cfg.block_owners.clone()),
                 cfg.hooks.clone(),
                 extra_env,
             )
