@@ -108,6 +108,34 @@ impl Ingestor {
     }
 }
 
+/// One batch: every submission's reports and events side by side (moved,
+/// not copied), and where each submission's part is.
+#[derive(Default)]
+struct Batch {
+    reports: Vec<LockReport>,
+    events: Vec<NewEvent>,
+    parts: Vec<Part>,
+}
+
+struct Part {
+    reports: std::ops::Range<usize>,
+    events: std::ops::Range<usize>,
+    done: oneshot::Sender<Result<(), IngestError>>,
+}
+
+impl Batch {
+    fn push(&mut self, s: Submission) {
+        let (r0, e0) = (self.reports.len(), self.events.len());
+        self.reports.extend(s.reports);
+        self.events.extend(s.events);
+        self.parts.push(Part {
+            reports: r0..self.reports.len(),
+            events: e0..self.events.len(),
+            done: s.done,
+        });
+    }
+}
+
 async fn run<S: Store>(
     store: S,
     config: IngestConfig,
@@ -116,26 +144,20 @@ async fn run<S: Store>(
 ) {
     while let Some(first) = rx.recv().await {
         // Gather.
-        let mut batch = vec![first];
-        let mut reports = batch[0].reports.len();
+        let mut batch = Batch::default();
+        batch.push(first);
         // What queued up while the previous batch committed joins at once;
         // with a `max_wait`, later arrivals may join until it passes.
-        while reports < config.max_batch {
+        while batch.reports.len() < config.max_batch {
             match rx.try_recv() {
-                Ok(s) => {
-                    reports += s.reports.len();
-                    batch.push(s);
-                }
+                Ok(s) => batch.push(s),
                 Err(_) => break,
             }
         }
         let deadline = tokio::time::Instant::now() + config.max_wait;
-        while !config.max_wait.is_zero() && reports < config.max_batch {
+        while !config.max_wait.is_zero() && batch.reports.len() < config.max_batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => {
-                    reports += s.reports.len();
-                    batch.push(s);
-                }
+                Ok(Some(s)) => batch.push(s),
                 Ok(None) | Err(_) => break,
             }
         }
@@ -148,12 +170,10 @@ async fn run<S: Store>(
 /// submission by submission, so only the offender's submitter gets the
 /// error and every other report is committed (reports are validated before
 /// they are submitted; this is the safety net).
-async fn commit<S: Store>(store: &S, batch: Vec<Submission>, metrics: &Metrics) {
-    let reports: Vec<LockReport> = batch.iter().flat_map(|s| s.reports.clone()).collect();
-    let events: Vec<NewEvent> = batch.iter().flat_map(|s| s.events.clone()).collect();
-    metrics.ingest_batch(reports.len());
-    let result = commit_one(store, &reports, &events).await;
-    let isolate = batch.len() > 1
+async fn commit<S: Store>(store: &S, batch: Batch, metrics: &Metrics) {
+    metrics.ingest_batch(batch.reports.len());
+    let result = commit_one(store, &batch.reports, &batch.events).await;
+    let isolate = batch.parts.len() > 1
         && matches!(
             result,
             Err(IngestError::Store {
@@ -162,20 +182,21 @@ async fn commit<S: Store>(store: &S, batch: Vec<Submission>, metrics: &Metrics) 
             })
         );
     if !isolate {
-        for s in batch {
+        for part in batch.parts {
             // A submitter that gave up no longer needs the answer.
-            let _ = s.done.send(result.clone());
+            let _ = part.done.send(result.clone());
         }
         return;
     }
     tracing::warn!(
-        submissions = batch.len(),
+        submissions = batch.parts.len(),
         "a lock report batch failed; committing its submissions one by one"
     );
-    for s in batch {
-        metrics.ingest_batch(s.reports.len());
-        let result = commit_one(store, &s.reports, &s.events).await;
-        let _ = s.done.send(result);
+    for part in batch.parts {
+        let reports = &batch.reports[part.reports];
+        metrics.ingest_batch(reports.len());
+        let result = commit_one(store, reports, &batch.events[part.events]).await;
+        let _ = part.done.send(result);
     }
 }
 
