@@ -992,6 +992,12 @@ async fn an_action_killed_with_its_agent_is_reported_interrupted_and_applied_aga
     );
     let applied = fx.wait_op(op.id, "done").await;
     assert!(applied.error.is_empty(), "{}", applied.error);
+    assert_eq!(applied.interruptions, 1);
+    assert!(
+        applied.interrupted.contains("reboot"),
+        "{}",
+        applied.interrupted
+    );
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
 }
 

@@ -888,8 +888,18 @@ pub struct OperationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub behind: Option<u64>,
     pub error: String,
+    /// Applies the agent reported interrupted (each decided again), and
+    /// what it said last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<InterruptedView>,
     pub created_unix_ms: i64,
     pub updated_unix_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterruptedView {
+    pub times: u32,
+    pub last: String,
 }
 
 /// The kind of an operation and what it names.
@@ -931,6 +941,10 @@ impl From<pb::OperationInfo> for OperationView {
             waiting_on: o.waiting_on.into_iter().map(Into::into).collect(),
             behind: (o.behind != 0).then_some(o.behind),
             error: o.error,
+            interrupted: (o.interruptions > 0).then_some(InterruptedView {
+                times: o.interruptions,
+                last: o.interrupted,
+            }),
             created_unix_ms: o.created_unix_ms,
             updated_unix_ms: o.updated_unix_ms,
         }
@@ -974,6 +988,13 @@ impl Human for OperationView {
             ("waiting on", self.waiting_text()),
             ("force", force),
             ("error", self.error.clone()),
+            (
+                "interrupted",
+                self.interrupted
+                    .as_ref()
+                    .map(|i| format!("{} time(s), last: {}", i.times, i.last))
+                    .unwrap_or_default(),
+            ),
             ("created", timestamp(self.created_unix_ms)),
             ("updated", timestamp(self.updated_unix_ms)),
         ])

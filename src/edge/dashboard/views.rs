@@ -206,6 +206,10 @@ pub struct OperationView {
     /// While applying: the agent's last reported phase.
     pub phase: Option<String>,
     pub error: Option<String>,
+    /// What the agent said about its last interrupted apply, if any (each
+    /// interrupted apply is decided again).
+    pub interrupted: Option<String>,
+    pub interruptions: u32,
     pub force: Option<ForceView>,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -223,6 +227,8 @@ impl OperationView {
             window: op.progress.told_window.as_ref().map(OccurrenceView::from),
             phase: op.progress.phase.clone(),
             error: op.progress.error.clone(),
+            interrupted: op.progress.interrupted.clone(),
+            interruptions: op.progress.interruptions,
             force: op.force.as_ref().map(|f| ForceView {
                 blocks: f.blocks().iter().map(ToString::to_string).collect(),
                 reason: f.reason().to_owned(),

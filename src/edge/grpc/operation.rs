@@ -244,6 +244,8 @@ pub(crate) fn operation_to_pb(op: &OperationRecord) -> pb::OperationInfo {
             .behind
             .map_or(0, |b| u64::try_from(b.0).unwrap_or(0)),
         state: status_to_pb(op.status).into(),
+        interruptions: op.progress.interruptions,
+        interrupted: op.progress.interrupted.clone().unwrap_or_default(),
     }
 }
 

@@ -50,6 +50,7 @@
       op.waiting_on.length ? h('ul', { class: 'waits' }, op.waiting_on.map(waitItem)) : null,
       op.window ? h('p', {}, 'Window: ', range(op.window)) : null,
       op.phase ? h('p', {}, 'Phase: ', op.phase) : null,
+      op.interruptions ? h('p', {}, `Interrupted ${op.interruptions} time(s), trying again: `, op.interrupted || '') : null,
       op.force ? h('p', {}, `Forced over the locks of ${op.force.blocks.join(', ')}: ${op.force.reason}`) : null,
       op.error ? h('p', { class: 'error' }, op.error) : null,
     ].filter(Boolean));
