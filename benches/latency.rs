@@ -6,7 +6,7 @@
 //! window, and every millisecond the platform sits on the release is time the
 //! block might take its lock again.
 //!
-//! Run: `cargo build --release && cargo bench --bench latency` (or `--
+//! Run: `cargo bench --bench latency` (or `--
 //! --samples 200` for a quick run; `--backend sqlite|postgres|both`, default
 //! both). Prints a summary per backend and writes
 //! `target/bench-results/latency.json`.
@@ -40,20 +40,10 @@ use tonic::transport::{Channel, Endpoint};
 
 const DEVICE: &str = "lat-1";
 
+/// The `lockstep` binary cargo built with this bench (same profile, same
+/// sources).
 fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("locating the bench executable");
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join("lockstep"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            eprintln!(
-                "latency: no lockstep binary near {}; run cargo build --release",
-                exe.display()
-            );
-            std::process::exit(2);
-        })
+    PathBuf::from(env!("CARGO_BIN_EXE_lockstep"))
 }
 
 struct Server {

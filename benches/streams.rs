@@ -7,7 +7,7 @@
 //! many devices one replica can hold; and a rollout is delivered as intents
 //! on those streams, so the fan-out rate bounds how fast one can land.
 //!
-//! Run: `cargo build --release && cargo bench --bench streams` (or
+//! Run: `cargo bench --bench streams` (or
 //! `-- --streams 2000 --settle 3` for a quick run). Options: `--backend
 //! postgres` (a fresh database on a throwaway cluster, or on the server of
 //! `DATABASE_URL`; default `sqlite`), `--streams LIST`
@@ -1030,6 +1030,31 @@ async fn driver(args: DriverArgs) {
         log_path.display(),
         started.elapsed().as_secs_f64()
     );
+    // A measurement of what did not happen is no measurement: a bench that
+    // lost its server, or whose fan-out did not arrive in full, fails (so a
+    // broken bench fails CI's tiny pass instead of printing zeros).
+    let mut broken = Vec::new();
+    if let Some(d) = &died {
+        broken.push(format!("the server exited early: {d}"));
+    }
+    if let Some(f) = &fanout {
+        let (delivered, devices) = (f["delivered"].as_u64(), f["devices"].as_u64());
+        if delivered < devices {
+            broken.push(format!(
+                "the fan-out delivered {delivered:?} of {devices:?} intents"
+            ));
+        }
+        if f["create_errors"].as_u64() != Some(0) {
+            broken.push(format!(
+                "{} CreateOperation calls failed",
+                f["create_errors"]
+            ));
+        }
+    }
+    if !broken.is_empty() {
+        eprintln!("streams: INCOMPLETE: {}", broken.join("; "));
+        std::process::exit(1);
+    }
 }
 
 /// One CreateOperation(restart_block b) per connected device; waits for the

@@ -25,24 +25,10 @@ pub fn device_id(i: usize) -> String {
     format!("bench-{i:06}")
 }
 
-/// The `lockstep` binary built by `cargo build --release`, beside this bench
-/// (`<target>/release/deps/streams-*` → `<target>/release/lockstep`).
+/// The `lockstep` binary cargo built with this bench (same profile, same
+/// sources): never a stale one left by an earlier `cargo build --release`.
 pub fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("locating the bench executable");
-    let found = exe
-        .ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join("lockstep"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        eprintln!(
-            "streams: no lockstep binary found near {} (looked for <target>/release/lockstep).\n\
-             Build it first: cargo build --release",
-            exe.display()
-        );
-        std::process::exit(2);
-    })
+    PathBuf::from(env!("CARGO_BIN_EXE_lockstep"))
 }
 
 /// Raises the soft open-files limit to the hard one (children inherit it)

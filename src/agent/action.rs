@@ -317,10 +317,14 @@ mod tests {
     fn plans_list_every_action_in_order() {
         use pb::Reason as R;
         use pb::operation::Kind as Op;
+        // c runs with an env the target does not spell out: the release
+        // leaves c alone, so it keeps its running spec.
+        let mut c_running = spec("c", "1");
+        c_running.env.insert("MODE".into(), "eco".into());
         let running: BTreeMap<String, BlockSpec> = [
             ("a".to_owned(), spec("a", "1")),
             ("b".to_owned(), spec("b", "1")),
-            ("c".to_owned(), spec("c", "1")),
+            ("c".to_owned(), c_running.clone()),
         ]
         .into();
         let release = Op::ReleaseUpdate(pb::operation::ReleaseUpdate {
@@ -340,7 +344,7 @@ mod tests {
                 vec![
                     Action::Release {
                         release: "r2".into(),
-                        blocks: vec![spec("a", "2"), spec("b", "1"), spec("c", "1")],
+                        blocks: vec![spec("a", "2"), spec("b", "1"), c_running.clone()],
                     },
                     Action::Restart("b".into()),
                 ],

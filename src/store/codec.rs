@@ -413,6 +413,44 @@ pub(crate) fn fingerprint_from_hex(
     Fingerprint::from_hex(s).ok_or_else(|| corrupt(entity, key, format!("bad fingerprint {s:?}")))
 }
 
+/// Lock reports as one JSON array of `[device, block, held, generation,
+/// since_ms]` rows, for a set-based statement over `json_each` (SQLite).
+pub(crate) fn lock_rows_json(reports: &[&crate::domain::LockReport]) -> Result<String, StoreError> {
+    let rows = reports
+        .iter()
+        .map(|r| {
+            Ok(serde_json::json!([
+                r.device.as_str(),
+                r.block.as_str(),
+                r.state.held,
+                to_i64("generation", r.state.generation.0)?,
+                r.state.since.0,
+            ]))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(serde_json::Value::Array(rows).to_string())
+}
+
+/// The rows an upsert returned (`device_id, block, held, generation,
+/// since_ms`) in the shape of [`lock_rows_json`].
+pub(crate) fn returned_lock_rows_json(
+    rows: &[sqlx::sqlite::SqliteRow],
+) -> Result<String, StoreError> {
+    use sqlx::Row as _;
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let device: String = r.try_get("device_id").map_err(StoreError::from_sqlx)?;
+            let block: String = r.try_get("block").map_err(StoreError::from_sqlx)?;
+            let held: bool = r.try_get("held").map_err(StoreError::from_sqlx)?;
+            let generation: i64 = r.try_get("generation").map_err(StoreError::from_sqlx)?;
+            let since: i64 = r.try_get("since_ms").map_err(StoreError::from_sqlx)?;
+            Ok(serde_json::json!([device, block, held, generation, since]))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(serde_json::Value::Array(rows).to_string())
+}
+
 /// Non-negative database integers as `u64` (generations, sequences).
 pub(crate) fn to_u64(entity: &'static str, key: &str, v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| corrupt(entity, key, format!("negative counter {v}")))

@@ -134,50 +134,49 @@ impl SqliteStore {
 
     /// Row by row inside the batch's one transaction (SQLite is in-process:
     /// the transaction, not the statement count, is the cost).
+    /// Two statements for the whole batch, whatever its size: one upsert
+    /// over the batch (passed as one JSON array, read with `json_each`),
+    /// fenced on generation, returning the rows it applied; then one insert
+    /// of those rows into the history. Row-by-row statements cost a round
+    /// trip to sqlx's SQLite thread each, which bounded ingest at ~9k/s.
     async fn ingest_batch(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         newest: &[&LockReport],
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        let mut applied = 0;
-        for r in newest {
-            let generation = codec::to_i64("generation", r.state.generation.0)?;
-            let done = sqlx::query(
-                "INSERT INTO device_locks (device_id, block, held, generation, since_ms, updated_ms) \
-                 SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM devices WHERE id = $1) \
-                 ON CONFLICT (device_id, block) DO UPDATE SET held = excluded.held, \
-                   generation = excluded.generation, since_ms = excluded.since_ms, \
-                   updated_ms = excluded.updated_ms \
-                 WHERE device_locks.generation < excluded.generation",
-            )
-            .bind(r.device.as_str())
-            .bind(r.block.as_str())
-            .bind(r.state.held)
-            .bind(generation)
-            .bind(r.state.since.0)
-            .bind(now.0)
-            .execute(&mut **tx)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-            if done.rows_affected() == 1 {
-                applied += 1;
-                sqlx::query(
-                    "INSERT INTO lock_history (device_id, block, held, generation, since_ms, recorded_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(r.device.as_str())
-                .bind(r.block.as_str())
-                .bind(r.state.held)
-                .bind(generation)
-                .bind(r.state.since.0)
-                .bind(now.0)
-                .execute(&mut **tx)
-                .await
-                .map_err(StoreError::from_sqlx)?;
-            }
+        let batch = codec::lock_rows_json(newest)?;
+        let applied = sqlx::query(
+            "INSERT INTO device_locks (device_id, block, held, generation, since_ms, updated_ms) \
+             SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, $2 \
+               FROM json_each($1) r \
+              WHERE EXISTS (SELECT 1 FROM devices d WHERE d.id = r.value ->> 0) \
+             ON CONFLICT (device_id, block) DO UPDATE SET held = excluded.held, \
+               generation = excluded.generation, since_ms = excluded.since_ms, \
+               updated_ms = excluded.updated_ms \
+             WHERE device_locks.generation < excluded.generation \
+             RETURNING device_id, block, held, generation, since_ms",
+        )
+        .bind(&batch)
+        .bind(now.0)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if applied.is_empty() {
+            return Ok(0);
         }
-        Ok(applied)
+        let history = codec::returned_lock_rows_json(&applied)?;
+        sqlx::query(
+            "INSERT INTO lock_history (device_id, block, held, generation, since_ms, recorded_ms) \
+             SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, $2 \
+               FROM json_each($1) r",
+        )
+        .bind(&history)
+        .bind(now.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(applied.len() as u64)
     }
 }
 
