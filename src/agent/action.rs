@@ -350,6 +350,23 @@ mod tests {
                 ],
             ),
             (
+                "release replacing a dependent itself: no extra restart",
+                apply(
+                    Op::ReleaseUpdate(pb::operation::ReleaseUpdate {
+                        release: "r3".into(),
+                        blocks: vec![target("a", "2"), target("b", "2"), target("c", "1")],
+                    }),
+                    vec![
+                        disturbed("a", R::UpdateRestart),
+                        disturbed("b", R::DependencyRestart),
+                    ],
+                ),
+                vec![Action::Release {
+                    release: "r3".into(),
+                    blocks: vec![spec("a", "2"), spec("b", "2"), c_running.clone()],
+                }],
+            ),
+            (
                 "restart with a dependent",
                 apply(
                     Op::RestartBlock("a".into()),
@@ -475,11 +492,17 @@ mod tests {
                 }),
             ),
             (
-                "killed or in-agent step: interrupted",
+                "killed or in-agent step: interrupted, naming the step",
                 in_flight(restart.clone(), 1),
                 StepFact::Unfinished,
                 false,
-                Box::new(interrupted),
+                Box::new(|c| match c {
+                    Conclusion::Done {
+                        outcome: Outcome::Interrupted { message },
+                        record_step: false,
+                    } => message.contains("restart (step 2 of 2)"),
+                    _ => false,
+                }),
             ),
             (
                 "a reboot that rebooted the machine: applied",

@@ -360,14 +360,14 @@ mod tests {
                 .unwrap();
         }
         // A long wait, so every submission shares the first batch.
-        let (ingestor, _task) = Ingestor::spawn(
-            store.clone(),
-            IngestConfig {
-                max_batch: 100,
-                max_wait: Duration::from_millis(300),
-                queue: 16,
-            },
-        );
+        use crate::telemetry::{sample, scraped_metrics};
+        let (metrics, scrape, _provider) = scraped_metrics();
+        let config = IngestConfig {
+            max_batch: 100,
+            max_wait: Duration::from_millis(300),
+            queue: 16,
+        };
+        let (ingestor, task) = Ingestor::spawn_with_metrics(store.clone(), config.clone(), metrics);
         let report = |d: usize, g: u64| LockReport {
             device: DeviceId::new(format!("d{d}")).unwrap(),
             block: BlockName::new("a").unwrap(),
@@ -398,6 +398,38 @@ mod tests {
             let a = &locks[&BlockName::new("a").unwrap()];
             assert_eq!(a.generation, Generation(5), "d{d}");
         }
+        // The shared batch, then each submission alone.
+        drop(ingestor);
+        task.await.unwrap();
+        let text = scrape.render();
+        assert_eq!(
+            sample(&text, "lockstep_ingest_batch_size_count", &[]),
+            Some(7.0)
+        );
+
+        // Good submissions sharing a batch commit once; a lone bad one is
+        // not committed a second time.
+        let (metrics, scrape, _provider) = scraped_metrics();
+        let (ingestor, task) = Ingestor::spawn_with_metrics(store.clone(), config, metrics);
+        let mut joins = Vec::new();
+        for d in [0usize, 1, 2] {
+            let ingestor = ingestor.clone();
+            joins.push(tokio::spawn(async move {
+                ingestor.submit(vec![report(d, 6)]).await
+            }));
+        }
+        for j in joins {
+            j.await.unwrap().unwrap();
+        }
+        assert!(ingestor.submit(vec![report(3, u64::MAX)]).await.is_err());
+        drop(ingestor);
+        task.await.unwrap();
+        let text = scrape.render();
+        assert_eq!(
+            sample(&text, "lockstep_ingest_batch_size_count", &[]),
+            Some(2.0),
+            "one shared batch, one lone bad one: {text}"
+        );
     }
 
     #[tokio::test]
