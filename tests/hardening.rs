@@ -142,7 +142,9 @@ async fn good_and_bad_reports_from_many_devices_fail_only_the_bad_ones(server: &
         } else {
             1 << 63
         };
-        let ch = ch.clone();
+        // Its own connection, as every agent has (the server allows 16
+        // streams per connection).
+        let ch = server.channel().await;
         tasks.push(tokio::spawn(async move {
             let device = format!("d{i}");
             let (mut inbound, tx) = connect(ch, &device, &cred, hello("", vec![])).await;
