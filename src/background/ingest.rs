@@ -233,9 +233,9 @@ mod tests {
         Timestamp,
     };
 
-    #[tokio::test]
-    async fn concurrent_submissions_share_batches_and_are_all_committed() {
-        let (store, _dir) = crate::testkit::sqlite_store().await;
+    /// A store with fleet `f` and devices `d0`…`d{n-1}`.
+    async fn store_with_devices(n: usize) -> (crate::store::SqliteStore, tempfile::TempDir) {
+        let (store, dir) = crate::testkit::sqlite_store().await;
         store
             .create_fleet(&Fleet {
                 id: FleetId::new("f").unwrap(),
@@ -244,7 +244,7 @@ mod tests {
             })
             .await
             .unwrap();
-        for d in 0..20 {
+        for d in 0..n {
             store
                 .register_device(
                     &DeviceRecord {
@@ -260,6 +260,12 @@ mod tests {
                 .await
                 .unwrap();
         }
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn concurrent_submissions_share_batches_and_are_all_committed() {
+        let (store, _dir) = store_with_devices(20).await;
         let (ingestor, task) = Ingestor::spawn(
             store.clone(),
             IngestConfig {
@@ -334,31 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_bad_report_in_a_batch_fails_only_its_submitter() {
-        let (store, _dir) = crate::testkit::sqlite_store().await;
-        store
-            .create_fleet(&Fleet {
-                id: FleetId::new("f").unwrap(),
-                name: String::new(),
-                created: Timestamp(0),
-            })
-            .await
-            .unwrap();
-        for d in 0..6 {
-            store
-                .register_device(
-                    &DeviceRecord {
-                        id: DeviceId::new(format!("d{d}")).unwrap(),
-                        fleet: FleetId::new("f").unwrap(),
-                        tags: Default::default(),
-                        status: DeviceStatus::Unknown,
-                        credential_revoked: false,
-                        created: Timestamp(0),
-                    },
-                    "h",
-                )
-                .await
-                .unwrap();
-        }
+        let (store, _dir) = store_with_devices(6).await;
         // A long wait, so every submission shares the first batch.
         use crate::telemetry::{sample, scraped_metrics};
         let (metrics, scrape, _provider) = scraped_metrics();
